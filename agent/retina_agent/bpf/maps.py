@@ -1,0 +1,92 @@
+"""Read and write BPF maps by fd through libbpf (Debian's libbpf1), with ctypes key/value types."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Iterator
+from functools import cache
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[name-defined]
+V = TypeVar("V", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[name-defined]
+
+
+@cache
+def _libbpf() -> ctypes.CDLL:
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    for name in ("bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_map_delete_elem",
+                 "bpf_map_get_next_key"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.c_uint64]
+    lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+@cache
+def possible_cpus() -> int:
+    """Number of possible CPUs: the length of every per-CPU map value array."""
+    text = open("/sys/devices/system/cpu/possible").read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return count
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno() or -rc
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+class BpfMap(Generic[K, V]):
+    """A BPF hash or array map. ``percpu=True`` returns a list of per-CPU values."""
+
+    def __init__(self, fd: int, key_type: type[K], value_type: type[V], percpu: bool = False):
+        self.fd = fd
+        self.key_type = key_type
+        self.value_type = value_type
+        self.percpu = percpu
+        if percpu and ctypes.sizeof(value_type) % 8:
+            raise ValueError("per-CPU value types must be a multiple of 8 bytes")
+        self._value_buf_type = value_type * possible_cpus() if percpu else value_type
+
+    def lookup(self, key: K) -> V | list[V] | None:
+        buf = self._value_buf_type()
+        rc = _libbpf().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(buf))
+        if rc != 0:
+            if ctypes.get_errno() == errno.ENOENT or rc == -errno.ENOENT:
+                return None
+            _check(rc, "bpf_map_lookup_elem")
+        return list(buf) if self.percpu else buf
+
+    def keys(self) -> Iterator[K]:
+        lib = _libbpf()
+        prev: K | None = None
+        while True:
+            nxt = self.key_type()
+            rc = lib.bpf_map_get_next_key(self.fd, ctypes.byref(prev) if prev is not None else None,
+                                          ctypes.byref(nxt))
+            if rc != 0:
+                return
+            yield nxt
+            prev = nxt
+
+    def items(self) -> Iterator[tuple[K, V | list[V]]]:
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+    def update(self, key: K, value: V, flags: int = 0) -> None:
+        _check(_libbpf().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value),
+                                             flags), "bpf_map_update_elem")
+
+    def delete(self, key: K) -> bool:
+        return _libbpf().bpf_map_delete_elem(self.fd, ctypes.byref(key)) == 0

@@ -1,0 +1,124 @@
+"""Tracepoints as the running kernel describes them in tracefs.
+
+BPF C here may not use kernel-internal layouts, so tracepoint argument structs are generated
+from ``events/<system>/<event>/format`` at run time, and enum names (drop reasons) are read from
+the ``print fmt`` line of that file.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);")
+_SYMBOL = re.compile(r"\{\s*(0x[0-9a-fA-F]+|\d+)\s*,\s*\"([^\"]+)\"\s*\}")
+
+
+class TracepointError(Exception):
+    """A tracepoint, or a field of it, is missing on this kernel."""
+
+
+def tracefs_root(mount: bool = True) -> Path:
+    """Where tracefs is mounted; mounts it at /sys/kernel/tracing when allowed and needed."""
+    for root in TRACEFS_CANDIDATES:
+        if (root / "events").is_dir():
+            return root
+    if mount:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS_CANDIDATES[0])],
+                       capture_output=True, check=False)
+        if (TRACEFS_CANDIDATES[0] / "events").is_dir():
+            return TRACEFS_CANDIDATES[0]
+    raise TracepointError(
+        "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing, "
+        "or mount the host's /sys/kernel/tracing into the container)"
+    )
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    offset: int
+    size: int
+    is_array: bool
+
+
+@dataclass(frozen=True)
+class TracepointFormat:
+    category: str
+    event: str
+    fields: dict[str, Field]
+    print_fmt: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.category}:{self.event}"
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if n not in self.fields]
+        if missing:
+            raise TracepointError(f"tracepoint {self.name} has no field {', '.join(missing)}")
+
+    def c_struct(self, struct_name: str) -> str:
+        """A C struct with this tracepoint's fields at their kernel offsets (sized ints)."""
+        lines = [f"struct {struct_name} {{"]
+        pos = 0
+        for f in sorted(self.fields.values(), key=lambda f: f.offset):
+            if f.offset < pos:  # overlapping field (never in practice): skip it
+                continue
+            if f.offset > pos:
+                lines.append(f"    u8 __pad_{pos}[{f.offset - pos}];")
+            if f.is_array or f.size not in (1, 2, 4, 8):
+                lines.append(f"    u8 {f.name}[{f.size}];")
+            else:
+                lines.append(f"    u{f.size * 8} {f.name};")
+            pos = f.offset + f.size
+        lines.append("} __attribute__((packed));")
+        return "\n".join(lines)
+
+    def symbols(self, field_name: str) -> dict[int, str]:
+        """The ``__print_symbolic(REC-><field>, {value, "NAME"}, ...)`` table of a field."""
+        start = self.print_fmt.find(f"__print_symbolic(REC->{field_name},")
+        if start < 0:
+            return {}
+        depth, end = 0, start
+        for end in range(start, len(self.print_fmt)):
+            ch = self.print_fmt[end]
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth == 0:
+                    break
+        return {int(v, 0): name for v, name in _SYMBOL.findall(self.print_fmt[start:end])}
+
+
+def read_format(tracepoint: str, root: Path | None = None) -> TracepointFormat:
+    """Parse ``category:event`` from tracefs; raises TracepointError when it does not exist."""
+    if ":" not in tracepoint:
+        raise TracepointError(f"tracepoint name {tracepoint!r} must look like category:event")
+    category, event = tracepoint.split(":", 1)
+    root = root or tracefs_root()
+    path = root / "events" / category / event / "format"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TracepointError(f"tracepoint {tracepoint} does not exist on this kernel "
+                              f"(no {path})") from None
+    except PermissionError:
+        raise TracepointError(f"cannot read {path}: permission denied") from None
+    fields: dict[str, Field] = {}
+    for m in _FIELD.finditer(text):
+        decl = m["decl"].strip()
+        if decl.startswith("__data_loc"):
+            name = decl.split()[-1].split("[")[0]
+            fields[name] = Field(name, int(m["offset"]), int(m["size"]), False)
+            continue
+        is_array = decl.endswith("]")
+        name = decl.split("[")[0].split()[-1].lstrip("*")
+        fields[name] = Field(name, int(m["offset"]), int(m["size"]), is_array)
+    print_fmt = text.split("print fmt:", 1)[1] if "print fmt:" in text else ""
+    return TracepointFormat(category, event, fields, print_fmt)

@@ -1,0 +1,106 @@
+"""Network interfaces of the node, and a netlink watch for ones that come and go."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import select
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+log = logging.getLogger(__name__)
+
+ARPHRD_ETHER = 1
+#: Link kinds that carry a node's traffic exactly once: pods' veths and bonds. Physical NICs
+#: have no kind. Bridges, tunnels, ifb and dummies would count packets a second time.
+AUTO_KINDS = {"veth", "bond"}
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None
+    ether: bool
+    enslaved_to_bond: bool = False
+
+    @classmethod
+    def from_message(cls, msg) -> Link:
+        info = msg.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+        slave_kind = info.get_attr("IFLA_INFO_SLAVE_KIND") if info else None
+        return cls(index=msg["index"], name=msg.get_attr("IFLA_IFNAME") or "", kind=kind,
+                   ether=msg["ifi_type"] == ARPHRD_ETHER, enslaved_to_bond=slave_kind == "bond")
+
+
+class LinkSelector:
+    """Which interfaces a TC plugin attaches to: ``auto`` or a list of name globs."""
+
+    def __init__(self, patterns: Sequence[str] = ("auto",)) -> None:
+        self.patterns = list(patterns) or ["auto"]
+
+    def matches(self, link: Link) -> bool:
+        for pattern in self.patterns:
+            if pattern == "auto":
+                if link.kind in AUTO_KINDS or (link.kind is None and link.ether
+                                               and not link.enslaved_to_bond):
+                    return True
+            elif fnmatch.fnmatchcase(link.name, pattern):
+                return True
+        return False
+
+
+def current_links() -> list[Link]:
+    with IPRoute() as ipr:
+        return [Link.from_message(m) for m in ipr.get_links()]
+
+
+class LinkWatcher:
+    """Calls ``on_new(link)`` / ``on_gone(link)`` from a thread as netlink reports changes."""
+
+    def __init__(self, on_new: Callable[[Link], None], on_gone: Callable[[Link], None]) -> None:
+        self.on_new = on_new
+        self.on_gone = on_gone
+        self._stop = threading.Event()
+        self._bound = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="link-watch", daemon=True)
+
+    def start(self) -> None:
+        """Start watching; returns once the netlink socket listens (no event is missed after)."""
+        self._thread.start()
+        self._bound.wait(timeout=10)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        # pyroute2 ties a socket to the thread that made it: make it here.
+        with IPRoute() as ipr:
+            ipr.bind(groups=RTMGRP_LINK)
+            self._bound.set()
+            self._watch(ipr)
+
+    def _watch(self, ipr: IPRoute) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([ipr], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                messages = ipr.get()
+            except Exception:  # a socket error must not end the watch
+                log.exception("netlink read failed")
+                continue
+            for msg in messages:
+                try:
+                    link = Link.from_message(msg)
+                    if msg["event"] == "RTM_NEWLINK":
+                        self.on_new(link)
+                    elif msg["event"] == "RTM_DELLINK":
+                        self.on_gone(link)
+                except Exception:
+                    log.exception("handling a link event failed")

@@ -1,0 +1,71 @@
+"""What every plugin is: a name, what it needs, how it starts, harvests and reports."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import ClassVar
+
+from prometheus_client.metrics_core import Metric
+
+from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
+from retina_agent.config import AgentConfig
+from retina_agent.tc import TcManager
+
+log = logging.getLogger(__name__)
+
+
+class PluginUnavailable(Exception):
+    """The plugin cannot run on this node; the message says why (and the fix when known)."""
+
+
+@dataclass
+class PluginContext:
+    config: AgentConfig
+    tc: TcManager
+    state_dir: Path
+
+
+class Plugin(ABC):
+    """One plugin. Subclasses set ``name`` and implement ``harvest`` and ``collect``.
+
+    Lifecycle: ``prepare()`` checks the node and returns a ProgramSpec for eBPF plugins (None
+    for the others), ``start(loaded)`` takes the fds the loader returned, then ``harvest()``
+    runs every metrics interval and ``collect()`` on every scrape, ``stop()`` once.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+        self.loaded: LoadedProgram | None = None
+        self._lock = threading.Lock()
+
+    def prepare(self) -> ProgramSpec | None:
+        return None
+
+    def start(self, loaded: LoadedProgram | None) -> None:
+        self.loaded = loaded
+
+    @abstractmethod
+    def harvest(self) -> None:
+        """Read kernel state into this plugin's snapshot (runs every metrics interval)."""
+
+    @abstractmethod
+    def collect(self) -> Iterable[Metric]:
+        """Metric families from the latest snapshot (runs on every scrape)."""
+
+    def stop(self) -> None:
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
+
+
+def bpf_source(filename: str) -> str:
+    """The text of a BPF C file shipped in ``retina_agent/bpf``."""
+    return resources.files("retina_agent.bpf").joinpath(filename).read_text()

@@ -1,0 +1,103 @@
+"""dropreason: packets the kernel drops, by its own drop reason, from skb:kfree_skb.
+
+Reason names come from the running kernel (the tracepoint's ``print fmt`` table, else the
+``skb_drop_reason`` enum in BTF), never from a table compiled in: the numbers change between
+kernels. Bytes need ``sk_buff.len``, whose offset is read from BTF. Kernels before 5.17 have no
+``reason`` field: every drop is then counted under ``UNKNOWN`` (and the log says so).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Iterable
+
+from retina_agent.bpf.maps import BpfMap
+from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
+from retina_agent.metrics import add, retina_gauge
+from retina_agent.plugins.base import Plugin
+from retina_agent.plugins.tracepoints import tracepoint_source
+
+log = logging.getLogger(__name__)
+
+NO_REASON = 0xFFFFFFFF
+
+
+class DropValue(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+def reason_names(symbols: dict[int, str]) -> dict[int, str]:
+    """Kernel names without the enum prefix: SKB_DROP_REASON_NO_SOCKET -> NO_SOCKET."""
+    return {v: n.removeprefix("SKB_DROP_REASON_").removeprefix("SKB_") for v, n in symbols.items()}
+
+
+def last_not_a_drop(names: dict[int, str]) -> int | None:
+    """Highest reason number that is not a drop (SKB_NOT_DROPPED_YET, SKB_CONSUMED).
+
+    Named in the table: use them. A table that starts above 0 leaves them out (6.x kernels
+    print only real drops): everything below its first entry. A table starting at 0 with a
+    real drop (5.17's NOT_SPECIFIED = 0): nothing to skip.
+    """
+    named = [v for v, n in names.items() if n in ("NOT_DROPPED_YET", "CONSUMED")]
+    if named:
+        return max(named)
+    if names and min(names) > 0:
+        return min(names) - 1
+    return None
+
+
+class DropReason(Plugin):
+    name = "dropreason"
+
+    def prepare(self) -> ProgramSpec:
+        tracepoint = self.ctx.config.plugins.dropreason.tracepoint
+        source, fmt = tracepoint_source("dropreason.c", tracepoint, "skbaddr")
+        cflags: list[str] = []
+        self.names: dict[int, str] = {}
+        if "reason" in fmt.fields:
+            self.names = reason_names(fmt.symbols("reason"))
+            cflags.append("-DHAVE_REASON")
+            last = last_not_a_drop(self.names)
+            if last is not None:
+                cflags.append(f"-DLAST_NOT_A_DROP={last}")
+        else:
+            log.warning("dropreason: %s has no reason field (kernel before 5.17): drops are "
+                        "counted under reason UNKNOWN", tracepoint)
+        return ProgramSpec(plugin=self.name, source=source, cflags=cflags,
+                           tracepoints=[(tracepoint, "on_kfree_skb")], maps=["drop_counts"],
+                           btf_offsets=[("SKB_LEN_OFFSET", "sk_buff", "len")],
+                           btf_enums=["skb_drop_reason"] if not self.names else [])
+
+    def start(self, loaded: LoadedProgram | None) -> None:
+        super().start(loaded)
+        assert loaded is not None
+        if not self.names and "skb_drop_reason" in loaded.enums:
+            self.names = reason_names(loaded.enums["skb_drop_reason"])
+        self.names[NO_REASON] = "UNKNOWN"
+        for warning in loaded.warnings:
+            log.warning("dropreason: %s (drop_bytes stays 0 without sk_buff.len)", warning)
+        self.counts = BpfMap(loaded.maps["drop_counts"], ctypes.c_uint32, DropValue, percpu=True)
+        self.snapshot: dict[str, tuple[int, int]] = {}
+
+    def reason_name(self, code: int) -> str:
+        return self.names.get(code) or f"UNKNOWN_{code}"
+
+    def harvest(self) -> None:
+        snapshot: dict[str, tuple[int, int]] = {}
+        for key, per_cpu in self.counts.items():
+            name = self.reason_name(key.value)
+            packets, octets = snapshot.get(name, (0, 0))
+            snapshot[name] = (packets + sum(v.packets for v in per_cpu),
+                              octets + sum(v.bytes for v in per_cpu))
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable:
+        packets = retina_gauge("drop_count", "Packets dropped by the kernel, by drop reason",
+                               ["reason", "direction"])
+        octets = retina_gauge("drop_bytes", "Bytes dropped by the kernel, by drop reason",
+                              ["reason", "direction"])
+        for reason, (n, b) in sorted(self.snapshot.items()):
+            add(packets, [reason, "unknown"], n)
+            add(octets, [reason, "unknown"], b)
+        return [packets, octets]

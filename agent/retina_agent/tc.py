@@ -1,0 +1,214 @@
+"""Attach TC (clsact, cls_bpf direct-action) programs to interfaces, and remove only ours.
+
+Coexistence rules (Cilium and other CNIs attach TC programs too):
+- our filters are named ``retina_*`` and use priorities from ``PRIO_BASE`` up, and programs
+  return TC_ACT_UNSPEC so the next filter still runs;
+- we never replace or delete a filter that is not ours;
+- a clsact qdisc is removed at shutdown only if we created it and nothing else uses it.
+The interfaces where we created clsact are written to a state file, so that a restart after a
+crash removes our stale filters and qdiscs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from retina_agent.links import Link, LinkSelector, LinkWatcher, current_links
+
+log = logging.getLogger(__name__)
+
+NAME_PREFIX = "retina_"
+PRIO_BASE = 0xC000
+PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
+PARENT_IDS = {0xFFFFFFF2: "ingress", 0xFFFFFFF3: "egress"}
+ENOENT, ENODEV, EEXIST = 2, 19, 17
+
+
+@dataclass(frozen=True)
+class TcProgram:
+    name: str  # filter name, starts with NAME_PREFIX
+    fd: int
+    direction: str  # ingress | egress
+    prio: int
+    selector: LinkSelector
+
+
+def _bpf_name(msg) -> str | None:
+    options = msg.get_attr("TCA_OPTIONS")
+    return options.get_attr("TCA_BPF_NAME") if options else None
+
+
+def our_filters(ipr: IPRoute, index: int) -> list[tuple[str, int, int, str]]:
+    """(direction, prio, handle, name) of our filters on one interface."""
+    found = []
+    for direction, parent in PARENTS.items():
+        try:
+            msgs = ipr.get_filters(index=index, parent=parent)
+        except NetlinkError:
+            continue
+        for m in msgs:
+            name = _bpf_name(m)
+            if name and name.startswith(NAME_PREFIX) and m["handle"]:
+                found.append((direction, m["info"] >> 16, m["handle"], name))
+    return found
+
+
+def _other_filters(ipr: IPRoute, index: int) -> bool:
+    for parent in PARENTS.values():
+        try:
+            for m in ipr.get_filters(index=index, parent=parent):
+                name = _bpf_name(m)
+                if m["handle"] and not (name and name.startswith(NAME_PREFIX)):
+                    return True
+        except NetlinkError:
+            continue
+    return False
+
+
+class TcManager:
+    """Keeps registered TC programs attached to every selected interface, as links come and go."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_file = state_dir / "tc-state.json"
+        self._lock = threading.Lock()
+        self._programs: list[TcProgram] = []
+        self._attached: dict[int, set[str]] = {}  # ifindex -> filter names
+        self._links: dict[int, Link] = {}
+        self._created_clsact: dict[int, str] = {}  # ifindex -> name
+        self._watcher: LinkWatcher | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def cleanup_stale(self) -> list[str]:
+        """Remove filters left by an earlier agent that did not stop cleanly."""
+        removed = []
+        created = self._read_state()
+        with self._lock, IPRoute() as ipr:
+            for link in current_links():
+                for direction, prio, handle, name in our_filters(ipr, link.index):
+                    self._del_filter(ipr, link.index, direction, prio, handle)
+                    removed.append(f"{link.name}/{direction}/{name}")
+                if link.name in created.values() and not _other_filters(ipr, link.index):
+                    self._del_clsact(ipr, link.index)
+                    removed.append(f"{link.name}/clsact")
+        self._write_state()
+        return removed
+
+    def start(self) -> None:
+        self._watcher = LinkWatcher(self._on_new_link, self._on_gone_link)
+        self._watcher.start()
+        for link in current_links():
+            self._on_new_link(link)
+
+    def add_program(self, program: TcProgram) -> None:
+        with self._lock:
+            self._programs.append(program)
+            links = list(self._links.values())
+        for link in links:
+            self._attach(link, [program])
+
+    def attached(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {self._links[i].name: sorted(n) for i, n in self._attached.items()
+                    if i in self._links}
+
+    def stop(self) -> None:
+        if self._watcher:
+            self._watcher.stop()
+        with self._lock, IPRoute() as ipr:
+            for index in list(self._attached):
+                for direction, prio, handle, _ in our_filters(ipr, index):
+                    self._del_filter(ipr, index, direction, prio, handle)
+            for index in list(self._created_clsact):
+                if not _other_filters(ipr, index):
+                    self._del_clsact(ipr, index)
+            self._attached.clear()
+            self._created_clsact.clear()
+            self._write_state()
+
+    # -- link events -------------------------------------------------------------------------
+    def _on_new_link(self, link: Link) -> None:
+        with self._lock:
+            known = self._links.get(link.index)
+            self._links[link.index] = link
+            if known is not None and known.name == link.name:
+                programs = [p for p in self._programs
+                            if p.name not in self._attached.get(link.index, set())]
+            else:
+                programs = list(self._programs)
+        self._attach(link, programs)
+
+    def _on_gone_link(self, link: Link) -> None:
+        with self._lock:
+            self._links.pop(link.index, None)
+            self._attached.pop(link.index, None)
+            if self._created_clsact.pop(link.index, None) is not None:
+                self._write_state()
+
+    def _attach(self, link: Link, programs: list[TcProgram]) -> None:
+        wanted = [p for p in programs if p.selector.matches(link)]
+        if not wanted:
+            return
+        with self._lock, IPRoute() as ipr:
+            if link.index not in self._links:
+                return
+            try:
+                self._ensure_clsact(ipr, link)
+                for p in wanted:
+                    if p.name in self._attached.get(link.index, set()):
+                        continue
+                    ipr.tc("add-filter", "bpf", index=link.index, handle=":1", fd=p.fd,
+                                 name=p.name, parent=PARENTS[p.direction], classid=1,
+                                 direct_action=True, prio=p.prio)
+                    self._attached.setdefault(link.index, set()).add(p.name)
+                    log.debug("attached %s to %s %s", p.name, link.name, p.direction)
+            except NetlinkError as exc:
+                if exc.code in (ENODEV, ENOENT):  # the link went away meanwhile
+                    return
+                log.warning("cannot attach TC programs to %s: %s", link.name, exc)
+
+    # -- netlink helpers (caller holds the lock) ---------------------------------------------
+    def _ensure_clsact(self, ipr: IPRoute, link: Link) -> None:
+        try:
+            ipr.tc("add", "clsact", index=link.index)
+        except NetlinkError as exc:
+            if exc.code != EEXIST:
+                raise
+            return
+        self._created_clsact[link.index] = link.name
+        self._write_state()
+
+    def _del_filter(self, ipr: IPRoute, index: int, direction: str, prio: int,
+                    handle: int) -> None:
+        try:
+            ipr.tc("del-filter", "bpf", index=index, handle=handle, prio=prio,
+                         parent=PARENTS[direction])
+        except NetlinkError as exc:
+            if exc.code not in (ENODEV, ENOENT):
+                log.warning("cannot remove TC filter prio %d on ifindex %d: %s", prio, index, exc)
+
+    def _del_clsact(self, ipr: IPRoute, index: int) -> None:
+        try:
+            ipr.tc("del", "clsact", index=index)
+        except NetlinkError as exc:
+            if exc.code not in (ENODEV, ENOENT, 22):
+                log.warning("cannot remove clsact on ifindex %d: %s", index, exc)
+
+    def _read_state(self) -> dict[int, str]:
+        try:
+            return {int(k): v for k, v in json.loads(self.state_file.read_text()).items()}
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _write_state(self) -> None:
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            self.state_file.write_text(json.dumps(self._created_clsact))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.state_file, exc)
