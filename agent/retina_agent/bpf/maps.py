@@ -7,6 +7,7 @@ import errno
 import os
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[name-defined]
@@ -31,7 +32,7 @@ def _libbpf() -> ctypes.CDLL:
 @cache
 def possible_cpus() -> int:
     """Number of possible CPUs: the length of every per-CPU map value array."""
-    text = open("/sys/devices/system/cpu/possible").read().strip()
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
     count = 0
     for part in text.split(","):
         lo, _, hi = part.partition("-")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -45,10 +46,8 @@ class LoadedProgram:
 
     def close(self) -> None:
         for fd in [*self.links, *self.programs.values(), *self.maps.values()]:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.links.clear()
         self.programs.clear()
         self.maps.clear()
