@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import os
 import secrets
@@ -12,6 +13,15 @@ from dataclasses import dataclass, field
 
 #: Every name this module creates starts with this (namespaces, bridges, veths).
 PREFIX = "rl"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """setns(2) (``os.setns`` exists only from Python 3.12)."""
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def run(argv: Sequence[str], *, check: bool = True, netns: str | None = None,
@@ -48,10 +58,10 @@ class LabPod:
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         target = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
         try:
-            os.setns(target, os.CLONE_NEWNET)
+            setns(target)
             yield self
         finally:
-            os.setns(own, os.CLONE_NEWNET)
+            setns(own)
             os.close(own)
             os.close(target)
 

@@ -1,0 +1,180 @@
+"""The agent's basic (node-level) metrics on real traffic between lab pods."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from retina_lab.agent import wait_for
+from tests.agent.traffic import TcpServer, connect_refused, send_udp, udp_sink
+
+DROP = "networkobservability_drop_count"
+DROP_BYTES = "networkobservability_drop_bytes"
+
+
+def test_udp_between_pods_raises_forward_counters(agent, watched_lab):
+    a, b = watched_lab["a"], watched_lab["b"]
+    sink = udp_sink(b, 7001)
+    try:
+        before = agent.scrape()
+        n, size = 300, 100
+        send_udp(a, b.ip, 7001, n, size)
+        frame = size + 8 + 20 + 14  # payload + UDP + IPv4 + Ethernet header
+
+        def risen(m):
+            return all(
+                m.value("networkobservability_forward_count", direction=d)
+                - before.value("networkobservability_forward_count", direction=d) >= n
+                and m.value("networkobservability_forward_bytes", direction=d)
+                - before.value("networkobservability_forward_bytes", direction=d) >= n * frame
+                for d in ("ingress", "egress"))
+        agent.wait_metric(risen, message=f"forward counters up by {n} packets each way")
+    finally:
+        sink.close()
+
+
+def test_iptables_drop_counted_exactly_under_netfilter_reason(agent, lab_node):
+    a, b = lab_node["a"], lab_node["b"]
+    rule = ["INPUT", "-p", "udp", "--dport", "7002", "-j", "DROP"]
+    b.run(["iptables", "-A", *rule])
+    try:
+        before = agent.scrape()
+        send_udp(a, b.ip, 7002, 40, 100)
+        counters = b.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout.splitlines()[2]
+        dropped, dropped_bytes = map(int, counters.split()[:2])
+        assert dropped == 40
+
+        def delta(m, name):
+            return m.value(name, reason="NETFILTER_DROP") - before.value(name, reason="NETFILTER_DROP")
+        after = agent.wait_metric(lambda m: delta(m, DROP) >= dropped,
+                                  message="NETFILTER_DROP drops")
+        assert delta(after, DROP) == dropped
+        assert delta(after, DROP_BYTES) == dropped_bytes  # sk_buff.len via BTF = IP length
+        assert {"reason": "NETFILTER_DROP", "direction": "unknown"} in after.series(DROP)
+    finally:
+        b.run(["iptables", "-D", *rule], check=False)
+
+
+def test_tcp_to_closed_port_counted_under_no_socket(agent, lab_node):
+    a, b = lab_node["a"], lab_node["b"]
+    before = agent.scrape()
+    assert connect_refused(a, b.ip, 7003, 5) == 5
+    agent.wait_metric(lambda m: m.value(DROP, reason="NO_SOCKET")
+                      - before.value(DROP, reason="NO_SOCKET") >= 5, message="NO_SOCKET drops")
+
+
+@pytest.fixture
+def dnsmasq(watched_lab):
+    lab_node = watched_lab
+    b = lab_node["b"]
+    proc = b.popen(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
+                    "--bind-interfaces", f"--listen-address={b.ip}",
+                    f"--listen-address={b.ip6}", "--address=/svc.local/10.96.0.10",
+                    "--address=/nx.local/", "--log-facility=-"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def answers():
+            with lab_node["a"].entered():
+                q = dns.message.make_query("ready.svc.local", "A")
+                return dns.query.udp(q, b.ip, timeout=0.5).answer
+        wait_for(answers, 10, message="dnsmasq answering")
+        yield b
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_dns_requests_responses_rcodes_latency_udp_tcp_ipv6(agent, lab_node, dnsmasq):
+    a, b = lab_node["a"], dnsmasq
+    before = agent.scrape()
+    ok, nx, over_tcp, over_v6 = 12, 5, 3, 4
+    with a.entered():
+        for i in range(ok):
+            r = dns.query.udp(dns.message.make_query(f"web{i}.svc.local", "A"), b.ip, timeout=2)
+            assert r.rcode() == dns.rcode.NOERROR
+        for i in range(nx):
+            r = dns.query.udp(dns.message.make_query(f"gone{i}.nx.local", "A"), b.ip, timeout=2)
+            assert r.rcode() == dns.rcode.NXDOMAIN
+        for i in range(over_tcp):
+            dns.query.tcp(dns.message.make_query(f"tcp{i}.svc.local", "AAAA"), b.ip, timeout=2)
+        for i in range(over_v6):
+            dns.query.udp(dns.message.make_query(f"v6-{i}.svc.local", "MX"), b.ip6, timeout=2)
+    total = ok + nx + over_tcp + over_v6
+
+    def d(m, name, **labels):
+        return m.value(name, **labels) - before.value(name, **labels)
+
+    def seen(m):
+        return (d(m, "networkobservability_dns_request_count") >= total
+                and d(m, "networkobservability_dns_response_count") >= total
+                and d(m, "networkobservability_dns_latency_seconds_count") >= total)
+    after = agent.scrape_until(seen)
+    responses = "networkobservability_dns_responses_total"
+    assert d(after, "networkobservability_dns_request_count") >= total
+    assert d(after, "networkobservability_dns_response_count") >= total
+    assert d(after, responses, rcode="NOERROR", qtype="A") >= ok
+    assert d(after, responses, rcode="NXDOMAIN", qtype="A") >= nx
+    assert d(after, responses, qtype="AAAA") >= over_tcp  # the TCP queries
+    assert d(after, responses, qtype="MX") >= over_v6  # the IPv6 queries
+    assert d(after, "networkobservability_dns_latency_seconds_count") >= total
+    assert d(after, "networkobservability_dns_latency_seconds_sum") > 0
+    # every answer took under a second here: all of them are in the 1.05 s bucket
+    assert d(after, "networkobservability_dns_latency_seconds_bucket", le="1.04858") >= total
+
+
+def test_tcp_state_counts_established_connections(agent, lab_node):
+    b = lab_node["b"]
+    server = TcpServer(b, 7004)
+    clients: list[socket.socket] = []
+    try:
+        before = agent.scrape()
+        k = 8
+        for _ in range(k):  # from the node's own namespace, where the agent reads /proc/net
+            clients.append(socket.create_connection((b.ip, 7004), timeout=5))
+        agent.wait_metric(
+            lambda m: m.value("networkobservability_tcp_state", state="ESTABLISHED")
+            - before.value("networkobservability_tcp_state", state="ESTABLISHED") >= k,
+            message=f"{k} more ESTABLISHED")
+        for c in clients:
+            c.close()
+        clients.clear()
+    finally:
+        for c in clients:
+            c.close()
+        server.close()
+
+
+def test_retransmissions_under_random_loss(agent, lab_node):
+    """30% of the segments to pod b are dropped (this kernel has no netem: iptables statistic)."""
+    a, b = lab_node["a"], lab_node["b"]
+    server = TcpServer(b, 7005)
+    rule = ["INPUT", "-p", "tcp", "--dport", "7005", "-m", "statistic", "--mode", "random",
+            "--probability", "0.3", "-j", "DROP"]
+    b.run(["iptables", "-A", *rule])
+    try:
+        before = agent.scrape()
+        with a.entered(), socket.create_connection((b.ip, 7005), timeout=10) as c:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(300):
+                c.sendall(b"r" * 200)
+                time.sleep(0.002)
+            wait_for(lambda: server.received >= 300 * 200, 60,
+                     message="data through a lossy link")
+        retrans_segments = int(a.run(["nstat", "-az", "TcpRetransSegs"]).stdout.split()[-2])
+        assert retrans_segments > 0
+        name = "networkobservability_tcpretrans_count"
+        after = agent.scrape_until(lambda m: m.value(name) > before.value(name))
+        events = after.value(name) - before.value(name)
+        # One event per retransmitted skb; under loss the unsent writes coalesce into GSO
+        # skbs of several segments, so events are between 1 and the segment count.
+        assert 0 < events <= retrans_segments
+        assert after.value(name, family="ipv4") > before.value(name, family="ipv4")
+    finally:
+        b.run(["iptables", "-D", *rule], check=False)
+        server.close()

@@ -1,0 +1,72 @@
+"""Traffic generators run inside lab pods (sockets made in the pod's network namespace)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from retina_lab import LabPod
+
+
+def udp_sink(pod: LabPod, port: int, family: int = socket.AF_INET) -> socket.socket:
+    with pod.entered():
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    return s
+
+
+def send_udp(pod: LabPod, dst: str, port: int, count: int, size: int = 100) -> None:
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with pod.entered(), socket.socket(family, socket.SOCK_DGRAM) as s:
+        for _ in range(count):
+            s.sendto(b"x" * size, (dst, port))
+
+
+def connect_refused(pod: LabPod, dst: str, port: int, count: int) -> int:
+    """``count`` TCP connects to a closed port; returns how many were refused."""
+    refused = 0
+    with pod.entered():
+        for _ in range(count):
+            with socket.socket() as s:
+                s.settimeout(2)
+                try:
+                    s.connect((dst, port))
+                except ConnectionRefusedError:
+                    refused += 1
+    return refused
+
+
+class TcpServer:
+    """Accepts connections in a pod and keeps them open (or reads everything sent)."""
+
+    def __init__(self, pod: LabPod, port: int) -> None:
+        with pod.entered():
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("0.0.0.0", port))
+            self.sock.listen(128)
+        self.conns: list[socket.socket] = []
+        self.received = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn: socket.socket) -> None:
+        try:
+            while data := conn.recv(65536):
+                self.received += len(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
