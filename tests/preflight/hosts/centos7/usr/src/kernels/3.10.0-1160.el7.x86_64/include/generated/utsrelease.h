@@ -1,0 +1,1 @@
+#define UTS_RELEASE "3.10.0-1160.el7.x86_64"

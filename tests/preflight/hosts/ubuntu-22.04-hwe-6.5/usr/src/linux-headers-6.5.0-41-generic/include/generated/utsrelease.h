@@ -1,0 +1,1 @@
+#define UTS_RELEASE "6.5.0-41-generic"

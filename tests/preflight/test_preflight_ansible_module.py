@@ -1,0 +1,81 @@
+"""The retina.observability.retina_preflight module, run by ansible for real, returns the CLI's report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import HOSTS, VENV_BIN, ansible_env, by_id, run_cli
+
+FQCN = "retina.observability.retina_preflight"
+
+
+def run_module(collections: Path, args: str, check: bool = False) -> tuple[int, dict]:
+    """`ansible localhost -m FQCN -a ARGS` with the json callback; returns (rc, module result)."""
+    argv = [
+        str(VENV_BIN / "ansible"),
+        "localhost",
+        "-m",
+        FQCN,
+        "-a",
+        args,
+        "-e",
+        f"ansible_python_interpreter={sys.executable}",
+    ]
+    if check:
+        argv.append("--check")
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=300, env=ansible_env(collections), check=False
+    )
+    output = json.loads(done.stdout)
+    result = output["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return done.returncode, result
+
+
+def test_module_on_a_fixture_tree_matches_the_cli(collections_path: Path) -> None:
+    tree = HOSTS / "centos7"
+    rc, result = run_module(collections_path, f"root={tree} fail_on=never")
+    assert rc == 0 and result["changed"] is False
+    _, cli_report = run_cli("--root", str(tree))
+    report = result["report"]
+    assert result["ansible_facts"]["retina_preflight"] == report
+    # one code path: identical checks and plugin verdicts (host.python differs: the module's interpreter)
+    assert report["checks"] == cli_report["checks"]
+    assert report["plugins"] == cli_report["plugins"]
+    assert report["summary"] == cli_report["summary"]
+
+
+def test_fail_on_fail_fails_the_task_naming_the_checks(collections_path: Path) -> None:
+    rc, result = run_module(collections_path, "root=%s" % (HOSTS / "centos7"))
+    assert rc != 0 and result["failed"] is True
+    assert "kernel_version" in result["msg"] and "fail_on=fail" in result["msg"]
+    assert result["report"]["summary"]["exit_code"] == 1
+
+
+def test_fail_on_warn_and_never(collections_path: Path) -> None:
+    tree = HOSTS / "ubuntu-22.04-5.15"
+    rc, result = run_module(collections_path, f"root={tree} fail_on=warn")
+    assert rc != 0 and "tracepoint:skb:kfree_skb" in result["msg"]
+    rc, result = run_module(collections_path, f"root={tree}")  # default fail_on=fail: warnings pass
+    assert rc == 0 and result["report"]["summary"]["verdict"] == "warn"
+
+
+def test_bad_option_is_rejected_by_the_argument_spec(collections_path: Path) -> None:
+    rc, result = run_module(collections_path, "plugins=packetforward,bogus")
+    assert rc != 0 and "plugins" in result["msg"] and "bogus" in result["msg"]
+    rc, result = run_module(collections_path, "root=/nonexistent/tree")
+    assert rc != 0 and "root '/nonexistent/tree' is not a directory" in result["msg"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the bpf() and TC probes need root")
+def test_module_on_this_machine_in_check_mode(collections_path: Path) -> None:
+    rc, result = run_module(collections_path, "fail_on=never", check=True)
+    assert rc == 0 and result["changed"] is False
+    checks = by_id(result["ansible_facts"]["retina_preflight"])
+    assert checks["kprobes"]["verdict"] == "warn"
+    assert checks["tc_clsact"]["verdict"] == "pass"
+    assert checks["tracepoint:skb:kfree_skb"]["verdict"] == "pass"

@@ -1,0 +1,142 @@
+"""`retina-preflight --root TREE` on host trees copied from real hosts: expected verdicts and exit codes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import HOSTS, by_id, plugins, run_cli
+
+EBPF = ("packetforward", "dropreason", "dns", "tcpretrans", "packetparser")
+
+
+def test_centos7_310_kernel_fails_and_only_linuxutil_runs() -> None:
+    code, report = run_cli("--root", str(HOSTS / "centos7"))
+    checks = by_id(report)
+    assert code == 1 and report["summary"]["verdict"] == "fail"
+    assert checks["kernel_version"]["verdict"] == "fail"
+    assert "3.10.0-1160.el7.x86_64" in checks["kernel_version"]["value"]
+    assert "ELRepo" in checks["kernel_version"]["fix"]
+    assert checks["btf"]["verdict"] == "warn"
+    assert checks["kernel_headers"]["verdict"] == "pass"  # kernel-devel matches; the kernel is what fails
+    assert checks["tracepoint:skb:kfree_skb"]["verdict"] == "warn"
+    assert "no reason field" in checks["tracepoint:skb:kfree_skb"]["value"]
+    assert checks["tracepoint:tcp:tcp_retransmit_skb"]["verdict"] == "fail"
+    assert checks["tracefs"]["verdict"] == "fail" and checks["bpffs"]["verdict"] == "fail"
+    assert checks["cgroup"]["detail"]["version"] == "v1"
+    assert checks["bcc"]["verdict"] == "skip" and checks["bcc"]["value"] == "skipped (--root)"
+    assert checks["tc_clsact"]["value"] == "skipped (--root)"
+    assert checks["capabilities"]["verdict"] == "pass"  # the tree states CapEff in proc/self/status
+    verdicts = plugins(report)
+    assert verdicts["linuxutil"]["status"] == "available"
+    for name in EBPF:
+        assert verdicts[name]["status"] == "unavailable"
+        assert any(r.startswith("kernel_version:") for r in verdicts[name]["reasons"])
+    assert report["summary"]["plugins_available"] == ["linuxutil"]
+
+
+def test_elrepo_69_without_btf_warns_and_packetparser_cannot_run() -> None:
+    code, report = run_cli("--root", str(HOSTS / "elrepo-6.9"))
+    checks = by_id(report)
+    assert code == 2 and report["summary"]["warned"] == ["btf"]
+    assert checks["kernel_version"]["verdict"] == "pass"
+    assert checks["btf"]["verdict"] == "warn" and "CONFIG_DEBUG_INFO_BTF=n" in checks["btf"]["value"]
+    # build -> /usr/src/kernels/<rel> is an absolute link, resolved inside the tree
+    assert checks["kernel_headers"]["detail"]["headers_release"] == "6.9.3-1.el7.elrepo.x86_64"
+    assert checks["bpffs"]["verdict"] == "pass" and "mountable" in checks["bpffs"]["value"]
+    assert checks["tracefs"]["value"] == "mounted at /sys/kernel/debug/tracing"
+    assert checks["tracepoint:skb:kfree_skb"]["verdict"] == "pass"
+    assert checks["memlock"]["verdict"] == "pass"  # >= 5.11: memcg accounting
+    verdicts = plugins(report)
+    assert verdicts["packetparser"]["status"] == "unavailable"
+    assert verdicts["packetparser"]["reasons"][0].startswith("btf:")
+    for name in ("packetforward", "dropreason", "dns", "tcpretrans", "linuxutil"):
+        assert verdicts[name]["status"] == "available", verdicts[name]
+    assert "bcc" in verdicts["dns"]["unverified"] and "tc_clsact" in verdicts["dns"]["unverified"]
+
+
+def test_elrepo_69_with_mismatched_headers_and_no_btf_fails(tmp_path: Path) -> None:
+    tree = tmp_path / "elrepo"
+    shutil.copytree(HOSTS / "elrepo-6.9", tree, symlinks=True)
+    uts = tree / "usr/src/kernels/6.9.3-1.el7.elrepo.x86_64/include/generated/utsrelease.h"
+    uts.write_text('#define UTS_RELEASE "6.8.12-1.el7.elrepo.x86_64"\n')
+    code, report = run_cli("--root", str(tree))
+    headers = by_id(report)["kernel_headers"]
+    assert code == 1
+    assert headers["verdict"] == "fail" and "no BTF" in headers["value"]
+    assert "kernel-ml-devel" in headers["fix"]
+    assert set(report["summary"]["plugins_unavailable"]) == set(EBPF)
+
+
+def test_ubuntu_2204_515_dropreason_degraded() -> None:
+    code, report = run_cli("--root", str(HOSTS / "ubuntu-22.04-5.15"))
+    checks = by_id(report)
+    assert code == 2 and report["summary"]["warned"] == ["tracepoint:skb:kfree_skb"]
+    assert checks["btf"]["verdict"] == "pass"
+    assert checks["kernel_headers"]["verdict"] == "pass" and checks["kernel_headers"]["detail"]["matching"]
+    assert checks["kprobes"]["verdict"] == "pass"
+    assert checks["cgroup"]["detail"]["version"] == "v2"
+    assert checks["capabilities"]["value"] == "skipped (--root)"  # no proc/self/status in this tree
+    assert "UNKNOWN" in checks["tracepoint:skb:kfree_skb"]["fix"]
+    verdicts = plugins(report)
+    assert verdicts["dropreason"]["status"] == "degraded"
+    assert verdicts["packetparser"]["status"] == "available"
+
+
+def test_ubuntu_2204_hwe_65_all_pass_with_recorded_probes() -> None:
+    code, report = run_cli("--root", str(HOSTS / "ubuntu-22.04-hwe-6.5"))
+    checks = by_id(report)
+    assert code == 0 and report["summary"]["counts"]["fail"] == 0 and report["summary"]["counts"]["warn"] == 0
+    assert checks["bcc"]["detail"]["source"] == "recorded" and checks["bcc"]["verdict"] == "pass"
+    assert checks["tc_clsact"]["value"].endswith("(recorded)")
+    assert checks["tracepoint:skb:kfree_skb"]["detail"]["drop_reasons"] == 8
+    assert report["summary"]["plugins_available"] == [
+        "packetforward",
+        "dropreason",
+        "linuxutil",
+        "dns",
+        "tcpretrans",
+        "packetparser",
+    ]
+    assert all(not p["unverified"] for p in report["plugins"])
+
+
+def test_human_table_names_checks_plugins_and_fixes() -> None:
+    import subprocess
+
+    from conftest import VENV_BIN
+
+    done = subprocess.run(
+        [str(VENV_BIN / "retina-preflight"), "--root", str(HOSTS / "centos7")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "kernel_version" in done.stdout and "FAIL" in done.stdout
+    assert "linuxutil      available" in done.stdout
+    assert "Fixes:" in done.stdout and "Result: FAIL (exit 1)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--root", "/nonexistent/tree"), "root '/nonexistent/tree' is not a directory"),
+        (("--root", str(HOSTS)), "has no proc/sys/kernel/osrelease"),
+        (("--plugins", "packetforward,bogus"), "plugins: unknown plugin(s) bogus"),
+        (("--control-only", "--grafana-url", "http://admin:pw@grafana:3000"), "must not carry credentials"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args: tuple[str, ...], message: str) -> None:
+    import subprocess
+
+    from conftest import VENV_BIN
+
+    done = subprocess.run(
+        [str(VENV_BIN / "retina-preflight"), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 64
+    assert message in done.stderr
+    assert "pw" not in done.stderr
