@@ -1,0 +1,1 @@
+"""retina_capture."""
