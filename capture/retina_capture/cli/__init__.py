@@ -1,0 +1,1 @@
+"""kubectl-retina: the kubectl plugin for captures."""

@@ -1,0 +1,375 @@
+"""``kubectl-retina``: the kubectl plugin (``kubectl retina capture create|list|delete|download``).
+
+Flags and defaults follow Retina's ``kubectl retina capture``. ``create`` builds the same
+Capture resource the operator reads (``spec.capture_from_flags``-style, below), checks it with
+``spec.parse_capture``, resolves the nodes and creates one Job per node (``jobs.build_jobs``) and,
+for blob or S3 outputs, a Secret with the credentials.
+
+Secrets: Retina takes the SAS URL and the S3 keys as flags; so do we, for compatibility, but a
+flag is visible to every local user through ``ps``. Prefer the environment:
+``RETINA_CAPTURE_BLOB_UPLOAD``, ``RETINA_CAPTURE_S3_ACCESS_KEY_ID`` and
+``RETINA_CAPTURE_S3_SECRET_ACCESS_KEY`` (or ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``).
+Secrets are written only into the Secret, never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from retina_capture import jobs as jobs_mod
+from retina_capture import kube, spec
+from retina_capture.cli import download as download_mod
+from retina_capture.cli import merge as merge_mod
+
+VERSION = "0.1.0"
+DEFAULT_NAME = "retina-capture"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits; we want one clean message and code 2
+        raise UsageError(message)
+
+
+def _kube_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig",
+                        help="path to the kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
+    parser.add_argument("--context", help="the kubeconfig context to use")
+    parser.add_argument("-n", "--namespace", help="namespace (default: the context's namespace)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kubectl retina", description="Retina-compatible network capture for Kubernetes.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("version", help="print the plugin version")
+    capture = sub.add_parser("capture", help="distributed packet capture")
+    csub = capture.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    create = csub.add_parser("create", help="capture packets on the selected nodes or pods")
+    _kube_flags(create)
+    a = create.add_argument
+    a("--name", default=DEFAULT_NAME, help=f"capture name (default {DEFAULT_NAME})")
+    a("--duration", default="1m", help="how long to capture, e.g. 30s, 1m (default 1m)")
+    a("--max-size", type=int, default=spec.DEFAULT_MAX_SIZE, help="stop at this many MB (default 100)")
+    a("--packet-size", type=int, default=0, help="bytes kept per packet, 0 = all (default 0)")
+    a("--file-count", type=int, default=0, help="rotate into this many files (default 0 = one)")
+    a("--interfaces", default="any", help="comma list of interfaces (default any)")
+    a("--node-names", default="", help="comma list of node names")
+    a("--node-selectors", default=None,
+      help=f"node labels key=value,... (default {spec.DEFAULT_NODE_SELECTOR} when nothing else is selected)")
+    a("--pod-names", default="", help="comma list of pod names in --namespace")
+    a("--pod-selectors", default="", help="pod labels key=value,...")
+    a("--namespace-selectors", default="", help="namespace labels key=value,... (with --pod-selectors)")
+    a("--host-path", default=None, help="output: directory on the node, relative to /var/lib/retina/captures")
+    a("--pvc", default=None, help="output: PersistentVolumeClaim name")
+    a("--blob-upload", default=None, help="output: Azure Blob container SAS URL "
+                                          "(better: $RETINA_CAPTURE_BLOB_UPLOAD)")
+    a("--s3-bucket", default=None, help="output: S3 bucket")
+    a("--s3-region", default=None, help="S3 region")
+    a("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+    a("--s3-path", default=spec.DEFAULT_S3_PATH, help=f"key prefix (default {spec.DEFAULT_S3_PATH})")
+    a("--s3-access-key-id", default=None, help="S3 key id (better: $RETINA_CAPTURE_S3_ACCESS_KEY_ID)")
+    a("--s3-secret-access-key", default=None,
+      help="S3 secret key (better: $RETINA_CAPTURE_S3_SECRET_ACCESS_KEY)")
+    a("--pcap-filter", default="", help="raw pcap expression (alias of --tcpdump-filter)")
+    a("--tcpdump-filter", default="", help="raw tcpdump expression, e.g. 'udp port 53'")
+    a("--include-filter", default="", help="comma list of IP, IP:port, *:port, IP:* to keep")
+    a("--exclude-filter", default="", help="comma list of IP, IP:port, *:port, IP:* to drop")
+    a("--include-metadata", default="true", help="collect network metadata (default true)")
+    a("--job-num-limit", type=int, default=0, help="refuse if more Jobs would be created (0 = no limit)")
+    a("--image", default=os.environ.get("RETINA_CAPTURE_IMAGE", jobs_mod.DEFAULT_IMAGE),
+      help=f"worker image (default $RETINA_CAPTURE_IMAGE or {jobs_mod.DEFAULT_IMAGE})")
+    a("--no-wait", action="store_true", help="return once the Jobs are created")
+    a("--wait-timeout", default=None, help="how long to wait (default: duration + 15m)")
+    a("--poll-interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    a("--debug", action="store_true", help="print the Jobs that are created")
+
+    lst = csub.add_parser("list", help="list captures")
+    _kube_flags(lst)
+    lst.add_argument("-A", "--all-namespaces", action="store_true", help="list in every namespace")
+
+    delete = csub.add_parser("delete", help="delete a capture's Jobs and Secret")
+    _kube_flags(delete)
+    delete.add_argument("--name", required=True, help="capture name")
+
+    dl = csub.add_parser("download", help="download a capture's tarballs")
+    _kube_flags(dl)
+    dl.add_argument("--name", required=True, help="capture name")
+    dl.add_argument("-o", "--output", default=".", help="directory to write to (default .)")
+    dl.add_argument("--merge", action="store_true",
+                    help="also write <name>-merged.pcapng: every node's packets in time order")
+    dl.add_argument("--from-dir", default=None,
+                    help="do not download: merge the tarballs already in this directory "
+                         "(e.g. copied from host paths)")
+    return parser
+
+
+# -- create ----------------------------------------------------------------------------------
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def capture_from_flags(args: argparse.Namespace, namespace: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Flags -> (Capture resource, secret values). The resource is what the operator would get."""
+    problems: list[spec.Problem] = []
+    target: dict[str, Any] = {}
+    if _csv(args.node_names):
+        target["nodeNames"] = _csv(args.node_names)
+    if args.pod_names:
+        target["podNames"] = _csv(args.pod_names)
+    for flag_value, key, field in ((args.node_selectors, "nodeSelector", "nodeSelector"),
+                                   (args.pod_selectors, "podSelector", "podSelector"),
+                                   (args.namespace_selectors, "namespaceSelector", "namespaceSelector")):
+        if flag_value:
+            try:
+                target[key] = spec.parse_selector_flag(flag_value, f"{spec._TGT}.{field}")
+            except spec.SpecError as exc:
+                problems += exc.problems
+    if not target:  # Retina's default: every Linux node
+        target["nodeSelector"] = spec.parse_selector_flag(spec.DEFAULT_NODE_SELECTOR,
+                                                          f"{spec._TGT}.nodeSelector")
+    include_metadata: Any = args.include_metadata
+    if str(include_metadata).lower() in ("true", "false"):
+        include_metadata = str(include_metadata).lower() == "true"
+
+    option: dict[str, Any] = {"duration": args.duration, "maxCaptureSize": args.max_size,
+                              "packetSize": args.packet_size, "interfaces": _csv(args.interfaces) or ["any"]}
+    if args.file_count:
+        option["fileCount"] = args.file_count
+    if args.pcap_filter:
+        option["pcapFilter"] = args.pcap_filter
+    config: dict[str, Any] = {"captureTarget": target, "captureOption": option,
+                              "includeMetadata": include_metadata}
+    if args.tcpdump_filter:
+        config["tcpdumpFilter"] = args.tcpdump_filter
+    filters = {k: _csv(v) for k, v in (("include", args.include_filter), ("exclude", args.exclude_filter))
+               if v}
+    if filters:
+        config["filters"] = filters
+
+    secrets: dict[str, str] = {}
+    output: dict[str, Any] = {}
+    if args.host_path is not None:
+        output["hostPath"] = args.host_path
+    if args.pvc is not None:
+        output["persistentVolumeClaim"] = args.pvc
+    blob = args.blob_upload or os.environ.get("RETINA_CAPTURE_BLOB_UPLOAD")
+    if blob:
+        secrets["blob_upload_url"] = blob
+        output["blobUpload"] = jobs_mod.secret_name(args.name)
+    if args.s3_bucket is not None:
+        key_id = (args.s3_access_key_id or os.environ.get("RETINA_CAPTURE_S3_ACCESS_KEY_ID")
+                  or os.environ.get("AWS_ACCESS_KEY_ID"))
+        secret_key = (args.s3_secret_access_key or os.environ.get("RETINA_CAPTURE_S3_SECRET_ACCESS_KEY")
+                      or os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        if not key_id or not secret_key:
+            problems.append(spec.Problem(f"{spec._OUT}.s3Upload.secretName",
+                                         "needs S3 keys: set RETINA_CAPTURE_S3_ACCESS_KEY_ID and "
+                                         "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY (or AWS_*)"))
+        else:
+            secrets["s3_access_key_id"], secrets["s3_secret_access_key"] = key_id, secret_key
+        output["s3Upload"] = {k: v for k, v in {
+            "bucket": args.s3_bucket, "region": args.s3_region, "endpoint": args.s3_endpoint,
+            "path": args.s3_path, "secretName": jobs_mod.secret_name(args.name)}.items() if v is not None}
+    if problems:
+        raise spec.SpecError(problems)
+    body = spec.capture_resource(args.name, namespace,
+                                 {"captureConfiguration": config, "outputConfiguration": output})
+    return body, secrets
+
+
+def _warn_secret_flags(args: argparse.Namespace) -> None:
+    for flag, value, env in (("--blob-upload", args.blob_upload, "RETINA_CAPTURE_BLOB_UPLOAD"),
+                             ("--s3-access-key-id", args.s3_access_key_id, "RETINA_CAPTURE_S3_ACCESS_KEY_ID"),
+                             ("--s3-secret-access-key", args.s3_secret_access_key,
+                              "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY")):
+        if value:
+            print(f"warning: {flag} puts a secret on the command line, where other local users can see "
+                  f"it; set {env} in the environment instead", file=sys.stderr)
+
+
+def cmd_create(args: argparse.Namespace, client: kubernetes.client.ApiClient, namespace: str) -> int:
+    _warn_secret_flags(args)
+    body, secrets = capture_from_flags(args, namespace)
+    capture = spec.parse_capture(body)
+    targets = kube.resolve_targets(client, capture)
+    kube.check_job_limit(len(targets), args.job_num_limit)
+    jobs = jobs_mod.build_jobs(capture, targets, image=args.image)
+    secret = jobs_mod.build_secret(capture.name, namespace, **secrets) if secrets else None
+    if args.debug:
+        import yaml
+
+        print(yaml.safe_dump_all(jobs, sort_keys=False), file=sys.stderr)
+    created = kube.create_objects(client, namespace, capture.name, jobs, secret)
+    print(f"capture {capture.name}: created {len(created)} job(s) in namespace {namespace} on node(s) "
+          f"{', '.join(sorted(targets))}")
+    if args.no_wait:
+        print(f"not waiting; follow it with: kubectl retina capture list -n {namespace}")
+        return 0
+    timeout = (spec.parse_duration(args.wait_timeout) if args.wait_timeout
+               else capture.duration + jobs_mod.DEADLINE_MARGIN_SECONDS)
+    return _wait(client, namespace, capture.name, timeout, args.poll_interval)
+
+
+def _wait(client: kubernetes.client.ApiClient, namespace: str, name: str, timeout: float,
+          interval: float) -> int:
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        summary = jobs_mod.summarize_jobs(kube.list_jobs(client, namespace, name))
+        line = (f"capture {name}: {summary['total']} job(s): {summary['active']} running, "
+                f"{summary['succeeded']} succeeded, {summary['failed']} failed")
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if summary["phase"] != "Running":
+            if summary["failed"]:
+                print(f"capture {name} failed on {summary['failed']} node(s); see the Job logs "
+                      f"(kubectl logs -n {namespace} -l {jobs_mod.capture_selector(name)})", file=sys.stderr)
+                return 1
+            print(f"capture {name} done; get it with: kubectl retina capture download --name {name} "
+                  f"-n {namespace}")
+            return 0
+        if time.monotonic() > deadline:
+            print(f"capture {name}: still running after {int(timeout)}s; stopped waiting (the Jobs go on)",
+                  file=sys.stderr)
+            return 1
+        time.sleep(interval)
+
+
+# -- list / delete / download ----------------------------------------------------------------
+
+def _age(timestamp: str | None) -> str:
+    if not timestamp:
+        return "-"
+    then = datetime.datetime.fromisoformat(timestamp)
+    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def cmd_list(args: argparse.Namespace, client: kubernetes.client.ApiClient, namespace: str) -> int:
+    jobs = kube.list_jobs(client, None if args.all_namespaces else namespace)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for job in jobs:
+        key = (job["metadata"]["namespace"], job["metadata"]["labels"][jobs_mod.LABEL_CAPTURE])
+        groups.setdefault(key, []).append(job)
+    if not groups:
+        where = "any namespace" if args.all_namespaces else f"namespace {namespace}"
+        print(f"No captures found in {where}.")
+        return 0
+    rows = [("NAMESPACE", "NAME", "STATUS", "JOBS", "RUNNING", "SUCCEEDED", "FAILED", "AGE")]
+    for (ns, name), group in sorted(groups.items()):
+        s = jobs_mod.summarize_jobs(group)
+        created = min(j["metadata"].get("creationTimestamp") or "" for j in group)
+        rows.append((ns, name, s["phase"], str(s["total"]), str(s["active"]), str(s["succeeded"]),
+                     str(s["failed"]), _age(created)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, client: kubernetes.client.ApiClient, namespace: str) -> int:
+    jobs, secrets = kube.delete_capture(client, namespace, args.name)
+    if not jobs and not secrets:
+        print(f"--name: no capture {args.name!r} in namespace {namespace!r}", file=sys.stderr)
+        return 1
+    print(f"capture {args.name} deleted from namespace {namespace}: {jobs} job(s), {secrets} secret(s)")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace, client: kubernetes.client.ApiClient | None, namespace: str) -> int:
+    out_dir = Path(args.output)
+    if args.from_dir:
+        files = download_mod.local_tarballs(Path(args.from_dir), args.name)
+        if not files:
+            print(f"--from-dir: no {args.name}-<node>-<time>UTC.tar.gz in {args.from_dir}", file=sys.stderr)
+            return 1
+    else:
+        assert client is not None
+        files = download_mod.download(client, namespace, args.name, out_dir)
+        for f in files:
+            print(f"downloaded {f}")
+        if not files:
+            print(f"capture {args.name}: no tarballs uploaded yet", file=sys.stderr)
+            return 1
+    if args.merge:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        merged = out_dir / f"{args.name}-merged.pcapng"
+        counts = merge_mod.merge(files, args.name, merged)
+        per_node = ", ".join(f"{node}: {n}" for node, n in counts.items())
+        print(f"merged {sum(counts.values())} packets ({per_node}) into {merged}")
+    return 0
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--duration -5s`` -> ``--duration=-5s``, so the value is checked (argparse would call it a flag)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and re.match(r"-\d", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    except UsageError as exc:
+        print(f"error: {exc}\nsee kubectl retina capture --help", file=sys.stderr)
+        return 2
+    if args.command == "version":
+        print(f"kubectl-retina {VERSION} (Retina capture compatible)")
+        return 0
+    try:
+        namespace = args.namespace or kube.default_namespace(args.kubeconfig, args.context)
+        needs_api = not (args.action == "download" and args.from_dir)
+        client = kube.api_client(args.kubeconfig, args.context) if needs_api else None
+        try:
+            handler = {"create": cmd_create, "list": cmd_list, "delete": cmd_delete,
+                       "download": cmd_download}[args.action]
+            return handler(args, client, namespace)
+        finally:
+            if client is not None:
+                client.close()
+    except spec.SpecError as exc:
+        print(f"error: {exc.for_cli()}\nnothing was created", file=sys.stderr)
+        return 2
+    except kube.JobLimitExceeded as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except (kube.CaptureExists, download_mod.DownloadError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ApiException as exc:
+        print(f"error: the API server said {exc.status} {exc.reason}", file=sys.stderr)
+        return 1
+    except (kubernetes.config.ConfigException, FileNotFoundError) as exc:
+        print(f"error: cannot load the kubeconfig: {exc} (give --kubeconfig or set KUBECONFIG)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

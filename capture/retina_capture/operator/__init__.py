@@ -1,0 +1,1 @@
+"""The capture operator (kopf): Capture resources -> Jobs, status, cleanup. See ``handlers``."""
