@@ -36,7 +36,7 @@ def agent() -> Iterator[AgentProcess]:
 def watched_lab(agent, lab_node) -> LabNode:
     """``lab_node`` once the agent's TC programs sit on every pod veth (attach follows netlink)."""
     def attached() -> bool:
-        filters = our_tc_filters()
+        filters = our_tc_filters(agent.proc.pid)
         return all(any(f.startswith(f"{veth}/ingress/retina_") for f in filters)
                    and any(f.startswith(f"{veth}/egress/retina_") for f in filters)
                    for veth in lab_node.host_veths)

@@ -1,18 +1,21 @@
 """Attach TC (clsact, cls_bpf direct-action) programs to interfaces, and remove only ours.
 
 Coexistence rules (Cilium and other CNIs attach TC programs too):
-- our filters are named ``retina_*`` and use priorities from ``PRIO_BASE`` up, and programs
-  return TC_ACT_UNSPEC so the next filter still runs;
+- our filters are named ``retina_<program>@<agent pid>`` and use priorities from ``PRIO_BASE``
+  up, and programs return TC_ACT_UNSPEC so the next filter still runs;
 - we never replace or delete a filter that is not ours;
 - a clsact qdisc is removed at shutdown only if we created it and nothing else uses it.
 The interfaces where we created clsact are written to a state file, so that a restart after a
-crash removes our stale filters and qdiscs.
+crash removes our stale filters and qdiscs. A filter is stale when the agent that owns it is
+gone; filters of a live agent (tests and benchmarks run several) are left alone, and a second
+agent takes the next free priority slot.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 
 NAME_PREFIX = "retina_"
 PRIO_BASE = 0xC000
+PRIO_SLOTS = 8  # agents that can hold filters on one interface at once
+PRIO_SLOT_STEP = 0x100
 PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 PARENT_IDS = {0xFFFFFFF2: "ingress", 0xFFFFFFF3: "egress"}
 ENOENT, ENODEV, EEXIST = 2, 19, 17
@@ -45,8 +50,27 @@ def _bpf_name(msg) -> str | None:
     return options.get_attr("TCA_BPF_NAME") if options else None
 
 
+def owner_pid(name: str) -> int | None:
+    _, _, pid = name.rpartition("@")
+    return int(pid) if pid.isdigit() else None
+
+
+def owner_alive(name: str) -> bool:
+    """Is the agent that attached this filter still running?"""
+    pid = owner_pid(name)
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"retina" in f.read()
+    except OSError:
+        return False
+
+
 def our_filters(ipr: IPRoute, index: int) -> list[tuple[str, int, int, str]]:
-    """(direction, prio, handle, name) of our filters on one interface."""
+    """(direction, prio, handle, name) of every retina filter on one interface."""
     found = []
     for direction, parent in PARENTS.items():
         try:
@@ -61,11 +85,13 @@ def our_filters(ipr: IPRoute, index: int) -> list[tuple[str, int, int, str]]:
 
 
 def _other_filters(ipr: IPRoute, index: int) -> bool:
+    """Does anything but this agent (a CNI, another live agent) have filters here?"""
+    mine = os.getpid()
     for parent in PARENTS.values():
         try:
             for m in ipr.get_filters(index=index, parent=parent):
-                name = _bpf_name(m)
-                if m["handle"] and not (name and name.startswith(NAME_PREFIX)):
+                name = _bpf_name(m) or ""
+                if m["handle"] and owner_pid(name) != mine:
                     return True
         except NetlinkError:
             continue
@@ -92,6 +118,8 @@ class TcManager:
         with self._lock, IPRoute() as ipr:
             for link in current_links():
                 for direction, prio, handle, name in our_filters(ipr, link.index):
+                    if owner_alive(name):
+                        continue
                     self._del_filter(ipr, link.index, direction, prio, handle)
                     removed.append(f"{link.name}/{direction}/{name}")
                 if link.name in created.values() and not _other_filters(ipr, link.index):
@@ -122,9 +150,11 @@ class TcManager:
         if self._watcher:
             self._watcher.stop()
         with self._lock, IPRoute() as ipr:
+            mine = os.getpid()
             for index in list(self._attached):
-                for direction, prio, handle, _ in our_filters(ipr, index):
-                    self._del_filter(ipr, index, direction, prio, handle)
+                for direction, prio, handle, name in our_filters(ipr, index):
+                    if owner_pid(name) == mine:
+                        self._del_filter(ipr, index, direction, prio, handle)
             for index in list(self._created_clsact):
                 if not _other_filters(ipr, index):
                     self._del_clsact(ipr, index)
@@ -163,9 +193,7 @@ class TcManager:
                 for p in wanted:
                     if p.name in self._attached.get(link.index, set()):
                         continue
-                    ipr.tc("add-filter", "bpf", index=link.index, handle=":1", fd=p.fd,
-                                 name=p.name, parent=PARENTS[p.direction], classid=1,
-                                 direct_action=True, prio=p.prio)
+                    self._add_filter(ipr, link, p)
                     self._attached.setdefault(link.index, set()).add(p.name)
                     log.debug("attached %s to %s %s", p.name, link.name, p.direction)
             except NetlinkError as exc:
@@ -174,6 +202,19 @@ class TcManager:
                 log.warning("cannot attach TC programs to %s: %s", link.name, exc)
 
     # -- netlink helpers (caller holds the lock) ---------------------------------------------
+    def _add_filter(self, ipr: IPRoute, link: Link, p: TcProgram) -> None:
+        """Add ``p`` at its priority, or the next slot where another live agent holds it."""
+        for slot in range(PRIO_SLOTS):
+            try:
+                ipr.tc("add-filter", "bpf", index=link.index, handle=":1", fd=p.fd,
+                       name=f"{p.name}@{os.getpid()}", parent=PARENTS[p.direction], classid=1,
+                       direct_action=True, prio=p.prio + slot * PRIO_SLOT_STEP)
+                return
+            except NetlinkError as exc:
+                if exc.code != EEXIST:
+                    raise
+        raise NetlinkError(EEXIST, f"all {PRIO_SLOTS} priority slots of {p.name} are taken")
+
     def _ensure_clsact(self, ipr: IPRoute, link: Link) -> None:
         try:
             ipr.tc("add", "clsact", index=link.index)

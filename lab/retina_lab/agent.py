@@ -169,8 +169,8 @@ class AgentProcess:
         self.cleanup()
 
 
-def our_tc_filters() -> list[str]:
-    """Every TC filter or clsact qdisc of ours on the host: ``dev/direction/name`` lines."""
+def our_tc_filters(pid: int | None = None) -> list[str]:
+    """Our TC filters on the host as ``dev/direction/name@pid``; only one agent's with ``pid``."""
     found = []
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
@@ -178,7 +178,8 @@ def our_tc_filters() -> list[str]:
         for direction in ("ingress", "egress"):
             out = subprocess.run(["tc", "filter", "show", "dev", dev, direction],
                                  capture_output=True, text=True).stdout
-            found += [f"{dev}/{direction}/{w}" for w in out.split() if w.startswith("retina_")]
+            found += [f"{dev}/{direction}/{w}" for w in out.split() if w.startswith("retina_")
+                      and (pid is None or w.endswith(f"@{pid}"))]
     return found
 
 

@@ -39,12 +39,13 @@ def test_sigterm_removes_every_tc_filter_and_qdisc(lab_node):
     agent = AgentProcess()
     try:
         agent.start()
-        wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters()), 10,
+        pid = agent.proc.pid
+        wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters(pid)), 10,
                  message="filters on the pod veth")
         assert "clsact" in _qdiscs(veth)
         agent.signal(signal.SIGTERM)
         assert agent.proc.wait(30) == 0
-        assert our_tc_filters() == []
+        assert our_tc_filters(pid) == []
         assert "clsact" not in _qdiscs(veth)  # we created it, so we removed it
         assert "stopped; TC filters and programs removed" in agent.log()
     finally:
@@ -59,11 +60,12 @@ def test_foreign_clsact_and_filters_are_left_alone(lab_node):
                     "action", "mirred", "egress", "mirror", "dev", veth], check=False)
     foreign_before = _filters(veth)
     with AgentProcess() as agent:
-        wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters()), 10)
+        pid = agent.proc.pid
+        wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters(pid)), 10)
         agent.stop()
     assert "clsact" in _qdiscs(veth)
     assert _filters(veth) == foreign_before
-    assert not any(f.startswith(f"{veth}/") for f in our_tc_filters())
+    assert not any(f.startswith(f"{veth}/") for f in our_tc_filters(pid))
 
 
 def test_restart_after_crash_comes_up_clean(lab_node):
@@ -71,18 +73,22 @@ def test_restart_after_crash_comes_up_clean(lab_node):
     first = AgentProcess()
     try:
         first.start()
-        wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters()), 10)
+        dead = first.proc.pid
+        wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters(dead)), 10)
         first.signal(signal.SIGKILL)  # a crash: nothing cleaned up
         first.proc.wait(10)
-        stale = [f for f in our_tc_filters() if f.startswith(f"{veth}/")]
+        stale = [f for f in our_tc_filters(dead) if f.startswith(f"{veth}/")]
         assert stale, "a killed agent leaves its filters behind"
         second = AgentProcess(config={"stateDir": first.config["stateDir"]})
         with second:
-            # exactly one set of our filters: the stale ones were replaced, not duplicated
-            wait_for(lambda: sorted(f for f in our_tc_filters() if f.startswith(f"{veth}/"))
-                     == sorted(stale), 10, message="one fresh set of filters")
+            pid = second.proc.pid
+            # the dead agent's filters are gone, and the new one has exactly one set
+            assert [f for f in our_tc_filters(dead) if f.startswith(f"{veth}/")] == []
+            fresh = [f.replace(f"@{pid}", "") for f in our_tc_filters(pid)
+                     if f.startswith(f"{veth}/")]
+            assert sorted(fresh) == sorted(f.replace(f"@{dead}", "") for f in stale)
             assert "removed stale TC state" in second.log()
-        assert our_tc_filters() == []
+        assert our_tc_filters(pid) == []
         assert "clsact" not in _qdiscs(veth)
     finally:
         first.cleanup()

@@ -26,6 +26,10 @@ def _libbpf() -> ctypes.CDLL:
                                         ctypes.c_uint64]
     lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
     lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.bpf_map_lookup_batch.restype = ctypes.c_int
+    lib.bpf_map_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
     return lib
 
 
@@ -84,6 +88,48 @@ class BpfMap(Generic[K, V]):
             value = self.lookup(key)
             if value is not None:
                 yield key, value
+
+    def raw_items(self, batch: int = 4096) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key bytes, value bytes) pair, read in batches (one syscall per batch).
+
+        For per-CPU maps the value bytes hold one value per possible CPU. Falls back to
+        key-by-key reads where the kernel has no batch operations (before 5.6).
+        """
+        lib = _libbpf()
+        key_size = ctypes.sizeof(self.key_type)
+        value_size = ctypes.sizeof(self._value_buf_type)
+        keys = ctypes.create_string_buffer(key_size * batch)
+        values = ctypes.create_string_buffer(value_size * batch)
+        token_in = ctypes.create_string_buffer(max(key_size, 8))
+        token_out = ctypes.create_string_buffer(max(key_size, 8))
+        first = True
+        while True:
+            count = ctypes.c_uint32(batch)
+            rc = lib.bpf_map_lookup_batch(self.fd, None if first else token_in, token_out,
+                                          keys, values, ctypes.byref(count), None)
+            err = ctypes.get_errno() if rc else 0
+            if rc and err not in (errno.ENOENT,):
+                if first and err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    yield from ((bytes(k), bytes(v)) for k, v in self.items())
+                    return
+                _check(rc, "bpf_map_lookup_batch")
+            n = count.value
+            kb, vb = keys.raw, values.raw
+            for i in range(n):
+                yield kb[i * key_size:(i + 1) * key_size], vb[i * value_size:(i + 1) * value_size]
+            if rc:  # ENOENT: that was the last batch
+                return
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+
+    def delete_raw(self, key: bytes) -> bool:
+        buf = ctypes.create_string_buffer(key, len(key))
+        return _libbpf().bpf_map_delete_elem(self.fd, buf) == 0
+
+    def update_raw(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        vbuf = ctypes.create_string_buffer(value, len(value))
+        _check(_libbpf().bpf_map_update_elem(self.fd, kbuf, vbuf, flags), "bpf_map_update_elem")
 
     def update(self, key: K, value: V, flags: int = 0) -> None:
         _check(_libbpf().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value),
