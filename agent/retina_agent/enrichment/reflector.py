@@ -16,12 +16,12 @@ read with ``_preload_content=False`` and parsed as JSON, and the handler keeps w
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import ijson
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
@@ -124,27 +124,21 @@ class Reflector:
 
     def _list(self) -> str:
         """List every page into the handler; returns the list's resourceVersion."""
-        result = {"resourceVersion": ""}
+        result = {"resourceVersion": "", "continue": ""}
 
         def pages() -> Iterator[Obj]:
-            token = None
             while True:
                 kwargs: dict[str, Any] = {"limit": self._page_size, "_preload_content": False,
                                           "_request_timeout": (10, 60)}
-                if token:
-                    kwargs["_continue"] = token
+                if result["continue"]:
+                    kwargs["_continue"] = result["continue"]
+                result["continue"] = ""
                 response = self._request(**kwargs)
                 try:
-                    body = json.loads(response.data)
+                    yield from _stream_list(response, result)
                 finally:
                     response.release_conn()
-                meta = body.get("metadata") or {}
-                result["resourceVersion"] = meta.get("resourceVersion", "")
-                items = body.get("items") or []
-                del body
-                yield from items
-                token = meta.get("continue")
-                if not token:
+                if not result["continue"]:
                     return
 
         self._handler.replace(pages())
@@ -175,3 +169,20 @@ class Reflector:
         finally:
             self._watch = None
         return resource_version
+
+
+def _stream_list(response: Any, metadata: dict[str, str]) -> Iterator[Obj]:
+    """The items of a list response, parsed one at a time as they arrive (ijson), so that a
+    server ignoring ``limit`` never makes us hold the whole list; fills ``resourceVersion`` and
+    ``continue`` into ``metadata``."""
+    builder: ijson.ObjectBuilder | None = None
+    for prefix, event, value in ijson.parse(response, buf_size=65536, use_float=True):
+        if prefix == "items.item" and event == "start_map":
+            builder = ijson.ObjectBuilder()
+        if builder is not None:
+            builder.event(event, value)
+            if prefix == "items.item" and event == "end_map":
+                yield builder.value
+                builder = None
+        elif prefix in ("metadata.resourceVersion", "metadata.continue"):
+            metadata[prefix.removeprefix("metadata.")] = value
