@@ -14,7 +14,7 @@ from prometheus_client.metrics_core import Metric
 from retina_agent.bpf.client import load_programs
 from retina_agent.bpf.spec import LoadError
 from retina_agent.config import AgentConfig
-from retina_agent.metrics import CONTROLPLANE, add, counter, gauge
+from retina_agent.metrics import CONTROLPLANE, add, counter, gauge, retina_counter
 from retina_agent.plugins import REGISTRY
 from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable
 from retina_agent.server import MetricsServer
@@ -29,7 +29,13 @@ class Agent:
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.tc = TcManager(self.state_dir)
-        ctx = PluginContext(config=config, tc=self.tc, state_dir=self.state_dir)
+        self.pod_level = None
+        if config.enable_pod_level:
+            from retina_agent.podlevel.cluster import build_pod_level
+
+            self.pod_level = build_pod_level(config)
+        ctx = PluginContext(config=config, tc=self.tc, state_dir=self.state_dir,
+                            pod_level=self.pod_level)
         self.plugins: dict[str, Plugin] = {n: REGISTRY[n](ctx) for n in config.enabled_plugin}
         self.states = PluginStates(list(self.plugins))
         self.running: dict[str, Plugin] = {}
@@ -48,6 +54,8 @@ class Agent:
         stale = self.tc.cleanup_stale()
         if stale:
             log.info("removed stale TC state from an earlier run: %s", ", ".join(stale))
+        if self.pod_level is not None:
+            self._start_pod_level()
         specs = {}
         for name, plugin in self.plugins.items():
             try:
@@ -86,6 +94,16 @@ class Agent:
             self.states.set(name, RUNNING)
             log.info("plugin %s running", name)
 
+    def _start_pod_level(self) -> None:
+        pl = self.pod_level
+        if pl.cache is not None:
+            pl.cache.start()
+            if not pl.cache.wait_synced(30):
+                log.warning("the pod cache has not synced in 30s; pod labels fill in as it does")
+        if pl.watcher is not None:
+            pl.watcher.start()
+        pl.start()
+
     def _unavailable(self, name: str, reason: str) -> None:
         log.warning("plugin %s unavailable: %s", name, reason)
         self.states.set(name, UNAVAILABLE, reason)
@@ -98,6 +116,8 @@ class Agent:
             self.harvest()
 
     def harvest(self) -> None:
+        if self.pod_level is not None:
+            self.pod_level.refresh()
         for name, plugin in list(self.running.items()):
             try:
                 plugin.harvest()
@@ -112,6 +132,13 @@ class Agent:
     def shutdown(self) -> None:
         """Detach everything: TC filters and qdiscs we added, tracepoints, maps."""
         self.tc.stop()
+        if self.pod_level is not None:
+            for part in (self.pod_level.watcher, self.pod_level.cache):
+                if part is not None:
+                    try:
+                        part.stop()
+                    except Exception:
+                        log.exception("stopping %s failed", type(part).__name__)
         for name, plugin in self.plugins.items():
             try:
                 plugin.stop()
@@ -141,6 +168,31 @@ class Agent:
         for name, n in self.harvest_failures.items():
             add(failures, [name], n)
         yield failures
+        if self.pod_level is not None:
+            yield from self._pod_level_metrics()
+
+    def _pod_level_metrics(self) -> Iterable[Metric]:
+        store = self.pod_level.series
+        count = gauge("series", "Pod-level series held by the agent", prefix=CONTROLPLANE)
+        add(count, [], store.count)
+        cap = gauge("series_cap_reached", "1 when the pod-level series cap (podLevel.maxSeries) "
+                    "is reached and new series are refused", prefix=CONTROLPLANE)
+        add(cap, [], 1 if store.cap_reached else 0)
+        overflow = counter("series_overflow", "Pod-level series refused because the cap was "
+                           "reached, by metric", ["metric"], prefix=CONTROLPLANE)
+        for metric, n in store.overflow.items():
+            add(overflow, [metric], n)
+        expired = retina_counter("expired_metrics_counter",
+                                 "Pod-level series expired after their ttl", ["metric"])
+        for metric, n in store.expired.items():
+            add(expired, [metric], n)
+        yield from (count, cap, overflow, expired)
+        cache = self.pod_level.cache
+        if cache is not None:
+            connected = gauge("kubernetes_connected", "1 while the pod cache's watches are "
+                              "connected to the API server", prefix=CONTROLPLANE)
+            add(connected, [], 1 if cache.connected else 0)
+            yield connected
 
 
 class _Collector:

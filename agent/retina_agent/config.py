@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-PLUGIN_NAMES = ("linuxutil", "packetforward", "dropreason", "dns", "tcpretrans")
-DEFAULT_PLUGINS = list(PLUGIN_NAMES)
+PLUGIN_NAMES = ("linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser")
+DEFAULT_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -77,6 +77,20 @@ class TcpRetransOptions(_Strict):
     tracepoint: str = "tcp:tcp_retransmit_skb"
 
 
+class PacketParserOptions(_Strict):
+    interfaces: list[str] = Field(default_factory=lambda: ["pods"])
+    max_flows: int = Field(131072, ge=1024, le=4194304, alias="maxFlows")
+    max_ips: int = Field(65536, ge=256, le=1048576, alias="maxIPs")
+
+
+class PodLevelOptions(_Strict):
+    """Ours: how pod-level metrics find the cluster and bound their memory."""
+
+    node_name: str | None = Field(None, alias="nodeName")  # default: $NODE_NAME, else hostname
+    kubeconfig: str | None = None  # default: in-cluster, else $KUBECONFIG, else ~/.kube/config
+    max_series: int = Field(100000, ge=100, alias="maxSeries")
+
+
 class LinuxUtilOptions(_Strict):
     procfs: str = "/proc"
     sysfs: str = "/sys"
@@ -88,6 +102,7 @@ class PluginOptions(_Strict):
     dropreason: DropReasonOptions = Field(default_factory=DropReasonOptions)
     tcpretrans: TcpRetransOptions = Field(default_factory=TcpRetransOptions)
     linuxutil: LinuxUtilOptions = Field(default_factory=LinuxUtilOptions)
+    packetparser: PacketParserOptions = Field(default_factory=PacketParserOptions)
 
 
 class AgentConfig(_Strict):
@@ -109,6 +124,7 @@ class AgentConfig(_Strict):
     enable_conntrack_metrics: bool = Field(False, alias="enableConntrackMetrics")
     state_dir: str = Field("/var/run/retina", alias="stateDir")
     plugins: PluginOptions = Field(default_factory=PluginOptions)
+    pod_level: PodLevelOptions = Field(default_factory=PodLevelOptions, alias="podLevel")
 
     @field_validator("enabled_plugin")
     @classmethod

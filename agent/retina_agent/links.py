@@ -15,9 +15,8 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 log = logging.getLogger(__name__)
 
 ARPHRD_ETHER = 1
-#: Link kinds that carry a node's traffic exactly once: pods' veths and bonds. Physical NICs
-#: have no kind. Bridges, tunnels, ifb and dummies would count packets a second time.
-AUTO_KINDS = {"veth", "bond"}
+# The node's ports carry its traffic exactly once: pods' veths, bonds and physical NICs (which
+# have no link kind). Bridges, tunnels, ifb and dummies would count packets a second time.
 
 
 @dataclass(frozen=True)
@@ -38,18 +37,26 @@ class Link:
 
 
 class LinkSelector:
-    """Which interfaces a TC plugin attaches to: ``auto`` or a list of name globs."""
+    """Which interfaces a TC plugin attaches to, by keyword or name glob.
+
+    ``auto``: the node's ports (NICs, bonds, pod veths); ``pods``: pod veths only; ``host``:
+    NICs and bonds only; anything else is a glob on the interface name (``eth*``).
+    """
 
     def __init__(self, patterns: Sequence[str] = ("auto",)) -> None:
         self.patterns = list(patterns) or ["auto"]
 
     def matches(self, link: Link) -> bool:
+        nic = (link.kind == "bond"
+               or (link.kind is None and link.ether and not link.enslaved_to_bond))
         for pattern in self.patterns:
-            if pattern == "auto":
-                if link.kind in AUTO_KINDS or (link.kind is None and link.ether
-                                               and not link.enslaved_to_bond):
-                    return True
-            elif fnmatch.fnmatchcase(link.name, pattern):
+            if pattern == "auto" and (nic or link.kind == "veth"):
+                return True
+            if pattern == "pods" and link.kind == "veth":
+                return True
+            if pattern == "host" and nic:
+                return True
+            if pattern not in ("auto", "pods", "host") and fnmatch.fnmatchcase(link.name, pattern):
                 return True
         return False
 

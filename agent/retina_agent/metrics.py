@@ -32,6 +32,12 @@ def retina_gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> M
     return GaugeMetricFamily(full, documentation, labels=list(labels))
 
 
+def retina_counter(name: str, documentation: str, labels: Sequence[str] = (),
+                   prefix: str = CONTROLPLANE) -> Metric:
+    """A Retina counter by its exact name (Retina's Go client adds no ``_total``): untyped."""
+    return UnknownMetricFamily(prefix + name, documentation, labels=list(labels))
+
+
 def counter(name: str, documentation: str, labels: Sequence[str] = (),
             prefix: str = DATAPLANE) -> CounterMetricFamily:
     """A counter we add (exposed as ``<name>_total``)."""

@@ -15,6 +15,7 @@ from prometheus_client.metrics_core import Metric
 
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.config import AgentConfig
+from retina_agent.podlevel import PodLevel
 from retina_agent.tc import TcManager
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class PluginContext:
     config: AgentConfig
     tc: TcManager
     state_dir: Path
+    pod_level: PodLevel | None = None
 
 
 class Plugin(ABC):

@@ -1,0 +1,164 @@
+"""packetparser: pod-level flows at TC on every pod's veth (Retina's advanced metrics).
+
+The kernel aggregates packets, bytes and TCP flags per flow key in a per-CPU LRU hash; only
+flows touching an IP of interest are counted (the filter map is kept by ``PodLevel``). Every
+interval the agent reads the map in batches, turns per-flow deltas into series with the
+context labels of the MetricsConfiguration in force, and removes flows idle for a while.
+
+Metrics: ``adv_forward_count``, ``adv_forward_bytes`` (direction + context) and
+``adv_tcpflags_count`` (flag + context).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import time
+from collections.abc import Iterable
+
+from retina_agent.bpf.maps import BpfMap, possible_cpus
+from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
+from retina_agent.links import LinkSelector
+from retina_agent.metrics import retina_gauge
+from retina_agent.plugins.base import Plugin, PluginUnavailable, bpf_source
+from retina_agent.podlevel import AddrKey, addr_str
+from retina_agent.podlevel.context import DIRECTIONS, local_values, remote_values
+from retina_agent.tc import PRIO_BASE, TcProgram
+
+FLAGS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
+TC_PRIO = PRIO_BASE + 0x20
+IDLE_HARVESTS_BEFORE_PRUNE = 6
+FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS = "adv_forward_count", "adv_forward_bytes", \
+    "adv_tcpflags_count"
+METRICS = (FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS)
+
+class FlowKey(ctypes.Structure):
+    _fields_ = [("src", ctypes.c_uint8 * 16), ("dst", ctypes.c_uint8 * 16),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("proto", ctypes.c_uint8), ("direction", ctypes.c_uint8),
+                ("pad", ctypes.c_uint16)]
+
+class FlowValue(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64 * len(FLAGS))]
+
+class Settings(ctypes.Structure):
+    _fields_ = [("filter_enabled", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+_KEY = struct.Struct("=16s16sHHBBH")
+_VALUE_WORDS = 2 + len(FLAGS)
+
+def sum_per_cpu(raw: bytes, ncpu: int) -> list[int]:
+    """Per-CPU FlowValue bytes -> summed [packets, bytes, flag counts...]."""
+    words = struct.unpack(f"={_VALUE_WORDS * ncpu}Q", raw)
+    return [sum(words[i::_VALUE_WORDS]) for i in range(_VALUE_WORDS)]
+
+class PacketParser(Plugin):
+    name = "packetparser"
+
+    def prepare(self) -> ProgramSpec:
+        cfg = self.ctx.config
+        if not cfg.enable_pod_level or self.ctx.pod_level is None:
+            raise PluginUnavailable("packetparser produces pod-level metrics: set "
+                                    "enablePodLevel: true")
+        options = cfg.plugins.packetparser
+        return ProgramSpec(plugin=self.name, source=bpf_source("packetparser.c"),
+                           cflags=[f"-DMAX_FLOWS={options.max_flows}",
+                                   f"-DMAX_IPS={options.max_ips}"],
+                           sched_cls=["pp_ingress", "pp_egress"],
+                           maps=["flows", "ips_of_interest", "settings_map"])
+
+    def start(self, loaded: LoadedProgram | None) -> None:
+        super().start(loaded)
+        assert loaded is not None
+        pod_level = self.ctx.pod_level
+        self.flows = BpfMap(loaded.maps["flows"], FlowKey, FlowValue, percpu=True)
+        settings = BpfMap(loaded.maps["settings_map"], ctypes.c_uint32, Settings)
+        settings.update(ctypes.c_uint32(0),
+                        Settings(filter_enabled=0 if pod_level.bypass_filter else 1))
+        pod_level.register_filter(BpfMap(loaded.maps["ips_of_interest"], AddrKey,
+                                         ctypes.c_uint8))
+        pod_level.on_spec_change(self._reset_baselines)
+        self.ncpu = possible_cpus()
+        self.last: dict[bytes, tuple[bytes, list[int], int]] = {}  # key -> raw, sums, idle
+        selector = LinkSelector(self.ctx.config.plugins.packetparser.interfaces)
+        for i, direction in enumerate(("ingress", "egress")):
+            self.ctx.tc.add_program(TcProgram(
+                name=f"retina_pp_{direction}", fd=loaded.programs[f"pp_{direction}"],
+                direction=direction, prio=TC_PRIO + i, selector=selector))
+
+    def _reset_baselines(self) -> None:
+        """A new MetricsConfiguration: series restart; count from now on."""
+        for key, (raw, sums, _) in list(self.last.items()):
+            self.last[key] = (raw, sums, 0)
+
+    def harvest(self) -> None:
+        pod_level = self.ctx.pod_level
+        series = pod_level.series
+        plans = {m: pod_level.plan(m) for m in METRICS}
+        now = time.monotonic()
+        seen: set[bytes] = set()
+        prune: list[bytes] = []
+        for raw_key, raw_value in self.flows.raw_items():
+            seen.add(raw_key)
+            previous = self.last.get(raw_key)
+            if previous is not None and previous[0] == raw_value:  # idle flow: cheap skip
+                idle = previous[2] + 1
+                self.last[raw_key] = (previous[0], previous[1], idle)
+                if idle >= IDLE_HARVESTS_BEFORE_PRUNE:
+                    prune.append(raw_key)
+                continue
+            sums = sum_per_cpu(raw_value, self.ncpu)
+            if previous is None or sums[0] < previous[1][0]:
+                deltas = sums  # new flow, or re-created after LRU eviction
+            else:
+                deltas = [c - p for c, p in zip(sums, previous[1], strict=True)]
+            self.last[raw_key] = (raw_value, sums, 0)
+            self._account(raw_key, deltas, plans, series, now)
+        for key in prune:
+            self.flows.delete_raw(key)
+            self.last.pop(key, None)
+        for key in [k for k in self.last if k not in seen]:  # evicted by the LRU
+            del self.last[key]
+        series.expire({m: pod_level.ttl(m) for m in METRICS}, now)
+
+    def _account(self, raw_key: bytes, deltas: list[int], plans, series, now: float) -> None:
+        src_raw, dst_raw, sport, dport, _proto, direction_index, _ = _KEY.unpack(raw_key)
+        pod_level = self.ctx.pod_level
+        src_ip, dst_ip = addr_str(src_raw), addr_str(dst_raw)
+        direction = DIRECTIONS[direction_index] if direction_index < 2 else "unknown"
+        packets, octets, flags = deltas[0], deltas[1], deltas[2:]
+        if pod_level.remote:
+            src, dst = pod_level.resolve(src_ip), pod_level.resolve(dst_ip)
+            if not (pod_level.selected(src) or pod_level.selected(dst)):
+                return
+            labels = {m: remote_values(plans[m], src, src_ip, sport, dst, dst_ip, dport,
+                                       direction) for m in METRICS}
+        else:
+            local_ip = src_ip if direction == "egress" else dst_ip
+            ep = pod_level.resolve(local_ip)
+            if ep is None or not pod_level.is_local(local_ip) or not pod_level.selected(ep):
+                return
+            labels = {m: local_values(plans[m], ep, local_ip, direction) for m in METRICS}
+        series.add(FORWARD_COUNT, labels[FORWARD_COUNT], packets, now)
+        series.add(FORWARD_BYTES, labels[FORWARD_BYTES], octets, now)
+        for flag, n in zip(FLAGS, flags, strict=True):
+            if n:
+                series.add(TCPFLAGS, (flag, *labels[TCPFLAGS]), n, now)
+
+    def collect(self) -> Iterable:
+        pod_level = self.ctx.pod_level
+        docs = {FORWARD_COUNT: "Packets of pod traffic, by direction and context",
+                FORWARD_BYTES: "Bytes of pod traffic, by direction and context",
+                TCPFLAGS: "TCP packets of pod traffic by flag and context"}
+        families = []
+        for metric in METRICS:
+            names = pod_level.plan(metric).names
+            if metric == TCPFLAGS:
+                names = ["flag", *names]
+            family = retina_gauge(metric, docs[metric], names)
+            for labels, value in pod_level.series.items(metric):
+                if len(labels) == len(names):
+                    family.add_metric(list(labels), value)
+            families.append(family)
+        return families

@@ -1,0 +1,149 @@
+"""Pod-level ("advanced") metrics: what the pod-level plugins share.
+
+``PodLevel`` ties together the endpoint cache (IP -> pod, fed by Kubernetes watches), the
+MetricsConfiguration in force, the IPs of interest (kept in each plugin's BPF filter map), the
+label plans, and one series store with expiry and a cap. Plugins call ``resolve``, ``plan`` and
+``series``; the agent calls ``refresh`` when the cache or the configuration changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+
+from retina_agent.podlevel.context import LabelPlan, plan_for
+from retina_agent.podlevel.series import SeriesStore
+
+log = logging.getLogger(__name__)
+
+
+class AddrKey(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint8 * 16)]
+
+
+def addr_bytes(ip: str) -> bytes:
+    """16-byte key for an address: IPv6 as is, IPv4 as ::ffff:a.b.c.d."""
+    a = ipaddress.ip_address(ip)
+    if a.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + a.packed
+    return a.packed
+
+
+def addr_str(raw: bytes) -> str:
+    a = ipaddress.IPv6Address(bytes(raw))
+    return str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
+
+
+class PodLevel:
+    def __init__(self, *, remote: bool, annotations: bool, bypass_filter: bool,
+                 max_series: int, cache=None, watcher=None) -> None:
+        self.remote = remote
+        self.annotations = annotations
+        self.bypass_filter = bypass_filter
+        self.cache = cache
+        self.watcher = watcher
+        self.series = SeriesStore(max_series)
+        self._filters: list = []  # BpfMap[AddrKey, c_uint8] of each plugin
+        self._interest: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self._spec = None
+        self._on_change: list[Callable[[], None]] = []
+
+    # -- configuration -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.cache is not None:
+            self.cache.subscribe(self.refresh)
+        if self.watcher is not None:
+            self.watcher.subscribe(self._spec_changed)
+            self._spec = self.watcher.current()
+        self.refresh()
+
+    def _spec_changed(self, spec) -> None:
+        with self._lock:
+            self._spec = spec
+        log.info("MetricsConfiguration in force changed: series restart with the new labels")
+        self.series.clear()
+        for callback in list(self._on_change):
+            callback()
+        self.refresh()
+
+    def on_spec_change(self, callback: Callable[[], None]) -> None:
+        self._on_change.append(callback)
+
+    @property
+    def spec(self):
+        return self._spec
+
+    def plan(self, metric: str) -> LabelPlan:
+        """Labels of an adv_ metric: its contextOption, else the defaults for the mode."""
+        option = None
+        spec = self._spec
+        if spec is not None:
+            short = metric.removeprefix("adv_")
+            options = spec.context_options
+            option = options.get(short) or options.get(short.replace("_bytes", "_count"))
+        return plan_for(option, self.remote)
+
+    def ttl(self, metric: str) -> float:
+        spec = self._spec
+        if spec is None:
+            return 0.0
+        short = metric.removeprefix("adv_")
+        option = spec.context_options.get(short) or spec.context_options.get(
+            short.replace("_bytes", "_count"))
+        return option.ttl_seconds if option is not None else 0.0
+
+    # -- endpoints ---------------------------------------------------------------------------
+    def resolve(self, ip: str):
+        return self.cache.lookup(ip) if self.cache is not None else None
+
+    def is_local(self, ip: str) -> bool:
+        return self.cache is not None and ip in self.cache.local_ips()
+
+    def selected(self, ep) -> bool:
+        """Is this endpoint's namespace selected by the MetricsConfiguration (if any)?"""
+        spec = self._spec
+        return ep is not None and (spec is None or spec.namespace_selected(ep.namespace))
+
+    def interest(self) -> frozenset[str]:
+        """Pods whose traffic produces series: local ones in local context, all in remote."""
+        cache = self.cache
+        if cache is None:
+            return frozenset()
+        ips = cache.all_ips() if self.remote else cache.local_ips()
+        if self.annotations:
+            ips = ips & cache.annotated_ips()
+        spec = self._spec
+        if spec is not None:
+            ips = frozenset(ip for ip in ips if spec.namespace_selected(
+                cache.namespace_of(ip) or ""))
+        return ips
+
+    # -- BPF filter maps ---------------------------------------------------------------------
+    def register_filter(self, bpf_map) -> None:
+        with self._lock:
+            self._filters.append(bpf_map)
+            interest = self._interest
+        for ip in interest:
+            bpf_map.update_raw(addr_bytes(ip), b"\x01")
+
+    def refresh(self) -> None:
+        """Bring every plugin's filter map in line with the IPs of interest."""
+        wanted = self.interest()
+        with self._lock:
+            added, removed = wanted - self._interest, self._interest - wanted
+            self._interest = wanted
+            filters = list(self._filters)
+        for bpf_map in filters:
+            for ip in added:
+                try:
+                    bpf_map.update_raw(addr_bytes(ip), b"\x01")
+                except OSError as exc:
+                    log.warning("cannot add %s to the pod filter: %s", ip, exc)
+            for ip in removed:
+                bpf_map.delete_raw(addr_bytes(ip))
+        if added or removed:
+            log.debug("IPs of interest: +%d -%d (now %d)", len(added), len(removed), len(wanted))

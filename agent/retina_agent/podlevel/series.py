@@ -1,0 +1,76 @@
+"""Cumulative pod-level series with expiry and a cap.
+
+Each series is a label tuple with a cumulative value. Series not updated for their metric's
+``ttl`` expire; past ``max_series`` new series are refused and counted as overflow, so a flood
+of external addresses cannot exhaust the agent's memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+
+class SeriesStore:
+    def __init__(self, max_series: int) -> None:
+        self.max_series = max_series
+        self._lock = threading.Lock()
+        # metric -> labels -> [value, last update (monotonic)]
+        self._series: dict[str, dict[tuple[str, ...], list[float]]] = {}
+        self.overflow: dict[str, int] = {}
+        self.expired: dict[str, int] = {}
+        self._count = 0
+
+    def add(self, metric: str, labels: tuple[str, ...], delta: float, now: float | None = None
+            ) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            series = self._series.setdefault(metric, {})
+            entry = series.get(labels)
+            if entry is None:
+                if self._count >= self.max_series:
+                    self.overflow[metric] = self.overflow.get(metric, 0) + 1
+                    return
+                series[labels] = [delta, now]
+                self._count += 1
+                return
+            entry[0] += delta
+            if delta:
+                entry[1] = now
+
+    def expire(self, ttl_of: dict[str, float], now: float | None = None) -> None:
+        """Drop series idle for longer than their metric's ttl (0 or missing: never)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for metric, series in self._series.items():
+                ttl = ttl_of.get(metric, 0)
+                if ttl <= 0:
+                    continue
+                stale = [k for k, (_, seen) in series.items() if now - seen > ttl]
+                for k in stale:
+                    del series[k]
+                self._count -= len(stale)
+                if stale:
+                    self.expired[metric] = self.expired.get(metric, 0) + len(stale)
+
+    def drop_metric(self, metric: str) -> None:
+        with self._lock:
+            self._count -= len(self._series.pop(metric, {}))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._series.clear()
+            self._count = 0
+
+    def items(self, metric: str) -> Iterable[tuple[tuple[str, ...], float]]:
+        with self._lock:
+            return [(k, v[0]) for k, v in self._series.get(metric, {}).items()]
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def cap_reached(self) -> bool:
+        return self._count >= self.max_series
