@@ -10,6 +10,80 @@ struct drop_value {
 
 BPF_PERCPU_HASH(drop_counts, u32, struct drop_value, 1024);
 
+#ifdef POD_LEVEL
+// Pod-level: the dropped packet's addresses, read from its IP header at
+// skb->head + skb->network_header (offsets from BTF), for flows touching an IP of interest.
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+
+struct addr_key {
+    u8 addr[16];
+};
+
+struct drop_flow_key {
+    u8 src[16];
+    u8 dst[16];
+    u32 reason;
+    u8 proto;
+    u8 pad[3];
+};
+
+BPF_TABLE("lru_percpu_hash", struct drop_flow_key, struct drop_value, drop_flows, 16384);
+BPF_HASH(ips_of_interest, struct addr_key, u8, MAX_IPS);
+
+static __always_inline void v4mapped(u8 *out, __be32 addr)
+{
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(out + 12, &addr, 4);
+}
+
+static __always_inline void count_flow(struct tp_args *args, u32 reason, u32 len)
+{
+    void *skb = (void *)args->skbaddr;
+    unsigned char *head = NULL;
+    u16 nh = 0xffff;
+    bpf_probe_read_kernel(&head, sizeof(head), skb + SKB_HEAD_OFFSET);
+    bpf_probe_read_kernel(&nh, sizeof(nh), skb + SKB_NETWORK_HEADER_OFFSET);
+    if (!head || nh == 0xffff)
+        return;  // no network header set (not an IP packet yet)
+    struct drop_flow_key key = {};
+    key.reason = reason;
+    if (args->protocol == ETH_P_IP) {
+        struct iphdr ip;
+        if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) < 0 || ip.version != 4)
+            return;
+        v4mapped(key.src, ip.saddr);
+        v4mapped(key.dst, ip.daddr);
+        key.proto = ip.protocol;
+    } else if (args->protocol == ETH_P_IPV6) {
+        struct ipv6hdr ip6;
+        if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh) < 0 || ip6.version != 6)
+            return;
+        __builtin_memcpy(key.src, &ip6.saddr, 16);
+        __builtin_memcpy(key.dst, &ip6.daddr, 16);
+        key.proto = ip6.nexthdr;
+    } else {
+        return;
+    }
+    struct addr_key a = {};
+    __builtin_memcpy(a.addr, key.src, 16);
+    if (!ips_of_interest.lookup(&a)) {
+        __builtin_memcpy(a.addr, key.dst, 16);
+        if (!ips_of_interest.lookup(&a))
+            return;
+    }
+    struct drop_value zero = {};
+    struct drop_value *v = drop_flows.lookup_or_try_init(&key, &zero);
+    if (v) {
+        v->packets += 1;
+        v->bytes += len;
+    }
+}
+#endif
+
 int on_kfree_skb(struct tp_args *args)
 {
 #ifdef HAVE_REASON
@@ -26,10 +100,13 @@ int on_kfree_skb(struct tp_args *args)
     if (!v)
         return 0;
     v->packets += 1;
-#ifdef SKB_LEN_OFFSET
     u32 len = 0;
+#ifdef SKB_LEN_OFFSET
     bpf_probe_read_kernel(&len, sizeof(len), (void *)args->skbaddr + SKB_LEN_OFFSET);
     v->bytes += len;
+#endif
+#if defined(POD_LEVEL) && defined(SKB_HEAD_OFFSET) && defined(SKB_NETWORK_HEADER_OFFSET)
+    count_flow(args, reason, len);
 #endif
     return 0;
 }

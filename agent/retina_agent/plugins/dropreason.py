@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
+import time
 from collections.abc import Iterable
 
 from retina_agent.bpf.maps import BpfMap
@@ -17,14 +19,25 @@ from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.metrics import add, retina_gauge
 from retina_agent.plugins.base import Plugin
 from retina_agent.plugins.tracepoints import tracepoint_source
+from retina_agent.podlevel import AddrKey, addr_str
+from retina_agent.podlevel.flows import FlowHarvester
 
 log = logging.getLogger(__name__)
 
 NO_REASON = 0xFFFFFFFF
+ADV_COUNT, ADV_BYTES = "adv_drop_count", "adv_drop_bytes"
+ADV_METRICS = (ADV_COUNT, ADV_BYTES)
+_FLOW_KEY = struct.Struct("=16s16sIB")
 
 
 class DropValue(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class DropFlowKey(ctypes.Structure):
+    _fields_ = [("src", ctypes.c_uint8 * 16), ("dst", ctypes.c_uint8 * 16),
+                ("reason", ctypes.c_uint32), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 3)]
 
 
 def reason_names(symbols: dict[int, str]) -> dict[int, str]:
@@ -64,9 +77,16 @@ class DropReason(Plugin):
         else:
             log.warning("dropreason: %s has no reason field (kernel before 5.17): drops are "
                         "counted under reason UNKNOWN", tracepoint)
+        maps = ["drop_counts"]
+        offsets = [("SKB_LEN_OFFSET", "sk_buff", "len")]
+        if self.ctx.pod_level is not None:  # adv_drop_*: attribute drops to pods
+            cflags += ["-DPOD_LEVEL", f"-DMAX_IPS={self.ctx.config.plugins.packetparser.max_ips}"]
+            maps += ["drop_flows", "ips_of_interest"]
+            offsets += [("SKB_HEAD_OFFSET", "sk_buff", "head"),
+                        ("SKB_NETWORK_HEADER_OFFSET", "sk_buff", "network_header")]
         return ProgramSpec(plugin=self.name, source=source, cflags=cflags,
-                           tracepoints=[(tracepoint, "on_kfree_skb")], maps=["drop_counts"],
-                           btf_offsets=[("SKB_LEN_OFFSET", "sk_buff", "len")],
+                           tracepoints=[(tracepoint, "on_kfree_skb")], maps=maps,
+                           btf_offsets=offsets,
                            btf_enums=["skb_drop_reason"] if not self.names else [])
 
     def start(self, loaded: LoadedProgram | None) -> None:
@@ -79,6 +99,13 @@ class DropReason(Plugin):
             log.warning("dropreason: %s (drop_bytes stays 0 without sk_buff.len)", warning)
         self.counts = BpfMap(loaded.maps["drop_counts"], ctypes.c_uint32, DropValue, percpu=True)
         self.snapshot: dict[str, tuple[int, int]] = {}
+        self.flows: FlowHarvester | None = None
+        if self.ctx.pod_level is not None and "drop_flows" in loaded.maps:
+            self.ctx.pod_level.register_filter(
+                BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8))
+            self.flows = FlowHarvester(
+                BpfMap(loaded.maps["drop_flows"], DropFlowKey, DropValue, percpu=True), 2,
+                self._account_flow)
 
     def reason_name(self, code: int) -> str:
         return self.names.get(code) or f"UNKNOWN_{code}"
@@ -91,6 +118,21 @@ class DropReason(Plugin):
             snapshot[name] = (packets + sum(v.packets for v in per_cpu),
                               octets + sum(v.bytes for v in per_cpu))
         self.snapshot = snapshot
+        if self.flows is not None:
+            pod_level = self.ctx.pod_level
+            self._plans = {m: pod_level.plan(m) for m in ADV_METRICS}
+            self._now = time.monotonic()
+            self.flows.harvest()
+            pod_level.series.expire({m: pod_level.ttl(m) for m in ADV_METRICS}, self._now)
+
+    def _account_flow(self, raw_key: bytes, deltas: list[int]) -> None:
+        src_raw, dst_raw, code, _proto = _FLOW_KEY.unpack_from(raw_key)
+        src_ip, dst_ip = addr_str(src_raw), addr_str(dst_raw)
+        reason = self.reason_name(code)
+        pod_level, series = self.ctx.pod_level, self.ctx.pod_level.series
+        for metric, value in ((ADV_COUNT, deltas[0]), (ADV_BYTES, deltas[1])):
+            for labels in pod_level.label_sets(self._plans[metric], src_ip, 0, dst_ip, 0):
+                series.add(metric, (reason, *labels), value, self._now)
 
     def collect(self) -> Iterable:
         packets = retina_gauge("drop_count", "Packets dropped by the kernel, by drop reason",
@@ -100,4 +142,15 @@ class DropReason(Plugin):
         for reason, (n, b) in sorted(self.snapshot.items()):
             add(packets, [reason, "unknown"], n)
             add(octets, [reason, "unknown"], b)
-        return [packets, octets]
+        families = [packets, octets]
+        if self.flows is not None:
+            pod_level = self.ctx.pod_level
+            for metric, doc in ((ADV_COUNT, "Dropped packets of pod traffic by reason"),
+                                (ADV_BYTES, "Dropped bytes of pod traffic by reason")):
+                names = ["reason", *pod_level.plan(metric).names]
+                family = retina_gauge(metric, doc, names)
+                for labels, value in pod_level.series.items(metric):
+                    if len(labels) == len(names):
+                        family.add_metric(list(labels), value)
+                families.append(family)
+        return families

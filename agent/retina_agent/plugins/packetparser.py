@@ -16,18 +16,18 @@ import struct
 import time
 from collections.abc import Iterable
 
-from retina_agent.bpf.maps import BpfMap, possible_cpus
+from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.links import LinkSelector
 from retina_agent.metrics import retina_gauge
 from retina_agent.plugins.base import Plugin, PluginUnavailable, bpf_source
 from retina_agent.podlevel import AddrKey, addr_str
-from retina_agent.podlevel.context import DIRECTIONS, local_values, remote_values
+from retina_agent.podlevel.context import DIRECTIONS
+from retina_agent.podlevel.flows import FlowHarvester
 from retina_agent.tc import PRIO_BASE, TcProgram
 
 FLAGS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
 TC_PRIO = PRIO_BASE + 0x20
-IDLE_HARVESTS_BEFORE_PRUNE = 6
 FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS = "adv_forward_count", "adv_forward_bytes", \
     "adv_tcpflags_count"
 METRICS = (FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS)
@@ -78,73 +78,36 @@ class PacketParser(Plugin):
                         Settings(filter_enabled=0 if pod_level.bypass_filter else 1))
         pod_level.register_filter(BpfMap(loaded.maps["ips_of_interest"], AddrKey,
                                          ctypes.c_uint8))
-        pod_level.on_spec_change(self._reset_baselines)
-        self.ncpu = possible_cpus()
-        self.last: dict[bytes, tuple[bytes, list[int], int]] = {}  # key -> raw, sums, idle
+        self.harvester = FlowHarvester(self.flows, 2 + len(FLAGS), self._account)
         selector = LinkSelector(self.ctx.config.plugins.packetparser.interfaces)
         for i, direction in enumerate(("ingress", "egress")):
             self.ctx.tc.add_program(TcProgram(
                 name=f"retina_pp_{direction}", fd=loaded.programs[f"pp_{direction}"],
                 direction=direction, prio=TC_PRIO + i, selector=selector))
 
-    def _reset_baselines(self) -> None:
-        """A new MetricsConfiguration: series restart; count from now on."""
-        for key, (raw, sums, _) in list(self.last.items()):
-            self.last[key] = (raw, sums, 0)
-
     def harvest(self) -> None:
         pod_level = self.ctx.pod_level
-        series = pod_level.series
-        plans = {m: pod_level.plan(m) for m in METRICS}
-        now = time.monotonic()
-        seen: set[bytes] = set()
-        prune: list[bytes] = []
-        for raw_key, raw_value in self.flows.raw_items():
-            seen.add(raw_key)
-            previous = self.last.get(raw_key)
-            if previous is not None and previous[0] == raw_value:  # idle flow: cheap skip
-                idle = previous[2] + 1
-                self.last[raw_key] = (previous[0], previous[1], idle)
-                if idle >= IDLE_HARVESTS_BEFORE_PRUNE:
-                    prune.append(raw_key)
-                continue
-            sums = sum_per_cpu(raw_value, self.ncpu)
-            if previous is None or sums[0] < previous[1][0]:
-                deltas = sums  # new flow, or re-created after LRU eviction
-            else:
-                deltas = [c - p for c, p in zip(sums, previous[1], strict=True)]
-            self.last[raw_key] = (raw_value, sums, 0)
-            self._account(raw_key, deltas, plans, series, now)
-        for key in prune:
-            self.flows.delete_raw(key)
-            self.last.pop(key, None)
-        for key in [k for k in self.last if k not in seen]:  # evicted by the LRU
-            del self.last[key]
-        series.expire({m: pod_level.ttl(m) for m in METRICS}, now)
+        self._plans = {m: pod_level.plan(m) for m in METRICS}
+        self._now = time.monotonic()
+        self.harvester.harvest()
+        pod_level.series.expire({m: pod_level.ttl(m) for m in METRICS}, self._now)
 
-    def _account(self, raw_key: bytes, deltas: list[int], plans, series, now: float) -> None:
+    def _account(self, raw_key: bytes, deltas: list[int]) -> None:
+        plans, series, now = self._plans, self.ctx.pod_level.series, self._now
         src_raw, dst_raw, sport, dport, _proto, direction_index, _ = _KEY.unpack(raw_key)
-        pod_level = self.ctx.pod_level
         src_ip, dst_ip = addr_str(src_raw), addr_str(dst_raw)
-        direction = DIRECTIONS[direction_index] if direction_index < 2 else "unknown"
+        direction = DIRECTIONS[direction_index] if direction_index < 2 else None
         packets, octets, flags = deltas[0], deltas[1], deltas[2:]
-        if pod_level.remote:
-            src, dst = pod_level.resolve(src_ip), pod_level.resolve(dst_ip)
-            if not (pod_level.selected(src) or pod_level.selected(dst)):
-                return
-            labels = {m: remote_values(plans[m], src, src_ip, sport, dst, dst_ip, dport,
-                                       direction) for m in METRICS}
-        else:
-            local_ip = src_ip if direction == "egress" else dst_ip
-            ep = pod_level.resolve(local_ip)
-            if ep is None or not pod_level.is_local(local_ip) or not pod_level.selected(ep):
-                return
-            labels = {m: local_values(plans[m], ep, local_ip, direction) for m in METRICS}
-        series.add(FORWARD_COUNT, labels[FORWARD_COUNT], packets, now)
-        series.add(FORWARD_BYTES, labels[FORWARD_BYTES], octets, now)
-        for flag, n in zip(FLAGS, flags, strict=True):
-            if n:
-                series.add(TCPFLAGS, (flag, *labels[TCPFLAGS]), n, now)
+        label_sets = self.ctx.pod_level.label_sets
+        for labels in label_sets(plans[FORWARD_COUNT], src_ip, sport, dst_ip, dport, direction):
+            series.add(FORWARD_COUNT, labels, packets, now)
+        for labels in label_sets(plans[FORWARD_BYTES], src_ip, sport, dst_ip, dport, direction):
+            series.add(FORWARD_BYTES, labels, octets, now)
+        if any(flags):
+            for labels in label_sets(plans[TCPFLAGS], src_ip, sport, dst_ip, dport, direction):
+                for flag, n in zip(FLAGS, flags, strict=True):
+                    if n:
+                        series.add(TCPFLAGS, (flag, *labels), n, now)
 
     def collect(self) -> Iterable:
         pod_level = self.ctx.pod_level

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from retina_agent.podlevel.context import LabelPlan, plan_for
+from retina_agent.podlevel.context import LabelPlan, local_values, plan_for, remote_values
 from retina_agent.podlevel.series import SeriesStore
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class PodLevel:
         self._lock = threading.Lock()
         self._spec = None
         self._on_change: list[Callable[[], None]] = []
+        self.api_client = None  # the kubernetes ApiClient, when connected
 
     # -- configuration -----------------------------------------------------------------------
     def start(self) -> None:
@@ -107,6 +108,34 @@ class PodLevel:
         """Is this endpoint's namespace selected by the MetricsConfiguration (if any)?"""
         spec = self._spec
         return ep is not None and (spec is None or spec.namespace_selected(ep.namespace))
+
+    def label_sets(self, plan: LabelPlan, src_ip: str, sport: int, dst_ip: str, dport: int,
+                   direction: str | None = None) -> list[tuple[str, ...]]:
+        """The series a packet from src to dst belongs to.
+
+        Local context: one per pod of this node it touches (the source's egress series, the
+        destination's ingress series), or only the side ``direction`` names. Remote context:
+        one series with both sides, when either side is selected; the direction is egress when
+        the source is a pod of this node, else ingress, unless given.
+        """
+        if self.remote:
+            src, dst = self.resolve(src_ip), self.resolve(dst_ip)
+            if not (self.selected(src) or self.selected(dst)):
+                return []
+            if direction is None:
+                direction = "egress" if self.is_local(src_ip) else "ingress"
+            return [remote_values(plan, src, src_ip, sport, dst, dst_ip, dport, direction)]
+        sides = []
+        if direction in (None, "egress"):
+            sides.append((src_ip, "egress"))
+        if direction in (None, "ingress"):
+            sides.append((dst_ip, "ingress"))
+        out = []
+        for ip, side in sides:
+            ep = self.resolve(ip)
+            if ep is not None and self.is_local(ip) and self.selected(ep):
+                out.append(local_values(plan, ep, ip, side))
+        return out
 
     def interest(self) -> frozenset[str]:
         """Pods whose traffic produces series: local ones in local context, all in remote."""

@@ -1,0 +1,62 @@
+"""Turn a per-CPU flow map that only grows into per-interval deltas, cheaply.
+
+Each harvest reads the map in batches, skips entries whose raw bytes did not change (the
+common case, no unpacking), sums per-CPU counters of the changed ones, computes deltas against
+the last harvest (a smaller value means the LRU evicted and re-created the entry), hands them
+to ``account``, and deletes entries idle for a few harvests so the map and this table stay
+small.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from retina_agent.bpf.maps import BpfMap, possible_cpus
+
+IDLE_HARVESTS_BEFORE_PRUNE = 6
+
+
+class FlowHarvester:
+    def __init__(self, bpf_map: BpfMap, words: int,
+                 account: Callable[[bytes, list[int]], None]) -> None:
+        """``words``: u64 counters in one CPU's value; ``account(raw_key, deltas)``."""
+        self.map = bpf_map
+        self.words = words
+        self.account = account
+        self.ncpu = possible_cpus()
+        self._unpack = struct.Struct(f"={words * self.ncpu}Q").unpack
+        self.last: dict[bytes, tuple[bytes, list[int], int]] = {}  # raw value, sums, idle
+
+    def sums(self, raw_value: bytes) -> list[int]:
+        values = self._unpack(raw_value)
+        return [sum(values[i::self.words]) for i in range(self.words)]
+
+    def harvest(self) -> None:
+        seen: set[bytes] = set()
+        prune: list[bytes] = []
+        for raw_key, raw_value in self.map.raw_items():
+            seen.add(raw_key)
+            previous = self.last.get(raw_key)
+            if previous is not None and previous[0] == raw_value:
+                idle = previous[2] + 1
+                self.last[raw_key] = (previous[0], previous[1], idle)
+                if idle >= IDLE_HARVESTS_BEFORE_PRUNE:
+                    prune.append(raw_key)
+                continue
+            sums = self.sums(raw_value)
+            if previous is None or sums[0] < previous[1][0]:
+                deltas = sums
+            else:
+                deltas = [c - p for c, p in zip(sums, previous[1], strict=True)]
+            self.last[raw_key] = (raw_value, sums, 0)
+            self.account(raw_key, deltas)
+        for key in prune:
+            self.map.delete_raw(key)
+            self.last.pop(key, None)
+        if len(seen) != len(self.last):
+            for key in [k for k in self.last if k not in seen]:  # evicted by the LRU
+                del self.last[key]
+
+    def __len__(self) -> int:
+        return len(self.last)
