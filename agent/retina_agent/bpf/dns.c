@@ -48,6 +48,73 @@ BPF_PERCPU_HASH(dns_responses, struct rcode_key, u64, 1024);
 BPF_PERCPU_ARRAY(dns_latency, struct latency, 1);
 BPF_TABLE("lru_hash", struct inflight_key, u64, dns_inflight, 16384);
 
+#ifdef POD_LEVEL
+// Pod-level: messages to or from a pod of interest go to user space whole (up to 512 bytes),
+// where the query name and answers are parsed. Events lost to a full buffer are counted.
+#define DNS_CAPTURE 512
+struct addr_key {
+    u8 addr[16];
+};
+
+struct dns_event {
+    u8 src[16];
+    u8 dst[16];
+    u16 sport;
+    u16 dport;
+    u16 len;
+    u16 pad;
+    u8 data[DNS_CAPTURE];
+};
+
+BPF_HASH(ips_of_interest, struct addr_key, u8, MAX_IPS);
+BPF_RINGBUF_OUTPUT(dns_events, 64);  // 64 pages
+BPF_PERCPU_ARRAY(dns_lost, u64, 1);
+
+static __always_inline void v4mapped(u8 *out, const u8 *addr)
+{
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(out + 12, addr, 4);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, int v4, u8 *src, u8 *dst, u16 sport,
+                                 u16 dport, u32 dnsoff)
+{
+    struct addr_key a = {};
+    if (v4) v4mapped(a.addr, src); else __builtin_memcpy(a.addr, src, 16);
+    if (!ips_of_interest.lookup(&a)) {
+        if (v4) v4mapped(a.addr, dst); else __builtin_memcpy(a.addr, dst, 16);
+        if (!ips_of_interest.lookup(&a))
+            return;
+    }
+    struct dns_event *ev = dns_events.ringbuf_reserve(sizeof(struct dns_event));
+    if (!ev) {
+        u32 zero = 0;
+        u64 *lost = dns_lost.lookup(&zero);
+        if (lost)
+            *lost += 1;
+        return;
+    }
+    if (v4) {
+        v4mapped(ev->src, src);
+        v4mapped(ev->dst, dst);
+    } else {
+        __builtin_memcpy(ev->src, src, 16);
+        __builtin_memcpy(ev->dst, dst, 16);
+    }
+    ev->sport = sport;
+    ev->dport = dport;
+    u32 n = skb->len > dnsoff ? skb->len - dnsoff : 0;
+    if (n > DNS_CAPTURE)
+        n = DNS_CAPTURE;
+    ev->len = 0;
+    if (n >= 12 && bpf_skb_load_bytes(skb, dnsoff, ev->data, n) == 0)
+        ev->len = n;
+    dns_events.ringbuf_submit(ev, 0);
+}
+#endif
+
 static __always_inline void bump(u32 slot)
 {
     u64 *v = dns_totals.lookup(&slot);
@@ -62,7 +129,9 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
 
     u32 off = ETH_HLEN, l4off;
     u8 l4proto, src[16] = {}, dst[16] = {};
+    int v4 = 0;
     if (skb->protocol == SWAP16(ETH_P_IP)) {
+        v4 = 1;
         struct iphdr ip;
         if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
             return TC_ACT_UNSPEC;
@@ -122,6 +191,9 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
         key.port = sport;
     }
     u64 now = bpf_ktime_get_ns();
+#ifdef POD_LEVEL
+    emit(skb, v4, src, dst, sport, dport, dnsoff);
+#endif
     if (!response) {
         bump(0);
         dns_inflight.update(&key, &now);

@@ -3,19 +3,34 @@
 Retina's ``dns_request_count`` and ``dns_response_count`` (no labels), and beyond Retina:
 ``dns_responses_total{rcode,qtype}`` and the query-to-response latency histogram
 ``dns_latency_seconds``. UDP and TCP, IPv4 and IPv6.
+
+Pod level (``enablePodLevel``): messages to or from pods of interest reach the agent through a
+ring buffer, are parsed with dnspython, and become ``adv_dns_request_count{query_type,query}``
+and ``adv_dns_response_count{return_code,query_type,query,response,num_response}`` with the
+pods' context labels. Events lost to a full ring buffer are counted in
+``controlplane_networkobservability_lost_events_counter{type="dns"}``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
+import struct
+import time
 from collections.abc import Iterable
 
 from retina_agent.bpf.maps import BpfMap
+from retina_agent.bpf.ringbuf import RingBuffer
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.links import LinkSelector
-from retina_agent.metrics import add, counter, histogram, retina_gauge
+from retina_agent.metrics import add, counter, histogram, retina_counter, retina_gauge
 from retina_agent.plugins.base import Plugin, bpf_source
+from retina_agent.podlevel import AddrKey, addr_str
 from retina_agent.tc import PRIO_BASE, TcProgram
+
+log = logging.getLogger(__name__)
+ADV_REQUESTS, ADV_RESPONSES = "adv_dns_request_count", "adv_dns_response_count"
+_EVENT = struct.Struct("=16s16sHHHH")
 
 LATENCY_SLOTS = 32
 TC_PRIO = PRIO_BASE + 0x10
@@ -48,9 +63,12 @@ class Dns(Plugin):
     name = "dns"
 
     def prepare(self) -> ProgramSpec:
-        return ProgramSpec(plugin=self.name, source=bpf_source("dns.c"),
-                           sched_cls=["dns_ingress", "dns_egress"],
-                           maps=["dns_totals", "dns_responses", "dns_latency"])
+        maps, cflags = ["dns_totals", "dns_responses", "dns_latency"], []
+        if self.ctx.pod_level is not None:
+            cflags = ["-DPOD_LEVEL", f"-DMAX_IPS={self.ctx.config.plugins.packetparser.max_ips}"]
+            maps += ["ips_of_interest", "dns_events", "dns_lost"]
+        return ProgramSpec(plugin=self.name, source=bpf_source("dns.c"), cflags=cflags,
+                           sched_cls=["dns_ingress", "dns_egress"], maps=maps)
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
@@ -62,6 +80,15 @@ class Dns(Plugin):
         self.latency = BpfMap(loaded.maps["dns_latency"], ctypes.c_uint32, Latency, percpu=True)
         self.snapshot: dict = {"requests": 0, "responses": 0, "by_code": {},
                                "slots": [0] * LATENCY_SLOTS, "sum_ns": 0, "count": 0}
+        self.events: RingBuffer | None = None
+        self.lost = 0
+        if "dns_events" in loaded.maps:
+            self.ctx.pod_level.register_filter(
+                BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8))
+            self.lost_map = BpfMap(loaded.maps["dns_lost"], ctypes.c_uint32, ctypes.c_uint64,
+                                   percpu=True)
+            self.events = RingBuffer(loaded.maps["dns_events"], self._on_event, "dns")
+            self.events.start()
         selector = LinkSelector(self.ctx.config.plugins.dns.interfaces)
         for i, direction in enumerate(("ingress", "egress")):
             self.ctx.tc.add_program(TcProgram(
@@ -83,6 +110,48 @@ class Dns(Plugin):
             count += cpu.count
         self.snapshot = {"requests": requests, "responses": responses, "by_code": by_code,
                          "slots": slots, "sum_ns": sum_ns, "count": count}
+        if self.events is not None:
+            self.lost = sum(self.lost_map.lookup(ctypes.c_uint32(0)) or [])
+            pod_level = self.ctx.pod_level
+            pod_level.series.expire({m: pod_level.ttl(m) for m in (ADV_REQUESTS, ADV_RESPONSES)})
+
+    def stop(self) -> None:
+        if getattr(self, "events", None) is not None:
+            self.events.stop()
+            self.events = None
+        super().stop()
+
+    def _on_event(self, raw: bytes) -> None:
+        """One DNS message to or from a pod of interest (ring buffer thread)."""
+        import dns.exception
+        import dns.message
+
+        src, dst, sport, dport, length, _ = _EVENT.unpack_from(raw)
+        try:
+            msg = dns.message.from_wire(raw[_EVENT.size:_EVENT.size + length],
+                                        ignore_trailing=True, one_rr_per_rrset=True)
+        except dns.exception.DNSException:
+            return
+        if not msg.question:
+            return
+        question = msg.question[0]
+        query = question.name.to_text()
+        qtype = qtype_name(question.rdtype)
+        pod_level = self.ctx.pod_level
+        src_ip, dst_ip = addr_str(src), addr_str(dst)
+        now = time.monotonic()
+        if not msg.flags & 0x8000:  # QR = 0: a request
+            plan = pod_level.plan(ADV_REQUESTS)
+            for labels in pod_level.label_sets(plan, src_ip, sport, dst_ip, dport):
+                pod_level.series.add(ADV_REQUESTS, (qtype, query, *labels), 1, now)
+            return
+        answers = [rr.address for rrset in msg.answer for rr in rrset
+                   if hasattr(rr, "address")]
+        plan = pod_level.plan(ADV_RESPONSES)
+        for labels in pod_level.label_sets(plan, src_ip, sport, dst_ip, dport):
+            pod_level.series.add(
+                ADV_RESPONSES, (rcode_name(msg.rcode()), qtype, query, ",".join(answers),
+                                str(len(answers)), *labels), 1, now)
 
     def collect(self) -> Iterable:
         s = self.snapshot
@@ -102,4 +171,26 @@ class Dns(Plugin):
         latency = histogram("dns_latency_seconds",
                             "Time from a DNS request to its response, seen on the node",
                             buckets, s["sum_ns"] / 1e9)
-        return [requests, responses, by_code, latency]
+        families = [requests, responses, by_code, latency]
+        if self.events is not None:
+            families += self._adv_families()
+        return families
+
+    def _adv_families(self) -> list:
+        pod_level = self.ctx.pod_level
+        out = []
+        for metric, fixed, doc in (
+                (ADV_REQUESTS, ["query_type", "query"], "DNS requests of pods by query"),
+                (ADV_RESPONSES, ["return_code", "query_type", "query", "response",
+                                 "num_response"], "DNS responses to pods by query and answer")):
+            names = fixed + pod_level.plan(metric).names
+            family = retina_counter(metric, doc, names, prefix="networkobservability_")
+            for labels, value in pod_level.series.items(metric):
+                if len(labels) == len(names):
+                    family.add_metric(list(labels), value)
+            out.append(family)
+        lost = retina_counter("lost_events_counter", "Events lost before reaching the agent",
+                              ["type", "reason"])
+        add(lost, ["dns", "ring_buffer_full"], self.lost)
+        out.append(lost)
+        return out
