@@ -13,7 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-PLUGIN_NAMES = ("linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser")
+PLUGIN_NAMES = ("linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser",
+                "latency")
 DEFAULT_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -83,6 +84,19 @@ class PacketParserOptions(_Strict):
     max_ips: int = Field(65536, ge=256, le=1048576, alias="maxIPs")
 
 
+class LatencyOptions(_Strict):
+    interfaces: list[str] = Field(default_factory=lambda: ["auto"])
+    api_server: list[str] = Field(default_factory=list, alias="apiServer")  # host:port
+    no_response_timeout: str = Field("500ms", alias="noResponseTimeout")
+
+    @field_validator("no_response_timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("must be a positive duration like 500ms")
+        return value
+
+
 class PodLevelOptions(_Strict):
     """Ours: how pod-level metrics find the cluster and bound their memory."""
 
@@ -103,6 +117,7 @@ class PluginOptions(_Strict):
     tcpretrans: TcpRetransOptions = Field(default_factory=TcpRetransOptions)
     linuxutil: LinuxUtilOptions = Field(default_factory=LinuxUtilOptions)
     packetparser: PacketParserOptions = Field(default_factory=PacketParserOptions)
+    latency: LatencyOptions = Field(default_factory=LatencyOptions)
 
 
 class AgentConfig(_Strict):

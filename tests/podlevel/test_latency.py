@@ -1,0 +1,86 @@
+"""API-server latency, timed in the kernel, against a stand-in server 20 ms away."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from retina_lab.agent import AgentProcess
+from retina_lab.delay import PacketDelay
+
+HANDSHAKE = "networkobservability_adv_node_apiserver_tcp_handshake_latency"
+LATENCY = "networkobservability_adv_node_apiserver_latency"
+NO_RESPONSE = "networkobservability_adv_node_apiserver_no_response"
+
+
+class StandInServer:
+    """A plain TCP server in pod b: answers a line with a line, or stays silent."""
+
+    def __init__(self, pod, port: int) -> None:
+        with pod.entered():
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("0.0.0.0", port))
+            self.sock.listen(64)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(4096):
+                if b"silent" not in data:
+                    conn.sendall(b"ok\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def histogram_median(metrics, name: str) -> float | None:
+    buckets = sorted((float(lab["le"]), v) for n, lab, v in metrics.samples
+                     if n == f"{name}_bucket")
+    total = buckets[-1][1] if buckets else 0
+    for le, count in buckets:
+        if total and count >= total / 2:
+            return le
+    return None
+
+
+@pytest.mark.parametrize("delay_ms", [20])
+def test_handshake_median_near_the_delay(lab_node, delay_ms):
+    b = lab_node["b"]
+    port = 6443
+    server = StandInServer(b, port)
+    config = {"enabledPlugin": ["latency"],
+              "plugins": {"latency": {"apiServer": [f"{b.ip}:{port}"]}}}
+    try:
+        with AgentProcess(config) as agent, \
+                PacketDelay(b, ["-p", "tcp", "--sport", str(port), "--tcp-flags", "SYN,ACK",
+                                "SYN,ACK"], delay_ms / 1000) as delay:
+            connections = 15
+            for _ in range(connections):  # the node itself talks to the "API server"
+                with socket.create_connection((b.ip, port), timeout=5) as c:
+                    c.sendall(b"GET /version\n")
+                    assert c.recv(16) == b"ok\n"
+            with socket.create_connection((b.ip, port), timeout=5) as silent:
+                silent.sendall(b"silent watch\n")  # never answered
+                m = agent.scrape_until(
+                    lambda m: m.value(f"{HANDSHAKE}_count") >= connections + 1
+                    and m.value(NO_RESPONSE) >= 1, timeout=20)
+            assert delay.delayed >= connections
+            assert m.value(f"{HANDSHAKE}_count") >= connections + 1
+            median = histogram_median(m, HANDSHAKE)
+            assert median is not None and delay_ms - 2 <= median <= delay_ms + 5, median
+            assert m.value(f"{LATENCY}_count") >= connections  # request -> response timed
+            assert m.value(NO_RESPONSE, no_response="no_response") == 1
+    finally:
+        server.close()
