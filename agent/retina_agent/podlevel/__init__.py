@@ -104,10 +104,15 @@ class PodLevel:
     def is_local(self, ip: str) -> bool:
         return self.cache is not None and ip in self.cache.local_ips()
 
-    def selected(self, ep) -> bool:
-        """Is this endpoint's namespace selected by the MetricsConfiguration (if any)?"""
+    def selected(self, ep, ip: str) -> bool:
+        """Does this pod produce series: its namespace selected by the MetricsConfiguration
+        (if any) and, in annotation mode, the pod or its namespace annotated?"""
+        if ep is None:
+            return False
         spec = self._spec
-        return ep is not None and (spec is None or spec.namespace_selected(ep.namespace))
+        if spec is not None and not spec.namespace_selected(ep.namespace):
+            return False
+        return not self.annotations or ip in self.cache.annotated_ips()
 
     def label_sets(self, plan: LabelPlan, src_ip: str, sport: int, dst_ip: str, dport: int,
                    direction: str | None = None) -> list[tuple[str, ...]]:
@@ -120,7 +125,7 @@ class PodLevel:
         """
         if self.remote:
             src, dst = self.resolve(src_ip), self.resolve(dst_ip)
-            if not (self.selected(src) or self.selected(dst)):
+            if not (self.selected(src, src_ip) or self.selected(dst, dst_ip)):
                 return []
             if direction is None:
                 direction = "egress" if self.is_local(src_ip) else "ingress"
@@ -133,7 +138,7 @@ class PodLevel:
         out = []
         for ip, side in sides:
             ep = self.resolve(ip)
-            if ep is not None and self.is_local(ip) and self.selected(ep):
+            if ep is not None and self.is_local(ip) and self.selected(ep, ip):
                 out.append(local_values(plan, ep, ip, side))
         return out
 
