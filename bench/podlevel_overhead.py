@@ -89,7 +89,9 @@ def memory(node: LabNode, pods: int, ports: int) -> dict:
         apply_crds(kube)
         kube.seed([metrics_configuration("bench", exclude=[], options=[
             {"metricName": "forward_count", "sourceLabels": ["podname"],
-             "destinationLabels": ["podname", "port"], "additionalLabels": ["direction"]}])])
+             "destinationLabels": ["podname", "port"], "additionalLabels": ["direction"]},
+            {"metricName": "forward_bytes", "sourceLabels": ["podname"],
+             "destinationLabels": ["podname"], "additionalLabels": ["direction"]}])])
         config = {"enablePodLevel": True, "remoteContext": True,
                   "enabledPlugin": POD_LEVEL_PLUGINS,
                   "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": "lab-node",
@@ -108,12 +110,15 @@ def memory(node: LabNode, pods: int, ports: int) -> dict:
             series = "controlplane_networkobservability_series"
             m = wait_for(lambda: (lambda m: m if m.value(series) >= 2 * ports else None)(
                 agent.scrape()), 120, 1, "the flow series")
+            adv = "networkobservability_adv_forward_count"
+            port_series = len(m.series(adv))
             time.sleep(11)  # two more harvests with every flow present
             cpu, rss = process_stats(agent.proc.pid)
             t = time.perf_counter()
             body = agent.scrape_text()
             render = time.perf_counter() - t
-            return {"pods_in_cluster": pods, "flow_series": int(m.value(series)),
+            return {"pods_in_cluster": pods, "series": int(m.value(series)),
+                    "adv_forward_count_series": port_series,
                     "agent_ready_s": round(ready_s, 1), "rss_ready_mib": round(rss_ready / 2**20, 1),
                     "rss_with_series_mib": round(rss / 2**20, 1),
                     "metrics_render_s": round(render, 2), "metrics_mib": round(len(body) / 2**20, 1),

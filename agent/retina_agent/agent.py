@@ -43,7 +43,8 @@ class Agent:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self.server = MetricsServer(config.api_server.host, config.api_server.port,
-                                    self.registry, self.states)
+                                    self.registry, self.states,
+                                    self.pod_level.render if self.pod_level else None)
         self.stopping = threading.Event()
 
     # -- start -------------------------------------------------------------------------------

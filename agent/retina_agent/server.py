@@ -8,7 +8,7 @@ from collections.abc import Callable
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from retina_agent.status import PluginStates
 
@@ -22,13 +22,18 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def make_app(registry: CollectorRegistry, states: PluginStates) -> Callable:
-    metrics_app = make_wsgi_app(registry)
+def make_app(registry: CollectorRegistry, states: PluginStates,
+             extra: Callable[[], str] | None = None) -> Callable:
+    """``extra`` renders more exposition text (the pod-level series) after the registry's."""
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return metrics_app(environ, start_response)
+            body = generate_latest(registry)
+            if extra is not None:
+                body += extra().encode()
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [body]
         if path == "/healthz":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
@@ -46,8 +51,8 @@ def make_app(registry: CollectorRegistry, states: PluginStates) -> Callable:
 
 class MetricsServer:
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 states: PluginStates) -> None:
-        self.httpd = make_server(host, port, make_app(registry, states),
+                 states: PluginStates, extra: Callable[[], str] | None = None) -> None:
+        self.httpd = make_server(host, port, make_app(registry, states, extra),
                                  server_class=_ThreadingServer, handler_class=_QuietHandler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
@@ -71,4 +73,14 @@ def test_remote_context_labels_both_sides(seeded):
         m = agent.scrape_until(lambda m: m.value(FWD, direction="egress", **want) >= 40)
         assert m.value(FWD, direction="egress", **want) >= 40, m.series(FWD)
         assert m.value(FWD, direction="ingress", **want) >= 40  # seen again at b's veth
+        # The pod-level text (rendered by the agent itself) is valid exposition. promtool's only
+        # lint findings may be Retina's own control-plane names, which dashboards and alerts
+        # need verbatim (``..._counter`` breaks promtool's "no type in the name" rule).
+        check = subprocess.run(["promtool", "check", "metrics"], input=m.text,
+                               capture_output=True, text=True)
+        findings = [line for line in (check.stdout + check.stderr).splitlines() if line]
+        retina_names = ("controlplane_networkobservability_lost_events_counter",
+                        "controlplane_networkobservability_expired_metrics_counter")
+        assert check.returncode in (0, 3), findings  # 1 would be a parse error
+        assert all(line.startswith(retina_names) for line in findings), findings
     sink.close()

@@ -87,6 +87,11 @@ class Dns(Plugin):
                 BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8))
             self.lost_map = BpfMap(loaded.maps["dns_lost"], ctypes.c_uint32, ctypes.c_uint64,
                                    percpu=True)
+            self.ctx.pod_level.register_metric(ADV_REQUESTS, "DNS requests of pods by query",
+                                               ("query_type", "query"))
+            self.ctx.pod_level.register_metric(
+                ADV_RESPONSES, "DNS responses to pods by query and answer",
+                ("return_code", "query_type", "query", "response", "num_response"))
             self.events = RingBuffer(loaded.maps["dns_events"], self._on_event, "dns")
             self.events.start()
         selector = LinkSelector(self.ctx.config.plugins.dns.interfaces)
@@ -177,20 +182,7 @@ class Dns(Plugin):
         return families
 
     def _adv_families(self) -> list:
-        pod_level = self.ctx.pod_level
-        out = []
-        for metric, fixed, doc in (
-                (ADV_REQUESTS, ["query_type", "query"], "DNS requests of pods by query"),
-                (ADV_RESPONSES, ["return_code", "query_type", "query", "response",
-                                 "num_response"], "DNS responses to pods by query and answer")):
-            names = fixed + pod_level.plan(metric).names
-            family = retina_counter(metric, doc, names, prefix="networkobservability_")
-            for labels, value in pod_level.series.items(metric):
-                if len(labels) == len(names):
-                    family.add_metric(list(labels), value)
-            out.append(family)
         lost = retina_counter("lost_events_counter", "Events lost before reaching the agent",
                               ["type", "reason"])
         add(lost, ["dns", "ring_buffer_full"], self.lost)
-        out.append(lost)
-        return out
+        return [lost]

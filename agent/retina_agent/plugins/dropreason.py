@@ -106,6 +106,10 @@ class DropReason(Plugin):
             self.flows = FlowHarvester(
                 BpfMap(loaded.maps["drop_flows"], DropFlowKey, DropValue, percpu=True), 2,
                 self._account_flow)
+            self.ctx.pod_level.register_metric(ADV_COUNT, "Dropped packets of pod traffic by "
+                                               "reason and context", ("reason",))
+            self.ctx.pod_level.register_metric(ADV_BYTES, "Dropped bytes of pod traffic by "
+                                               "reason and context", ("reason",))
 
     def reason_name(self, code: int) -> str:
         return self.names.get(code) or f"UNKNOWN_{code}"
@@ -142,15 +146,4 @@ class DropReason(Plugin):
         for reason, (n, b) in sorted(self.snapshot.items()):
             add(packets, [reason, "unknown"], n)
             add(octets, [reason, "unknown"], b)
-        families = [packets, octets]
-        if self.flows is not None:
-            pod_level = self.ctx.pod_level
-            for metric, doc in ((ADV_COUNT, "Dropped packets of pod traffic by reason"),
-                                (ADV_BYTES, "Dropped bytes of pod traffic by reason")):
-                names = ["reason", *pod_level.plan(metric).names]
-                family = retina_gauge(metric, doc, names)
-                for labels, value in pod_level.series.items(metric):
-                    if len(labels) == len(names):
-                        family.add_metric(list(labels), value)
-                families.append(family)
-        return families
+        return [packets, octets]

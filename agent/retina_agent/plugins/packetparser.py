@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.links import LinkSelector
-from retina_agent.metrics import retina_gauge
 from retina_agent.plugins.base import Plugin, PluginUnavailable, bpf_source
 from retina_agent.podlevel import AddrKey, addr_str
 from retina_agent.podlevel.context import DIRECTIONS
@@ -79,6 +78,10 @@ class PacketParser(Plugin):
         pod_level.register_filter(BpfMap(loaded.maps["ips_of_interest"], AddrKey,
                                          ctypes.c_uint8))
         self.harvester = FlowHarvester(self.flows, 2 + len(FLAGS), self._account)
+        pod_level.register_metric(FORWARD_COUNT, "Packets of pod traffic by direction and context")
+        pod_level.register_metric(FORWARD_BYTES, "Bytes of pod traffic by direction and context")
+        pod_level.register_metric(TCPFLAGS, "TCP packets of pod traffic by flag and context",
+                                  ("flag",))
         selector = LinkSelector(self.ctx.config.plugins.packetparser.interfaces)
         for i, direction in enumerate(("ingress", "egress")):
             self.ctx.tc.add_program(TcProgram(
@@ -110,18 +113,4 @@ class PacketParser(Plugin):
                         series.add(TCPFLAGS, (flag, *labels), n, now)
 
     def collect(self) -> Iterable:
-        pod_level = self.ctx.pod_level
-        docs = {FORWARD_COUNT: "Packets of pod traffic, by direction and context",
-                FORWARD_BYTES: "Bytes of pod traffic, by direction and context",
-                TCPFLAGS: "TCP packets of pod traffic by flag and context"}
-        families = []
-        for metric in METRICS:
-            names = pod_level.plan(metric).names
-            if metric == TCPFLAGS:
-                names = ["flag", *names]
-            family = retina_gauge(metric, docs[metric], names)
-            for labels, value in pod_level.series.items(metric):
-                if len(labels) == len(names):
-                    family.add_metric(list(labels), value)
-            families.append(family)
-        return families
+        return []  # pod-level series are rendered by PodLevel

@@ -55,6 +55,8 @@ class TcpRetrans(Plugin):
             self.pairs = FlowHarvester(
                 BpfMap(loaded.maps["retrans_pairs"], PairKey, ctypes.c_uint64, percpu=True), 1,
                 self._account)
+            self.ctx.pod_level.register_metric(ADV, "TCP retransmissions of pod traffic by "
+                                               "direction and context")
 
     def harvest(self) -> None:
         self.snapshot = {f: sum(self.counts.lookup(ctypes.c_uint32(i)) or [])
@@ -77,13 +79,4 @@ class TcpRetrans(Plugin):
                               ["family"])
         for name, value in self.snapshot.items():
             add(family, [name], value)
-        families = [family]
-        if self.pairs is not None:
-            pod_level = self.ctx.pod_level
-            names = pod_level.plan(ADV).names
-            adv = retina_gauge(ADV, "TCP retransmissions of pod traffic by context", names)
-            for labels, value in pod_level.series.items(ADV):
-                if len(labels) == len(names):
-                    adv.add_metric(list(labels), value)
-            families.append(adv)
-        return families
+        return [family]

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from retina_agent.metrics import DATAPLANE
 from retina_agent.podlevel.context import LabelPlan, local_values, plan_for, remote_values
 from retina_agent.podlevel.series import SeriesStore
 
@@ -51,6 +52,7 @@ class PodLevel:
         self._lock = threading.Lock()
         self._spec = None
         self._on_change: list[Callable[[], None]] = []
+        self._metrics: dict[str, tuple[str, tuple[str, ...]]] = {}  # metric -> doc, fixed
         self.api_client = None  # the kubernetes ApiClient, when connected
 
     # -- configuration -----------------------------------------------------------------------
@@ -96,6 +98,20 @@ class PodLevel:
         option = spec.context_options.get(short) or spec.context_options.get(
             short.replace("_bytes", "_count"))
         return option.ttl_seconds if option is not None else 0.0
+
+    # -- exposition --------------------------------------------------------------------------
+    def register_metric(self, metric: str, doc: str, fixed_labels: tuple[str, ...] = ()) -> None:
+        """A pod-level metric a plugin produces: ``fixed_labels`` come before the context."""
+        self._metrics[metric] = (doc, fixed_labels)
+
+    def render(self) -> str:
+        """Every pod-level metric in the Prometheus text format (see SeriesStore.render)."""
+        out: list[str] = []
+        for metric, (doc, fixed) in self._metrics.items():
+            name = DATAPLANE + metric
+            out.append(f"# HELP {name} {doc}\n# TYPE {name} untyped\n")
+            out.extend(self.series.render(metric, name, [*fixed, *self.plan(metric).names]))
+        return "".join(out)
 
     # -- endpoints ---------------------------------------------------------------------------
     def resolve(self, ip: str):

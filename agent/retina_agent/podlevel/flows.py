@@ -26,7 +26,9 @@ class FlowHarvester:
         self.account = account
         self.ncpu = possible_cpus()
         self._unpack = struct.Struct(f"={words * self.ncpu}Q").unpack
-        self.last: dict[bytes, tuple[bytes, list[int], int]] = {}  # raw value, sums, idle
+        # raw key -> (raw value at the last harvest, harvests without change). Only bytes are
+        # kept (sums are recomputed from them when a flow changes): ~200 bytes per flow.
+        self.last: dict[bytes, tuple[bytes, int]] = {}
 
     def sums(self, raw_value: bytes) -> list[int]:
         values = self._unpack(raw_value)
@@ -39,17 +41,18 @@ class FlowHarvester:
             seen.add(raw_key)
             previous = self.last.get(raw_key)
             if previous is not None and previous[0] == raw_value:
-                idle = previous[2] + 1
-                self.last[raw_key] = (previous[0], previous[1], idle)
+                idle = previous[1] + 1
+                self.last[raw_key] = (raw_value, idle)
                 if idle >= IDLE_HARVESTS_BEFORE_PRUNE:
                     prune.append(raw_key)
                 continue
             sums = self.sums(raw_value)
-            if previous is None or sums[0] < previous[1][0]:
+            before = self.sums(previous[0]) if previous is not None else None
+            if before is None or sums[0] < before[0]:
                 deltas = sums
             else:
-                deltas = [c - p for c, p in zip(sums, previous[1], strict=True)]
-            self.last[raw_key] = (raw_value, sums, 0)
+                deltas = [c - p for c, p in zip(sums, before, strict=True)]
+            self.last[raw_key] = (raw_value, 0)
             self.account(raw_key, deltas)
         for key in prune:
             self.map.delete_raw(key)
