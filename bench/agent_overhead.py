@@ -76,39 +76,53 @@ def main() -> int:
     args = p.parse_args()
 
     with LabNode(pod_names=("a", "b")) as node:
-        baseline = median_run(node, args.runs, args.seconds, args.size)
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=False)
-        agent = AgentProcess(interval="10s")
+        base_runs, agent_runs, agent_cpu, agent_packets = [], [], 0.0, 0
+        prog1: dict = {}
         try:
-            t0 = time.monotonic()
-            agent.start()
-            startup = time.monotonic() - t0
-            pid = agent.proc.pid
-            time.sleep(12)  # one harvest in steady state
-            cpu0, rss_idle = process_stats(pid)
-            time.sleep(args.idle)
-            cpu1, _ = process_stats(pid)
-            idle_share = (cpu1 - cpu0) / args.idle
-            prog0 = bpf_prog_stats()
-            loaded = median_run(node, args.runs, args.seconds, args.size)
-            cpu2, rss_loaded = process_stats(pid)
-            prog1 = bpf_prog_stats()
-            render = []
-            for _ in range(20):
-                t = time.perf_counter()
-                with urllib.request.urlopen(agent.url + "/metrics") as r:
-                    body = r.read()
-                render.append(time.perf_counter() - t)
-            _, rss_after = process_stats(pid)
+            # Interleaved: no agent, agent, no agent, agent ... so that drift in the machine's
+            # load hits both sides alike.
+            for i in range(args.runs):
+                base_runs.append(iperf_udp(node, args.seconds, args.size))
+                agent = AgentProcess(interval="10s")
+                try:
+                    t0 = time.monotonic()
+                    agent.start()
+                    startup = time.monotonic() - t0
+                    pid = agent.proc.pid
+                    p0, c0 = bpf_prog_stats(), process_stats(pid)[0]
+                    run = iperf_udp(node, args.seconds, args.size)
+                    p1, c1 = bpf_prog_stats(), process_stats(pid)[0]
+                    agent_runs.append(run)
+                    agent_cpu += c1 - c0
+                    agent_packets += run["received"]
+                    for name, (cnt, ns) in p1.items():
+                        b_cnt, b_ns = p0.get(name, (0, 0))
+                        a_cnt, a_ns = prog1.get(name, (0, 0))
+                        prog1[name] = (a_cnt + cnt - b_cnt, a_ns + ns - b_ns)
+                    if i == args.runs - 1:  # the last agent: idle CPU, RSS, render time
+                        time.sleep(12)  # a harvest in steady state
+                        cpu0, rss_idle = process_stats(pid)
+                        time.sleep(args.idle)
+                        cpu1, rss_after = process_stats(pid)
+                        idle_share = (cpu1 - cpu0) / args.idle
+                        render = []
+                        for _ in range(20):
+                            t = time.perf_counter()
+                            with urllib.request.urlopen(agent.url + "/metrics") as r:
+                                body = r.read()
+                            render.append(time.perf_counter() - t)
+                        rss_loaded = rss_after
+                finally:
+                    agent.cleanup()
         finally:
-            agent.cleanup()
             subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
+    baseline = {"runs": base_runs, "pps": statistics.median(r["pps"] for r in base_runs)}
+    loaded = {"runs": agent_runs, "pps": statistics.median(r["pps"] for r in agent_runs),
+              "packets": agent_packets}
+    cpu1, cpu2 = 0.0, agent_cpu
 
-    ns_per_run = {}
-    for name, (cnt, ns) in prog1.items():
-        c0, n0 = prog0.get(name, (0, 0))
-        if cnt - c0:
-            ns_per_run[name] = (ns - n0) / (cnt - c0)
+    ns_per_run = {name: ns / cnt for name, (cnt, ns) in prog1.items() if cnt}
     agent_cpu = cpu2 - cpu1
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
