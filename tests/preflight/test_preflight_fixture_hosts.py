@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import HOSTS, by_id, plugins, run_cli
 
-EBPF = ("packetforward", "dropreason", "dns", "tcpretrans", "packetparser")
+EBPF = ("packetforward", "dropreason", "dns", "tcpretrans", "packetparser", "latency")
 
 
 def test_centos7_310_kernel_fails_and_only_linuxutil_runs() -> None:
@@ -36,7 +36,7 @@ def test_centos7_310_kernel_fails_and_only_linuxutil_runs() -> None:
     assert report["summary"]["plugins_available"] == ["linuxutil"]
 
 
-def test_elrepo_69_without_btf_warns_and_packetparser_cannot_run() -> None:
+def test_elrepo_69_without_btf_warns_and_dropreason_is_degraded() -> None:
     code, report = run_cli("--root", str(HOSTS / "elrepo-6.9"))
     checks = by_id(report)
     assert code == 2 and report["summary"]["warned"] == ["btf"]
@@ -49,9 +49,10 @@ def test_elrepo_69_without_btf_warns_and_packetparser_cannot_run() -> None:
     assert checks["tracepoint:skb:kfree_skb"]["verdict"] == "pass"
     assert checks["memlock"]["verdict"] == "pass"  # >= 5.11: memcg accounting
     verdicts = plugins(report)
-    assert verdicts["packetparser"]["status"] == "unavailable"
-    assert verdicts["packetparser"]["reasons"][0].startswith("btf:")
-    for name in ("packetforward", "dropreason", "dns", "tcpretrans", "linuxutil"):
+    # without BTF, drop bytes and pod attribution (sk_buff offsets) are lost: degraded
+    assert verdicts["dropreason"]["status"] == "degraded"
+    assert verdicts["dropreason"]["reasons"][0].startswith("btf:")
+    for name in ("packetforward", "dns", "tcpretrans", "linuxutil", "packetparser", "latency"):
         assert verdicts[name]["status"] == "available", verdicts[name]
     assert "bcc" in verdicts["dns"]["unverified"] and "tc_clsact" in verdicts["dns"]["unverified"]
 
@@ -98,6 +99,7 @@ def test_ubuntu_2204_hwe_65_all_pass_with_recorded_probes() -> None:
         "dns",
         "tcpretrans",
         "packetparser",
+        "latency",
     ]
     assert all(not p["unverified"] for p in report["plugins"])
 

@@ -59,7 +59,7 @@ options:
       - The agent plugins to give verdicts for.
     type: list
     elements: str
-    choices: [packetforward, dropreason, linuxutil, dns, tcpretrans, packetparser]
+    choices: [packetforward, dropreason, linuxutil, dns, tcpretrans, packetparser, latency]
     default: [packetforward, dropreason, linuxutil, dns, tcpretrans, packetparser]
   fail_on:
     description:
@@ -166,7 +166,7 @@ from ansible_collections.retina.observability.plugins.module_utils.preflight imp
     run_preflight,
 )
 
-PLUGIN_CHOICES = ["packetforward", "dropreason", "linuxutil", "dns", "tcpretrans", "packetparser"]
+PLUGIN_CHOICES = ["packetforward", "dropreason", "linuxutil", "dns", "tcpretrans", "packetparser", "latency"]
 FAIL_ON_LEVELS = {"fail": ("fail",), "warn": ("fail", "warn"), "never": ()}
 
 

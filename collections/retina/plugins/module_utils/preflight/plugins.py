@@ -33,7 +33,9 @@ PLUGINS = {
         True, needs=("tc_clsact",), net_admin=True, summary="TC clsact on host interfaces"
     ),
     "dropreason": PluginNeeds(
-        True, degrades=("tracepoint:skb:kfree_skb",), summary="tracepoint skb:kfree_skb (reason field)"
+        True,
+        degrades=("tracepoint:skb:kfree_skb", "btf"),
+        summary="tracepoint skb:kfree_skb (reason field); BTF for drop bytes and pod attribution",
     ),
     "linuxutil": PluginNeeds(False, summary="procfs, sysfs and ethtool only"),
     "dns": PluginNeeds(
@@ -43,11 +45,10 @@ PLUGINS = {
         True, needs=("tracepoint:tcp:tcp_retransmit_skb",), summary="tracepoint tcp:tcp_retransmit_skb"
     ),
     "packetparser": PluginNeeds(
-        True,
-        needs=("tc_clsact",),
-        strict=("btf",),
-        net_admin=True,
-        summary="TC clsact + BTF for sk_buff offsets",
+        True, needs=("tc_clsact",), net_admin=True, summary="TC clsact on pod veths (pod-level flows)"
+    ),
+    "latency": PluginNeeds(
+        True, needs=("tc_clsact",), net_admin=True, summary="TC clsact, API-server latency in the kernel"
     ),
 }
 PLUGIN_NAMES = tuple(PLUGINS)
