@@ -76,6 +76,7 @@ class AgentProcess:
                "metricsIntervalDuration": interval,
                "stateDir": str(self.workdir / "state")}
         cfg.update(config or {})
+        self.port = int(cfg["apiServer"].get("port", self.port))
         self.config = cfg
         self.config_path = self.workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
