@@ -1,8 +1,9 @@
 """Attach TC (clsact, cls_bpf direct-action) programs to interfaces, and remove only ours.
 
 Coexistence rules (Cilium and other CNIs attach TC programs too):
-- our filters are named ``retina_<program>@<agent pid>`` and use priorities from ``PRIO_BASE``
-  up, and programs return TC_ACT_UNSPEC so the next filter still runs;
+- our filters are named ``retina_<program>@<pid>.<start time>`` (the agent process that owns
+  them: the start time tells a restarted container's PID 1 from the one before it) and use
+  priorities from ``PRIO_BASE`` up; programs return TC_ACT_UNSPEC so the next filter runs;
 - we never replace or delete a filter that is not ours;
 - a clsact qdisc is removed at shutdown only if we created it and nothing else uses it.
 The interfaces where we created clsact are written to a state file, so that a restart after a
@@ -50,18 +51,35 @@ def _bpf_name(msg) -> str | None:
     return options.get_attr("TCA_BPF_NAME") if options else None
 
 
-def owner_pid(name: str) -> int | None:
-    _, _, pid = name.rpartition("@")
-    return int(pid) if pid.isdigit() else None
+def process_tag(pid: int) -> str | None:
+    """``<pid>.<start time in clock ticks since boot>`` of a running process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{pid}.{start}"
+
+
+OWNER = process_tag(os.getpid()) or str(os.getpid())
+
+
+def owner_of(name: str) -> str:
+    return name.rpartition("@")[2]
 
 
 def owner_alive(name: str) -> bool:
-    """Is the agent that attached this filter still running?"""
-    pid = owner_pid(name)
-    if pid is None:
-        return False
-    if pid == os.getpid():
+    """Is the agent process that attached this filter still running (same pid and start)?
+
+    A filter of an agent in another PID namespace (the container before a restart) counts as
+    stale: one agent runs per node.
+    """
+    owner = owner_of(name)
+    if owner == OWNER:
         return True
+    pid = owner.partition(".")[0]
+    if not pid.isdigit() or process_tag(int(pid)) != owner:
+        return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return b"retina" in f.read()
@@ -86,12 +104,11 @@ def our_filters(ipr: IPRoute, index: int) -> list[tuple[str, int, int, str]]:
 
 def _other_filters(ipr: IPRoute, index: int) -> bool:
     """Does anything but this agent (a CNI, another live agent) have filters here?"""
-    mine = os.getpid()
     for parent in PARENTS.values():
         try:
             for m in ipr.get_filters(index=index, parent=parent):
                 name = _bpf_name(m) or ""
-                if m["handle"] and owner_pid(name) != mine:
+                if m["handle"] and owner_of(name) != OWNER:
                     return True
         except NetlinkError:
             continue
@@ -120,8 +137,8 @@ class TcManager:
                 for direction, prio, handle, name in our_filters(ipr, link.index):
                     if owner_alive(name):
                         continue
-                    self._del_filter(ipr, link.index, direction, prio, handle)
-                    removed.append(f"{link.name}/{direction}/{name}")
+                    if self._del_filter(ipr, link.index, direction, prio, handle):
+                        removed.append(f"{link.name}/{direction}/{name}")
                 if link.name in created.values() and not _other_filters(ipr, link.index):
                     self._del_clsact(ipr, link.index)
                     removed.append(f"{link.name}/clsact")
@@ -150,10 +167,9 @@ class TcManager:
         if self._watcher:
             self._watcher.stop()
         with self._lock, IPRoute() as ipr:
-            mine = os.getpid()
             for index in list(self._attached):
                 for direction, prio, handle, name in our_filters(ipr, index):
-                    if owner_pid(name) == mine:
+                    if owner_of(name) == OWNER:
                         self._del_filter(ipr, index, direction, prio, handle)
             for index in list(self._created_clsact):
                 if not _other_filters(ipr, index):
@@ -207,7 +223,7 @@ class TcManager:
         for slot in range(PRIO_SLOTS):
             try:
                 ipr.tc("add-filter", "bpf", index=link.index, handle=":1", fd=p.fd,
-                       name=f"{p.name}@{os.getpid()}", parent=PARENTS[p.direction], classid=1,
+                       name=f"{p.name}@{OWNER}", parent=PARENTS[p.direction], classid=1,
                        direct_action=True, prio=p.prio + slot * PRIO_SLOT_STEP)
                 return
             except NetlinkError as exc:

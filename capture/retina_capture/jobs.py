@@ -1,7 +1,8 @@
 """Turn a checked capture (``spec.CaptureSpec``) and its nodes into Kubernetes manifests.
 
 One Job per node, as Retina makes them: labels ``retina.sh/app=capture`` and
-``capture-name=<name>``, host network, capabilities NET_ADMIN and SYS_ADMIN (not privileged),
+``capture-name=<name>``, host network, capabilities NET_ADMIN, NET_RAW and SYS_ADMIN (not
+privileged; NET_RAW because not every runtime grants it by default),
 ``backoffLimit: 0``, pinned to its node by node affinity on ``metadata.name``. The container runs
 the node worker ``retina-capture``; every setting reaches it as ``RETINA_CAPTURE_<FLAG>``
 (``retina_capture.worker.settings.settings_to_env``), the node name through the downward API,
@@ -20,6 +21,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from retina_capture.images import default_image
 from retina_capture.spec import CaptureSpec
 from retina_capture.worker.settings import (
     DEFAULT_HOST_PATH_BASE,
@@ -35,7 +37,7 @@ ANNOTATION_NODE = "retina.sh/capture-node"
 ANNOTATION_OUTPUTS = "retina.sh/capture-outputs"
 PVC_MOUNT_PATH = "/mnt/retina/pvc"
 HOST_PATH_BASE = DEFAULT_HOST_PATH_BASE  # /var/lib/retina/captures, mounted at the same path
-DEFAULT_IMAGE = "localhost/retina-onprem:0.1.0"
+DEFAULT_IMAGE = default_image("agent")  # the agent image carries retina-capture and tcpdump
 CONTAINER_NAME = "capture"
 #: Extra time a Job gets beyond the capture duration (metadata, packing, uploads with retries).
 DEADLINE_MARGIN_SECONDS = 900
@@ -131,7 +133,7 @@ def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
         "command": ["retina-capture"],
         "env": _env(spec, node, pod_ips),
         "securityContext": {"privileged": False,
-                            "capabilities": {"add": ["NET_ADMIN", "SYS_ADMIN"]}},
+                            "capabilities": {"add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
     }
     if mounts:

@@ -27,45 +27,13 @@ import time
 import uuid
 from typing import Any
 
+from retina_lab.traffic import TcpServer
+
 UDP_OPEN, UDP_DROPPED, TCP_CLOSED, TCP_HELD, TCP_LOSSY = 7101, 7102, 7103, 7104, 7105
 API_SERVER = 6443
 DROP_RULE = ["INPUT", "-p", "udp", "--dport", str(UDP_DROPPED), "-j", "DROP"]
 LOSS_RULE = ["INPUT", "-p", "tcp", "--dport", str(TCP_LOSSY), "-m", "statistic", "--mode",
              "random", "--probability", "0.3", "-j", "DROP"]
-
-
-class _Server:
-    """A TCP server in a pod that accepts connections and reads everything sent."""
-
-    def __init__(self, pod: Any, port: int) -> None:
-        with pod.entered():
-            self.sock = socket.socket()
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(("0.0.0.0", port))
-            self.sock.listen(64)
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _drain(conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while conn.recv(65536):
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.close()
 
 
 #: The API-server stand-in: its own process (no GIL shared with the workload), answering the
@@ -128,7 +96,7 @@ class LabWorkload:
             self._sink.bind(("0.0.0.0", UDP_OPEN))
         self._cleanups.append(self._sink.close)
         for port in (TCP_HELD, TCP_LOSSY):
-            server = _Server(b, port)
+            server = TcpServer(b, port)
             self._cleanups.append(server.close)
         if self.api_server:
             responder = b.popen([sys.executable, "-c", _RESPONDER, str(API_SERVER)],

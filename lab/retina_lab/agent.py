@@ -171,7 +171,7 @@ class AgentProcess:
 
 
 def our_tc_filters(pid: int | None = None) -> list[str]:
-    """Our TC filters on the host as ``dev/direction/name@pid``; only one agent's with ``pid``."""
+    """Our TC filters on the host as ``dev/direction/name@pid.start``; one agent's with ``pid``."""
     found = []
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
@@ -180,7 +180,7 @@ def our_tc_filters(pid: int | None = None) -> list[str]:
             out = subprocess.run(["tc", "filter", "show", "dev", dev, direction],
                                  capture_output=True, text=True).stdout
             found += [f"{dev}/{direction}/{w}" for w in out.split() if w.startswith("retina_")
-                      and (pid is None or w.endswith(f"@{pid}"))]
+                      and (pid is None or f"@{pid}." in w)]
     return found
 
 

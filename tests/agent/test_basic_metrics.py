@@ -12,7 +12,7 @@ import dns.rcode
 import pytest
 
 from retina_lab.agent import wait_for
-from tests.agent.traffic import TcpServer, connect_refused, send_udp, udp_sink
+from retina_lab.traffic import TcpServer, connect_refused, send_udp, udp_sink
 
 DROP = "networkobservability_drop_count"
 DROP_BYTES = "networkobservability_drop_bytes"

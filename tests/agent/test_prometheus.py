@@ -6,7 +6,7 @@ import subprocess
 
 from retina_lab.agent import wait_for
 from retina_lab.prometheus import PrometheusServer
-from tests.agent.traffic import send_udp
+from retina_lab.traffic import send_udp
 from tests.conftest import require
 
 RETINA_NODE_METRICS = [

@@ -61,7 +61,8 @@ def test_create_makes_one_pinned_job_per_linux_node(kube_emulator, capsys) -> No
         assert job["spec"]["backoffLimit"] == 0
         assert pod["hostNetwork"] is True
         sc = pod["containers"][0]["securityContext"]
-        assert sc["privileged"] is False and sorted(sc["capabilities"]["add"]) == ["NET_ADMIN", "SYS_ADMIN"]
+        assert sc["privileged"] is False and sorted(sc["capabilities"]["add"]) == [
+            "NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
         env = env_of(job)
         assert env["RETINA_CAPTURE_NAME"] == "cap1"
         assert env["RETINA_CAPTURE_DURATION"] == "30s"

@@ -7,7 +7,7 @@ exact counts prove the offsets right on the running kernel.
 
 from __future__ import annotations
 
-from tests.agent.traffic import send_udp
+from retina_lab.traffic import send_udp
 from tests.podlevel.test_packetparser import pod_level_agent, seeded  # noqa: F401
 
 ADV_DROP = "networkobservability_adv_drop_count"
@@ -42,7 +42,7 @@ def test_retransmissions_attributed_to_the_sending_pod(seeded):  # noqa: F811
     import socket
 
     from retina_lab.agent import wait_for
-    from tests.agent.traffic import TcpServer
+    from retina_lab.traffic import TcpServer
 
     kube, node = seeded
     a, b = node["a"], node["b"]

@@ -3,46 +3,16 @@
 from __future__ import annotations
 
 import socket
-import threading
 
 import pytest
 
 from retina_lab.agent import AgentProcess
 from retina_lab.delay import PacketDelay
+from retina_lab.traffic import TcpServer
 
 HANDSHAKE = "networkobservability_adv_node_apiserver_tcp_handshake_latency"
 LATENCY = "networkobservability_adv_node_apiserver_latency"
 NO_RESPONSE = "networkobservability_adv_node_apiserver_no_response"
-
-
-class StandInServer:
-    """A plain TCP server in pod b: answers a line with a line, or stays silent."""
-
-    def __init__(self, pod, port: int) -> None:
-        with pod.entered():
-            self.sock = socket.socket()
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(("0.0.0.0", port))
-            self.sock.listen(64)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _answer(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(4096):
-                if b"silent" not in data:
-                    conn.sendall(b"ok\n")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def histogram_median(metrics, name: str) -> float | None:
@@ -59,7 +29,8 @@ def histogram_median(metrics, name: str) -> float | None:
 def test_handshake_median_near_the_delay(lab_node, delay_ms):
     b = lab_node["b"]
     port = 6443
-    server = StandInServer(b, port)
+    # a plain TCP stand-in: answers a line with a line, stays silent on a "silent" request
+    server = TcpServer(b, port, reply=lambda data: None if b"silent" in data else b"ok\n")
     config = {"enabledPlugin": ["latency"],
               "plugins": {"latency": {"apiServer": [f"{b.ip}:{port}"]}}}
     try:

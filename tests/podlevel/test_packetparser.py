@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
-from tests.agent.traffic import send_udp, udp_sink
+from retina_lab.traffic import send_udp, udp_sink
 from tests.podlevel.cluster import NODE, seed_lab
 
 FWD = "networkobservability_adv_forward_count"

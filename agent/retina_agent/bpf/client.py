@@ -12,6 +12,22 @@ from retina_agent.bpf.spec import LoadedProgram, LoadError, ProgramSpec
 MAX_FDS = 250  # SCM_RIGHTS carries at most 253 fds in one message
 
 
+def explain(error: str, spec: ProgramSpec) -> str:
+    """Add the likely fix to a loader error (bcc's own words rarely name it)."""
+    refused = ("Need super-user privileges" in error or "Operation not permitted" in error
+               or "EPERM" in error)
+    if not refused:
+        return error
+    needs = ["CAP_BPF (or CAP_SYS_ADMIN)"]
+    if spec.sched_cls:
+        needs.append("CAP_NET_ADMIN for TC programs")
+    if spec.tracepoints:
+        needs.append("CAP_PERFMON for tracepoints")
+    return (f"{error} -- the kernel refused bpf(): the agent needs {', '.join(needs)}; in a "
+            "container, a seccomp profile may also block bpf() and perf_event_open() "
+            "(seccompProfile: Unconfined)")
+
+
 def load_programs(specs: list[ProgramSpec], timeout: float = 180.0
                   ) -> dict[str, LoadedProgram | LoadError]:
     """Compile, load and attach every spec in one child process. Never raises for a plugin."""
@@ -43,9 +59,10 @@ def load_programs(specs: list[ProgramSpec], timeout: float = 180.0
             reason = f"BPF loader exited with {proc.returncode}: {' | '.join(tail)}"
             return {s.plugin: LoadError(reason) for s in specs}
     results: dict[str, LoadedProgram | LoadError] = {}
+    by_plugin = {s.plugin: s for s in specs}
     for plugin, r in json.loads(msg).items():
         if "error" in r:
-            results[plugin] = LoadError(r["error"])
+            results[plugin] = LoadError(explain(r["error"], by_plugin[plugin]))
             continue
         results[plugin] = LoadedProgram(
             plugin=plugin,

@@ -52,9 +52,7 @@ BPF_TABLE("lru_hash", struct inflight_key, u64, dns_inflight, 16384);
 // Pod-level: messages to or from a pod of interest go to user space whole (up to 512 bytes),
 // where the query name and answers are parsed. Events lost to a full buffer are counted.
 #define DNS_CAPTURE 512
-struct addr_key {
-    u8 addr[16];
-};
+#include "pod_filter.h"
 
 struct dns_event {
     u8 src[16];
@@ -66,28 +64,22 @@ struct dns_event {
     u8 data[DNS_CAPTURE];
 };
 
-BPF_HASH(ips_of_interest, struct addr_key, u8, MAX_IPS);
 BPF_RINGBUF_OUTPUT(dns_events, 64);  // 64 pages
 BPF_PERCPU_ARRAY(dns_lost, u64, 1);
-
-static __always_inline void v4mapped(u8 *out, const u8 *addr)
-{
-    __builtin_memset(out, 0, 10);
-    out[10] = 0xff;
-    out[11] = 0xff;
-    __builtin_memcpy(out + 12, addr, 4);
-}
 
 static __always_inline void emit(struct __sk_buff *skb, int v4, u8 *src, u8 *dst, u16 sport,
                                  u16 dport, u32 dnsoff)
 {
-    struct addr_key a = {};
-    if (v4) v4mapped(a.addr, src); else __builtin_memcpy(a.addr, src, 16);
-    if (!ips_of_interest.lookup(&a)) {
-        if (v4) v4mapped(a.addr, dst); else __builtin_memcpy(a.addr, dst, 16);
-        if (!ips_of_interest.lookup(&a))
-            return;
+    u8 s16[16], d16[16];
+    if (v4) {
+        v4mapped(s16, src);
+        v4mapped(d16, dst);
+    } else {
+        __builtin_memcpy(s16, src, 16);
+        __builtin_memcpy(d16, dst, 16);
     }
+    if (!either_of_interest(s16, d16))
+        return;
     struct dns_event *ev = dns_events.ringbuf_reserve(sizeof(struct dns_event));
     if (!ev) {
         u32 zero = 0;
@@ -96,13 +88,8 @@ static __always_inline void emit(struct __sk_buff *skb, int v4, u8 *src, u8 *dst
             *lost += 1;
         return;
     }
-    if (v4) {
-        v4mapped(ev->src, src);
-        v4mapped(ev->dst, dst);
-    } else {
-        __builtin_memcpy(ev->src, src, 16);
-        __builtin_memcpy(ev->dst, dst, 16);
-    }
+    __builtin_memcpy(ev->src, s16, 16);
+    __builtin_memcpy(ev->dst, d16, 16);
     ev->sport = sport;
     ev->dport = dport;
     u32 n = skb->len > dnsoff ? skb->len - dnsoff : 0;

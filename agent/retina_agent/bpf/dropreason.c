@@ -17,9 +17,7 @@ BPF_PERCPU_HASH(drop_counts, u32, struct drop_value, 1024);
 #include <uapi/linux/ip.h>
 #include <uapi/linux/ipv6.h>
 
-struct addr_key {
-    u8 addr[16];
-};
+#include "pod_filter.h"
 
 struct drop_flow_key {
     u8 src[16];
@@ -30,15 +28,6 @@ struct drop_flow_key {
 };
 
 BPF_TABLE("lru_percpu_hash", struct drop_flow_key, struct drop_value, drop_flows, 16384);
-BPF_HASH(ips_of_interest, struct addr_key, u8, MAX_IPS);
-
-static __always_inline void v4mapped(u8 *out, __be32 addr)
-{
-    __builtin_memset(out, 0, 10);
-    out[10] = 0xff;
-    out[11] = 0xff;
-    __builtin_memcpy(out + 12, &addr, 4);
-}
 
 static __always_inline void count_flow(struct tp_args *args, u32 reason, u32 len)
 {
@@ -55,8 +44,8 @@ static __always_inline void count_flow(struct tp_args *args, u32 reason, u32 len
         struct iphdr ip;
         if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) < 0 || ip.version != 4)
             return;
-        v4mapped(key.src, ip.saddr);
-        v4mapped(key.dst, ip.daddr);
+        v4mapped(key.src, &ip.saddr);
+        v4mapped(key.dst, &ip.daddr);
         key.proto = ip.protocol;
     } else if (args->protocol == ETH_P_IPV6) {
         struct ipv6hdr ip6;
@@ -68,13 +57,8 @@ static __always_inline void count_flow(struct tp_args *args, u32 reason, u32 len
     } else {
         return;
     }
-    struct addr_key a = {};
-    __builtin_memcpy(a.addr, key.src, 16);
-    if (!ips_of_interest.lookup(&a)) {
-        __builtin_memcpy(a.addr, key.dst, 16);
-        if (!ips_of_interest.lookup(&a))
-            return;
-    }
+    if (!either_of_interest(key.src, key.dst))
+        return;
     struct drop_value zero = {};
     struct drop_value *v = drop_flows.lookup_or_try_init(&key, &zero);
     if (v) {

@@ -13,9 +13,7 @@
 #define SWAP16(x) __builtin_bswap16(x)
 #define N_FLAGS 10  // FIN SYN SYNACK ACK RST PSH URG ECE CWR NS, as Retina
 
-struct addr_key {
-    u8 addr[16];  // IPv4 as ::ffff:a.b.c.d
-};
+#include "pod_filter.h"
 
 struct flow_key {
     u8 src[16];
@@ -39,16 +37,7 @@ struct settings {
 };
 
 BPF_TABLE("lru_percpu_hash", struct flow_key, struct flow_value, flows, MAX_FLOWS);
-BPF_HASH(ips_of_interest, struct addr_key, u8, MAX_IPS);
 BPF_ARRAY(settings_map, struct settings, 1);
-
-static __always_inline void v4mapped(u8 *out, __be32 addr)
-{
-    __builtin_memset(out, 0, 10);
-    out[10] = 0xff;
-    out[11] = 0xff;
-    __builtin_memcpy(out + 12, &addr, 4);
-}
 
 static __always_inline int interesting(struct flow_key *k)
 {
@@ -56,12 +45,7 @@ static __always_inline int interesting(struct flow_key *k)
     struct settings *s = settings_map.lookup(&zero);
     if (s && !s->filter_enabled)
         return 1;
-    struct addr_key a = {};
-    __builtin_memcpy(a.addr, k->src, 16);
-    if (ips_of_interest.lookup(&a))
-        return 1;
-    __builtin_memcpy(a.addr, k->dst, 16);
-    return ips_of_interest.lookup(&a) != NULL;
+    return either_of_interest(k->src, k->dst);
 }
 
 static __always_inline int handle(struct __sk_buff *skb, u8 direction)
@@ -73,8 +57,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 direction)
         struct iphdr ip;
         if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
             return TC_ACT_UNSPEC;
-        v4mapped(key.src, ip.saddr);
-        v4mapped(key.dst, ip.daddr);
+        v4mapped(key.src, &ip.saddr);
+        v4mapped(key.dst, &ip.daddr);
         key.proto = ip.protocol;
         l4off = ETH_HLEN + ip.ihl * 4;
         if (ip.frag_off & SWAP16(0x1fff))

@@ -6,9 +6,7 @@ TP_STRUCT
 BPF_PERCPU_ARRAY(retrans_counts, u64, 2);  // 0 = IPv4, 1 = IPv6
 
 #ifdef POD_LEVEL
-struct addr_key {
-    u8 addr[16];
-};
+#include "pod_filter.h"
 
 struct pair_key {
     u8 src[16];
@@ -20,7 +18,6 @@ struct pair_value {
 };
 
 BPF_TABLE("lru_percpu_hash", struct pair_key, struct pair_value, retrans_pairs, 16384);
-BPF_HASH(ips_of_interest, struct addr_key, u8, MAX_IPS);
 
 static __always_inline void count_pair(struct tp_args *args)
 {
@@ -29,17 +26,11 @@ static __always_inline void count_pair(struct tp_args *args)
         __builtin_memcpy(key.src, args->saddr_v6, 16);
         __builtin_memcpy(key.dst, args->daddr_v6, 16);
     } else {
-        key.src[10] = key.src[11] = key.dst[10] = key.dst[11] = 0xff;
-        __builtin_memcpy(key.src + 12, args->saddr, 4);
-        __builtin_memcpy(key.dst + 12, args->daddr, 4);
+        v4mapped(key.src, args->saddr);
+        v4mapped(key.dst, args->daddr);
     }
-    struct addr_key a = {};
-    __builtin_memcpy(a.addr, key.src, 16);
-    if (!ips_of_interest.lookup(&a)) {
-        __builtin_memcpy(a.addr, key.dst, 16);
-        if (!ips_of_interest.lookup(&a))
-            return;
-    }
+    if (!either_of_interest(key.src, key.dst))
+        return;
     struct pair_value zero = {};
     struct pair_value *v = retrans_pairs.lookup_or_try_init(&key, &zero);
     if (v)

@@ -69,5 +69,17 @@ class Plugin(ABC):
 
 
 def bpf_source(filename: str) -> str:
-    """The text of a BPF C file shipped in ``retina_agent/bpf``."""
-    return resources.files("retina_agent.bpf").joinpath(filename).read_text()
+    """The text of a BPF C file shipped in ``retina_agent/bpf``, local headers inlined.
+
+    bcc rewrites its map syntax (``map.lookup(&key)``) only in the main source, so a shared
+    header such as ``pod_filter.h`` is pasted in place of its ``#include "..."`` line.
+    """
+    folder = resources.files("retina_agent.bpf")
+    lines = []
+    for line in folder.joinpath(filename).read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith('#include "') and stripped.endswith('"'):
+            lines.append(folder.joinpath(stripped[len('#include "'):-1]).read_text())
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -56,6 +56,9 @@ def validate_expression(expr: str, interface: str, flag: str = "--tcpdump-filter
                           if not line.startswith("Warning")) or f"exit {proc.returncode}"
         if "No such device" in detail or "doesn't exist" in detail:
             raise FilterError(f"--interfaces: {interface!r}: {detail}")
+        if "permission" in detail.lower() or "not permitted" in detail.lower():
+            raise CaptureError(f"tcpdump may not capture on {interface!r}: {detail} (the "
+                               "capture needs CAP_NET_RAW and CAP_NET_ADMIN)")
         raise FilterError(f"{flag}: tcpdump rejects the filter {expr!r}: {detail}")
 
 

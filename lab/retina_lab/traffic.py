@@ -1,11 +1,16 @@
-"""Traffic generators run inside lab pods (sockets made in the pod's network namespace)."""
+"""Traffic run inside lab pods: sockets made in the pod's network namespace.
+
+Used by the tests, the demo, the dashboards' lab workload and the benchmarks.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
-from retina_lab import LabPod
+from retina_lab.node import LabPod
 
 
 def udp_sink(pod: LabPod, port: int, family: int = socket.AF_INET) -> socket.socket:
@@ -37,14 +42,17 @@ def connect_refused(pod: LabPod, dst: str, port: int, count: int) -> int:
 
 
 class TcpServer:
-    """Accepts connections in a pod and keeps them open (or reads everything sent)."""
+    """Accepts connections in a pod and reads everything sent; ``reply`` (optional) maps each
+    chunk received to bytes sent back (None: stay silent)."""
 
-    def __init__(self, pod: LabPod, port: int) -> None:
+    def __init__(self, pod: LabPod, port: int,
+                 reply: Callable[[bytes], bytes | None] | None = None) -> None:
         with pod.entered():
             self.sock = socket.socket()
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.sock.bind(("0.0.0.0", port))
             self.sock.listen(128)
+        self.reply = reply
         self.conns: list[socket.socket] = []
         self.received = 0
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -57,16 +65,18 @@ class TcpServer:
             except OSError:
                 return
             self.conns.append(conn)
-            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _drain(self, conn: socket.socket) -> None:
-        try:
+    def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
             while data := conn.recv(65536):
                 self.received += len(data)
-        except OSError:
-            pass
+                answer = self.reply(data) if self.reply is not None else None
+                if answer:
+                    conn.sendall(answer)
 
     def close(self) -> None:
         self.sock.close()
         for c in self.conns:
-            c.close()
+            with contextlib.suppress(OSError):
+                c.close()
