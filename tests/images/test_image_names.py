@@ -1,0 +1,38 @@
+"""deploy/images.yaml is the one place naming the images; a bad file is refused by field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from images.build import requirements
+from images.names import ImagesFileError, image_refs
+
+
+def test_refs_from_the_repository_file() -> None:
+    assert image_refs() == {"agent": "localhost/retina-onprem/agent:0.1.0",
+                            "operator": "localhost/retina-onprem/operator:0.1.0"}
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("registry: r\ntag: t\nimages: {agent: a}\n", "images.operator"),
+    ("registry: r\nimages: {agent: a, operator: o}\n", "'tag'"),
+    ("registry: r\ntag: 'bad tag'\nimages: {agent: a, operator: o}\n", "'tag'"),
+    ("registry: Upper/Case\ntag: t\nimages: {agent: a, operator: o}\n", "images.agent"),
+    ("[1, 2]\n", "mapping"),
+])
+def test_bad_images_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "images.yaml"
+    path.write_text(text)
+    with pytest.raises(ImagesFileError, match=field.replace(".", r"\.")) as err:
+        image_refs(path)
+    assert str(path) in str(err.value)
+
+
+def test_agent_image_requirements_leave_out_the_kubernetes_client() -> None:
+    agent = {r.split(">")[0].split("=")[0] for r in requirements(("worker",))}
+    operator = {r.split(">")[0].split("=")[0] for r in requirements(("capture",))}
+    assert {"boto3", "azure-storage-blob", "pyroute2", "prometheus-client"} <= agent
+    assert not {"kubernetes", "kopf"} & agent
+    assert {"kubernetes", "kopf", "boto3"} <= operator
