@@ -76,7 +76,6 @@ def main() -> int:
     args = p.parse_args()
 
     with LabNode(pod_names=("a", "b")) as node:
-        subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=False)
         base_runs, agent_runs, agent_cpu, agent_packets = [], [], 0.0, 0
         prog1: dict = {}
         try:
@@ -90,12 +89,19 @@ def main() -> int:
                     agent.start()
                     startup = time.monotonic() - t0
                     pid = agent.proc.pid
-                    p0, c0 = bpf_prog_stats(), process_stats(pid)[0]
-                    run = iperf_udp(node, args.seconds, args.size)
-                    p1, c1 = bpf_prog_stats(), process_stats(pid)[0]
+                    c0 = process_stats(pid)[0]
+                    run = iperf_udp(node, args.seconds, args.size)  # bpf_stats off: no cost
+                    c1 = process_stats(pid)[0]
                     agent_runs.append(run)
                     agent_cpu += c1 - c0
                     agent_packets += run["received"]
+                    # Per-program cost in a separate, shorter run: bpf_stats itself adds two
+                    # clock reads to every program run, so it stays off while rates are compared.
+                    subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=False)
+                    p0 = bpf_prog_stats()
+                    iperf_udp(node, min(3.0, args.seconds), args.size)
+                    p1 = bpf_prog_stats()
+                    subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
                     for name, (cnt, ns) in p1.items():
                         b_cnt, b_ns = p0.get(name, (0, 0))
                         a_cnt, a_ns = prog1.get(name, (0, 0))
@@ -144,11 +150,12 @@ def main() -> int:
         ("UDP pps, no agent", f"{report['pps_no_agent']:,}", ""),
         ("UDP pps, agent (all basic plugins)", f"{report['pps_with_agent']:,}", ""),
         ("throughput ratio", f"{report['throughput_ratio']:.3f}", ">= 0.95"),
-        ("agent CPU s per million packets",
+        ("agent CPU s per million packets (user space)",
          f"{report['agent_cpu_seconds_per_million_packets']:.4f}", ""),
         ("agent CPU share idle", f"{report['agent_idle_cpu_share'] * 100:.3f}% of a core",
          "< 1%"),
-        *[(f"BPF {k} per run", f"{v:.1f} ns", "") for k, v in report["bpf_ns_per_run"].items()],
+        *[(f"BPF {k} per run (with bpf_stats)", f"{v:.1f} ns", "")
+          for k, v in report["bpf_ns_per_run"].items()],
         ("agent RSS steady (idle)", f"{report['agent_rss_mib_idle']} MiB", "<= 64 MiB"),
         ("agent RSS after load", f"{report['agent_rss_mib_after_load']} MiB", "<= 64 MiB"),
         ("/metrics render (median of 20)",
