@@ -133,7 +133,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=6)
     p.add_argument("--pods", type=int, default=10_000)
     p.add_argument("--ports", type=int, default=50_000)
+    p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     args = p.parse_args()
+    if args.memory_only:
+        with LabNode(pod_names=("a", "b")) as node:
+            print(json.dumps(memory(node, args.pods, args.ports), indent=2))
+        return 0
     with LabNode(pod_names=("a", "b")) as node, \
             KubeEmulator(workdir=Path(tempfile.mkdtemp())) as kube:
         seed_lab(kube, node)

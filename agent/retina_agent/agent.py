@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -125,6 +127,8 @@ class Agent:
             except Exception:
                 self.harvest_failures[name] = self.harvest_failures.get(name, 0) + 1
                 log.exception("harvest of %s failed", name)
+        if self.pod_level is not None:
+            _malloc_trim()  # hand the batch buffers and freed series back to the system
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -194,6 +198,11 @@ class Agent:
                               "connected to the API server", prefix=CONTROLPLANE)
             add(connected, [], 1 if cache.connected else 0)
             yield connected
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class _Collector:
