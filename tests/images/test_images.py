@@ -128,11 +128,11 @@ def _start_agent(pod: dict[str, Any], image: str, containers: Containers, config
 
 
 #: The agent is PID 1 of its container (the image's entrypoint), so its TC filters are named
-#: ``retina_<program>@1``. Agents other tests run on this host attach to every pod veth too.
-IN_CONTAINER_SUFFIX = "@1"
+#: ``retina_<program>@1.<process start time>``. Agents other tests run attach to pod veths too.
+IN_CONTAINER_OWNER = "@1."
 
 
-def _lab_tc_filters(node: LabNode, suffix: str = IN_CONTAINER_SUFFIX) -> list[str]:
+def _lab_tc_filters(node: LabNode, owner: str = IN_CONTAINER_OWNER) -> list[str]:
     """The container agent's TC filters on the lab's veths (``dev/direction/name``)."""
     found = []
     for dev in node.host_veths:
@@ -140,13 +140,13 @@ def _lab_tc_filters(node: LabNode, suffix: str = IN_CONTAINER_SUFFIX) -> list[st
             out = subprocess.run(["tc", "filter", "show", "dev", dev, direction],
                                  capture_output=True, text=True, check=False).stdout
             found += [f"{dev}/{direction}/{w}" for w in out.split()
-                      if w.startswith("retina_") and w.endswith(suffix)]
+                      if w.startswith("retina_") and owner in w]
     return found
 
 
 def _diagnose(containers: Containers, name: str, node: LabNode) -> str:
     """What to show when counts do not rise: every retina filter on the lab veths, the log."""
-    return (f"retina TC filters on the lab veths (any owner): {_lab_tc_filters(node, suffix='')}\n"
+    return (f"retina TC filters on the lab veths (any owner): {_lab_tc_filters(node, owner='')}\n"
             f"agent log:\n{containers.logs(name)[-3000:]}")
 
 
