@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import select
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,8 +81,9 @@ class LinkWatcher:
         self._bound.wait(timeout=10)
 
     def stop(self) -> None:
+        """Stop handling events. The thread is a daemon blocked in a netlink read; it is not
+        waited for (it ends with the process, or at the next link event)."""
         self._stop.set()
-        self._thread.join(timeout=5)
 
     def _run(self) -> None:
         # pyroute2 ties a socket to the thread that made it: make it here.
@@ -93,15 +93,17 @@ class LinkWatcher:
             self._watch(ipr)
 
     def _watch(self, ipr: IPRoute) -> None:
+        # A blocking get(), not select() + get(): pyroute2 0.9 reads everything the socket
+        # holds but get() returns only part of it, keeping the rest in its own queue, where
+        # select() cannot see it (a new pod's veth would wait for some unrelated event).
         while not self._stop.is_set():
-            ready, _, _ = select.select([ipr], [], [], 0.5)
-            if not ready:
-                continue
             try:
                 messages = ipr.get()
             except Exception:  # a socket error must not end the watch
                 log.exception("netlink read failed")
                 continue
+            if self._stop.is_set():
+                return
             for msg in messages:
                 try:
                     link = Link.from_message(msg)
