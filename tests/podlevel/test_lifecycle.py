@@ -88,12 +88,12 @@ def test_metrics_configuration_scopes_namespaces_and_bad_one_changes_nothing(see
             # destination is selected); traffic within "shop" only would not.
             replace_mc_spec(api, "all", metrics_configuration("all", include=["data"])["spec"])
             wait_for(lambda: mc_status(api, "all").get("state") == "Accepted", 10)
-            agent.wait_metric(lambda m: not m.series(FWD), timeout=5,
+            agent.wait_metric(lambda m: not m.series(FWD), timeout=15,
                               message="series restart with the new configuration")
             # now exclude every namespace of ours: nothing may produce series
             replace_mc_spec(api, "all",
                             metrics_configuration("all", exclude=["shop", "data"])["spec"])
-            agent.wait_metric(lambda m: not m.series(FWD), timeout=5)
+            agent.wait_metric(lambda m: not m.series(FWD), timeout=15)
             send_udp(a, b.ip, 7121, 20)
             m = agent.scrape_until(lambda m: bool(m.series(FWD)), timeout=4)
             assert m.series(FWD) == [], "excluded namespaces produce no series"
