@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from retina_capture.filters import FilterError, check_expression, parse_endpoint_list
-from retina_capture.worker.settings import format_duration, parse_duration
+from retina_capture.worker.settings import DEFAULT_S3_PATH, format_duration, parse_duration
 
 API_GROUP = "retina.sh"
 API_VERSION = "v1alpha1"
@@ -35,7 +35,6 @@ PLURAL = "captures"
 DEFAULT_DURATION = 60.0
 DEFAULT_MAX_SIZE = 100
 DEFAULT_NODE_SELECTOR = "kubernetes.io/os=linux"
-DEFAULT_S3_PATH = "retina/captures"
 
 _OPT = "spec.captureConfiguration.captureOption"
 _CFG = "spec.captureConfiguration"
