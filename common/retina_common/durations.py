@@ -6,7 +6,7 @@ Retina's configuration, the Capture CRD and the worker flags all take durations 
 * an optional sign, then one or more ``<number><unit>`` parts: ``1h30m``, ``1.5s``, ``.5s``, ``1.s``;
 * units ``ns``, ``us``, ``µs`` (U+00B5), ``μs`` (U+03BC), ``ms``, ``s``, ``m``, ``h``; every number
   needs a unit, except a bare ``0`` (also ``+0``, ``-0``);
-* the value is a whole number of nanoseconds (fractions below 1ns are dropped, as in Go) and
+* the value is a whole number of nanoseconds (fractions computed and truncated as Go does) and
   must fit Go's ``time.Duration`` (int64 nanoseconds, about 292 years): longer values are refused,
   never rounded to infinity;
 * no spaces inside; surrounding whitespace is tolerated (YAML and flags often carry it).
@@ -61,9 +61,9 @@ _UNIT_NS = {
 _PART = re.compile(r"(?P<int>\d*)(?:\.(?P<frac>\d*))?(?P<unit>ns|us|µs|μs|ms|s|m|h)")
 _EXAMPLE = "like 30s, 1m30s, 1.5h or 500ms"
 _MAX_TEXT = "2562047h47m16.854775807s"
-# More integer digits than this overflow whatever the unit; more fraction digits cannot change
-# the nanoseconds (1h = 3.6e12ns). Checked before int() so a huge input costs nothing.
-_MAX_INT_DIGITS, _MAX_FRAC_DIGITS = 20, 20
+# More integer digits than this overflow whatever the unit. Checked before int(), so a huge
+# input costs nothing and never meets Python's limit on int() of long digit strings.
+_MAX_INT_DIGITS = 20
 
 
 def _show(value: Any) -> str:
@@ -102,17 +102,28 @@ def parse_go_duration_ns(text: str) -> int:
             raise DurationError(
                 f"{_show(text)} is too long: a duration can be at most {_MAX_TEXT} (about 292 years)"
             )
-        whole = int(digits or "0")
-        frac = (m["frac"] or "")[:_MAX_FRAC_DIGITS]
-        # Exact integer arithmetic: whole*unit + frac*unit/10^len(frac), fractions of 1ns dropped.
-        part = whole * unit + (int(frac) * unit // 10 ** len(frac) if frac else 0)
-        total += part
+        total += int(digits or "0") * unit + _fraction_ns(m["frac"] or "", unit)
         if total > MAX_NANOSECONDS + (1 if sign < 0 else 0):
             raise DurationError(
                 f"{_show(text)} is too long: a duration can be at most {_MAX_TEXT} (about 292 years)"
             )
         pos = m.end()
     return sign * total
+
+
+def _fraction_ns(digits: str, unit: int) -> int:
+    """The nanoseconds of a fraction ``.digits`` of ``unit``, computed as Go's ParseDuration does
+    (its leadingFraction keeps digits while they fit 63 bits, then float64 arithmetic, truncated):
+    ``0.3333333333333333333h`` is exactly 20m in Go, so here too."""
+    value, scale = 0, 1.0
+    for char in digits:
+        if value > (2**63 - 1) // 10:
+            break
+        following = value * 10 + int(char)
+        if following > 2**63:
+            break
+        value, scale = following, scale * 10
+    return int(float(value) * (float(unit) / scale)) if value else 0
 
 
 def parse_go_duration(text: str) -> float:
@@ -193,7 +204,10 @@ def bounded_duration(
             raise DurationError(f"{_show(value)} seconds is too long; use a duration {bounds}")
         seconds = float(value)
     elif isinstance(value, str):
-        seconds = parse_go_duration(value)
+        try:
+            seconds = parse_go_duration(value)
+        except DurationError as exc:
+            raise DurationError(f"{exc}; use one {bounds}") from None
     else:
         raise DurationError(f"a {type(value).__name__} is not a duration; write one {_EXAMPLE}")
     if seconds == 0 and zero_means:

@@ -30,7 +30,8 @@ def write(tmp_path: Path, text: str | bytes) -> str:
     (lambda tmp: ["--config", write(tmp, "\x00\x01binary")], "is not valid YAML"),
     (lambda tmp: ["--config", str(tmp / "missing.yaml")], "does not exist; give --config"),
     (lambda tmp: ["--config", write(tmp, "apiServer: 5\n"), "--port", "1234"],
-     "apiServer: is 5 in the config file but a command-line flag sets apiServer.port; make apiServer a mapping"),
+     "apiServer: is 5 in the config file but a command-line flag sets apiServer.port; "
+     "make apiServer a mapping"),
     (lambda tmp: ["--config", write(tmp, "apiServer: 5\n")], "apiServer: Input should be a valid dictionary"),
     (lambda tmp: ["--config", write(tmp, "metricsIntervalDuration: .nan\n")],
      "metricsIntervalDuration: nan is not a finite duration; use one between 100ms and 1h"),
