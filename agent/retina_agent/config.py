@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,8 +158,10 @@ class AgentConfig(_Strict):
 
 
 def _key_path(loc: tuple) -> str:
-    names = {f.alias: f.alias for f in AgentConfig.model_fields.values() if f.alias}
-    return ".".join(str(names.get(part, part)) for part in loc)
+    """Pydantic's error location as the user wrote it: ``apiServer.port``; odd keys (spaces,
+    newlines, non-strings) quoted so the message stays one line."""
+    return ".".join(part if isinstance(part, str) and re.fullmatch(r"[\w-]+", part) else repr(part)
+                    for part in loc)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None

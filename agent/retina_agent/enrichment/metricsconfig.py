@@ -144,7 +144,7 @@ def validate_spec(spec: Any) -> MetricsSpec:
         if not isinstance(option, dict):
             raise SpecError(where, "must be an object with metricName")
         name = option.get("metricName")
-        if name not in METRIC_NAMES:
+        if not isinstance(name, str) or name not in METRIC_NAMES:
             raise SpecError(f"{where}.metricName", f"{name!r} is not an advanced metric; use one of "
                             f"{', '.join(sorted(METRIC_NAMES))}")
         canonical = METRIC_NAMES[name]
