@@ -6,6 +6,7 @@ import kubernetes
 
 from retina_lab.agent import our_tc_filters, wait_for
 from retina_lab.traffic import send_udp, udp_sink
+from tests.helpers.metrics import wait_exact
 from tests.podlevel.cluster import apply_crds, metrics_configuration, owner, pod
 from tests.podlevel.test_packetparser import pod_level_agent, seeded, wait_veths  # noqa: F401
 
@@ -50,19 +51,31 @@ def test_new_pod_is_attached_and_counted_deleted_pod_detached_and_expires(seeded
             return m.value(FWD, **flow) >= 20
 
         try:
-            m = None
+            m, batches = None, 0
             for _ in range(10):  # the cache learns the pod by watch: send until it is known
                 send_udp(c, node["b"].ip, 7120, 20)
+                batches += 1
                 m = agent.scrape_until(counted, timeout=2)
                 if counted(m):
                     break
             assert counted(m), m.series(FWD)
+            # Every packet counts once: as cache-0's, or (before the watch brought the pod) as
+            # an unknown source's; db-0 is selected either way.
+            wait_exact(agent, lambda m: {"to db-0": m.value(FWD, destination_podname="db-0",
+                                                             direction="egress")},
+                       {"to db-0": 20 * batches})
         finally:
             sink.close()
         veth = c.host_veth
-        node.remove_pod("c")  # the veth goes: the kernel drops its filters, we forget it
+        node.remove_pod("c")  # the veth goes: the kernel drops its filters, the agent forgets it
         kubernetes.client.CoreV1Api(client_for(kube)).delete_namespaced_pod("cache-0", "data")
-        assert not any(f.startswith(f"{veth}/") for f in our_tc_filters(pid))
+        # The gone veth's filters cannot be listed any more; what a user sees is that a pod
+        # recreated with the same veth name (a new ifindex) is attached again.
+        again = node.add_pod("c")
+        assert again.host_veth == veth
+        wait_for(lambda: any(f.startswith(f"{veth}/ingress/retina_pp") for f in our_tc_filters(pid)),
+                 10, message="attach to the recreated veth")
+        node.remove_pod("c")
         # no more traffic: the series is gone after its ttl (3s) and a harvest
         agent.wait_metric(lambda m: m.value(FWD, **flow) == 0 and not any(
             s.get("source_podname") == "cache-0" for s in m.series(FWD)), timeout=20,
@@ -72,42 +85,69 @@ def test_new_pod_is_attached_and_counted_deleted_pod_detached_and_expires(seeded
 
 
 def test_metrics_configuration_scopes_namespaces_and_bad_one_changes_nothing(seeded):  # noqa: F811
+    """Pods a (shop), b (data), c (other). After each change, 20 packets a->b and 20 a->c, and the
+    exact series they count in. Remote context: a flow counts when either side is selected, once
+    at the source's veth (egress) and once at the destination's (ingress)."""
     kube, node = seeded
     apply_crds(kube)
     a, b = node["a"], node["b"]
-    sink = udp_sink(b, 7121)
+    c = node.add_pod("c")
+    kube.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}},
+               pod("cache-0", "other", c.ip, [owner("StatefulSet", "cache", "sts-cache")])])
+    sinks = [udp_sink(b, 7121), udp_sink(c, 7121)]
     kube.seed([metrics_configuration("all", exclude=[])])
     api = client_for(kube)
+
+    def flows(m) -> dict[str, float]:
+        """Counts of our two flows by (destination pod, direction), only the non-zero ones."""
+        out = {}
+        for s in m.series(FWD):
+            if s.get("source_podname") != "web-5d9c-x7k2p":
+                continue
+            key = f"{s.get('destination_podname')}/{s.get('direction')}"
+            out[key] = out.get(key, 0) + m.value(FWD, **s)
+        return {k: v for k, v in out.items() if v}
+
+    def send_both() -> None:
+        send_udp(a, b.ip, 7121, 20)
+        send_udp(a, c.ip, 7121, 20)
+
+    def change(spec: dict, state: str = "Accepted") -> None:
+        """Replace the spec and wait until the agent has acted on it: its status names the new
+        spec as the one in force (written after the agent switched), or Errored for a bad one."""
+        replace_mc_spec(api, "all", spec)
+        if state == "Accepted":
+            wait_for(lambda: mc_status(api, "all").get("lastKnownSpec") == spec
+                     and mc_status(api, "all").get("state") == "Accepted", 10,
+                     message="the agent to accept the new MetricsConfiguration")
+        else:
+            wait_for(lambda: mc_status(api, "all").get("state") == state, 10, message=f"{state} status")
+
+    both = {"db-0/egress": 20, "db-0/ingress": 20, "cache-0/egress": 20, "cache-0/ingress": 20}
     try:
         with pod_level_agent(kube, remote=True) as agent:
             wait_veths(agent, node)
-            send_udp(a, b.ip, 7121, 20)
-            agent.wait_metric(lambda m: m.value(FWD, source_namespace="shop") >= 20,
-                              message="series for both namespaces")
-            # Only namespace "data": flows of "shop" pods to "data" still count (the
-            # destination is selected); traffic within "shop" only would not.
-            replace_mc_spec(api, "all", metrics_configuration("all", include=["data"])["spec"])
-            wait_for(lambda: mc_status(api, "all").get("state") == "Accepted", 10)
-            agent.wait_metric(lambda m: not m.series(FWD), timeout=15,
-                              message="series restart with the new configuration")
-            # now exclude every namespace of ours: nothing may produce series
-            replace_mc_spec(api, "all",
-                            metrics_configuration("all", exclude=["shop", "data"])["spec"])
-            agent.wait_metric(lambda m: not m.series(FWD), timeout=15)
-            send_udp(a, b.ip, 7121, 20)
-            m = agent.scrape_until(lambda m: bool(m.series(FWD)), timeout=4)
-            assert m.series(FWD) == [], "excluded namespaces produce no series"
-            # an invalid spec: Errored with a reason, and the exclusion stays in force
+            # 1. exclude nothing: both flows count
+            send_both()
+            wait_exact(agent, flows, both)
+            # 2. include only "data": a->b counts (b selected), a->c (shop->other) does not
+            change(metrics_configuration("all", include=["data"])["spec"])
+            assert flows(agent.scrape()) == {}, "series restart with the new configuration"
+            send_both()
+            wait_exact(agent, flows, {"db-0/egress": 20, "db-0/ingress": 20})
+            # 3. exclude "shop" and "data": a->b no longer counts, a->c does (c in "other")
+            change(metrics_configuration("all", exclude=["shop", "data"])["spec"])
+            send_both()
+            wait_exact(agent, flows, {"cache-0/egress": 20, "cache-0/ingress": 20})
+            # 4. an invalid spec: Errored with a reason, and the exclusion stays in force whole
             bad = metrics_configuration("all", include=["shop"], exclude=["data"])["spec"]
-            replace_mc_spec(api, "all", bad)
-            wait_for(lambda: mc_status(api, "all").get("state") == "Errored", 10,
-                     message="Errored status")
+            change(bad, "Errored")
             assert "spec.namespaces" in mc_status(api, "all")["reason"]
-            send_udp(a, b.ip, 7121, 20)
-            m = agent.scrape_until(lambda m: bool(m.series(FWD)), timeout=4)
-            assert m.series(FWD) == [], "the previous (valid) configuration stays in force"
+            send_both()
+            wait_exact(agent, flows, {"cache-0/egress": 40, "cache-0/ingress": 40})
     finally:
-        sink.close()
+        for s in sinks:
+            s.close()
 
 
 def test_emulator_restart_agent_reconnects_and_keeps_enriching(seeded):  # noqa: F811
