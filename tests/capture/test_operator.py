@@ -48,14 +48,11 @@ def operator(kube_emulator, kube_api_client, monkeypatch) -> Iterator[kubernetes
     small_cluster(kube_emulator)
     kubernetes.client.ApiextensionsV1Api(kube_api_client).create_custom_resource_definition(CRD)
     monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))  # how kopf and the handlers log in
-    import retina_capture.operator.handlers as handlers
 
-    handlers._client = None
     argv = ["run", "--all-namespaces", "--standalone", "-m", "retina_capture.operator.handlers"]
     with KopfRunner(argv, timeout=60) as runner:
         yield kubernetes.client.CustomObjectsApi(kube_api_client)
     assert runner.exception is None, runner.output
-    handlers._client = None
 
 
 def strip(job: dict) -> dict:
@@ -178,8 +175,13 @@ def test_unknown_output_is_refused_by_the_api_schema(operator, kube_emulator) ->
     assert kube_emulator.objects("Capture") == [] and kube_emulator.objects("Job") == []
 
 
-def test_job_num_limit(operator, kube_emulator, monkeypatch) -> None:
-    monkeypatch.setenv("RETINA_OPERATOR_CAPTURE_JOB_NUM_LIMIT", "2")  # the operator's setting
+@pytest.fixture
+def job_limit_2(monkeypatch) -> None:
+    """The operator's setting, as its Deployment gives it: in the environment before it starts."""
+    monkeypatch.setenv("RETINA_OPERATOR_CAPTURE_JOB_NUM_LIMIT", "2")
+
+
+def test_job_num_limit(job_limit_2, operator, kube_emulator) -> None:  # job_limit_2 first: set before start
     body = capture("many", "web", {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}},
                    {"hostPath": "x"})
     operator.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures", body)
