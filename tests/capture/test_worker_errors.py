@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.capture.conftest import WorkerRun
+from tests.helpers.capture import WorkerRun
 
 pytestmark = pytest.mark.timeout(60)
 
