@@ -30,8 +30,8 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from retina_capture.durations import bounded_duration, format_go_duration
 from retina_capture.filters import FilterError, check_expression, parse_endpoint_list
+from retina_common.durations import bounded_duration, format_go_duration
 
 DEFAULT_S3_PATH = "retina/captures"
 DEFAULT_HOST_PATH_BASE = "/var/lib/retina/captures"

@@ -137,7 +137,7 @@ def test_blob_names_cannot_write_outside_the_output_directory(kube_emulator, azu
 
     from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
-    from tests.capture.conftest import AZURITE_ACCOUNT, AZURITE_KEY
+    from tests.helpers.capture import AZURITE_ACCOUNT, AZURITE_KEY
 
     small_cluster(kube_emulator)
     service = BlobServiceClient(f"{azurite.url}/{AZURITE_ACCOUNT}", credential=AZURITE_KEY)

@@ -3,17 +3,21 @@ usage, never a traceback, and nothing left half-created."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import kubernetes
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from retina_capture import jobs as jobs_mod
 from retina_capture.cli.main import main
 from tests import kube_fixtures
-from tests.capture.conftest import free_port
+from tests.helpers.capture import free_port
 from tests.kube_fixtures import small_cluster
 
 kube_emulator = kube_fixtures.kube_emulator
@@ -24,7 +28,8 @@ KUBECTL_RETINA = str(Path(sys.executable).parent / "kubectl-retina")
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The installed kubectl-retina, so a traceback would show on its stderr."""
-    base = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
+    base = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent",
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}  # the code under test
     return subprocess.run([KUBECTL_RETINA, *argv], capture_output=True, text=True, timeout=60,
                           env={**base, **(env or {})})
 
@@ -141,3 +146,72 @@ def test_match_expressions_are_checked_like_the_api_does(kube_api_client) -> Non
     # ... and what passes, the API server accepts.
     core = kubernetes.client.CoreV1Api(kube_api_client)
     core.list_pod_for_all_namespaces(label_selector=spec.selector_to_string(ok.pod_selector))
+
+
+FLAG_VALUES = {
+    "--duration": ["30s", "0.0001s", "25h", "-1s", "1e9h", "soon"],
+    "--max-size": ["1", "100000", "100001", "0", "x"],
+    "--packet-size": ["0", "262144", "262145", "-1"],
+    "--file-count": ["0", "1", "1000", "5000"],
+    "--interfaces": ["any", "eth0,eth1", "bad name!", ""],
+    "--host-path": ["x", "a/b", "/etc", "../up", ""],
+    "--pvc": ["claim", "Bad_Claim"],
+    "--s3-bucket": ["caps", "Bad_Bucket"],
+    "--blob-upload": ["https://a.blob.core.windows.net/c?sv=1&sig=s", "not-a-url"],
+    "--tcpdump-filter": ["tcp", "-w /tmp/x", "port 80; rm -rf /"],
+    "--pcap-filter": ["udp", "tcp"],
+    "--include-filter": ["10.0.0.1:80", "nope"],
+    "--node-names": ["node-1", "node-1,node-2", "node-9", "Bad_Node"],
+    "--node-selectors": ["kubernetes.io/os=linux", "bad key=x", "app"],
+    "--pod-selectors": ["app=frontend", "app=nothing", "app=web!"],
+    "--pod-names": ["a", "zzz"],
+    "--namespace-selectors": ["team=db"],
+    "--include-metadata": ["true", "false", "maybe"],
+    "--job-num-limit": ["0", "1"],
+}
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(flags=st.dictionaries(st.sampled_from(sorted(FLAG_VALUES)),
+                             st.sampled_from([0, 0, 0, 0, 0, 1, 2, 3, 4, 5]), max_size=4),
+       s3_keys=st.booleans())
+def test_every_flag_set_is_applied_whole_or_not_at_all(kube_emulator, capsys, monkeypatch, flags,
+                                                       s3_keys) -> None:
+    """Generated ``capture create`` flag sets: exit 0 with one Job per node, or exit 1/2 with a
+    message naming the flag (2: bad usage) and no Job or Secret of that capture left behind."""
+    if not kube_emulator.objects("Node"):
+        small_cluster(kube_emulator)
+    for key in ("RETINA_CAPTURE_S3_ACCESS_KEY_ID", "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY"):
+        if s3_keys:
+            monkeypatch.setenv(key, "k")
+        else:
+            monkeypatch.delenv(key, raising=False)
+    name = f"p{uuid.uuid4().hex[:8]}"
+    argv = ["capture", "create", "--name", name, "-n", "web", "--no-wait",
+            "--kubeconfig", str(kube_emulator.kubeconfig_path)]
+    for flag, pick in flags.items():
+        values = FLAG_VALUES[flag]
+        argv += [f"{flag}={values[pick % len(values)]}"]
+    if not {"--host-path", "--pvc", "--s3-bucket", "--blob-upload"} & set(flags):
+        argv.append("--host-path=x")
+    capsys.readouterr()
+    code = main(argv)
+    event(f"exit {code}")  # --hypothesis-show-statistics shows the mix
+    out, err = capsys.readouterr()
+    mine = [o for kind in ("Job", "Secret") for o in kube_emulator.objects(kind, "web")
+            if (o["metadata"].get("labels") or {}).get("capture-name") == name]
+    if code == 0:
+        jobs = [o for o in mine if o["kind"] == "Job"]
+        assert jobs and f"created {len(jobs)} job(s)" in out
+        assert main(["capture", "delete", "--name", name, "-n", "web",
+                     "--kubeconfig", str(kube_emulator.kubeconfig_path)]) == 0
+        return
+    assert code in (1, 2), (code, err)
+    assert mine == [], f"half-applied: {[o['metadata']['name'] for o in mine]} after {argv}"
+    assert "Traceback" not in err and err.strip(), argv
+    if code == 2:
+        first = err.splitlines()[0]
+        assert first.startswith("error: --"), err  # names the flag
+    else:
+        assert "exceeds the limit" in err or err.startswith("error: "), err

@@ -34,8 +34,8 @@ from retina_capture import kube, spec
 from retina_capture.cli import download as download_mod
 from retina_capture.cli import merge as merge_mod
 from retina_capture.credentials import ENV_BLOB, ENV_S3_ID, ENV_S3_SECRET, mask_arguments, s3_keys_from_env
-from retina_capture.durations import bounded_duration
 from retina_capture.model import check_sas_url
+from retina_common.durations import bounded_duration
 
 VERSION = "0.1.0"
 DEFAULT_NAME = "retina-capture"
@@ -47,7 +47,9 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse exits; we want one clean message and code 2
-        raise UsageError(message)
+        # "argument --max-size: invalid int value: 'x'" -> "--max-size: invalid int value: 'x'",
+        # the form every other problem takes
+        raise UsageError(re.sub(r"^argument (?:-\w/)?(--[\w-]+): ", r"\1: ", message))
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         parsed, unknown = self.parse_known_args(args, namespace)

@@ -218,36 +218,44 @@ def job_changed(
     """A capture Job changed: recompute its Capture's status from the index (no re-list)."""
     capture = labels.get(jobs_mod.LABEL_CAPTURE)
     if capture:
-        refresh_status(memo.api, namespace, capture, capture_jobs.get((namespace, capture), []))
+        refresh_status(memo.api, namespace, capture, lambda: capture_jobs.get((namespace, capture), []))
 
 
 def refresh_status(
-    api: kubernetes.client.ApiClient, namespace: str, name: str, jobs: Iterable[dict[str, Any]]
+    api: kubernetes.client.ApiClient,
+    namespace: str,
+    name: str,
+    jobs: Callable[[], Iterable[dict[str, Any]]],
 ) -> dict[str, Any] | None:
-    """Set the Capture's status from its Jobs; returns the new status (None: nothing to do)."""
-    summary = jobs_mod.summarize_jobs(jobs)
-    if summary["total"] == 0:
-        return None
-    phase = summary["phase"]
-    conditions = [
-        _condition(
-            "Running",
-            phase == "Running",
-            "JobsRunning" if phase == "Running" else "JobsFinished",
-            f"{summary['active']} of {summary['total']} job(s) running",
-        ),
-        _condition(
-            "Complete",
-            phase == "Succeeded",
-            phase,
-            f"{summary['succeeded']} of {summary['total']} job(s) succeeded",
-        ),
-        _condition(
-            "Failed", phase == "Failed", phase, f"{summary['failed']} of {summary['total']} job(s) failed"
-        ),
-    ]
+    """Set the Capture's status from its Jobs; returns the new status (None: nothing to do).
+
+    ``jobs`` is read when the status is written, not before: Job events are handled
+    concurrently, and a summary taken earlier could overwrite a newer one. Every write reads
+    the index again (also after a 409), so the last write reflects every Job event before it.
+    """
 
     def change(old: dict[str, Any]) -> dict[str, Any]:
+        summary = jobs_mod.summarize_jobs(list(jobs()))
+        if summary["total"] == 0:
+            return {}
+        phase = summary["phase"]
+        conditions = [
+            _condition(
+                "Running",
+                phase == "Running",
+                "JobsRunning" if phase == "Running" else "JobsFinished",
+                f"{summary['active']} of {summary['total']} job(s) running",
+            ),
+            _condition(
+                "Complete",
+                phase == "Succeeded",
+                phase,
+                f"{summary['succeeded']} of {summary['total']} job(s) succeeded",
+            ),
+            _condition(
+                "Failed", phase == "Failed", phase, f"{summary['failed']} of {summary['total']} job(s) failed"
+            ),
+        ]
         status = {
             "active": summary["active"],
             "succeeded": summary["succeeded"],

@@ -26,7 +26,6 @@ from retina_capture.credentials import (
     mask_arguments,
     s3_keys_from_env,
 )
-from retina_capture.durations import format_go_duration
 from retina_capture.model import (
     DEFAULT_HOST_PATH_BASE,
     DEFAULT_OUTPUT_DIR_TMP,
@@ -35,6 +34,7 @@ from retina_capture.model import (
     ModelProblems,
     check,
 )
+from retina_common.durations import format_go_duration
 
 __all__ = [
     "CaptureSettings",
@@ -246,8 +246,9 @@ def settings_to_env(settings: CaptureSettings) -> dict[str, str]:
     env: dict[str, str] = {}
     for flag, attr, _, _ in _FLAGS:
         value = getattr(settings, attr)
-        if value is None or value == "" or value == ():
-            continue
+        default = CaptureSettings.model_fields[attr].default
+        if value is None or value == () or (value == "" and default == ""):
+            continue  # left out: the worker's default is the same (an empty S3 path is not)
         if attr in ("duration", "upload_backoff"):
             text = format_go_duration(float(value))
         elif isinstance(value, bool):
