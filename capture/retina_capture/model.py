@@ -267,10 +267,27 @@ Bucket = Annotated[
 ]
 S3Endpoint = Annotated[str, _v(_s3_endpoint)]
 Region = Annotated[str, _v(_pattern(r"[a-z0-9-]{1,32}", "a region name like eu-west-1"))]
+
+
+def _names(what: str) -> Callable[[Any], tuple[str, ...]]:
+    """A list (or comma list) of Kubernetes object names (DNS subdomains)."""
+
+    def check(value: Any) -> tuple[str, ...]:
+        names = _string_list(value)
+        for name in names:
+            if not re.fullmatch(_DNS_SUBDOMAIN, name):
+                raise ValueError(f"{_show(name)} is not {what}")
+        return names
+
+    return check
+
+
 DnsLabel = Annotated[str, _v(_pattern(_DNS_LABEL, "a name (lowercase letters, digits, '-')"))]
 DnsSubdomain = Annotated[str, _v(_pattern(_DNS_SUBDOMAIN, "a name (lowercase letters, digits, '-', '.')"))]
 IpList = Annotated[tuple[str, ...], _v(_ip_list)]
 Text = Annotated[str, _v(_text)]
+NodeNames = Annotated[tuple[str, ...], _v(_names("a node name"))]
+PodNames = Annotated[tuple[str, ...], _v(_names("a pod name"))]
 
 
 class CaptureOptions(BaseModel):

@@ -33,6 +33,8 @@ from retina_capture.model import (
     DnsLabel,
     DnsSubdomain,
     ModelProblems,
+    NodeNames,
+    PodNames,
     Problem,
     check,
 )
@@ -199,27 +201,7 @@ def _label_selector(value: Any) -> dict[str, Any]:
     return {k: v for k, v in (("matchLabels", dict(labels)), ("matchExpressions", list(expressions))) if v}
 
 
-def _names(pattern: str, what: str):
-    compiled = re.compile(pattern)
-
-    def check_names(value: Any) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = value.split(",")
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ValueError("must be a list of strings")
-        names = tuple(v.strip() for v in value if v.strip())
-        for name in names:
-            if not compiled.fullmatch(name):
-                raise ValueError(f"{name!r} is not {what}")
-        return names
-
-    return check_names
-
-
-_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
 Selector = Annotated[dict[str, Any], BeforeValidator(_label_selector)]
-NodeNames = Annotated[tuple[str, ...], BeforeValidator(_names(_DNS_SUBDOMAIN, "a node name"))]
-PodNames = Annotated[tuple[str, ...], BeforeValidator(_names(_DNS_SUBDOMAIN, "a pod name"))]
 
 
 @dataclass(frozen=True)
