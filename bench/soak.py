@@ -7,7 +7,7 @@ For ``--minutes`` (30 by default) the agent runs with every basic plugin and pod
   (NOERROR and NXDOMAIN) every second;
 - packets to an iptables DROP rule in b are sent every second (drop counters);
 - a "churn" pod is created and the previous one deleted every ``--churn-every`` seconds (a new
-  veth and a new Pod object with the same IP, as Kubernetes reuses IPs); before it is deleted
+  veth and a new Pod object with the same IP, as Kubernetes reuses IPs); midway through its life
   it sends 5 packets to b, and its name must then appear in the pod-level series ("nothing lost
   from the pod cache");
 - the agent's connection to the API emulator is cut for ``--cut-seconds`` every
@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -187,6 +188,7 @@ class Soak:
         next_mc = start + a.mc_every
         cut_until = 0.0
         churn_pod: tuple[str, bool] | None = None  # (name, created while cut) of the live churn pod
+        churn_send_at = 0.0  # when the live churn pod sends its packets (midway through its life)
         churn_n = 0
         to_check: list[tuple[str, float]] = []  # churn pods that sent traffic, checked later
         mc_variant = 0
@@ -218,11 +220,6 @@ class Soak:
                 next_churn = now + a.churn_every
                 if churn_pod is not None:
                     name, seen_cut = churn_pod
-                    send_udp(node[name], pb.ip, 7301, 5)
-                    # Checked only if the agent could have learned the pod: the API was never cut
-                    # while it lived (a pod that lives only while cut off is never seen).
-                    if not seen_cut and not cut_until:
-                        to_check.append((name, now))
                     node.remove_pod(name)
                     core.delete_namespaced_pod(name, "shop")  # the emulator is up; only the agent is cut
                 name = f"p{churn_n}"
@@ -230,9 +227,18 @@ class Soak:
                 pod = node.add_pod(name)
                 kube.seed([_pod(name, "shop", pod.ip, "churn")])
                 churn_pod = (name, bool(cut_until))
+                churn_send_at = now + a.churn_every / 3
                 self.pods_churned += 1
                 if cut_until:
                     kube.compact()  # the cluster moved on while cut off: 410 on reconnect
+            if churn_pod is not None and churn_send_at and now >= churn_send_at:
+                churn_send_at = 0.0
+                name, seen_cut = churn_pod
+                send_udp(node[name], pb.ip, 7301, 5)
+                # Checked only if the agent could have learned the pod: the API was never cut
+                # while it lived (a pod that lives only while cut off is never seen).
+                if not seen_cut and not cut_until:
+                    to_check.append((name, now))
             if now >= next_mc and not cut_until:
                 next_mc = now + a.mc_every
                 mc_variant ^= 1
@@ -361,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="samples before this are left out of the growth figures (default: a fifth "
                         "of the run, at most 5)")
     p.add_argument("--sample-every", type=float, default=10.0, help="seconds between samples")
-    p.add_argument("--churn-every", type=float, default=3.0, help="seconds between pod churns")
+    p.add_argument("--churn-every", type=float, default=5.0, help="seconds between pod churns")
     p.add_argument("--cut-every", type=float, default=60.0, help="seconds between API cuts")
     p.add_argument("--cut-seconds", type=float, default=10.0, help="how long each cut lasts")
     p.add_argument("--mc-every", type=float, default=90.0,
@@ -373,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("soak: run as root (namespaces, eBPF)", file=sys.stderr)
         return 2
+    # SIGTERM (and SIGINT, which a shell ignores in background jobs) end the run through the
+    # normal unwinding, so the lab, the agent and the emulator are removed.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(143))
     result = Soak(args).run()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"soak-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
