@@ -37,6 +37,7 @@ from retina_capture.model import (
     PodNames,
     Problem,
     check,
+    given,
 )
 
 __all__ = ["DEFAULT_S3_PATH", "CaptureSpec", "Problem", "SpecError", "parse_capture"]
@@ -217,7 +218,8 @@ def presence_problems(given: set[str]) -> list[tuple[str, str]]:
     """Rules on which fields a Capture gives (targets, outputs), as (field, message).
 
     Kept apart from the value checks so that a Capture with bad values still hears about a
-    missing target or output in the same answer.
+    missing output in the same answer. That a resource selects some target is checked by
+    :func:`parse_capture` (a CaptureSpec built in code for one node needs none).
     """
     problems = []
     node_target = bool(given & {"node_names", "node_selector"})
@@ -226,8 +228,6 @@ def presence_problems(given: set[str]) -> list[tuple[str, str]]:
         problems.append(
             ("targets", "select nodes (nodeNames/nodeSelector) or pods (podSelector/podNames), not both")
         )
-    if not node_target and not pod_target:
-        problems.append(("targets", "selects nothing; give nodeNames, nodeSelector, podSelector or podNames"))
     if "namespace_selector" in given and "pod_selector" not in given:
         problems.append(("namespace_selector", "needs a podSelector as well"))
     if "s3_bucket" in given and "s3_secret_name" not in given:
@@ -367,6 +367,12 @@ def parse_capture(body: Mapping[str, Any]) -> CaptureSpec:
         raise SpecError([Problem("", "a Capture must be an object")])
     values = _read_resource(body, problems)
     values.setdefault("name", "")
+    if not {"node_names", "node_selector", "pod_names", "pod_selector"} & {
+        f for f, v in values.items() if given(v)
+    }:
+        problems.append(
+            Problem(_TGT, "selects nothing; give nodeNames, nodeSelector, podSelector or podNames")
+        )
     try:
         capture = check(CaptureSpec, values, lambda f: _GROUPS.get(f) or RESOURCE_PATHS.get(f, f))
     except ModelProblems as exc:

@@ -203,6 +203,7 @@ def test_merge_streams_members_instead_of_holding_them_in_memory(tmp_path) -> No
     inputs.mkdir()
     tarballs = [big_tarball(inputs, "big", f"node-{n}", 12, 1000.0 + n * 1e-5) for n in (1, 2)]
     out = tmp_path / "out" / "big-merged.pcapng"
+    out.parent.mkdir()
     tracemalloc.start()
     try:
         counts = merge(tarballs, "big", out)
