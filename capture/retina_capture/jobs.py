@@ -2,9 +2,11 @@
 
 One Job per node, as Retina makes them: labels ``retina.sh/app=capture`` and
 ``capture-name=<name>``, host network, and least privilege: every capability dropped but
-NET_RAW (tcpdump's packet socket) and NET_ADMIN (promiscuous mode, iptables-save/nft for the
-metadata), no privilege escalation, the runtime's default seccomp profile, a read-only root,
-no service-account token (the worker never calls the API), CPU and memory limits;
+NET_RAW (tcpdump's packet socket), NET_ADMIN (promiscuous mode, iptables-save/nft for the
+metadata) and SETUID/SETGID (tcpdump always switches user, ``-Z root`` included, and refuses to
+capture when it cannot: measured with the agent image), no SYS_ADMIN, no privilege
+escalation, the runtime's default seccomp profile, a read-only root, no service-account token
+(the worker never calls the API), CPU and memory limits;
 ``backoffLimit: 0``, pinned to its node by node affinity on ``metadata.name``. The container runs
 the node worker ``retina-capture``, which builds the tarball in ``NODE_KEEP_DIR`` (a hostPath:
 a capture whose upload failed stays on the node, and the pod's termination message says
@@ -46,6 +48,9 @@ DEFAULT_IMAGE = default_image("agent")  # the agent image carries retina-capture
 CONTAINER_NAME = "capture"
 #: Extra time a Job gets beyond the capture duration (metadata, packing, uploads with retries).
 DEADLINE_MARGIN_SECONDS = 900
+#: tcpdump: NET_RAW (packet socket), NET_ADMIN (promiscuous mode); SETUID/SETGID for its
+#: user switch (-Z root), without which it exits "Couldn't change to 'root'".
+CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]
 #: What a capture pod may use: tcpdump's ring (8 MiB per interface), gzip, the upload clients.
 WORKER_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 
@@ -146,7 +151,7 @@ def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
         "securityContext": {"privileged": False, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "runAsUser": 0,
                             "seccompProfile": {"type": "RuntimeDefault"},
-                            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}},
+                            "capabilities": {"drop": ["ALL"], "add": CAPABILITIES}},
         "resources": WORKER_RESOURCES,
         # The worker writes its last error (where the capture was kept) to /dev/termination-log.
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -83,7 +83,7 @@ def test_capture_jobs_run_with_least_privilege_and_keep_captures_on_the_node() -
     pod = job["spec"]["template"]["spec"]
     [container] = pod["containers"]
     security = container["securityContext"]
-    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]}
     assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert security["readOnlyRootFilesystem"] is True
