@@ -205,13 +205,22 @@ def test_rbac_is_exactly_the_contract(default_render: Rendered) -> None:
     agent |= {("retina.sh", "metricsconfigurations/status", v) for v in ("patch", "update")}
     assert rules("retina-agent") == agent
 
-    all_verbs = ("get", "list", "watch", "create", "update", "patch", "delete")
-    operator = {("retina.sh", r, v) for r in ("captures", "captures/status") for v in all_verbs}
-    operator |= {("batch", "jobs", v) for v in ("create", "delete", "get", "list", "watch")}
-    operator |= {("", "secrets", v) for v in ("create", "delete", "get")}
-    operator |= {("", r, v) for r in ("pods", "nodes", "namespaces") for v in ("get", "list")}
+    operator = {("retina.sh", "captures", v) for v in ("get", "list", "watch", "patch")}
+    operator |= {("retina.sh", "captures/status", "patch")}
+    operator |= {("batch", "jobs", v) for v in ("create", "delete", "list", "watch")}
+    operator |= {("", "secrets", v) for v in ("get", "delete")}  # by name: never list
+    operator |= {("", "pods", v) for v in ("get", "list")}
+    operator |= {("", r, "list") for r in ("nodes", "namespaces")}
     operator |= {("", "events", "create")}
+    operator |= {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
     assert rules("retina-operator") == operator
+
+    capture = {("batch", "jobs", v) for v in ("create", "list", "delete")}
+    capture |= {("", "secrets", v) for v in ("create", "get", "delete")}
+    capture |= {("", "pods", v) for v in ("get", "list")} | {("", "pods/log", "get")}
+    capture |= {("retina.sh", "captures", v) for v in ("create", "get", "list", "watch", "delete")}
+    assert rules("retina-capture") == capture
+    assert rules("retina-capture-cluster") == {("", "nodes", "list"), ("", "namespaces", "list")}
     for name in ("retina-agent", "retina-operator"):
         binding = by_kind(default_render["agent"], "ClusterRoleBinding", name)
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "retina-system"}]
