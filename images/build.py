@@ -39,7 +39,8 @@ from images.podman import ULIMITS, PodmanError, image_size, podman
 
 #: Which extras of pyproject.toml each image installs on top of the core dependencies.
 IMAGE_EXTRAS: dict[str, tuple[str, ...]] = {
-    "agent": ("worker",),      # retina-agent + retina-capture: no kubernetes/kopf
+    # retina-agent (with pod-level metrics: the Kubernetes watch, DNS parsing) + retina-capture.
+    "agent": ("worker", "podlevel"),
     "operator": ("capture",),  # kopf operator: kubernetes, kopf (and what the capture CLI uses)
 }
 CONTAINERFILES = {kind: REPO / "images" / kind / "Containerfile" for kind in IMAGE_EXTRAS}

@@ -1,10 +1,16 @@
 """Turn a checked capture (``spec.CaptureSpec``) and its nodes into Kubernetes manifests.
 
 One Job per node, as Retina makes them: labels ``retina.sh/app=capture`` and
-``capture-name=<name>``, host network, capabilities NET_ADMIN, NET_RAW and SYS_ADMIN (not
-privileged; NET_RAW because not every runtime grants it by default),
+``capture-name=<name>``, host network, and least privilege: every capability dropped but
+NET_RAW (tcpdump's packet socket), NET_ADMIN (promiscuous mode, iptables-save/nft for the
+metadata) and SETUID/SETGID (tcpdump always switches user, ``-Z root`` included, and refuses to
+capture when it cannot: measured with the agent image), no SYS_ADMIN, no privilege
+escalation, the runtime's default seccomp profile, a read-only root, no service-account token
+(the worker never calls the API), CPU and memory limits;
 ``backoffLimit: 0``, pinned to its node by node affinity on ``metadata.name``. The container runs
-the node worker ``retina-capture``; every setting reaches it as ``RETINA_CAPTURE_<FLAG>``
+the node worker ``retina-capture``, which builds the tarball in ``NODE_KEEP_DIR`` (a hostPath:
+a capture whose upload failed stays on the node, and the pod's termination message says
+where); every setting reaches it as ``RETINA_CAPTURE_<FLAG>``
 (``retina_capture.worker.settings.settings_to_env``), the node name through the downward API,
 and secrets (blob SAS URL, S3 keys) through ``secretKeyRef`` only — never in the Job itself.
 
@@ -25,6 +31,7 @@ from typing import Any
 from retina_capture.credentials import SECRET_ENV, SECRET_KEY_BLOB, SECRET_KEY_S3_ID, SECRET_KEY_S3_SECRET
 from retina_capture.images import default_image
 from retina_capture.model import DEFAULT_HOST_PATH_BASE, CaptureSettings
+from retina_capture.outputs.local import NODE_KEEP_DIR
 from retina_capture.spec import CaptureSpec
 from retina_capture.worker.settings import settings_to_env
 
@@ -39,6 +46,11 @@ DEFAULT_IMAGE = default_image("agent")  # the agent image carries retina-capture
 CONTAINER_NAME = "capture"
 #: Extra time a Job gets beyond the capture duration (metadata, packing, uploads with retries).
 DEADLINE_MARGIN_SECONDS = 900
+#: tcpdump: NET_RAW (packet socket), NET_ADMIN (promiscuous mode); SETUID/SETGID for its
+#: user switch (-Z root), without which it exits "Couldn't change to 'root'".
+CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]
+#: What a capture pod may use: tcpdump's ring (8 MiB per interface), gzip, the upload clients.
+WORKER_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 
 def capture_labels(name: str) -> dict[str, str]:
     return {LABEL_APP: LABEL_APP_VALUE, LABEL_CAPTURE: name}
@@ -63,12 +75,14 @@ def worker_settings(spec: CaptureSpec, node: str, pod_ips: Iterable[str]) -> Cap
 
     Built without validation: every shared value was checked by the same model when ``spec``
     was made, and the secrets this run needs are not here (they come from the Secret), so the
-    worker's "needs S3 keys" check cannot pass yet; the worker checks everything again.
+    worker's "needs S3 keys" check cannot pass yet; the worker checks everything again. The
+    tarball is built in ``NODE_KEEP_DIR`` (a hostPath), so a failed upload leaves it on the node.
     """
     shared = spec.model_dump(include=set(CaptureSettings.model_fields))
     return CaptureSettings.model_construct(
         **{**shared, "tcpdump_filter": spec.filter_text, "pcap_filter": ""}, node_name=node,
-        pod_ips=tuple(pod_ips), pvc_mount_path=PVC_MOUNT_PATH if spec.pvc else None)
+        pod_ips=tuple(pod_ips), pvc_mount_path=PVC_MOUNT_PATH if spec.pvc else None,
+        output_dir_tmp=NODE_KEEP_DIR)
 
 
 def outputs_annotation(spec: CaptureSpec) -> str:
@@ -107,8 +121,11 @@ def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
               image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """The Job that captures on ``node`` (restricted to ``pod_ips`` when pods were targeted)."""
     labels = capture_labels(spec.name)
-    mounts: list[dict[str, Any]] = []
-    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = [{"name": "keep", "mountPath": NODE_KEEP_DIR},
+                                    {"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "keep", "hostPath": {"path": NODE_KEEP_DIR, "type": "DirectoryOrCreate"}},
+        {"name": "tmp", "emptyDir": {}}]
     if spec.host_path is not None:
         mounts.append({"name": "host-path", "mountPath": HOST_PATH_BASE})
         volumes.append({"name": "host-path",
@@ -122,12 +139,15 @@ def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
         "imagePullPolicy": "IfNotPresent",
         "command": ["retina-capture"],
         "env": _env(spec, node, pod_ips),
-        "securityContext": {"privileged": False,
-                            "capabilities": {"add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}},
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "securityContext": {"privileged": False, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "runAsUser": 0,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                            "capabilities": {"drop": ["ALL"], "add": CAPABILITIES}},
+        "resources": WORKER_RESOURCES,
+        # The worker writes its last error (where the capture was kept) to /dev/termination-log.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
     }
-    if mounts:
-        container["volumeMounts"] = mounts
     pod_spec: dict[str, Any] = {
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchFields": [
@@ -135,11 +155,11 @@ def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
         "tolerations": [{"operator": "Exists"}],  # capture on tainted nodes too, as Retina does
         "containers": [container],
     }
-    if volumes:
-        pod_spec["volumes"] = volumes
+    pod_spec["volumes"] = volumes
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -171,18 +171,30 @@ def create_objects(client: kubernetes.client.ApiClient, namespace: str, name: st
 
 
 def delete_capture(client: kubernetes.client.ApiClient, namespace: str, name: str) -> tuple[int, int]:
-    """Delete a capture's Jobs (with their pods) and Secrets; returns (jobs, secrets) deleted."""
+    """Delete a capture's Jobs (with their pods) and its Secret; returns (jobs, secrets) deleted.
+
+    The Secret is looked up by its known name (``jobs.secret_name``), never listed: listing Secrets
+    would need ``list`` on secrets, which reads every Secret of the namespace, where ``get`` and
+    ``delete`` of one name is all this takes. A Secret of that name without the capture's labels is
+    somebody else's and stays.
+    """
     core = kubernetes.client.CoreV1Api(client)
     batch = kubernetes.client.BatchV1Api(client)
-    selector = jobs_mod.capture_selector(name)
-    jobs = batch.list_namespaced_job(namespace, label_selector=selector).items
-    secrets = core.list_namespaced_secret(namespace, label_selector=selector).items
+    jobs = batch.list_namespaced_job(namespace, label_selector=jobs_mod.capture_selector(name)).items
     for job in jobs:
         _ignore_404(batch.delete_namespaced_job, job.metadata.name, namespace,
                     propagation_policy="Background")
-    for secret in secrets:
-        _ignore_404(core.delete_namespaced_secret, secret.metadata.name, namespace)
-    return len(jobs), len(secrets)
+    try:
+        secret = core.read_namespaced_secret(jobs_mod.secret_name(name), namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return len(jobs), 0
+    labels = secret.metadata.labels or {}
+    if any(labels.get(key) != value for key, value in jobs_mod.capture_labels(name).items()):
+        return len(jobs), 0
+    _ignore_404(core.delete_namespaced_secret, secret.metadata.name, namespace)
+    return len(jobs), 1
 
 
 def read_secret_data(client: kubernetes.client.ApiClient, namespace: str, name: str) -> dict[str, str]:

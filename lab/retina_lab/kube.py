@@ -19,14 +19,26 @@ shape of the real API server:
 * watch streams that start from a ``resourceVersion``, send ``ADDED``/``DELETED`` when an object
   starts or stops matching a selector, and an ``ERROR`` event with code 410 (Expired) when the
   version is older than the retained history, as the real API server does;
-* custom resources are validated against the CRD's ``openAPIV3Schema`` (422 naming the field).
+* custom resources are validated against the CRD's ``openAPIV3Schema`` (422 naming the field);
+  deleting a CRD leaves it ``Terminating`` (finalizer ``customresourcecleanup.apiextensions.k8s.io``)
+  until every instance is gone: instances are deleted, those with finalizers wait for them;
+* authentication and RBAC as kube-apiserver does them (:mod:`retina_lab.kube_auth`): bearer tokens
+  (static users, ServiceAccount tokens from the TokenRequest API
+  ``POST .../serviceaccounts/NAME/token``), Roles/ClusterRoles/bindings, 401 and 403 with the
+  Kubernetes ``Status`` body, ``SelfSubjectAccessReview``/``SubjectAccessReview``/
+  ``SelfSubjectReview`` (``kubectl auth can-i``/``whoami``).
 
 Use::
 
     with KubeEmulator() as kube:
-        kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig_path))
+        kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig_path))  # the admin
         ...
         kube.stop(); kube.start()    # same port, same state; clients reconnect
+
+The default kubeconfig is the admin (group ``system:masters``).  Other identities:
+``kube.kubeconfig_for_user("alice", groups=["dev"])`` and
+``kube.kubeconfig_for_service_account("retina-system", "retina-agent")`` write kubeconfigs whose
+requests RBAC judges; ``kube.apply(objects)`` creates or replaces objects (e.g. rendered RBAC).
 
 Objects can be preloaded with :meth:`KubeEmulator.seed` and inspected with
 :meth:`KubeEmulator.objects`.  There is no scheduler, kubelet or controller: tests play those
@@ -36,6 +48,7 @@ parts by patching status through the API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import copy
@@ -47,7 +60,7 @@ import socket
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +68,8 @@ from typing import Any
 import aiohttp.web
 import jsonpatch
 import yaml
+
+from retina_lab import kube_auth, kube_tls
 
 Obj = dict[str, Any]
 
@@ -121,6 +136,17 @@ def _builtin_types() -> list[ResourceType]:
         rt("coordination.k8s.io/v1", "leases", "Lease"),
         rt("events.k8s.io/v1", "events", "Event", short=["ev"]),
     ]
+
+
+#: Create-only review resources: answered from the request, never stored (kind by plural).
+_REVIEWS = {
+    ("authorization.k8s.io", "selfsubjectaccessreviews"): "SelfSubjectAccessReview",
+    ("authorization.k8s.io", "subjectaccessreviews"): "SubjectAccessReview",
+    ("authentication.k8s.io", "selfsubjectreviews"): "SelfSubjectReview",
+}
+_CRD_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
+#: The admin identity of the default kubeconfig.
+ADMIN = kube_auth.UserInfo("kubernetes-admin", (kube_auth.MASTERS,))
 
 
 class ApiError(Exception):
@@ -275,6 +301,8 @@ def _merge_list(old: list[Any], new: list[Any]) -> list[Any]:
 # ---------------------------------------------------------------------------------------------
 
 Key = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
+SubresourceHandler = Callable[[aiohttp.web.Request, str, str, kube_auth.UserInfo],
+                              Awaitable[aiohttp.web.StreamResponse]]
 
 
 @dataclass
@@ -291,7 +319,7 @@ class KubeEmulator:
 
     def __init__(self, *, port: int = 0, history_limit: int = 2000,
                  namespaces: Iterable[str] = ("default", "kube-system", "kube-public"),
-                 workdir: str | Path | None = None) -> None:
+                 workdir: str | Path | None = None, anonymous_auth: bool = True, tls: bool = True) -> None:
         self._types: dict[tuple[str, str, str], ResourceType] = {}
         for t in _builtin_types():
             self._register(t)
@@ -305,10 +333,22 @@ class KubeEmulator:
         self._runner: aiohttp.web.AppRunner | None = None
         self._changed: asyncio.Event | None = None
         self._stopping = False
+        self._kubeconfigs: list[tuple[Path, str, str]] = []
         self._own_dir = None if workdir else tempfile.TemporaryDirectory(prefix="kube-emulator-")
         self._dir = Path(workdir or self._own_dir.name)  # type: ignore[union-attr]
-        self.token = secrets.token_hex(16)
+        self._certs = kube_tls.make_serving_certs(self._dir / "pki") if tls else None
+        self._subresources: dict[tuple[str, str, str], SubresourceHandler] = {}
+        #: Every request RBAC refused (user, method, path, message): tests assert a component
+        #: running with its production identity met none.
+        self.refusals: list[dict[str, str]] = []
+        self.auth = kube_auth.Authenticator(self._lookup, anonymous=anonymous_auth)
+        #: The admin's bearer token (group ``system:masters``), used by :attr:`kubeconfig_path`.
+        self.token = self.auth.add_static_token(ADMIN)
         self.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces])
+        self.seed(kube_auth.bootstrap_rbac())
+        for ns in namespaces:  # the ServiceAccount controller's "default" in every namespace
+            self.seed([{"apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": {"name": "default", "namespace": ns}}])
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -327,7 +367,13 @@ class KubeEmulator:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return f"{'https' if self._certs else 'http'}://127.0.0.1:{self._port}"
+
+    @property
+    def ca_path(self) -> Path | None:
+        """The PEM file of the CA that signed the serving certificate (``ca.crt`` for pods;
+        ``requests.get(kube.url + ..., verify=kube.ca_path)``); None when serving plain HTTP."""
+        return self._certs.ca_path if self._certs else None
 
     @property
     def running(self) -> bool:
@@ -386,7 +432,9 @@ class KubeEmulator:
         self._runner = aiohttp.web.AppRunner(app, shutdown_timeout=1, handle_signals=False,
                                              access_log=None)
         await self._runner.setup()
-        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", self._port, reuse_address=True)
+        ssl_context = self._certs.server_context() if self._certs else None
+        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", self._port, reuse_address=True,
+                                   ssl_context=ssl_context)
         await site.start()
         sock: socket.socket = site._server.sockets[0]  # type: ignore[union-attr]
         self._port = sock.getsockname()[1]
@@ -397,15 +445,82 @@ class KubeEmulator:
             self._runner = None
 
     def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig_path, self.token)
+        for path, token, namespace in self._kubeconfigs:  # the port may have changed
+            self.write_kubeconfig(path, token, namespace=namespace)
+
+    def write_kubeconfig(self, path: str | Path, token: str, *, namespace: str = "default",
+                         user: str = "emulator") -> Path:
+        """Write a kubeconfig for this server that logs in with ``token``; returns its path."""
+        path = Path(path)
+        cluster: Obj = {"server": self.url}
+        if self._certs:  # embedded, so that a copied kubeconfig still works
+            ca = self._certs.ca_path.read_bytes()
+            cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
         config = {
             "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "emulator", "user": {"token": self.token}}],
+            "clusters": [{"name": "emulator", "cluster": cluster}],
+            "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "emulator",
-                          "context": {"cluster": "emulator", "user": "emulator", "namespace": "default"}}],
+                          "context": {"cluster": "emulator", "user": user, "namespace": namespace}}],
             "current-context": "emulator",
         }
-        self.kubeconfig_path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    # -- identities --------------------------------------------------------------------------------
+
+    def user_token(self, name: str, groups: Iterable[str] = ()) -> str:
+        """A static bearer token for user ``name`` in ``groups`` (plus ``system:authenticated``)."""
+        return self.auth.add_static_token(kube_auth.UserInfo(name, tuple(groups)))
+
+    def service_account_token(self, namespace: str, name: str, *, expiration_seconds: int = 3600,
+                              audiences: Iterable[str] = (), bound_pod: str | None = None) -> str:
+        """A token for ServiceAccount ``namespace/name`` as the TokenRequest API issues it (the
+        ServiceAccount must exist; the token dies with it, or with the pod it is bound to)."""
+        with self._lock:
+            sa = copy.deepcopy(self._get(self._types[("", "v1", "serviceaccounts")], namespace, name))
+            bound = None
+            if bound_pod is not None:
+                pod = self._get(self._types[("", "v1", "pods")], namespace, bound_pod)
+                bound = {"kind": "Pod", "name": bound_pod, "uid": pod["metadata"]["uid"]}
+        token, _ = self.auth.issue_service_account_token(sa, audiences=audiences,
+                                                         expiration_seconds=expiration_seconds,
+                                                         bound_object=bound)
+        return token
+
+    def kubeconfig_for_user(self, name: str, groups: Iterable[str] = (), *, namespace: str = "default",
+                            path: str | Path | None = None) -> Path:
+        """A kubeconfig (kept up to date across restarts) that logs in as user ``name``."""
+        path = Path(path or self._dir / f"kubeconfig-user-{_file_safe(name)}-{secrets.token_hex(3)}")
+        return self._remember_kubeconfig(path, self.user_token(name, groups), namespace)
+
+    def kubeconfig_for_service_account(self, namespace: str, name: str, *,
+                                       path: str | Path | None = None, expiration_seconds: int = 86400
+                                       ) -> Path:
+        """A kubeconfig that logs in with a TokenRequest token of ServiceAccount ``namespace/name``
+        (its context's namespace is the ServiceAccount's, as in a pod)."""
+        path = Path(path) if path else self._dir / f"kubeconfig-sa-{namespace}-{name}-{secrets.token_hex(3)}"
+        token = self.service_account_token(namespace, name, expiration_seconds=expiration_seconds)
+        return self._remember_kubeconfig(path, token, namespace)
+
+    def _remember_kubeconfig(self, path: Path, token: str, namespace: str) -> Path:
+        self._kubeconfigs.append((path, token, namespace))
+        return self.write_kubeconfig(path, token, namespace=namespace)
+
+    def can(self, user: kube_auth.UserInfo, verb: str, resource: str, *, group: str = "",
+            namespace: str = "", name: str = "", subresource: str = "") -> bool:
+        """Would RBAC allow this (a SubjectAccessReview without HTTP)?"""
+        info = kube_auth.RequestInfo(verb, "", True, group, "", resource, subresource, namespace, name)
+        with self._lock:
+            return kube_auth.authorize(user, info, self._rbac_state())
+
+    def add_subresource(self, group: str, plural: str, subresource: str, handler: SubresourceHandler) -> None:
+        """Serve ``.../{plural}/{name}/{subresource}`` (e.g. ``pods/log``) with ``handler(request,
+        namespace, name, user)`` after authentication and RBAC (verb from the method, as for any
+        request); the handler returns an ``aiohttp.web.StreamResponse`` or raises :class:`ApiError`."""
+        self._subresources[(group, plural, subresource)] = handler
 
     # -- helpers for tests -----------------------------------------------------------------------
 
@@ -416,6 +531,24 @@ class KubeEmulator:
             rt = self.resource_for(obj.get("apiVersion", ""), obj.get("kind", ""))
             ns = obj.get("metadata", {}).get("namespace", "default") if rt.namespaced else ""
             stored.append(self._create(rt, ns, copy.deepcopy(obj), keep_status=True))
+        return stored
+
+    def apply(self, objects: Iterable[Obj]) -> list[Obj]:
+        """Create each object, or replace it (status kept) when it exists: ``kubectl apply`` as the
+        admin, without HTTP.  Use it to load rendered manifests (RBAC, ServiceAccounts, CRDs)."""
+        stored = []
+        for obj in objects:
+            rt = self.resource_for(obj.get("apiVersion", ""), obj.get("kind", ""))
+            ns = obj.get("metadata", {}).get("namespace", "default") if rt.namespaced else ""
+            name = obj.get("metadata", {}).get("name", "")
+            with self._lock:
+                exists = (rt.group, rt.plural, ns, name) in self._objects
+                if exists:
+                    new = copy.deepcopy(obj)
+                    new.setdefault("metadata", {}).pop("resourceVersion", None)
+                    stored.append(self._update(rt, ns, name, new, None, check_rv=False))
+                else:
+                    stored.append(self._create(rt, ns, copy.deepcopy(obj), keep_status=True))
         return stored
 
     def objects(self, kind: str, namespace: str | None = None) -> list[Obj]:
@@ -452,6 +585,28 @@ class KubeEmulator:
         """Forget the watch history, as etcd compaction does: older versions now get 410."""
         with self._lock:
             self._history.clear()
+
+    def _lookup(self, plural: str, namespace: str, name: str) -> Obj | None:
+        """A core/v1 object (for the token authenticator: does the ServiceAccount/pod still exist?)."""
+        with self._lock:
+            return self._objects.get(("", plural, namespace, name))
+
+    def _rbac_state(self) -> kube_auth.RBACState:
+        """The RBAC objects now (called under the lock; objects are not copied: read only)."""
+        group = "rbac.authorization.k8s.io"
+        roles, cluster_roles, bindings, cluster_bindings = {}, {}, [], []
+        for (g, plural, ns, name), obj in self._objects.items():
+            if g != group:
+                continue
+            if plural == "roles":
+                roles[(ns, name)] = obj
+            elif plural == "clusterroles":
+                cluster_roles[name] = obj
+            elif plural == "rolebindings":
+                bindings.append(obj)
+            elif plural == "clusterrolebindings":
+                cluster_bindings.append(obj)
+        return kube_auth.RBACState(roles, cluster_roles, bindings, cluster_bindings)
 
     # -- resource types ------------------------------------------------------------------------
 
@@ -519,7 +674,11 @@ class KubeEmulator:
 
     def _validate(self, t: ResourceType, obj: Obj) -> None:
         name = obj.get("metadata", {}).get("name", "")
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name or ""):
+        if t.group == "rbac.authorization.k8s.io":  # RBAC names are path segments ("system:discovery")
+            valid = bool(name) and name not in (".", "..") and not re.search(r"[/%]", name)
+        else:
+            valid = bool(re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name or ""))
+        if not valid:
             raise ApiError(422, "Invalid", f'{t.kind} "{name}" is invalid: metadata.name: Invalid value: '
                            f'"{name}": a lowercase RFC 1123 subdomain must consist of lower case '
                            "alphanumeric characters, '-' or '.'",
@@ -549,6 +708,9 @@ class KubeEmulator:
             else:
                 meta.pop("namespace", None)
             obj["apiVersion"], obj["kind"] = t.api_version, t.kind
+            if not t.builtin and self._terminating_crd(t):
+                raise ApiError(405, "MethodNotAllowed",
+                               "create not allowed while custom resource definition is terminating")
             if t.status and not keep_status:
                 obj.pop("status", None)
             self._validate(t, obj)
@@ -615,6 +777,8 @@ class KubeEmulator:
             obj = copy.deepcopy(self._get(t, ns, name))
             if dry_run:
                 return obj
+            if (t.group, t.plural) == ("apiextensions.k8s.io", "customresourcedefinitions"):
+                return self._delete_crd(t, obj)
             if obj["metadata"].get("finalizers"):
                 if not obj["metadata"].get("deletionTimestamp"):
                     obj["metadata"]["deletionTimestamp"] = _now()
@@ -622,8 +786,57 @@ class KubeEmulator:
                 return obj
             return self._delete_now(t, obj, orphan)
 
+    def _delete_crd(self, crd_type: ResourceType, crd: Obj) -> Obj:
+        """Delete a CRD as apiextensions-apiserver does: it turns Terminating (finalizer
+        ``customresourcecleanup...``, condition ``Terminating``), its instances are deleted, and
+        it goes only once none is left -- instances with finalizers keep it Terminating."""
+        meta = crd["metadata"]
+        if not meta.get("deletionTimestamp"):
+            meta["deletionTimestamp"] = _now()
+            if _CRD_FINALIZER not in meta.setdefault("finalizers", []):
+                meta["finalizers"].append(_CRD_FINALIZER)
+            status = crd.setdefault("status", {})
+            conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Terminating"]
+            status["conditions"] = [*conditions, {
+                "type": "Terminating", "status": "True", "lastTransitionTime": _now(),
+                "reason": "InstanceDeletionInProgress", "message": "CustomResource deletion is in progress"}]
+            crd = self._store(crd_type, crd, "MODIFIED")
+            spec = crd.get("spec", {})
+            group, plural = spec.get("group", ""), spec.get("names", {}).get("plural", "")
+            instance_type = next((x for x in self._types.values() if (x.group, x.plural) == (group, plural)),
+                                 None)
+            if instance_type is not None:
+                for key in [k for k in self._objects if k[:2] == (group, plural)]:
+                    with contextlib.suppress(ApiError):
+                        self._delete(instance_type, key[2], key[3])
+        return self._finish_crd(crd["metadata"]["name"]) or crd
+
+    def _finish_crd(self, crd_name: str) -> Obj | None:
+        """Remove a Terminating CRD's cleanup finalizer once it has no instances left."""
+        crd_type = self._types[("apiextensions.k8s.io", "v1", "customresourcedefinitions")]
+        crd = self._objects.get(("apiextensions.k8s.io", "customresourcedefinitions", "", crd_name))
+        if crd is None or not crd["metadata"].get("deletionTimestamp"):
+            return None
+        spec = crd.get("spec", {})
+        instances = (spec.get("group", ""), spec.get("names", {}).get("plural", ""))
+        if any(k[:2] == instances for k in self._objects):
+            return None
+        crd = copy.deepcopy(crd)
+        meta = crd["metadata"]
+        meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != _CRD_FINALIZER]
+        if crd["metadata"]["finalizers"]:
+            return self._store(crd_type, crd, "MODIFIED")
+        return self._delete_now(crd_type, crd)
+
+    def _terminating_crd(self, t: ResourceType) -> bool:
+        key = ("apiextensions.k8s.io", "customresourcedefinitions", "", f"{t.plural}.{t.group}")
+        crd = self._objects.get(key)
+        return crd is not None and bool(crd["metadata"].get("deletionTimestamp"))
+
     def _delete_now(self, t: ResourceType, obj: Obj, orphan: bool = False) -> Obj:
         gone = self._store(t, obj, "DELETED")
+        if not t.builtin:
+            self._finish_crd(f"{t.plural}.{t.group}")
         uid = obj["metadata"].get("uid")
         if t.plural == "namespaces" and not t.group:
             dependents = [k for k in self._objects if k[2] == obj["metadata"]["name"]]
@@ -651,13 +864,26 @@ class KubeEmulator:
 
     async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         try:
-            return await self._route(request)
+            user = self.auth.authenticate(request.headers.get("Authorization"))
+        except kube_auth.Unauthorized:
+            return aiohttp.web.json_response(kube_auth.UNAUTHORIZED_STATUS, status=401)
+        info = kube_auth.request_info(request.method, request.path, request.query_string)
+        with self._lock:
+            allowed = kube_auth.authorize(user, info, self._rbac_state())
+        if not allowed:
+            status = kube_auth.forbidden_status(user, info)
+            self.refusals.append({"user": user.name, "method": request.method, "path": request.path_qs,
+                                  "message": status["message"]})
+            return aiohttp.web.json_response(status, status=403)
+        try:
+            return await self._route(request, user)
         except ApiError as exc:
             return aiohttp.web.json_response(exc.status(), status=exc.code)
         except (json.JSONDecodeError, yaml.YAMLError, jsonpatch.JsonPatchException) as exc:
             return aiohttp.web.json_response(ApiError(400, "BadRequest", str(exc)).status(), status=400)
 
-    async def _route(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+    async def _route(self, request: aiohttp.web.Request, user: kube_auth.UserInfo
+                     ) -> aiohttp.web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
         method = request.method
         if method == "GET" and parts in (["version"], ["version", ""]):
@@ -684,6 +910,11 @@ class KubeEmulator:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not rest:
             return aiohttp.web.json_response(self._resource_list(group, version))
+        if (group, rest[0]) in _REVIEWS and len(rest) == 1:
+            if method != "POST":
+                raise ApiError(405, "MethodNotAllowed", f"{rest[0]} supports only create")
+            review = self._review(group, version, rest[0], await request.json(), user)
+            return aiohttp.web.json_response(review, status=201)
 
         ns: str | None = None
         if (len(rest) >= 3 and rest[0] == "namespaces"
@@ -694,9 +925,87 @@ class KubeEmulator:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
+        if sub is not None and (t.group, t.plural, sub) in self._subresources:
+            with self._lock:
+                self._get(t, ns or "", name or "")  # 404 for a missing object, as for any subresource
+            return await self._subresources[(t.group, t.plural, sub)](request, ns or "", name or "", user)
+        if sub == "token" and (t.group, t.plural) == ("", "serviceaccounts") and method == "POST":
+            return aiohttp.web.json_response(self._token_request(ns or "", name or "", await request.json()),
+                                             status=201)
         if sub is not None and (sub != "status" or not t.status):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return await self._resource_request(request, t, ns, name, sub)
+
+    def _token_request(self, namespace: str, name: str, body: Obj) -> Obj:
+        """The TokenRequest API: a bound ServiceAccount token (what the kubelet projects into pods)."""
+        spec = body.get("spec") or {}
+        expiration = int(spec.get("expirationSeconds") or 3600)
+        if expiration < 600:
+            raise ApiError(422, "Invalid", f'TokenRequest.authentication.k8s.io "{name}" is invalid: '
+                           "spec.expirationSeconds: Invalid value: %d: may not specify a duration less "
+                           "than 10 minutes" % expiration,
+                           {"name": name, "group": "authentication.k8s.io", "kind": "TokenRequest"})
+        with self._lock:
+            sa = copy.deepcopy(self._get(self._types[("", "v1", "serviceaccounts")], namespace, name))
+            ref = spec.get("boundObjectRef")
+            bound = None
+            if ref:
+                plural = {"Pod": "pods", "Secret": "secrets"}.get(ref.get("kind", ""))
+                if plural is None:
+                    raise ApiError(422, "Invalid", "spec.boundObjectRef.kind: Unsupported value: "
+                                   f"{ref.get('kind')!r}: supported values: \"Pod\", \"Secret\"")
+                target = self._get(self._types[("", "v1", plural)], namespace, ref.get("name", ""))
+                if ref.get("uid") and ref["uid"] != target["metadata"]["uid"]:
+                    raise ApiError(409, "Conflict", f'the UID in the bound object reference ({ref["uid"]}) '
+                                   f'does not match the UID in record ({target["metadata"]["uid"]})')
+                bound = {"kind": ref["kind"], "name": ref["name"], "uid": target["metadata"]["uid"]}
+        audiences = list(spec.get("audiences") or [kube_auth.DEFAULT_AUDIENCE])
+        token, expiry = self.auth.issue_service_account_token(
+            sa, audiences=audiences, expiration_seconds=expiration, bound_object=bound)
+        stamp = datetime.datetime.fromtimestamp(expiry, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
+                "spec": {"audiences": audiences, "expirationSeconds": expiration, "boundObjectRef": ref},
+                "status": {"token": token, "expirationTimestamp": stamp}}
+
+    def _review(self, group: str, version: str, plural: str, body: Obj, user: kube_auth.UserInfo) -> Obj:
+        """SelfSubjectAccessReview, SubjectAccessReview (``kubectl auth can-i``), SelfSubjectReview."""
+        kind = _REVIEWS[(group, plural)]
+        answer: Obj = {"apiVersion": f"{group}/{version}", "kind": kind,
+                       "metadata": {"creationTimestamp": None}, "spec": body.get("spec") or {}}
+        if kind == "SelfSubjectReview":
+            answer.pop("spec")
+            answer["status"] = {"userInfo": {"username": user.name, "uid": user.uid,
+                                             "groups": list(user.groups)}}
+            return answer
+        spec = body.get("spec") or {}
+        subject = user
+        if kind == "SubjectAccessReview":
+            if not spec.get("user") and not spec.get("groups"):
+                raise ApiError(422, "Invalid", 'SubjectAccessReview.authorization.k8s.io "" is invalid: '
+                               'spec.user: Invalid value: "": at least one of user or group must be '
+                               "specified")
+            subject = kube_auth.UserInfo(spec.get("user", ""), tuple(spec.get("groups") or []),
+                                         spec.get("uid", ""))
+        attrs, path_attrs = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+        if attrs:
+            info = kube_auth.RequestInfo(attrs.get("verb", ""), "", True, attrs.get("group", ""),
+                                         attrs.get("version", ""), attrs.get("resource", ""),
+                                         attrs.get("subresource", ""), attrs.get("namespace", ""),
+                                         attrs.get("name", ""))
+        elif path_attrs:
+            info = kube_auth.RequestInfo(path_attrs.get("verb", ""), path_attrs.get("path", ""))
+        else:
+            raise ApiError(422, "Invalid", f"{kind}.authorization.k8s.io is invalid: "
+                           "spec.resourceAttributes: "
+                           "Invalid value: \"null\": exactly one of nonResourceAttributes or "
+                           "resourceAttributes must be specified")
+        with self._lock:
+            allowed = kube_auth.authorize(subject, info, self._rbac_state())
+        answer["status"] = {"allowed": allowed}
+        if allowed:
+            answer["status"]["reason"] = "RBAC: allowed"
+        return answer
 
     async def _resource_request(self, request: aiohttp.web.Request, t: ResourceType, ns: str | None,
                                 name: str | None, sub: str | None) -> aiohttp.web.StreamResponse:
@@ -843,7 +1152,7 @@ class KubeEmulator:
         return response
 
     def _group_list(self) -> Obj:
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, list[str]] = {g: ["v1"] for g, _ in _REVIEWS}
         for t in self._types.values():
             if t.group and t.version not in groups.setdefault(t.group, []):
                 groups[t.group].append(t.version)
@@ -854,18 +1163,32 @@ class KubeEmulator:
 
     def _resource_list(self, group: str, version: str) -> Obj:
         types = [t for t in self._types.values() if (t.group, t.version) == (group, version)]
-        if not types:
+        reviews = [(plural, kind) for (g, plural), kind in _REVIEWS.items() if g == group and version == "v1"]
+        if not types and not reviews:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        resources = []
+        resources: list[Obj] = [{"name": plural, "singularName": kind.lower(), "namespaced": False,
+                                 "kind": kind, "verbs": ["create"]} for plural, kind in reviews]
         for t in sorted(types, key=lambda x: x.plural):
             resources.append({"name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
                               "kind": t.kind, "verbs": _ALL_VERBS, "shortNames": list(t.short_names)})
+            if (t.group, t.plural) == ("", "serviceaccounts"):
+                resources.append({"name": "serviceaccounts/token", "singularName": "", "namespaced": True,
+                                  "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
+                                  "verbs": ["create"]})
+            for (g, plural, sub) in sorted(self._subresources):
+                if (g, plural) == (t.group, t.plural):
+                    resources.append({"name": f"{plural}/{sub}", "singularName": "", "kind": t.kind,
+                                      "namespaced": t.namespaced, "verbs": ["get", "create"]})
             if t.status:
                 resources.append({"name": f"{t.plural}/status", "singularName": "",
                                   "namespaced": t.namespaced, "kind": t.kind,
                                   "verbs": ["get", "patch", "update"]})
         return {"kind": "APIResourceList", "apiVersion": "v1",
                 "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+
+
+def _file_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 def _spec_part(obj: Obj) -> Obj:

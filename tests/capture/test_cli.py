@@ -15,7 +15,7 @@ import pytest
 from retina_capture.cli.main import main
 from retina_lab.manifests import validate_manifest
 from tests import kube_fixtures
-from tests.kube_fixtures import small_cluster
+from tests.kube_fixtures import capture_user_kubeconfig_for, small_cluster
 
 # pytest fixtures shared from tests/kube_fixtures.py
 kube_emulator = kube_fixtures.kube_emulator
@@ -25,7 +25,8 @@ BIN = Path(sys.executable).parent
 
 
 def cli(kube, capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([*argv, "--kubeconfig", str(kube.kubeconfig_path)])
+    """kubectl-retina as a capture user (bound only as the README says), not as the admin."""
+    code = main([*argv, "--kubeconfig", str(capture_user_kubeconfig_for(kube))])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -188,7 +189,8 @@ def test_s3_credentials_go_into_a_secret_only(kube_emulator) -> None:
            "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": secret_key}
     proc = subprocess.run([str(BIN / "kubectl-retina"), "capture", "create", "--name", "s3cap", "-n", "web",
                            "--node-names", "node-1", "--s3-bucket", "captures", "--s3-endpoint",
-                           "http://127.0.0.1:9", "--kubeconfig", str(kube_emulator.kubeconfig_path),
+                           "http://127.0.0.1:9", "--kubeconfig",
+                           str(capture_user_kubeconfig_for(kube_emulator)),
                            "--no-wait", "--debug"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert secret_key not in proc.stdout + proc.stderr and key_id not in proc.stdout + proc.stderr
@@ -212,7 +214,8 @@ def test_create_waits_and_reports_progress(kube_emulator) -> None:
     proc = subprocess.Popen([str(BIN / "kubectl-retina"), "capture", "create", "--name", "waiting",
                              "-n", "web",
                              "--node-names", "node-1,node-2", "--host-path", "x", "--duration", "5s",
-                             "--poll-interval", "0.1", "--kubeconfig", str(kube_emulator.kubeconfig_path)],
+                             "--poll-interval", "0.1", "--kubeconfig",
+                             str(capture_user_kubeconfig_for(kube_emulator))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]

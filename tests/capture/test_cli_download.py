@@ -17,7 +17,7 @@ import requests
 from retina_capture.cli.main import main
 from retina_capture.cli.merge import read_merged
 from tests import kube_fixtures
-from tests.kube_fixtures import small_cluster
+from tests.kube_fixtures import capture_user_kubeconfig_for, small_cluster
 
 # pytest fixtures shared from tests/kube_fixtures.py
 kube_emulator = kube_fixtures.kube_emulator
@@ -61,7 +61,7 @@ def test_download_merge_from_s3(kube_emulator, moto_s3, tmp_path, capsys, monkey
     small_cluster(kube_emulator)
     monkeypatch.setenv("RETINA_CAPTURE_S3_ACCESS_KEY_ID", "testing-id")
     monkeypatch.setenv("RETINA_CAPTURE_S3_SECRET_ACCESS_KEY", "testing-secret")
-    kubeconfig = str(kube_emulator.kubeconfig_path)
+    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
     assert main(["capture", "create", "--name", "dl", "-n", "web", "--node-names", "node-1,node-2",
                  "--s3-bucket", "caps", "--s3-endpoint", moto_s3.url, "--s3-region", "us-east-1",
                  "--no-wait", "--kubeconfig", kubeconfig]) == 0
@@ -119,7 +119,7 @@ def test_merge_from_a_directory_without_the_api(tmp_path, capsys) -> None:
 
 def test_download_of_a_host_path_capture_says_where_the_files_are(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    kubeconfig = str(kube_emulator.kubeconfig_path)
+    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
     assert main(["capture", "create", "--name", "hp", "-n", "web", "--node-names", "node-1", "--host-path",
                  "incidents", "--no-wait", "--kubeconfig", kubeconfig]) == 0
     capsys.readouterr()

@@ -70,3 +70,29 @@ def test_summarize_jobs() -> None:
     assert (summary["phase"], summary["succeeded"], summary["failed"]) == ("Failed", 1, 1)
     assert summary["completionTime"] == "2026-01-01T00:02:00Z"
     assert jobs.summarize_jobs([ok])["phase"] == "Succeeded"
+
+
+def test_capture_jobs_run_with_least_privilege_and_keep_captures_on_the_node() -> None:
+    """Issue 10: no SYS_ADMIN, everything else dropped, RuntimeDefault seccomp, no privilege
+    escalation, no service-account token, limits; the tarball is built on a hostPath so a
+    failed upload survives the pod, and the pod's termination message is the worker's error."""
+    capture = spec.parse_capture(spec.capture_resource("c", "ns", {
+        "captureConfiguration": {"captureTarget": {"nodeNames": ["node-a"]}},
+        "outputConfiguration": {"blobUpload": "blob-secret"}}))
+    [job] = jobs.build_jobs(capture, {"node-a": ()})
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]}
+    assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert security["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    keep = {v["name"]: v for v in pod["volumes"]}["keep"]
+    assert keep["hostPath"] == {"path": "/var/log/retina/captures", "type": "DirectoryOrCreate"}
+    assert {"name": "keep", "mountPath": "/var/log/retina/captures"} in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RETINA_CAPTURE_OUTPUT_DIR_TMP"] == "/var/log/retina/captures"
+    validate_manifest(job)

@@ -15,7 +15,13 @@ from kopf.testing import KopfRunner
 from retina_capture.cli.main import main as cli_main
 from retina_lab.manifests import validate_manifest
 from tests import kube_fixtures
-from tests.kube_fixtures import small_cluster
+from tests.kube_fixtures import (
+    OPERATOR_USER,
+    capture_user_kubeconfig_for,
+    operator_kubeconfig_for,
+    refusals_of,
+    small_cluster,
+)
 
 # pytest fixtures shared from tests/kube_fixtures.py
 kube_emulator = kube_fixtures.kube_emulator
@@ -45,14 +51,20 @@ def capture(name: str, namespace: str, target: dict, output: dict, **config: Any
 
 @pytest.fixture
 def operator(kube_emulator, kube_api_client, monkeypatch) -> Iterator[kubernetes.client.CustomObjectsApi]:
+    """The operator running as its ServiceAccount with the rendered RBAC; yields the API of a
+    capture user (bound as the README says) to create Captures with."""
     small_cluster(kube_emulator)
     kubernetes.client.ApiextensionsV1Api(kube_api_client).create_custom_resource_definition(CRD)
-    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))  # how kopf and the handlers log in
+    # how kopf and the handlers log in: the operator's own token, as in its pod
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig_for(kube_emulator)))
+    user_kubeconfig = capture_user_kubeconfig_for(kube_emulator)
+    user = kubernetes.config.new_client_from_config(config_file=str(user_kubeconfig))
 
     argv = ["run", "--all-namespaces", "--standalone", "-m", "retina_capture.operator.handlers"]
     with KopfRunner(argv, timeout=60) as runner:
-        yield kubernetes.client.CustomObjectsApi(kube_api_client)
+        yield kubernetes.client.CustomObjectsApi(user)
     assert runner.exception is None, runner.output
+    assert refusals_of(kube_emulator, OPERATOR_USER) == [], "the operator's RBAC lacks what it uses"
 
 
 def strip(job: dict) -> dict:
@@ -91,7 +103,7 @@ def test_capture_becomes_the_same_jobs_as_the_cli(operator, kube_emulator, capsy
                      "captures", "--duration", "45s", "--packet-size", "128", "--interfaces", "eth0,eth1",
                      "--include-filter", "10.244.1.10:80", "--exclude-filter", "*:22",
                      "--tcpdump-filter", "tcp",
-                     "--no-wait", "--kubeconfig", str(kube_emulator.kubeconfig_path)])
+                     "--no-wait", "--kubeconfig", str(capture_user_kubeconfig_for(kube_emulator))])
     assert code == 0, capsys.readouterr().err
     cli_jobs = kube_emulator.objects("Job", "db")
     assert [j["metadata"]["name"] for j in cli_jobs] == [j["metadata"]["name"] for j in jobs]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import kubernetes
 import pytest
@@ -12,6 +13,7 @@ from retina_agent.enrichment import UNKNOWN_ENDPOINT, Endpoint, EndpointCache
 from retina_lab.kube import KubeEmulator
 from tests.enrichment.cluster import namespace, node, pod, service, start_pod, wait_for, workload
 from tests.enrichment.proxy import CuttableProxy
+from tests.kube_fixtures import AGENT_NAMESPACE
 
 
 def seed_workloads(kube: KubeEmulator) -> None:
@@ -42,10 +44,11 @@ def seed_workloads(kube: KubeEmulator) -> None:
 
 
 @pytest.fixture
-def remote_cache(kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient
+def remote_cache(kube_emulator: KubeEmulator, agent_api_client: kubernetes.client.ApiClient
                  ) -> Iterator[EndpointCache]:
+    """The agent's cache with the agent's identity (retina-agent token, rendered RBAC)."""
     seed_workloads(kube_emulator)
-    cache = EndpointCache(kube_api_client, "node-1", remote_context=True)
+    cache = EndpointCache(agent_api_client, "node-1", remote_context=True)
     cache.start()
     try:
         assert cache.wait_synced(10), "the cache did not sync with the emulator"
@@ -107,9 +110,9 @@ def test_workload_is_renamed_when_its_replicaset_appears(
 
 
 def test_local_context_sees_only_this_node(kube_emulator: KubeEmulator,
-                                           kube_api_client: kubernetes.client.ApiClient,
+                                           agent_api_client: kubernetes.client.ApiClient,
                                            remote_cache: EndpointCache) -> None:
-    local = EndpointCache(kube_api_client, "node-2", remote_context=False)
+    local = EndpointCache(agent_api_client, "node-2", remote_context=False)
     local.start()
     try:
         assert local.wait_synced(10)
@@ -125,7 +128,7 @@ def test_local_context_sees_only_this_node(kube_emulator: KubeEmulator,
                                       "10.244.1.12", "10.244.2.13", "10.244.1.14", "10.244.1.15"}
     assert remote_cache.local_ips() == remote_cache.all_ips() - {"10.244.2.10", "10.244.2.13"}
     with pytest.raises(ValueError, match="NODE_NAME"):
-        EndpointCache(kube_api_client, None, remote_context=False)
+        EndpointCache(agent_api_client, None, remote_context=False)
 
 
 def test_pods_come_and_go_while_running(kube_emulator: KubeEmulator,
@@ -188,13 +191,17 @@ def test_emulator_restart_keeps_enriching(kube_emulator: KubeEmulator,
 
 
 def test_gone_410_relists_without_losing_anything(kube_emulator: KubeEmulator,
-                                                  kube_api_client: kubernetes.client.ApiClient) -> None:
+                                                  kube_api_client: kubernetes.client.ApiClient,
+                                                  agent_kubeconfig: Path) -> None:  # applies the RBAC
     """The cache's connection is cut, the cluster changes and etcd is compacted: on reconnect the
     watch gets 410 Gone and the cache lists again; additions and deletions are both seen."""
     seed_workloads(kube_emulator)
     proxy = CuttableProxy(kube_emulator.port)
-    config = kubernetes.client.Configuration()
-    config.host = f"http://127.0.0.1:{proxy.port}"
+    config = kubernetes.client.Configuration()  # the agent's identity, through the proxy
+    config.host = f"https://127.0.0.1:{proxy.port}"
+    config.ssl_ca_cert = str(kube_emulator.ca_path)
+    token = kube_emulator.service_account_token(AGENT_NAMESPACE, "retina-agent")
+    config.api_key = {"authorization": f"Bearer {token}"}
     client = kubernetes.client.ApiClient(config)
     cache = EndpointCache(client, "node-1", remote_context=True)
     core = kubernetes.client.CoreV1Api(kube_api_client)  # the test's own, direct connection

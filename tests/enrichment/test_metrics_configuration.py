@@ -127,9 +127,10 @@ def custom(kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiCl
 
 
 @pytest.fixture
-def watcher(custom: kubernetes.client.CustomObjectsApi, kube_api_client: kubernetes.client.ApiClient
+def watcher(custom: kubernetes.client.CustomObjectsApi, agent_api_client: kubernetes.client.ApiClient
             ) -> Iterator[MetricsConfigurationWatcher]:
-    w = MetricsConfigurationWatcher(kube_api_client)
+    """The agent's watcher with the agent's identity (retina-agent token, rendered RBAC)."""
+    w = MetricsConfigurationWatcher(agent_api_client)
     w.start()
     try:
         assert w.wait_synced(10)
@@ -218,14 +219,14 @@ def test_invalid_first_configuration_changes_nothing(
 
 def test_oldest_configuration_wins_at_start(kube_emulator: KubeEmulator,
                                             custom: kubernetes.client.CustomObjectsApi,
-                                            kube_api_client: kubernetes.client.ApiClient) -> None:
+                                            agent_api_client: kubernetes.client.ApiClient) -> None:
     kube_emulator.seed([
         {**config("newer", GOOD_SPEC), "metadata": {"name": "newer",
                                                     "creationTimestamp": "2024-05-02T00:00:00Z"}},
         {**config("older", with_change("namespaces", {"include": ["db"]})),
          "metadata": {"name": "older", "creationTimestamp": "2024-05-01T00:00:00Z"}},
     ])
-    w = MetricsConfigurationWatcher(kube_api_client)
+    w = MetricsConfigurationWatcher(agent_api_client)
     w.start()
     try:
         wait_state(kube_emulator, "older", "Accepted")
@@ -235,8 +236,8 @@ def test_oldest_configuration_wins_at_start(kube_emulator: KubeEmulator,
         w.stop()
 
 
-def test_without_the_crd_the_watcher_waits(kube_api_client: kubernetes.client.ApiClient) -> None:
-    w = MetricsConfigurationWatcher(kube_api_client)
+def test_without_the_crd_the_watcher_waits(agent_api_client: kubernetes.client.ApiClient) -> None:
+    w = MetricsConfigurationWatcher(agent_api_client)
     w.start()
     try:
         assert not w.wait_synced(1)

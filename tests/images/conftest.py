@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,18 +78,3 @@ def containers(request: pytest.FixtureRequest) -> Iterator[Containers]:
         yield box
     finally:
         box.cleanup()
-
-
-@pytest.fixture
-def bpffs_scratch(tmp_path: Path) -> Iterator[Path]:
-    """A directory that is a shared mount point (as / is on a systemd node), for propagation."""
-    path = tmp_path / "bpffs"
-    path.mkdir()
-    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
-    try:
-        subprocess.run(["mount", "--make-shared", str(path)], check=True)
-        yield path
-    finally:
-        for _ in range(3):  # the bpffs the init container mounted, then our bind mount
-            if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
-                break

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from images.build import requirements
+from images.build import IMAGE_EXTRAS, requirements
 from images.names import ImagesFileError, image_refs
 
 
@@ -30,9 +30,12 @@ def test_bad_images_file_names_the_field(tmp_path: Path, text: str, field: str) 
     assert str(path) in str(err.value)
 
 
-def test_agent_image_requirements_leave_out_the_kubernetes_client() -> None:
-    agent = {r.split(">")[0].split("=")[0] for r in requirements(("worker",))}
-    operator = {r.split(">")[0].split("=")[0] for r in requirements(("capture",))}
+def test_agent_image_requirements_hold_the_pod_level_clients() -> None:
+    """agent_pod_level needs the Kubernetes watch and dnspython inside the agent image (issue 10:
+    without them every pod-level series said ``unknown``); the operator framework stays out."""
+    agent = {r.split(">")[0].split("=")[0] for r in requirements(IMAGE_EXTRAS["agent"])}
+    operator = {r.split(">")[0].split("=")[0] for r in requirements(IMAGE_EXTRAS["operator"])}
     assert {"boto3", "azure-storage-blob", "pyroute2", "prometheus-client"} <= agent
-    assert not {"kubernetes", "kopf"} & agent
+    assert {"kubernetes", "dnspython", "ijson"} <= agent
+    assert "kopf" not in agent
     assert {"kubernetes", "kopf", "boto3"} <= operator

@@ -3,7 +3,7 @@
 The agent image runs as the rendered DaemonSet says (tests/images/podspec.py translates the pod
 spec into ``podman run``): host network, not privileged, ``drop: [ALL]`` plus the DaemonSet's
 capability list, its hostPath mounts, read-only root, no privilege escalation, its seccomp
-profile and memory/CPU limits, after its privileged init container mounted bpffs. The capture
+profile and memory/CPU limits, with tracefs/debugfs read-only and no privileged init container. The capture
 worker runs as a capture Job says (``retina_capture.jobs.build_job``).
 """
 
@@ -151,21 +151,6 @@ def _diagnose(containers: Containers, name: str, node: LabNode) -> str:
 
 
 # -- tests -----------------------------------------------------------------------------------
-def test_init_container_mounts_bpffs_and_propagates_it_to_the_host(
-        built_images: dict[str, str], rendered_agent: dict[str, Any], containers: Containers,
-        bpffs_scratch: Path) -> None:
-    """The DaemonSet's privileged init container, aimed at an empty shared directory instead of
-    the node's /sys/fs/bpf (mounted already here), mounts bpffs and the host sees it."""
-    pod = _pod(rendered_agent)
-    assert [c["name"] for c in pod["initContainers"]] == ["mount-bpffs"]
-    _run_init_container(pod, built_images["agent"], containers, host_paths={"/sys/fs/bpf": bpffs_scratch})
-    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(bpffs_scratch)], capture_output=True,
-                            text=True, check=True).stdout.strip()
-    assert fstype == "bpf_fs", f"{bpffs_scratch} is {fstype} after the init container, not bpffs"
-    # Run again: bpffs is there now, so the step is a no-op that still succeeds.
-    _run_init_container(pod, built_images["agent"], containers, host_paths={"/sys/fs/bpf": bpffs_scratch})
-
-
 def test_agent_image_runs_as_the_daemonset_declares_and_counts_pod_traffic(
         built_images: dict[str, str], rendered_agent: dict[str, Any], containers: Containers,
         lab_node: LabNode, tmp_path: Path) -> None:
@@ -280,7 +265,7 @@ def test_capture_worker_image_writes_a_pod_capture_to_the_host_path(
 LEANNESS_PROBE = """
 import importlib.util, os, shutil
 found = {m: importlib.util.find_spec(m) is not None
-         for m in ("kubernetes", "kopf", "pip", "setuptools", "bcc")}
+         for m in ("kubernetes", "dns", "ijson", "kopf", "pip", "setuptools", "bcc")}
 tools = {t: shutil.which(t) is not None for t in ("gcc", "cc", "clang", "make", "tcpdump", "ip", "ss",
                                                   "iptables-save", "nft", "retina-agent", "retina-capture")}
 lists = [f for f in os.listdir("/var/lib/apt/lists") if f not in ("lock", "partial", "auxfiles")]
@@ -291,8 +276,9 @@ print({"modules": found, "tools": tools, "apt_lists": lists, "debs": debs, "uid"
 
 @pytest.mark.parametrize("kind", ["agent", "operator"])
 def test_images_are_lean(built_images: dict[str, str], kind: str) -> None:
-    """No installer tools, compilers, apt lists or package caches; the agent image carries no
-    Kubernetes client; each image holds the commands its manifests run."""
+    """No installer tools, compilers, apt lists or package caches; the agent image carries the
+    pod-level clients (kubernetes, dnspython) but no operator framework; each image holds the
+    commands its manifests run."""
     proc = podman("run", "--rm", "--network", "none", *ULIMITS, "--entrypoint", '["python3", "-c"]',
                   built_images[kind], LEANNESS_PROBE, timeout=120)
     report = ast.literal_eval(proc.stdout.strip())
@@ -301,7 +287,8 @@ def test_images_are_lean(built_images: dict[str, str], kind: str) -> None:
     assert not any(tools[t] for t in ("gcc", "cc", "clang", "make")), report
     assert report["apt_lists"] == [] and report["debs"] == [], report
     if kind == "agent":
-        assert modules["bcc"] and not modules["kubernetes"] and not modules["kopf"], report
+        assert modules["bcc"] and modules["kubernetes"] and modules["dns"], report
+        assert modules["ijson"] and not modules["kopf"], report
         assert all(tools[t] for t in ("tcpdump", "ip", "ss", "iptables-save", "nft", "retina-agent",
                                       "retina-capture")), report
     else:

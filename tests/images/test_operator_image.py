@@ -31,7 +31,7 @@ KUBECONFIG_DIR = "/etc/retina-kube"
 def test_rendered_manifests_name_the_images_of_deploy_images_yaml(rendered_agent: dict[str, Any]) -> None:
     refs = image_refs()
     pod = rendered_agent["DaemonSet/retina-agent"]["spec"]["template"]["spec"]
-    assert {c["image"] for c in pod["initContainers"] + pod["containers"]} == {refs["agent"]}
+    assert {c["image"] for c in pod.get("initContainers", []) + pod["containers"]} == {refs["agent"]}
     operator = rendered_agent["Deployment/retina-operator"]["spec"]["template"]["spec"]
     assert {c["image"] for c in operator["containers"]} == {refs["operator"]}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -205,8 +206,9 @@ def test_crd_custom_resources_and_discovery(kube_emulator, kube_api_client) -> N
 
     # Strategic merge is refused for custom resources, as by the real API server.
     response = requests.patch(f"{kube_emulator.url}/apis/example.com/v1/namespaces/default/widgets/w",
-                              json={"spec": {"size": 4}}, timeout=5,
-                              headers={"Content-Type": "application/strategic-merge-patch+json"})
+                              json={"spec": {"size": 4}}, timeout=5, verify=str(kube_emulator.ca_path),
+                              headers={"Content-Type": "application/strategic-merge-patch+json",
+                                       "Authorization": f"Bearer {kube_emulator.token}"})
     assert response.status_code == 415
 
     ext.delete_custom_resource_definition("widgets.example.com")
@@ -295,3 +297,56 @@ def test_ansible_kubernetes_core_k8s_works_against_it(kube_emulator, tmp_path) -
     assert [o["data"] for o in kube_emulator.objects("ConfigMap", "default")] == [{"a": "2"}]
     assert [o["metadata"]["name"] for o in kube_emulator.objects("CustomResourceDefinition")] == [
         "captures.retina.sh"]
+
+
+def test_crd_stays_terminating_while_an_instance_has_a_finalizer(kube_emulator, kube_api_client) -> None:
+    ext = kubernetes.client.ApiextensionsV1Api(kube_api_client)
+    custom = kubernetes.client.CustomObjectsApi(kube_api_client)
+    ext.create_custom_resource_definition(CRD)
+    for name, finalizers in (("held", ["example.com/cleanup"]), ("free", [])):
+        custom.create_namespaced_custom_object("example.com", "v1", "default", "widgets", {
+            "apiVersion": "example.com/v1", "kind": "Widget",
+            "metadata": {"name": name, "finalizers": finalizers}, "spec": {"size": 1}})
+
+    ext.delete_custom_resource_definition("widgets.example.com")
+    crd = ext.read_custom_resource_definition("widgets.example.com")
+    assert crd.metadata.deletion_timestamp is not None
+    assert crd.metadata.finalizers == ["customresourcecleanup.apiextensions.k8s.io"]
+    assert [(c.type, c.status) for c in crd.status.conditions] == [("Terminating", "True")]
+    # Instances are deleted: the free one is gone, the held one waits for its finalizer.
+    [held] = custom.list_namespaced_custom_object("example.com", "v1", "default", "widgets")["items"]
+    assert held["metadata"]["name"] == "held" and held["metadata"]["deletionTimestamp"]
+    with pytest.raises(ApiException) as exc:
+        custom.create_namespaced_custom_object("example.com", "v1", "default", "widgets", {
+            "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "late"}})
+    assert exc.value.status == 405 and "terminating" in exc.value.body
+
+    # The finalizer's owner lets go: the instance goes, and with the last instance the CRD.
+    custom.patch_namespaced_custom_object("example.com", "v1", "default", "widgets", "held",
+                                          {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as exc:
+        ext.read_custom_resource_definition("widgets.example.com")
+    assert exc.value.status == 404
+    assert kube_emulator.objects("CustomResourceDefinition") == []
+
+
+def test_subresource_handlers_are_served_after_rbac(kube_emulator, kube_api_client) -> None:
+    import aiohttp.web
+
+    async def log(request, namespace, name, user):
+        return aiohttp.web.Response(text=f"log of {namespace}/{name} for {user.name}\n")
+
+    kube_emulator.add_subresource("", "pods", "log", log)
+    core = kubernetes.client.CoreV1Api(kube_api_client)
+    core.create_namespaced_pod("default", POD)
+    assert core.read_namespaced_pod_log("web", "default") == "log of default/web for kubernetes-admin\n"
+    with pytest.raises(ApiException) as exc:
+        core.read_namespaced_pod_log("nope", "default")
+    assert exc.value.status == 404
+    nobody = kubernetes.config.new_client_from_config(config_file=str(kube_emulator.kubeconfig_for_user("x")))
+    with pytest.raises(ApiException) as exc:
+        kubernetes.client.CoreV1Api(nobody).read_namespaced_pod_log("web", "default")
+    assert exc.value.status == 403
+    assert json.loads(exc.value.body)["message"] == (
+        'pods "web" is forbidden: User "x" cannot get resource "pods/log" in API group "" '
+        'in the namespace "default"')

@@ -8,6 +8,11 @@ from pathlib import Path
 
 from retina_capture.outputs.base import OutputError
 
+#: Where a capture Job builds its tarball (the worker's --output-dir-tmp): a hostPath on the node,
+#: so a capture whose upload failed, or that tcpdump cut short, outlives its pod. A capture that
+#: reached every output is removed from it.
+NODE_KEEP_DIR = "/var/log/retina/captures"
+
 
 def _copy_atomically(tarball: Path, directory: Path) -> Path:
     target = directory / tarball.name

@@ -5,6 +5,10 @@ one argument. The expression is compiled first with ``tcpdump -d`` so that a bad
 before anything is captured. This module watches the files tcpdump writes and stops every
 tcpdump (SIGINT, which makes it flush and print its counters) when the first limit is hit:
 ``--duration``, ``--max-size`` (sum over all files), or a stop request (SIGTERM to the worker).
+
+A tcpdump that dies mid-capture (out of memory, the interface gone) ends the capture for every
+interface; what was captured so far is kept and returned (``CaptureResult.problem`` says what
+happened, and ``INCOMPLETE_NOTE`` in the work directory says it inside the tarball).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ KERNEL_BUFFER_KIB = 8192  # -B: a larger ring than tcpdump's 2 MiB default, fewe
 # SIGINT loses a block not yet handed over. So after deciding to stop, wait this long before
 # SIGINT. (--immediate-mode would avoid it but dropped a quarter of a 100k pps flood here.)
 DRAIN_SECONDS = 1.1
+#: Written into the capture's directory (so into its tarball) when the capture ended early.
+INCOMPLETE_NOTE = "CAPTURE-INCOMPLETE.txt"
 
 
 class CaptureError(RuntimeError):
@@ -131,6 +137,7 @@ class CaptureResult:
     started: float  # time.time()
     stopped: float
     stats: dict[str, TcpdumpStats]
+    problem: str | None = None  # why the capture is incomplete (a tcpdump died), None if it is not
 
     @property
     def size(self) -> int:
@@ -180,7 +187,7 @@ def run_capture(*, interfaces: list[str], expr: str, workdir: Path, stem: str, d
         started_wall, started = time.time(), time.monotonic()
         log.info("capture started on %s (duration %.1fs, max size %d MB)%s",
                  ", ".join(interfaces), duration, max_size_mb, f", filter: {expr}" if expr else "")
-        reason = ""
+        reason, problem = "", None
         while not reason:
             if stop.wait(POLL_SECONDS):
                 reason = "stopped"
@@ -190,8 +197,12 @@ def run_capture(*, interfaces: list[str], expr: str, workdir: Path, stem: str, d
                 reason = "max-size"
             elif any(r.proc.poll() is not None for r in runs):
                 dead = next(r for r in runs if r.proc.poll() is not None)
-                raise CaptureError(f"tcpdump on {dead.interface} exited early "
-                                   f"({dead.proc.returncode}): " + " ".join(dead.lines[-3:]))
+                if dead.reader is not None:
+                    dead.reader.join(timeout=5)  # its last words on stderr
+                reason = "tcpdump-exited"
+                problem = (f"tcpdump on {dead.interface} exited early ({dead.proc.returncode}) after "
+                           f"{time.monotonic() - started:.1f}s: " + " ".join(dead.lines[-3:]))
+                log.error("%s; keeping the packets captured so far", problem)
         stopped = time.time()
         log.info("capture stopped (%s) after %.1fs; letting tcpdump drain its buffers",
                  reason, time.monotonic() - started)
@@ -204,7 +215,12 @@ def run_capture(*, interfaces: list[str], expr: str, workdir: Path, stem: str, d
                 p.unlink()
     files = [p for run in runs for p in run.files()]
     result = CaptureResult(files=files, stop_reason=reason, started=started_wall, stopped=stopped,
-                           stats={r.interface: r.stats for r in runs})
+                           stats={r.interface: r.stats for r in runs}, problem=problem)
+    if problem is not None:
+        (workdir / INCOMPLETE_NOTE).write_text(
+            f"This capture is incomplete: {problem}.\n"
+            f"It covers {stopped - started_wall:.1f}s of the {duration:.1f}s asked for; the pcap files "
+            "hold every packet captured until then.\n")
     for run in runs:
         s = run.stats
         log.info("tcpdump on %s: %s packets captured, %s received by filter, %s dropped by kernel",

@@ -1,12 +1,15 @@
 """``retina-capture``: capture on this node, add metadata, pack, write to every output.
 
 Exit codes: 0 all outputs written; 1 capture or an output failed (the message says where the
-tarball was kept); 2 bad settings (nothing was started, no file was written).
+tarball was kept; a capture that tcpdump ended early is still packed and written, with a note);
+2 bad settings (nothing was started, no file was written). In a container, the last error is
+also the container's termination message (``/dev/termination-log``, which the kubelet made).
 SIGINT/SIGTERM end the capture early; the packets so far are still packed and written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -57,6 +60,18 @@ def _child_env() -> dict[str, str]:
     }
 
 
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def _error(message: str) -> None:
+    """An error line on stderr; in a pod also the termination message (if the kubelet made the
+    file: never created here, so running outside a container writes nothing to /dev)."""
+    print(f"retina-capture: error: {message}", file=sys.stderr)
+    if TERMINATION_LOG.is_file():
+        with contextlib.suppress(OSError), TERMINATION_LOG.open("a") as fh:
+            fh.write(message + "\n")
+
+
 def prepare(settings: CaptureSettings):
     """Everything that can fail before capturing: interfaces, filter, outputs."""
     plan = plan_interfaces(settings.interfaces, settings.pod_ips)
@@ -98,25 +113,15 @@ def run(settings: CaptureSettings, stop: threading.Event | None = None) -> int:
         ", ".join(f"{o.name}={o.describe()}" for o in outputs),
     )
     try:
-        run_capture(
-            interfaces=plan.interfaces,
-            expr=expr,
-            workdir=workdir,
-            stem=stem,
-            duration=settings.duration,
-            max_size_mb=settings.max_size,
-            packet_size=settings.packet_size,
-            file_count=settings.file_count,
-            stop=stop,
-            env=_child_env(),
-        )
+        result = run_capture(interfaces=plan.interfaces, expr=expr, workdir=workdir, stem=stem,
+                    duration=settings.duration, max_size_mb=settings.max_size,
+                    packet_size=settings.packet_size, file_count=settings.file_count,
+                    stop=stop, env=_child_env())
         if settings.include_metadata:
             collect_metadata(workdir)
         pack(workdir, tarball)
     except (CaptureError, OSError) as exc:
-        print(
-            f"retina-capture: error: capture failed: {exc}; partial files are in {workdir}", file=sys.stderr
-        )
+        _error(f"capture failed: {exc}; partial files are on node {settings.node_name} in {workdir}")
         return EXIT_FAILED
     shutil.rmtree(workdir, ignore_errors=True)
     log.info("packed %s (%d bytes)", tarball, tarball.stat().st_size)
@@ -129,13 +134,16 @@ def run(settings: CaptureSettings, stop: threading.Event | None = None) -> int:
             if name in {"host-path", "pvc"}
         )
         for name, message in report.failed.items():
-            print(f"retina-capture: error: {name} output failed: {message}", file=sys.stderr)
-        print(
-            f"retina-capture: error: the capture was kept on this node at {tarball}{copies}", file=sys.stderr
-        )
+            _error(f"{name} output failed: {message}")
+        _error(f"the capture was kept on this node at {tarball}{copies} (node {settings.node_name})")
         return EXIT_FAILED
     tarball.unlink(missing_ok=True)
-    print(f"retina-capture: {tarball.name} written to " + ", ".join(report.written.values()), file=sys.stderr)
+    if result.problem is not None:
+        _error(f"the capture is incomplete: {result.problem}; what was captured is in {tarball.name}, "
+               "written to " + ", ".join(report.written.values()))
+        return EXIT_FAILED
+    print(f"retina-capture: {tarball.name} written to "
+          + ", ".join(report.written.values()), file=sys.stderr)
     return EXIT_OK
 
 
