@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PLUGIN_NAMES = ("linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser",
-                "latency")
+                "latency", "netfilter")
 DEFAULT_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -110,6 +110,12 @@ class LinuxUtilOptions(_Strict):
     sysfs: str = "/sys"
 
 
+class NetfilterOptions(_Strict):
+    # "host" (the agent's own namespace), ip-netns names, paths; globs like /run/netns/cni-*
+    namespaces: list[str] = Field(default_factory=lambda: ["host"], min_length=1)
+    include_zero: bool = Field(False, alias="includeZero")  # also rules that dropped nothing
+
+
 class PluginOptions(_Strict):
     packetforward: PacketForwardOptions = Field(default_factory=PacketForwardOptions)
     dns: DnsOptions = Field(default_factory=DnsOptions)
@@ -118,6 +124,7 @@ class PluginOptions(_Strict):
     linuxutil: LinuxUtilOptions = Field(default_factory=LinuxUtilOptions)
     packetparser: PacketParserOptions = Field(default_factory=PacketParserOptions)
     latency: LatencyOptions = Field(default_factory=LatencyOptions)
+    netfilter: NetfilterOptions = Field(default_factory=NetfilterOptions)
 
 
 class AgentConfig(_Strict):
