@@ -29,10 +29,13 @@ from kubernetes.client.rest import ApiException
 
 from retina_capture import jobs as jobs_mod
 from retina_capture import kube, spec
+from retina_capture.cli import diagnose as diagnose_mod
 from retina_capture.cli import download as download_mod
 from retina_capture.cli import merge as merge_mod
+from retina_capture.cli import observe as observe_mod
 
 VERSION = "0.1.0"
+OBSERVE_COMMANDS = {"diagnose": diagnose_mod}
 DEFAULT_NAME = "retina-capture"
 
 
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--from-dir", default=None,
                     help="do not download: merge the tarballs already in this directory "
                          "(e.g. copied from host paths)")
+    for module in OBSERVE_COMMANDS.values():  # diagnose, map: read metrics from Prometheus
+        module.register(sub)
     return parser
 
 
@@ -342,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"kubectl-retina {VERSION} (Retina capture compatible)")
         return 0
+    if args.command in OBSERVE_COMMANDS:
+        return observe_mod.run(OBSERVE_COMMANDS[args.command], args)
     try:
         namespace = args.namespace or kube.default_namespace(args.kubeconfig, args.context)
         needs_api = not (args.action == "download" and args.from_dir)
