@@ -64,11 +64,24 @@ def objects(node: LabNode) -> list[dict]:
                 "spec": {"selector": {"app": app}, "clusterIP": ip,
                          "ports": [{"name": "main", "port": port}]}}
 
+    def deployment(name: str, namespace: str, rs_name: str) -> list[dict]:
+        template = {"metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "c", "image": name}]}}
+        spec = {"selector": {"matchLabels": {"app": name}}, "template": template}
+        return [{"apiVersion": "apps/v1", "kind": "Deployment",
+                 "metadata": {"name": name, "namespace": namespace, "uid": f"dep-{name}"},
+                 "spec": spec},
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                 "metadata": {"name": rs_name, "namespace": namespace, "uid": f"rs-{name}",
+                              "ownerReferences": [owner("Deployment", name, f"dep-{name}")]},
+                 "spec": spec}]
+
     rs = owner("ReplicaSet", "web-5d9c", "rs-web")
     return [
         *({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}
           for n in (NODE, "node-2", "node-3")),
         ns("shop"), ns("data"),  # kube-system, default: the emulator has them
+        *deployment("web", "shop", "web-5d9c"), *deployment("api", "data", "api-6f8d"),
         pod("web-5d9c-x7k2p", "shop", node["a"].ip, [rs], labels={"app": "web"}),
         pod("db-0", "data", node["b"].ip, [owner("StatefulSet", "db", "sts-db")],
             labels={"app": "db"}),

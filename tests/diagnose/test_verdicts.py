@@ -12,18 +12,10 @@ import subprocess
 import dns.message
 import dns.query
 import dns.rcode
-import pytest
 
 from retina_capture.cli.main import main
 from retina_lab.agent import wait_for
 from retina_lab.traffic import TcpServer, send_udp
-from tests.diagnose.lab import observed_lab
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with observed_lab(tmp_path_factory.mktemp("diagnose")) as observed:
-        yield observed
 
 
 def diagnose(lab, a: str, b: str, *extra: str, capsys) -> tuple[int, dict]:
@@ -56,10 +48,11 @@ def text(lab, a, b, capsys) -> str:
 
 def test_policy_drop_names_the_network_policy_and_its_rule(lab, capsys):
     node = lab.node
-    send_udp(node["a"], node["b"].ip, 5432, 40)
     tw = f"cali-tw-{node['b'].host_veth}"
+    before = lab.rule_counter(tw, "Drop if no policies passed packet")  # test_map's, if it ran
+    send_udp(node["a"], node["b"].ip, 5432, 40)
     kernel = lab.rule_counter(tw, "Drop if no policies passed packet")
-    assert kernel == 40
+    assert kernel == before + 40
     result = diagnose_until(lab, "shop/web-5d9c-x7k2p", "data/db-0",
                             lambda r: r["counts"].get("drops_a_to_b", {}).get(
                                 "NETFILTER_DROP", 0) >= kernel
@@ -68,11 +61,12 @@ def test_policy_drop_names_the_network_policy_and_its_rule(lab, capsys):
     assert result["verdict"] == "POLICY_DROP", result
     assert result["counts"]["drops_a_to_b"]["NETFILTER_DROP"] == kernel
     summary = result["summary"]
-    assert summary.startswith("B's ingress policy data/allow-api-only dropped 40 packets from A")
+    assert summary.startswith(
+        f"B's ingress policy data/allow-api-only dropped {kernel} packets from A")
     assert f"ip filter {tw}" in summary and "NETFILTER_DROP" in summary
     [rule] = [x for x in result["counts"]["netfilter_rules"] if x["chain"] == tw]
     assert (rule["packets"], rule["owner"], rule["policy"], rule["policy_namespace"]) == (
-        40, "calico", "allow-api-only", "data")
+        kernel, "calico", "allow-api-only", "data")
     # The rule and the NetworkPolicy object are tied: the API says it selects pod b.
     assert "NetworkPolicy data/allow-api-only (Ingress) selects pod data/db-0" in result["evidence"]
 
@@ -141,9 +135,11 @@ def test_flows_both_ways(lab, capsys):
     result = diagnose_until(lab, "data/api-6f8d-q2w4e", "data/db-0",
                             lambda r: r["verdict"] == "FLOWS_OK"
                             and r["counts"]["packets_b_to_a"] > 0, capsys)
-    assert result["verdict"] == "FLOWS_OK", result
+    assert result["verdict"] == "FLOWS_OK", (result["findings"], result["counts"])
     assert result["counts"]["packets_a_to_b"] >= 20
-    assert result["counts"]["drops_a_to_b"] == {} and result["counts"]["drops_b_to_a"] == {}
+    # at most the closing sockets' own bookkeeping (QUEUE_PURGE), never a lost packet
+    drops = {**result["counts"]["drops_a_to_b"], **result["counts"]["drops_b_to_a"]}
+    assert set(drops) <= {"QUEUE_PURGE", "SOCKET_CLOSE"}, drops
 
 
 def test_no_agent_on_the_node(lab, capsys):

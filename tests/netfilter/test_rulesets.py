@@ -151,3 +151,13 @@ def test_long_rule_text_is_bounded_and_unique():
     assert len(a) == len(b) == drops.RULE_KEEP + 13
     assert a != b and a[:180] == b[:180]
     assert drops.bound_rule("  -j   DROP ") == "-j DROP"
+
+
+def test_rule_spec_tokens_follow_iptables_save_quoting():
+    from retina_agent.netfilter.iptables import parse_rule_spec
+
+    target, comments, goto = parse_rule_spec(
+        r'-p tcp -m comment --comment "say \"hi\" -j ACCEPT" -m tcp --dport 5 -j REJECT '
+        "--reject-with icmp-port-unreachable")
+    assert (target, comments, goto) == ("REJECT", ['say "hi" -j ACCEPT'], False)
+    assert parse_rule_spec("-i cali+ -g cali-fw-x") == ("cali-fw-x", [], True)

@@ -31,11 +31,12 @@ from retina_capture import jobs as jobs_mod
 from retina_capture import kube, spec
 from retina_capture.cli import diagnose as diagnose_mod
 from retina_capture.cli import download as download_mod
+from retina_capture.cli import map as map_mod
 from retina_capture.cli import merge as merge_mod
 from retina_capture.cli import observe as observe_mod
 
 VERSION = "0.1.0"
-OBSERVE_COMMANDS = {"diagnose": diagnose_mod}
+OBSERVE_COMMANDS = {"diagnose": diagnose_mod, "map": map_mod}
 DEFAULT_NAME = "retina-capture"
 
 

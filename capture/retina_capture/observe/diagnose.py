@@ -28,6 +28,9 @@ SERIES = "controlplane_networkobservability_series"
 POLICY_OWNERS = ("calico", "kube-router")
 ORDER = ("NO_AGENT", "POD_LEVEL_OFF", "POLICY_DROP", "NOTHING_LISTENING", "DNS_NXDOMAIN",
          "OTHER_DROPS", "RETRANSMISSIONS", "ONE_WAY", "NO_TRAFFIC", "FLOWS_OK")
+#: kernel drop reasons that are a socket's bookkeeping as it closes (queued buffers freed), not
+#: packets lost between the pods: counted in the evidence, never a finding
+CLOSING = frozenset({"QUEUE_PURGE", "SOCKET_CLOSE"})
 RETRANS_RATIO = 0.02  # retransmitted segments per packet sent worth a finding
 
 
@@ -228,8 +231,9 @@ def diagnose(prom: Prometheus, client, a: cluster.PodInfo, b: cluster.PodInfo, w
         findings.append(dns)
 
     # -- other drops --------------------------------------------------------------------------
-    other = {k: v for k, v in {**reasons_ab}.items() if k not in ("NETFILTER_DROP", "NO_SOCKET")}
-    other_ba = {k: v for k, v in reasons_ba.items() if k != "NETFILTER_DROP"}
+    other = {k: v for k, v in reasons_ab.items()
+             if k not in ("NETFILTER_DROP", "NO_SOCKET", *CLOSING)}
+    other_ba = {k: v for k, v in reasons_ba.items() if k not in ("NETFILTER_DROP", *CLOSING)}
     if other or other_ba:
         parts = [f"{reason} {_n(v)} (A->B)" for reason, v in sorted(other.items())]
         parts += [f"{reason} {_n(v)} (B->A)" for reason, v in sorted(other_ba.items())]
@@ -244,7 +248,7 @@ def diagnose(prom: Prometheus, client, a: cluster.PodInfo, b: cluster.PodInfo, w
                                 [traffic]))
 
     # -- plain traffic ------------------------------------------------------------------------
-    dropped = sum(reasons_ab.values()) + sum(reasons_ba.values())
+    dropped = sum(v for k, v in [*reasons_ab.items(), *reasons_ba.items()] if k not in CLOSING)
     if fwd_ab and not fwd_ba and not dropped:
         findings.append(Finding("ONE_WAY", "A sends to B but B never answers, and no drop was "
                                 "seen", [traffic]))
