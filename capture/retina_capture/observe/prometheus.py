@@ -76,22 +76,26 @@ class Prometheus:
             except (urllib.error.URLError, OSError) as exc:
                 raise PrometheusError(f"cannot reach Prometheus at {self.url}: "
                                       f"{getattr(exc, 'reason', exc)}") from None
-        from kubernetes.client.rest import ApiException
-
         proxy = f"/api/v1/namespaces/{self.namespace}/services/{self.service}/proxy{path}"
+        client = self.api_client
         try:
-            response = self.api_client.call_api(
-                proxy, "GET", query_params=list(params.items()), auth_settings=["BearerToken"],
-                _preload_content=False, _request_timeout=self.timeout)
-            return json.loads(response[0].data)
-        except ApiException as exc:
+            method, url, headers, body, post = client.param_serialize(
+                "GET", proxy, query_params=list(params.items()), auth_settings=["BearerToken"])
+            response = client.call_api(method, url, header_params=headers, body=body,
+                                       post_params=post, _request_timeout=self.timeout)
+            response.read()
+        except Exception as exc:  # urllib3 and the client raise many kinds; all mean "unreached"
+            raise PrometheusError(f"cannot reach Prometheus ({self.where}): {exc}") from None
+        if response.status >= 400 and response.status not in (400, 422):  # 400/422: PromQL's
             raise PrometheusError(
                 f"cannot reach Prometheus as the installer wires it ({self.where}): the API "
-                f"server said {exc.status} {exc.reason}; give --prometheus URL (e.g. after "
-                f"kubectl port-forward -n {self.namespace} svc/prometheus-operated 9090) or set "
-                f"{ENV_URL}") from None
-        except (OSError, ValueError) as exc:
-            raise PrometheusError(f"cannot reach Prometheus ({self.where}): {exc}") from None
+                f"server said {response.status} {response.reason}; give --prometheus URL (e.g. "
+                f"after kubectl port-forward -n {self.namespace} svc/prometheus-operated 9090) "
+                f"or set {ENV_URL}")
+        try:
+            return json.loads(response.data)
+        except ValueError:
+            raise PrometheusError(f"Prometheus ({self.where}) did not answer JSON") from None
 
 
 def connect(url: str | None, api_client_factory, namespace: str = DEFAULT_NAMESPACE,
