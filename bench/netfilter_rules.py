@@ -30,14 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 from retina_agent.netfilter import drops, reader  # noqa: E402
 
-RULES_PER_ENDPOINT = 21  # 2 dispatch, 8 from-workload, 11 to-workload (with policies)
+RULES_PER_ENDPOINT = 20  # 2 dispatch, 8 from-workload, 10 to-workload (with policies)
 RULES_PER_POLICY = 6
 
 
 def calico_ruleset(rules: int) -> tuple[str, int]:
     """iptables-restore text of about ``rules`` rules; returns (text, exact rule count)."""
     policies = max(1, rules // 6 // RULES_PER_POLICY)
-    endpoints = max(1, (rules - policies * RULES_PER_POLICY) // RULES_PER_ENDPOINT)
+    endpoints = max(1, -(-(rules - policies * RULES_PER_POLICY) // RULES_PER_ENDPOINT))
     chains, lines = ["cali-FORWARD", "cali-from-wl-dispatch", "cali-to-wl-dispatch"], []
     n = 0
 
@@ -99,7 +99,7 @@ def rss() -> int:
 
 
 def harvest(path: Path) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds incl. children, drop series) of one harvest."""
+    """(wall seconds, CPU seconds incl. children, drop rules and policies) of one harvest."""
     t0, c0 = time.perf_counter(), os.times()
     ruleset = reader.read_netns(path)
     counters = drops.drop_counters(ruleset.tables, path.name)
@@ -139,7 +139,7 @@ def main() -> int:
     print(f"ruleset: {count} rules (Calico v3.26 layout), {args.rounds} harvests per backend, "
           "alternating")
     print(f"{'backend':<16} {'wall median':>12} {'p10':>8} {'p90':>8} {'CPU/harvest':>12} "
-          f"{'drop series':>12}")
+          f"{'drop rules':>12}")
     for backend, values in samples.items():
         walls = sorted(v[0] for v in values)
         cpus = [v[1] for v in values]
