@@ -26,6 +26,7 @@ NetworkPolicy stands in, so the real client reads it at the real path.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import subprocess
 from dataclasses import dataclass
 
@@ -122,10 +123,15 @@ METRICS_CONFIGURATION = {
         "namespaces": {"include": ["shop", "data", "kube-system"]}}}
 
 
+def tw_chain() -> str:
+    """Calico's to-workload chain of ``data/db-0``: named after the interface Calico's CNI
+    plugin would give the pod (``cali`` + 11 hex digits of SHA-1 of ``data.db-0``)."""
+    return "cali-tw-cali" + hashlib.sha1(b"data.db-0").hexdigest()[:11]
+
+
 def calico_in_pod_b(node: LabNode) -> str:
     """Calico's endpoint and policy chains for pod b, hooked from b's own INPUT."""
-    b = node["b"]
-    tw = f"cali-tw-{b.host_veth}"
+    tw = tw_chain()
     return f"""*filter
 :{tw} - [0:0]
 :{POLICY_CHAIN} - [0:0]

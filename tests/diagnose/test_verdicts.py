@@ -15,7 +15,8 @@ import dns.rcode
 
 from retina_capture.cli.main import main
 from retina_lab.agent import wait_for
-from retina_lab.traffic import TcpServer, send_udp
+from retina_lab.traffic import TcpServer, send_udp, udp_sink
+from tests.diagnose.lab import tw_chain
 
 
 def diagnose(lab, a: str, b: str, *extra: str, capsys) -> tuple[int, dict]:
@@ -48,7 +49,7 @@ def text(lab, a, b, capsys) -> str:
 
 def test_policy_drop_names_the_network_policy_and_its_rule(lab, capsys):
     node = lab.node
-    tw = f"cali-tw-{node['b'].host_veth}"
+    tw = tw_chain()
     before = lab.rule_counter(tw, "Drop if no policies passed packet")  # test_map's, if it ran
     send_udp(node["a"], node["b"].ip, 5432, 40)
     kernel = lab.rule_counter(tw, "Drop if no policies passed packet")
@@ -164,3 +165,76 @@ def test_unknown_pod_and_bad_window(lab, capsys):
     assert main(["diagnose", "a", "b", "--since", "soon", "--prometheus",
                  lab.prometheus.url, "--kubeconfig", str(lab.kube.kubeconfig_path)]) == 2
     assert "--since" in capsys.readouterr().err
+
+
+def test_no_traffic(lab, capsys):
+    code, result = diagnose(lab, "data/db-0", "data/cache-0", capsys=capsys)
+    assert code == 0
+    assert result["verdict"] == "NO_TRAFFIC", result["findings"]
+    assert result["summary"] == "no packets between A and B in the last 10m"
+
+
+def test_one_way(lab, capsys):
+    node = lab.node
+    sink = udp_sink(node["d"], 7500)  # reads everything, never answers
+    try:
+        send_udp(node["e"], node["d"].ip, 7500, 12)
+        sink.settimeout(5)
+        for _ in range(12):
+            sink.recv(2048)
+    finally:
+        sink.close()
+    result = diagnose_until(lab, "data/cache-0", "kube-system/coredns-0",
+                            lambda r: r["counts"].get("packets_a_to_b", 0) >= 12, capsys)
+    assert result["verdict"] == "ONE_WAY", result["findings"]
+    assert result["counts"]["packets_a_to_b"] == 12 and result["counts"]["packets_b_to_a"] == 0
+    assert result["summary"].startswith("A sends to B but B never answers")
+
+
+def test_other_drops_name_the_kernel_reason(lab, capsys):
+    node = lab.node
+    d = node["d"]
+    with d.entered():  # a receiver that never reads: its buffer overflows
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("0.0.0.0", 7510))
+    try:
+        send_udp(node["b"], d.ip, 7510, 300, size=1000)
+        port = f"{7510:04X}"
+        lines = [line.split() for line in d.run(["cat", "/proc/net/udp"]).stdout.splitlines()[1:]]
+        [kernel] = [int(f[-1]) for f in lines if f[1].endswith(f":{port}")]  # "drops" column
+    finally:
+        sock.close()
+    assert kernel > 100
+    result = diagnose_until(lab, "data/db-0", "kube-system/coredns-0",
+                            lambda r: r["counts"].get("drops_a_to_b", {}).get(
+                                "SOCKET_RCVBUFF", 0) >= kernel, capsys)
+    assert result["verdict"] == "OTHER_DROPS", result["findings"]
+    assert result["counts"]["drops_a_to_b"]["SOCKET_RCVBUFF"] == kernel
+    assert f"SOCKET_RCVBUFF {kernel:,} (A->B)" in result["summary"]
+
+
+def test_retransmissions_and_a_drop_no_read_rule_accounts_for(lab, capsys):
+    node = lab.node
+    a = node["a"]
+    # Loss in pod a's own namespace, which the netfilter plugin does not read.
+    rule = ["INPUT", "-p", "tcp", "--dport", "7700", "-m", "statistic", "--mode", "random",
+            "--probability", "0.3", "-j", "DROP"]
+    a.run(["iptables", "-A", *rule])
+    server = TcpServer(a, 7700)
+    try:
+        with node["e"].entered(), socket.create_connection((a.ip, 7700), timeout=10) as c:
+            for _ in range(60):
+                c.sendall(b"r" * 1000)
+            wait_for(lambda: server.received >= 60_000, 60, message="the lossy stream")
+    finally:
+        a.run(["iptables", "-D", *rule], check=False)
+        server.close()
+    result = diagnose_until(lab, "data/cache-0", "shop/web-5d9c-x7k2p",
+                            lambda r: r["counts"].get("retransmissions_a_to_b", 0) > 0
+                            and "RETRANSMISSIONS" in [f["code"] for f in r["findings"]], capsys)
+    codes = [f["code"] for f in result["findings"]]
+    assert codes[0] == "POLICY_DROP" and "RETRANSMISSIONS" in codes, result["findings"]
+    # b's Calico rule (another pod's endpoint chain) is not offered as the cause
+    assert "no rule counter read on the pods' nodes accounts for them" in result["summary"]
+    assert result["counts"]["retransmissions_a_to_b"] > 0
