@@ -17,6 +17,7 @@ APT_PACKAGES=(
   prometheus git ca-certificates
   gcc libc6-dev libnetfilter-queue-dev  # builds netfilterqueue (tests' stand-in for netem delay)
   podman runc debootstrap  # container images built offline (scripts/build_images.sh)
+  python3-nftables graphviz ipset  # netfilter plugin (libnftables JSON) and its tests; map pictures
 )
 # Node.js for the Azurite test server: Debian's, unless a node/npm is already installed.
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
@@ -68,6 +69,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ln -sfn /usr/lib/python3/dist-packages/bcc "$SITE/bcc"
+ln -sfn /usr/lib/python3/dist-packages/nftables "$SITE/nftables"  # python3-nftables, likewise
 
 STAMP=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$STAMP" ]; then

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from retina_common.durations import bounded_duration
 
 PLUGIN_NAMES = ("linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser",
-                "latency")
+                "latency", "netfilter")
 DEFAULT_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]
 
 #: Bounds of every duration the agent reads (seconds). The harvest interval: below 100ms the
@@ -109,6 +109,12 @@ class LinuxUtilOptions(_Strict):
     sysfs: str = "/sys"
 
 
+class NetfilterOptions(_Strict):
+    # "host" (the agent's own namespace), ip-netns names, paths; globs like /run/netns/cni-*
+    namespaces: list[str] = Field(default_factory=lambda: ["host"], min_length=1)
+    include_zero: bool = Field(False, alias="includeZero")  # also rules that dropped nothing
+
+
 class PluginOptions(_Strict):
     packetforward: PacketForwardOptions = Field(default_factory=PacketForwardOptions)
     dns: DnsOptions = Field(default_factory=DnsOptions)
@@ -117,6 +123,7 @@ class PluginOptions(_Strict):
     linuxutil: LinuxUtilOptions = Field(default_factory=LinuxUtilOptions)
     packetparser: PacketParserOptions = Field(default_factory=PacketParserOptions)
     latency: LatencyOptions = Field(default_factory=LatencyOptions)
+    netfilter: NetfilterOptions = Field(default_factory=NetfilterOptions)
 
 
 class AgentConfig(_Strict):

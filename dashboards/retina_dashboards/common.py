@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import heatmap, stat, table, timeseries
+from grafana_foundation_sdk.builders import heatmap, nodegraph, stat, table, timeseries
 from grafana_foundation_sdk.builders import prometheus as prom
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -165,6 +165,23 @@ def heatmap_panel(title: str, description: str, target: prom.Dataquery, unit: st
                     .scheme("Oranges").steps(64))
              .cell_values(heatmap.CellValues().unit("short")))
     return _common(panel, title, description, [target], width, height)
+
+
+def node_graph_panel(title: str, description: str, nodes: prom.Dataquery, edges: prom.Dataquery,
+                     unit: str = "Bps", width: int = 24, height: int = 12) -> nodegraph.Panel:
+    """Grafana's node graph from two instant table queries: ``nodes`` (refId ``nodes``) returns
+    an ``id`` label per node, ``edges`` (refId ``edges``) ``id``, ``source`` and ``target``
+    labels per edge; their values become each frame's ``mainstat`` (the panel tells node and
+    edge frames apart by the ``source`` field)."""
+    panel = (nodegraph.Panel()
+             .nodes(nodegraph.NodeOptions().main_stat_unit(unit))
+             .edges(nodegraph.EdgeOptions().main_stat_unit(unit))
+             .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                 "excludeByName": {"Time": True},
+                 "renameByName": {"Value #nodes": "mainstat", "Value #edges": "mainstat"}})))
+    panel = panel.title(title).description(description).datasource(DATASOURCE)
+    panel = panel.span(width).height(height)
+    return panel.with_target(nodes.ref_id("nodes")).with_target(edges.ref_id("edges"))
 
 
 # -- dashboards -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from retina_dashboards.common import (
     datasource_variable,
     describe,
     namespace_variable,
+    node_graph_panel,
     node_variable,
     pod_variable,
     query,
@@ -49,6 +50,26 @@ def _pod(text: str) -> str:
 
 def _remote(text: str) -> str:
     return describe(text, NEEDS_POD_LEVEL, NEEDS_REMOTE_CONTEXT)
+
+
+def _workload_id(series: str, label: str, side: str) -> str:
+    """``series`` with label ``label`` = ``<side>_namespace/<side>_workload_name``."""
+    return (f'label_join({series}, "{label}", "/", "{side}_namespace", '
+            f'"{side}_workload_name")')
+
+
+def service_map_queries() -> tuple[str, str]:
+    """(nodes, edges) PromQL of the service map: bytes/s per workload sent and per edge, the
+    larger of the two observation points (a packet between two pods of one node is counted
+    leaving one and entering the other, each with its own ``direction``)."""
+    traffic = rate(FWD_BYTES, REMOTE)
+    edges = _workload_id(_workload_id(traffic, "source", "source"), "target", "destination")
+    edges = f'label_join({edges}, "id", " -> ", "source", "target")'
+    edges = f"max by (id, source, target) (sum by (id, source, target, direction) ({edges}))"
+    sent = f"max by (id) (sum by (id, direction) ({_workload_id(traffic, 'id', 'source')}))"
+    received = f"max by (id) (sum by (id, direction) ({_workload_id(traffic, 'id', 'destination')}))"
+    nodes = f'label_join({sent} or 0 * {received}, "title", "", "id")'
+    return nodes, edges
 
 
 def build() -> dict:
@@ -107,7 +128,14 @@ def build() -> dict:
                                 f"({rate(ADV + 'tcpretrans_count', POD)})", pod_legend)],
                          unit="pps", width=24),
     ]
+    nodes_expr, edges_expr = service_map_queries()
     between = [
+        node_graph_panel("Service map", _remote(
+            "Workloads (namespace/name) and the bytes/s between them; a node's number is what "
+            "it sends. Drops between workloads are in the panel below; `kubectl retina map` "
+            "draws the same map with drops, DNS errors and retransmissions per edge."),
+                         query(nodes_expr, instant=True, fmt=TABLE),
+                         query(edges_expr, instant=True, fmt=TABLE)),
         table_panel("Flows between workloads", _remote(
             "Bytes/s from each source workload to each destination workload."),
                     query(f"topk(20, sum by ({WORKLOAD_PAIR}) ({rate(FWD_BYTES, REMOTE)}))",

@@ -17,7 +17,10 @@ from retina_lab.agent import free_port, wait_for
 
 class PrometheusServer:
     def __init__(self, targets: list[str], scrape_interval: str = "1s",
-                 rule_files: list[str] | None = None) -> None:
+                 rule_files: list[str] | None = None,
+                 other_nodes: dict[str, list[str]] | None = None) -> None:
+        """``targets`` are scraped as node ``lab-node``; ``other_nodes`` maps more node names
+        (the ``instance`` label, as the installer's scrape job sets it) to their targets."""
         self.binary = shutil.which("prometheus") or "/usr/bin/prometheus"
         self.workdir = Path(tempfile.mkdtemp(prefix="retina-prometheus-"))
         self.port = free_port()
@@ -25,7 +28,9 @@ class PrometheusServer:
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
             "scrape_configs": [{
                 "job_name": "retina-agent",
-                "static_configs": [{"targets": targets, "labels": {"instance": "lab-node"}}],
+                "static_configs": [{"targets": targets, "labels": {"instance": "lab-node"}}] + [
+                    {"targets": more, "labels": {"instance": node}}
+                    for node, more in (other_nodes or {}).items()],
             }],
         }
         if rule_files:

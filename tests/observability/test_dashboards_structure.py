@@ -12,7 +12,7 @@ from retina_dashboards.queries import panel_queries, panels, variable_selector, 
 
 FILES = sorted(build.DEFAULT_DIR.glob("*.json"))
 GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__range", "__all"}
-PANEL_TYPES = {"row", "timeseries", "stat", "table", "heatmap"}
+PANEL_TYPES = {"row", "timeseries", "stat", "table", "heatmap", "nodeGraph"}
 
 
 def load(path: Path) -> dict:
@@ -84,6 +84,10 @@ def test_panel_kinds_fit_their_queries(path):
     for q in panel_queries(load(path)):
         if q.panel_type == "table":
             assert q.instant and q.fmt == "table", q.name
+        if q.panel_type == "nodeGraph":  # nodes: an id per node; edges: id, source, target
+            assert q.instant and q.fmt == "table" and q.ref in ("nodes", "edges"), q.name
+            labels = ('"id"', '"source"', '"target"') if q.ref == "edges" else ('"id"',)
+            assert all("label_join(" in q.expr and label in q.expr for label in labels), q.name
         if q.panel_type == "heatmap":
             assert q.fmt == "heatmap" and "_bucket" in q.expr, q.name
         if q.remote_context:

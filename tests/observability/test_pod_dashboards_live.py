@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from retina_dashboards.pods import service_map_queries
 from retina_dashboards.queries import substitute, variable_selector
 from retina_dashboards.workload import API_SERVER, LabWorkload, lab_cluster_objects
 from retina_lab import LabNode
@@ -155,3 +156,21 @@ class TestRemoteContext:
     def test_panel_query_returns_series(self, remote_lab, q):
         prom, _ = remote_lab
         assert returns_series(prom, q.expr, 20), f"{q.name}: no series for {substitute(q.expr)}"
+
+    def test_service_map_frames_carry_the_node_graph_fields(self, remote_lab):
+        prom, _ = remote_lab
+        nodes_expr, edges_expr = service_map_queries()
+        returns_series(prom, edges_expr, 30)  # an invalid query fails here, at once
+        try:
+            edges = wait_for(lambda: [e for e in prom.query(substitute(edges_expr))
+                                      if e["metric"]["id"] == "shop/web -> shop/db"]
+                             and prom.query(substitute(edges_expr)), 30, 1.0, "web -> db")
+        except TimeoutError:
+            edges = prom.query(substitute(edges_expr))
+        assert "shop/web -> shop/db" in {e["metric"]["id"] for e in edges}, edges
+        assert all(set(e["metric"]) == {"id", "source", "target"} for e in edges)
+        nodes = returns_series(prom, nodes_expr, 30)
+        ids = {n["metric"]["id"] for n in nodes}
+        assert {"shop/web", "shop/db"} <= ids
+        assert all(n["metric"]["title"] == n["metric"]["id"] for n in nodes)
+        assert all({e["metric"]["source"], e["metric"]["target"]} <= ids for e in edges)

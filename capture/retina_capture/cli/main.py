@@ -31,13 +31,17 @@ from kubernetes.client.rest import ApiException
 
 from retina_capture import jobs as jobs_mod
 from retina_capture import kube, spec
+from retina_capture.cli import diagnose as diagnose_mod
 from retina_capture.cli import download as download_mod
+from retina_capture.cli import map as map_mod
 from retina_capture.cli import merge as merge_mod
+from retina_capture.cli import observe as observe_mod
 from retina_capture.credentials import ENV_BLOB, ENV_S3_ID, ENV_S3_SECRET, mask_arguments, s3_keys_from_env
 from retina_capture.model import check_sas_url
 from retina_common.durations import bounded_duration
 
 VERSION = "0.1.0"
+OBSERVE_COMMANDS = {"diagnose": diagnose_mod, "map": map_mod}
 DEFAULT_NAME = "retina-capture"
 
 
@@ -146,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="do not download: merge the tarballs already in this directory (e.g. copied from host paths)",
     )
+    for module in OBSERVE_COMMANDS.values():  # diagnose, map: read metrics from Prometheus
+        module.register(sub)
     return parser
 
 
@@ -503,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"kubectl-retina {VERSION} (Retina capture compatible)")
         return 0
+    if args.command in OBSERVE_COMMANDS:
+        return observe_mod.run(OBSERVE_COMMANDS[args.command], args)
     # Everything the flags alone decide is checked before the kubeconfig is read.
     namespace = args.namespace or kube.default_namespace(args.kubeconfig, args.context)
     try:
