@@ -21,7 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "Prometheus metrics with Retina's names on /metrics.")
     p.add_argument("--config", help="agent config YAML with Retina's keys (apiServer, "
                    "enabledPlugin, metricsIntervalDuration, ...)")
-    p.add_argument("--host", help="listen address (apiServer.host, default 0.0.0.0)")
+    p.add_argument("--bind-address", "--host", dest="host", metavar="ADDRESS",
+                   help="listen address (apiServer.host, default 0.0.0.0); the DaemonSet passes "
+                        "the node's IP (status.podIP)")
     p.add_argument("--port", type=int, help="listen port (apiServer.port, default 10093)")
     p.add_argument("--log-level", help="debug, info, warn, error (logLevel)")
     p.add_argument("--enabled-plugin", help="comma-separated plugins (enabledPlugin): "

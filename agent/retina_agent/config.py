@@ -6,47 +6,29 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from retina_common.durations import bounded_duration
+
 PLUGIN_NAMES = ("linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser",
                 "latency")
 DEFAULT_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: Bounds of every duration the agent reads (seconds). The harvest interval: below 100ms the
+#: harvest would eat a core, above an hour Prometheus sees stale counters.
+METRICS_INTERVAL_BOUNDS = (0.1, 3600.0)
+#: The latency plugin's wait for a reply before counting "no response".
+NO_RESPONSE_TIMEOUT_BOUNDS = (0.001, 60.0)
+#: The HTTP server's read and write timeouts.
+HTTP_TIMEOUT_BOUNDS = (0.1, 300.0)
 
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key and what to do."""
-
-
-def parse_duration(value: Any) -> float:
-    """Go-style duration (``10s``, ``1m30s``, ``500ms``) or a number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 10s, 1m or 500ms")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = str(value).strip()
-        if text.startswith("-"):
-            raise ValueError(f"{value!r} is negative: use a positive duration like 10s")
-        pos, seconds = 0, 0.0
-        for m in _DURATION.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m[1]) * _UNIT_SECONDS[m[2]]
-            pos = m.end()
-        if not text or pos != len(text):
-            raise ValueError(f"{value!r} is not a duration: use a number with a unit, "
-                             "like 10s, 1m or 500ms")
-    if seconds < 0:
-        raise ValueError("must not be negative")
-    return seconds
 
 
 class _Strict(BaseModel):
@@ -54,8 +36,24 @@ class _Strict(BaseModel):
 
 
 class ApiServer(_Strict):
-    host: str = "0.0.0.0"
+    """Where and how /metrics is served. The DaemonSet binds the node's IP (``--bind-address
+    $(POD_IP)``, ``status.podIP`` under hostNetwork) instead of every address."""
+
+    host: str = Field("0.0.0.0", min_length=1)
     port: int = Field(10093, ge=1, le=65535)
+    # Ours: a request must arrive within readTimeout and its response be taken within
+    # writeTimeout; past maxConnections the oldest connection without a complete request is
+    # closed; workers threads render responses (retina_agent.server).
+    read_timeout: float = Field(10.0, alias="readTimeout")
+    write_timeout: float = Field(10.0, alias="writeTimeout")
+    max_connections: int = Field(256, ge=8, le=4096, alias="maxConnections")
+    workers: int = Field(2, ge=1, le=16)
+
+    @field_validator("read_timeout", "write_timeout", mode="before")
+    @classmethod
+    def _io_timeout(cls, value: Any) -> float:
+        low, high = HTTP_TIMEOUT_BOUNDS
+        return bounded_duration(value, minimum=low, maximum=high, numbers_are_seconds=True)
 
 
 class InterfacesOption(_Strict):
@@ -92,8 +90,8 @@ class LatencyOptions(_Strict):
     @field_validator("no_response_timeout")
     @classmethod
     def _timeout(cls, value: str) -> str:
-        if parse_duration(value) <= 0:
-            raise ValueError("must be a positive duration like 500ms")
+        low, high = NO_RESPONSE_TIMEOUT_BOUNDS
+        bounded_duration(value, minimum=low, maximum=high)
         return value
 
 
@@ -153,10 +151,9 @@ class AgentConfig(_Strict):
     @field_validator("metrics_interval", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
-        seconds = parse_duration(value)
-        if seconds < 0.1:
-            raise ValueError("must be at least 100ms, like 10s")
-        return seconds
+        """A Go duration (``10s``) or a number of seconds, finite and within the bounds."""
+        low, high = METRICS_INTERVAL_BOUNDS
+        return bounded_duration(value, minimum=low, maximum=high, numbers_are_seconds=True)
 
 
 def _key_path(loc: tuple) -> str:
@@ -169,12 +166,23 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Read ``path`` (YAML, Retina's keys), apply flat dotted ``overrides`` and validate."""
     data: dict[str, Any] = {}
     if path is not None:
+        fix = "give --config the path of the agent config YAML file"
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
+            raise ConfigError(f"config file {path} does not exist; {fix}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; {fix}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}; {fix}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not text (not UTF-8): is it the right file? "
+                              f"{fix}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config file {path} is not valid YAML{at}: {problem}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -184,8 +192,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, last = dotted.split(".")
-        for part in parents:
+        for n, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                key = ".".join(parents[: n + 1])
+                raise ConfigError(f"invalid agent configuration: {key}: is {node!r} in the config file "
+                                  f"but a command-line flag sets {dotted}; make {key} a mapping "
+                                  f"(like {key}: {{{last}: ...}}) or remove it")
         node[last] = value
     try:
         return AgentConfig.model_validate(data)

@@ -4,7 +4,7 @@
 raises ``SpecError(field, message)`` naming the field (``spec.namespaces``,
 ``spec.contextOptions[1].sourceLabels[0]``...) and the fix. The rules are Retina's:
 ``contextOptions`` is required and non-empty, each ``metricName`` is an advanced metric,
-``ttl`` is a non-negative Go duration (``0`` or empty: never expire), and ``namespaces`` has
+``ttl`` is a Go duration between 1s and 720h, or ``0``/empty: never expire, and ``namespaces`` has
 ``include`` or ``exclude``, never both, never neither. On top, the labels are checked against
 what the agent can produce.
 
@@ -33,8 +33,8 @@ from typing import Any
 
 import kubernetes
 
-from retina_agent.config import parse_duration
 from retina_agent.enrichment.reflector import Obj, Reflector
+from retina_common.durations import bounded_duration
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,23 @@ def _string_list(value: Any, where: str, allowed: tuple[str, ...] | None = None)
     return tuple(value)
 
 
+#: ttl bounds (seconds) besides 0 = never: under a second series would vanish between scrapes;
+#: past 30 days "never" says what is meant.
+TTL_BOUNDS = (1.0, 720 * 3600.0)
+
+
 def _ttl(value: Any, where: str) -> float:
     if value is None or value == "":
         return 0.0
-    if not isinstance(value, str):
+    if not isinstance(value, str):  # the CRD declares a string; YAML's bare 0 is an int
+        if type(value) is int and value == 0:
+            return 0.0
         raise SpecError(where, f"must be a duration string like 24h or 90m, not {value!r}")
     try:
-        return parse_duration(value)
+        low, high = TTL_BOUNDS
+        return bounded_duration(value, minimum=low, maximum=high, zero_means="never expire")
     except ValueError as exc:
-        raise SpecError(where, f"{exc}; use a non-negative duration like 24h, 90m or 0 (never)") from None
+        raise SpecError(where, str(exc)) from None
 
 
 def validate_spec(spec: Any) -> MetricsSpec:

@@ -21,12 +21,12 @@ from collections.abc import Iterable
 
 from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
-from retina_agent.config import parse_duration
 from retina_agent.links import LinkSelector
 from retina_agent.metrics import add, histogram, retina_counter
 from retina_agent.plugins.base import Plugin, PluginUnavailable, bpf_source
 from retina_agent.podlevel import addr_bytes
 from retina_agent.tc import PRIO_BASE, TcProgram
+from retina_common.durations import parse_go_duration
 
 log = logging.getLogger(__name__)
 SLOTS = 65
@@ -98,7 +98,7 @@ class Latency(Plugin):
         except Exception as exc:
             raise PluginUnavailable(f"cannot tell the API server's address: {exc} (set "
                                     "plugins.latency.apiServer, or run in a cluster)") from None
-        self.timeout = parse_duration(options.no_response_timeout)
+        self.timeout = parse_go_duration(options.no_response_timeout)
         return ProgramSpec(plugin=self.name, source=bpf_source("latency.c"),
                            sched_cls=["lat_ingress", "lat_egress"],
                            maps=["apiservers", "pending", "latency_hist"])
