@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -46,10 +45,3 @@ def watched_lab(agent, lab_node) -> LabNode:
         raise AssertionError(f"{exc}: veths {lab_node.host_veths}, this agent's filters "
                              f"{our_tc_filters(agent.proc.pid)}\n{agent.log()[-3000:]}") from None
     return lab_node
-
-
-def require(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.fail(f"{binary} is not installed: run ./scripts/setup.sh")
-    return path

@@ -19,7 +19,7 @@ from retina_agent.config import AgentConfig
 from retina_agent.metrics import CONTROLPLANE, add, counter, gauge, retina_counter
 from retina_agent.plugins import REGISTRY
 from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable
-from retina_agent.server import MetricsServer
+from retina_agent.server import MetricsServer, ServerLimits
 from retina_agent.status import RUNNING, STOPPED, UNAVAILABLE, PluginStates
 from retina_agent.tc import TcManager
 
@@ -44,9 +44,13 @@ class Agent:
         self.harvest_failures: dict[str, int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
-        self.server = MetricsServer(config.api_server.host, config.api_server.port,
-                                    self.registry, self.states,
-                                    self.pod_level.render if self.pod_level else None)
+        api = config.api_server
+        self.server = MetricsServer(api.host, api.port, self.registry, self.states,
+                                    self.pod_level.render if self.pod_level else None,
+                                    ServerLimits(read_timeout=api.read_timeout,
+                                                 write_timeout=api.write_timeout,
+                                                 max_connections=api.max_connections,
+                                                 workers=api.workers))
         self.stopping = threading.Event()
 
     # -- start -------------------------------------------------------------------------------

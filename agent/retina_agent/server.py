@@ -1,30 +1,59 @@
-"""HTTP endpoints: /metrics (Prometheus text), /healthz, /readyz."""
+"""HTTP endpoints: /metrics (Prometheus text), /healthz, /readyz.
+
+The agent runs with hostNetwork, so anything that reaches the node can open connections to it.
+The server is built so that slow or hostile clients cannot take /metrics away from Prometheus:
+
+* all socket I/O happens on one asyncio event loop thread: an idle or half-sent connection
+  costs a coroutine, not a thread;
+* each request must arrive whole within ``read_timeout`` (headers at most 16 KiB, no bodies) and
+  each response must be taken by the client within ``write_timeout``; keep-alive connections
+  are closed after ``idle_timeout`` without a request;
+* at most ``max_connections`` connections are open; a new one past the cap closes the oldest
+  connection that has not sent a complete request, so a flood of half-sent requests cannot
+  lock out a new scrape;
+* responses are rendered by a fixed pool of ``workers`` threads; when all are busy and
+  ``workers`` more requests wait, further requests get 503 at once instead of queueing.
+
+So the thread count is fixed (1 + ``workers``) whatever the clients do.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from retina_agent.status import PluginStates
 
+log = logging.getLogger(__name__)
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - wsgiref's signature
-        pass
+MAX_HEADER_BYTES = 16 * 1024
 
 
-def make_app(registry: CollectorRegistry, states: PluginStates,
-             extra: Callable[[], str] | None = None) -> Callable:
-    """``extra`` renders more exposition text (the pod-level series) after the registry's."""
+@dataclass(frozen=True)
+class ServerLimits:
+    """Timeouts (seconds) and caps of the HTTP server (module doc)."""
+
+    read_timeout: float = 10.0
+    write_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 256
+    workers: int = 2
+
+
+def make_app(
+    registry: CollectorRegistry, states: PluginStates, extra: Callable[[], str] | None = None
+) -> Callable:
+    """A WSGI app; ``extra`` renders more exposition text (the pod-level series) after the registry's."""
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
@@ -38,8 +67,7 @@ def make_app(registry: CollectorRegistry, states: PluginStates,
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
         if path == "/readyz":
-            body = {n: {"state": s.state, "reason": s.reason}
-                    for n, s in states.snapshot().items()}
+            body = {n: {"state": s.state, "reason": s.reason} for n, s in states.snapshot().items()}
             status = "200 OK" if states.ready() else "503 Service Unavailable"
             start_response(status, [("Content-Type", "application/json")])
             return [json.dumps({"ready": states.ready(), "plugins": body}).encode()]
@@ -49,20 +77,213 @@ def make_app(registry: CollectorRegistry, states: PluginStates,
     return app
 
 
+def _call_app(app: Callable, method: str, target: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Run the WSGI ``app`` for one request (in a worker thread) -> status, headers, body."""
+    path, _, query = target.partition("?")
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+    }
+    started: dict = {}
+
+    def start_response(status, headers, exc_info=None):
+        started["status"], started["headers"] = status, headers
+
+    chunks = app(environ, start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return started["status"], list(started["headers"]), body
+
+
+def _response(
+    status: str, headers: list[tuple[str, str]], body: bytes, *, keep_alive: bool, head: bool
+) -> bytes:
+    lines = [f"HTTP/1.1 {status}"]
+    lines += [f"{k}: {v}" for k, v in headers if k.lower() not in ("content-length", "connection")]
+    lines += [f"Content-Length: {len(body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
+
+
+def _plain(status: str, text: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    return status, [("Content-Type", "text/plain")], (text + "\n").encode()
+
+
 class MetricsServer:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 states: PluginStates, extra: Callable[[], str] | None = None) -> None:
-        self.httpd = make_server(host, port, make_app(registry, states, extra),
-                                 server_class=_ThreadingServer, handler_class=_QuietHandler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+    """Serve ``make_app(...)`` on ``host:port`` from a background thread (module doc)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        states: PluginStates,
+        extra: Callable[[], str] | None = None,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        self.app = make_app(registry, states, extra)
+        self.limits = limits or ServerLimits()
+        # Bind now, so a port in use is reported by the constructor (the CLI turns it into a message).
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((host, port))
+            self._sock.listen(128)
+        except OSError:
+            self._sock.close()
+            raise
+        self._sock.setblocking(False)
+        self._pool = ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="http-worker")
+        self._in_flight = 0  # requests given to the pool and not finished (event-loop thread only)
+        # Connections open, and those among them without a complete request (oldest first).
+        self._open: dict[int, asyncio.StreamWriter] = {}
+        self._pending: OrderedDict[int, asyncio.StreamWriter] = OrderedDict()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="http", daemon=True)
+        self.evicted = 0  # connections closed to make room (counted for tests and logs)
 
     @property
     def port(self) -> int:
-        return self.httpd.server_address[1]
+        return self._sock.getsockname()[1]
 
     def start(self) -> None:
         self.thread.start()
+        self._ready.wait(10)
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self.thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self.thread.join(10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    # -- the event loop --------------------------------------------------------------------------
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def open_server() -> None:
+            self._server = await asyncio.start_server(
+                self._connection, sock=self._sock, limit=MAX_HEADER_BYTES
+            )
+
+        try:
+            self._loop.run_until_complete(open_server())
+            self._ready.set()
+            self._loop.run_forever()
+        finally:
+            self._ready.set()
+            if self._server is not None:
+                self._server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.close()
+
+    def _admit(self, key: int, writer: asyncio.StreamWriter) -> None:
+        """Count a new connection; past the cap close the oldest ones still sending a request."""
+        self._open[key] = writer
+        self._pending[key] = writer
+        while len(self._open) > self.limits.max_connections and self._pending:
+            oldest_key, oldest = self._pending.popitem(last=False)
+            self._open.pop(oldest_key, None)
+            oldest.transport.abort()
+            self.evicted += 1
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        key = id(writer)
+        self._admit(key, writer)
+        try:
+            await self._requests(key, reader, writer)
+        except (ConnectionError, OSError):
+            pass  # the client went away or was too slow: nothing to tell it
+        finally:
+            self._open.pop(key, None)
+            self._pending.pop(key, None)
+            writer.transport.abort()
+
+    async def _requests(self, key: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer requests on one connection until it closes, times out or asks to close."""
+        limits = self.limits
+        timeout = limits.read_timeout
+        while True:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            except (TimeoutError, asyncio.IncompleteReadError):
+                return
+            except asyncio.LimitOverrunError:
+                await self._send(
+                    writer,
+                    *_plain("431 Request Header Fields Too Large", "request headers over 16 KiB"),
+                    keep_alive=False,
+                )
+                return
+            self._pending.pop(key, None)  # a complete request: no longer an eviction candidate
+            method, target, keep_alive, problem = self._parse(head)
+            if problem is not None:
+                await self._send(writer, *problem, keep_alive=False)
+                return
+            if self._in_flight >= 2 * limits.workers:
+                result = _plain("503 Service Unavailable", "busy: too many requests at once")
+            else:
+                self._in_flight += 1
+                try:
+                    result = await self._loop.run_in_executor(self._pool, _call_app, self.app, "GET", target)
+                except Exception:
+                    log.exception("rendering %s failed", target)
+                    result = _plain("500 Internal Server Error", "the agent failed to render this")
+                finally:
+                    self._in_flight -= 1
+            await self._send(writer, *result, keep_alive=keep_alive, head=method == "HEAD")
+            if not keep_alive:
+                return
+            # Waiting for the next request on this connection: idle, so it may be evicted.
+            self._pending[key] = writer
+            timeout = limits.idle_timeout
+
+    @staticmethod
+    def _parse(head: bytes) -> tuple[str, str, bool, tuple | None]:
+        """Request line and headers -> method, target, keep-alive, or an error response."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return "", "", False, _plain("400 Bad Request", "malformed request line")
+        method, target, version = parts
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip().lower()
+        if method not in ("GET", "HEAD"):
+            return method, target, False, _plain("405 Method Not Allowed", "only GET and HEAD")
+        if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+            return method, target, False, _plain("400 Bad Request", "requests here take no body")
+        connection = headers.get("connection", "")
+        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+        return method, target, keep_alive, None
+
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        status: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        keep_alive: bool,
+        head: bool = False,
+    ) -> None:
+        writer.write(_response(status, headers, body, keep_alive=keep_alive, head=head))
+        try:
+            await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+        except TimeoutError:
+            raise ConnectionError("the client did not take the response in time") from None

@@ -18,17 +18,15 @@ import base64
 import datetime
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from retina_capture.credentials import SECRET_ENV, SECRET_KEY_BLOB, SECRET_KEY_S3_ID, SECRET_KEY_S3_SECRET
 from retina_capture.images import default_image
+from retina_capture.model import DEFAULT_HOST_PATH_BASE, CaptureSettings
 from retina_capture.spec import CaptureSpec
-from retina_capture.worker.settings import (
-    DEFAULT_HOST_PATH_BASE,
-    SECRET_ENV,
-    CaptureSettings,
-    settings_to_env,
-)
+from retina_capture.worker.settings import settings_to_env
 
 LABEL_APP = "retina.sh/app"
 LABEL_APP_VALUE = "capture"
@@ -41,12 +39,6 @@ DEFAULT_IMAGE = default_image("agent")  # the agent image carries retina-capture
 CONTAINER_NAME = "capture"
 #: Extra time a Job gets beyond the capture duration (metadata, packing, uploads with retries).
 DEADLINE_MARGIN_SECONDS = 900
-
-#: Secret keys -> env the worker reads (from the worker's contract).
-SECRET_KEY_BLOB = "blob-upload-url"
-SECRET_KEY_S3_ID = "s3-access-key-id"
-SECRET_KEY_S3_SECRET = "s3-secret-access-key"
-
 
 def capture_labels(name: str) -> dict[str, str]:
     return {LABEL_APP: LABEL_APP_VALUE, LABEL_CAPTURE: name}
@@ -67,18 +59,16 @@ def secret_name(capture: str) -> str:
 
 
 def worker_settings(spec: CaptureSpec, node: str, pod_ips: Iterable[str]) -> CaptureSettings:
-    """The worker's settings for one node (secrets stay out: they come from the Secret)."""
-    return CaptureSettings(
-        name=spec.name, node_name=node, duration=spec.duration, max_size=spec.max_size,
-        packet_size=spec.packet_size, file_count=spec.file_count, interfaces=spec.interfaces,
-        tcpdump_filter=spec.tcpdump_filter, include_filter=",".join(spec.include_filter),
-        exclude_filter=",".join(spec.exclude_filter), pod_ips=tuple(pod_ips),
-        include_metadata=spec.include_metadata, host_path=spec.host_path,
-        pvc_mount_path=PVC_MOUNT_PATH if spec.pvc else None,
-        s3_bucket=spec.s3.bucket if spec.s3 else None, s3_region=spec.s3.region if spec.s3 else None,
-        s3_endpoint=spec.s3.endpoint if spec.s3 else None,
-        s3_path=spec.s3.path if spec.s3 else CaptureSettings.s3_path,
-    )
+    """The worker's settings for one node.
+
+    Built without validation: every shared value was checked by the same model when ``spec``
+    was made, and the secrets this run needs are not here (they come from the Secret), so the
+    worker's "needs S3 keys" check cannot pass yet; the worker checks everything again.
+    """
+    shared = spec.model_dump(include=set(CaptureSettings.model_fields))
+    return CaptureSettings.model_construct(
+        **{**shared, "tcpdump_filter": spec.filter_text, "pcap_filter": ""}, node_name=node,
+        pod_ips=tuple(pod_ips), pvc_mount_path=PVC_MOUNT_PATH if spec.pvc else None)
 
 
 def outputs_annotation(spec: CaptureSpec) -> str:
@@ -161,7 +151,7 @@ def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
         },
         "spec": {
             "backoffLimit": 0,
-            "activeDeadlineSeconds": int(spec.duration) + DEADLINE_MARGIN_SECONDS,
+            "activeDeadlineSeconds": math.ceil(spec.duration) + DEADLINE_MARGIN_SECONDS,
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
         },
     }

@@ -1,4 +1,4 @@
-"""What a capture is: the Capture resource's ``spec``, read and checked once for CLI and operator.
+"""The Capture resource: read its ``spec`` into a checked :class:`CaptureSpec`, for CLI and operator.
 
 The one code path is::
 
@@ -6,10 +6,12 @@ The one code path is::
     kubectl apply -f capture.yaml (operator) ->                           Capture body (dict)
     Capture body -> parse_capture() -> CaptureSpec -> kube.resolve_targets() -> jobs.build_jobs()
 
-so both paths make the same Jobs. Problems are reported as :class:`SpecError`, one
-``Problem(field, message)`` per bad field; ``field`` is the path in the Capture resource
-(``spec.outputConfiguration.hostPath``) and the CLI shows the matching flag instead
-(:data:`FIELD_TO_FLAG`).
+so both paths make the same Jobs. The values themselves are checked by the model the worker uses
+too (:mod:`retina_capture.model`); this module knows where each field sits in the resource
+(:data:`RESOURCE_PATHS`) and what only a resource has: targets and Secret names. Problems are
+reported as :class:`SpecError`, one ``Problem(field, message)`` per bad field; ``field`` is the
+path in the Capture resource (``spec.outputConfiguration.hostPath``) and the CLI shows the
+matching flag instead (:data:`FIELD_TO_FLAG`).
 
 The resource follows Retina's ``retina.sh/v1alpha1`` Capture (see RETINA-METRICS.md, Capture);
 ``captureTarget.nodeNames`` is our addition (Retina's CLI turns ``--node-names`` into a hostname
@@ -20,26 +22,68 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import PurePosixPath
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from retina_capture.filters import FilterError, check_expression, parse_endpoint_list
-from retina_capture.worker.settings import DEFAULT_S3_PATH, format_duration, parse_duration
+from pydantic import BeforeValidator
+
+from retina_capture.model import (
+    DEFAULT_S3_PATH,
+    CaptureOptions,
+    DnsLabel,
+    DnsSubdomain,
+    ModelProblems,
+    NodeNames,
+    PodNames,
+    Problem,
+    check,
+)
+
+__all__ = ["DEFAULT_S3_PATH", "CaptureSpec", "Problem", "SpecError", "parse_capture"]
 
 API_GROUP = "retina.sh"
 API_VERSION = "v1alpha1"
 KIND = "Capture"
 PLURAL = "captures"
 
-DEFAULT_DURATION = 60.0
-DEFAULT_MAX_SIZE = 100
+DEFAULT_MAX_SIZE = CaptureOptions.model_fields["max_size"].default
 DEFAULT_NODE_SELECTOR = "kubernetes.io/os=linux"
 
 _OPT = "spec.captureConfiguration.captureOption"
 _CFG = "spec.captureConfiguration"
 _TGT = "spec.captureConfiguration.captureTarget"
 _OUT = "spec.outputConfiguration"
+
+#: Model field -> where it sits in the Capture resource. ``targets`` and ``outputs`` name the
+#: objects that checks across several of their fields report on.
+RESOURCE_PATHS: dict[str, str] = {
+    "name": "metadata.name",
+    "namespace": "metadata.namespace",
+    "duration": f"{_OPT}.duration",
+    "max_size": f"{_OPT}.maxCaptureSize",
+    "packet_size": f"{_OPT}.packetSize",
+    "file_count": f"{_OPT}.fileCount",
+    "interfaces": f"{_OPT}.interfaces",
+    "pcap_filter": f"{_OPT}.pcapFilter",
+    "tcpdump_filter": f"{_CFG}.tcpdumpFilter",
+    "include_filter": f"{_CFG}.filters.include",
+    "exclude_filter": f"{_CFG}.filters.exclude",
+    "include_metadata": f"{_CFG}.includeMetadata",
+    "node_names": f"{_TGT}.nodeNames",
+    "node_selector": f"{_TGT}.nodeSelector",
+    "pod_selector": f"{_TGT}.podSelector",
+    "namespace_selector": f"{_TGT}.namespaceSelector",
+    "pod_names": f"{_TGT}.podNames",
+    "host_path": f"{_OUT}.hostPath",
+    "pvc": f"{_OUT}.persistentVolumeClaim",
+    "blob_secret": f"{_OUT}.blobUpload",
+    "s3_bucket": f"{_OUT}.s3Upload.bucket",
+    "s3_region": f"{_OUT}.s3Upload.region",
+    "s3_endpoint": f"{_OUT}.s3Upload.endpoint",
+    "s3_path": f"{_OUT}.s3Upload.path",
+    "s3_secret_name": f"{_OUT}.s3Upload.secretName",
+}
+_GROUPS = {"targets": _TGT, "outputs": _OUT}
 
 #: Capture field -> kubectl-retina flag, so that the CLI names what the user typed.
 FIELD_TO_FLAG: dict[str, str] = {
@@ -73,16 +117,9 @@ FIELD_TO_FLAG: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Problem:
-    field: str
-    message: str
-
-    def for_cli(self) -> str:
-        return f"{FIELD_TO_FLAG.get(self.field, self.field)}: {self.message}"
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+def for_cli(problem: Problem) -> str:
+    """The problem with its field shown as the kubectl-retina flag."""
+    return f"{FIELD_TO_FLAG.get(problem.field, problem.field)}: {problem.message}"
 
 
 class SpecError(ValueError):
@@ -93,7 +130,78 @@ class SpecError(ValueError):
         super().__init__("; ".join(str(p) for p in self.problems))
 
     def for_cli(self) -> str:
-        return "\n".join(p.for_cli() for p in self.problems)
+        return "\n".join(for_cli(p) for p in self.problems)
+
+
+# -- label selectors, checked as the API server checks them -----------------------------------
+
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
+_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def _label_key(key: Any, where: str) -> str:
+    if (
+        not isinstance(key, str)
+        or not _LABEL_KEY.fullmatch(key)
+        or len(key.partition("/")[0]) > 253
+        or ("/" in key and len(key.rsplit("/", 1)[1]) > 63)
+    ):
+        raise ValueError(
+            f"{where}: {key!r} is not a label key (an optional DNS prefix and '/', then up "
+            "to 63 letters, digits, '-', '_', '.', starting and ending with a letter or digit)"
+        )
+    return key
+
+
+def _label_value(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
+        raise ValueError(
+            f"{where}: {value!r} is not a label value (up to 63 letters, digits, '-', '_', "
+            "'.', starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def _label_selector(value: Any) -> dict[str, Any]:
+    """A LabelSelector (``matchLabels`` and ``matchExpressions``), every key and value checked."""
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a label selector (matchLabels / matchExpressions)")
+    unknown = sorted(set(value) - {"matchLabels", "matchExpressions"})
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown; a label selector has matchLabels and matchExpressions")
+    labels = value.get("matchLabels") or {}
+    expressions = value.get("matchExpressions") or []
+    if not isinstance(labels, Mapping):
+        raise ValueError("matchLabels must map label keys to values")
+    if not isinstance(expressions, list):
+        raise ValueError("matchExpressions must be a list of {key, operator, values}")
+    for key, label in labels.items():
+        _label_key(key, "matchLabels")
+        _label_value(label, f"matchLabels.{key}")
+    for i, expr in enumerate(expressions):
+        where = f"matchExpressions[{i}]"
+        if not isinstance(expr, Mapping) or set(expr) - {"key", "operator", "values"}:
+            raise ValueError(f"{where}: must have key, operator and (for In, NotIn) values")
+        _label_key(expr.get("key"), f"{where}.key")
+        operator, values = expr.get("operator"), expr.get("values") or []
+        if operator not in _OPERATORS:
+            raise ValueError(f"{where}.operator: {operator!r} is not one of {', '.join(_OPERATORS)}")
+        if not isinstance(values, list):
+            raise ValueError(f"{where}.values: must be a list of label values")
+        if operator in ("In", "NotIn") and not values:
+            raise ValueError(f"{where}.values: {operator} needs at least one value")
+        if operator in ("Exists", "DoesNotExist") and values:
+            raise ValueError(f"{where}.values: {operator} takes no values")
+        for value_ in values:
+            _label_value(value_, f"{where}.values")
+    if not labels and not expressions:
+        raise ValueError("is empty; it would select everything, give labels")
+    return {k: v for k, v in (("matchLabels", dict(labels)), ("matchExpressions", list(expressions))) if v}
+
+
+Selector = Annotated[dict[str, Any], BeforeValidator(_label_selector)]
 
 
 @dataclass(frozen=True)
@@ -105,44 +213,73 @@ class S3Output:
     path: str = DEFAULT_S3_PATH
 
 
-@dataclass(frozen=True)
-class CaptureSpec:
-    """A checked Capture: what to capture, where, and where to write the tarballs."""
+def presence_problems(given: set[str]) -> list[tuple[str, str]]:
+    """Rules on which fields a Capture gives (targets, outputs), as (field, message).
 
-    name: str
-    namespace: str
-    duration: float = DEFAULT_DURATION  # seconds
-    max_size: int = DEFAULT_MAX_SIZE  # MB
-    packet_size: int = 0
-    file_count: int = 0
-    interfaces: tuple[str, ...] = ("any",)
-    tcpdump_filter: str = ""
-    include_filter: tuple[str, ...] = ()
-    exclude_filter: tuple[str, ...] = ()
-    include_metadata: bool = True
-    # targets: node names, or a node selector, or pods (selector or names)
-    node_names: tuple[str, ...] = ()
-    node_selector: Mapping[str, Any] | None = None
-    pod_selector: Mapping[str, Any] | None = None
-    namespace_selector: Mapping[str, Any] | None = None
-    pod_names: tuple[str, ...] = ()
-    # outputs
-    host_path: str | None = None
-    pvc: str | None = None
-    blob_secret: str | None = None
-    s3: S3Output | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    Kept apart from the value checks so that a Capture with bad values still hears about a
+    missing target or output in the same answer.
+    """
+    problems = []
+    node_target = bool(given & {"node_names", "node_selector"})
+    pod_target = bool(given & {"pod_names", "pod_selector"})
+    if node_target and pod_target:
+        problems.append(
+            ("targets", "select nodes (nodeNames/nodeSelector) or pods (podSelector/podNames), not both")
+        )
+    if not node_target and not pod_target:
+        problems.append(("targets", "selects nothing; give nodeNames, nodeSelector, podSelector or podNames"))
+    if "namespace_selector" in given and "pod_selector" not in given:
+        problems.append(("namespace_selector", "needs a podSelector as well"))
+    if "s3_bucket" in given and "s3_secret_name" not in given:
+        problems.append(
+            (
+                "s3_secret_name",
+                "needs the name of a Secret with keys s3-access-key-id and s3-secret-access-key",
+            )
+        )
+    if not given & {"host_path", "pvc", "blob_secret", "s3_bucket"}:
+        problems.append(
+            (
+                "outputs",
+                "no output; give at least one of hostPath, persistentVolumeClaim, blobUpload, s3Upload",
+            )
+        )
+    return problems
+
+
+class CaptureSpec(CaptureOptions):
+    """A checked Capture: what to capture (the shared options), on which nodes or pods, and which
+    Secrets hold the upload credentials."""
+
+    namespace: DnsLabel = "default"
+    node_names: NodeNames = ()
+    node_selector: Selector | None = None
+    pod_selector: Selector | None = None
+    namespace_selector: Selector | None = None
+    pod_names: PodNames = ()
+    pvc: DnsSubdomain | None = None
+    blob_secret: DnsSubdomain | None = None
+    s3_secret_name: DnsSubdomain | None = None
+
+    @classmethod
+    def presence_problems(cls, given: set[str]) -> list[tuple[str, str]]:
+        return super().presence_problems(given) + presence_problems(given)
 
     @property
     def targets_pods(self) -> bool:
         return self.pod_selector is not None or bool(self.pod_names)
 
     @property
-    def duration_text(self) -> str:
-        return format_duration(self.duration)
+    def s3(self) -> S3Output | None:
+        if self.s3_bucket is None:
+            return None
+        return S3Output(
+            self.s3_bucket, self.s3_secret_name or "", self.s3_region, self.s3_endpoint, self.s3_path
+        )
 
 
-# -- label selectors -------------------------------------------------------------------------
+# -- label selectors as strings ----------------------------------------------------------------
+
 
 def parse_selector_flag(text: str, field_name: str) -> dict[str, Any]:
     """``a=b,c=d`` (the CLI's form, as Retina's) -> a LabelSelector ``{"matchLabels": {...}}``."""
@@ -152,8 +289,9 @@ def parse_selector_flag(text: str, field_name: str) -> dict[str, Any]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SpecError([Problem(field_name,
-                                     f"{item!r} is not key=value; write e.g. app=web,tier=front")])
+            raise SpecError(
+                [Problem(field_name, f"{item!r} is not key=value; write e.g. app=web,tier=front")]
+            )
         labels[key.strip()] = value.strip()
     return {"matchLabels": labels}
 
@@ -174,196 +312,75 @@ def selector_to_string(selector: Mapping[str, Any]) -> str:
     return ",".join(terms)
 
 
-_LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+# -- reading the resource ----------------------------------------------------------------------
 
 
-def _check_selector(selector: Any, field_name: str, problems: list[Problem]) -> None:
-    if not isinstance(selector, Mapping):
-        problems.append(Problem(field_name, "must be a label selector (matchLabels / matchExpressions)"))
-        return
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if not _LABEL_KEY.fullmatch(str(key)) or not _LABEL_VALUE.fullmatch(str(value)):
-            problems.append(Problem(field_name, f"{key}={value} is not a valid label"))
-    for expr in selector.get("matchExpressions") or []:
-        if expr.get("operator") not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            problems.append(Problem(field_name, f"operator {expr.get('operator')!r} is not one of "
-                                                "In, NotIn, Exists, DoesNotExist"))
-    if not selector.get("matchLabels") and not selector.get("matchExpressions"):
-        problems.append(Problem(field_name, "is empty; it would select everything, give labels"))
+def _known_children() -> dict[str, set[str]]:
+    """Object path -> the keys it may hold, from RESOURCE_PATHS."""
+    children: dict[str, set[str]] = {}
+    for path in RESOURCE_PATHS.values():
+        parts = path.split(".")
+        for i in range(1, len(parts)):
+            children.setdefault(".".join(parts[:i]), set()).add(parts[i])
+    return children
 
 
-# -- parsing the resource --------------------------------------------------------------------
-
-def _relative_path(value: Any, field_name: str, problems: list[Problem]) -> str | None:
-    if value is None:
-        return None
-    text = str(value)
-    if not text.strip():
-        problems.append(Problem(field_name, "is empty; give a directory relative to the capture base"))
-    elif text.startswith("/"):
-        problems.append(Problem(field_name, f"{text!r} is absolute; give a path relative to the node's "
-                                            "capture directory /var/lib/retina/captures"))
-    elif ".." in PurePosixPath(text).parts:
-        problems.append(Problem(field_name, f"{text!r} contains '..'; give a path that stays inside the "
-                                            "capture directory"))
-    elif any(c in text for c in "\0\n\r"):
-        problems.append(Problem(field_name, "contains control characters"))
-    return text
+_CHILDREN = _known_children()
+_IGNORED = {"metadata", ""}  # metadata carries much more than a name; the top carries apiVersion, status
 
 
-def _int(value: Any, field_name: str, problems: list[Problem], minimum: int, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(Problem(field_name, f"{value!r} is not a whole number"))
-        return default
-    if value < minimum:
-        problems.append(Problem(field_name, f"must be at least {minimum} (got {value})"))
-    return value
-
-
-def _list(value: Any, field_name: str, problems: list[Problem]) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [v for v in value.split(",")]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        problems.append(Problem(field_name, "must be a list of strings"))
-        return ()
-    return tuple(v.strip() for v in value if v.strip())
+def _read_resource(body: Mapping[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    """The model's values from a Capture body; shape problems (not an object, unknown key) noted."""
+    objects: dict[str, Mapping[str, Any] | None] = {"": body}
+    for path in sorted(_CHILDREN, key=lambda p: p.count(".")):
+        parent, _, key = path.rpartition(".")
+        holder = objects.get(parent)
+        value = holder.get(key) if holder is not None else None
+        if value is not None and not isinstance(value, Mapping):
+            problems.append(Problem(path, "must be an object"))
+            value = None
+        objects[path] = value
+        if value is not None and path not in _IGNORED:
+            for unknown in sorted(set(value) - _CHILDREN[path], key=str):
+                problems.append(
+                    Problem(
+                        f"{path}.{unknown}",
+                        "unknown field; known ones are " + ", ".join(sorted(_CHILDREN[path])),
+                    )
+                )
+    values: dict[str, Any] = {}
+    for field, path in RESOURCE_PATHS.items():
+        parent, _, key = path.rpartition(".")
+        holder = objects.get(parent)
+        if holder is not None and holder.get(key) is not None:
+            values[field] = holder[key]
+    s3 = objects.get(f"{_OUT}.s3Upload")
+    if s3 is not None:
+        values.setdefault("s3_bucket", "")  # an s3Upload without a bucket is refused by name
+    return values
 
 
 def parse_capture(body: Mapping[str, Any]) -> CaptureSpec:
-    """Read and check a Capture resource (a dict as the API returns it)."""
+    """Read and check a Capture resource (a dict as the API returns it). Raises ``SpecError``."""
     problems: list[Problem] = []
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    cfg = spec.get("captureConfiguration") or {}
-    opt = cfg.get("captureOption") or {}
-    tgt = cfg.get("captureTarget") or {}
-    out = spec.get("outputConfiguration") or {}
-    filters = cfg.get("filters") or {}
-
-    name = str(meta.get("name") or "")
-    if not _DNS_NAME.fullmatch(name) or len(name) > 40:
-        problems.append(Problem("metadata.name", f"{name!r} must be 1-40 lowercase letters, digits and '-', "
-                                                 "starting and ending with a letter or digit"))
-    namespace = str(meta.get("namespace") or "default")
-
-    duration = DEFAULT_DURATION
-    if opt.get("duration") is not None:
-        try:
-            duration = parse_duration(str(opt["duration"]))
-        except ValueError as exc:
-            problems.append(Problem(f"{_OPT}.duration", str(exc)))
-        if duration <= 0:
-            problems.append(Problem(f"{_OPT}.duration", f"must be more than zero, e.g. 30s or 1m "
-                                                        f"(got {opt['duration']})"))
-    max_size = _int(opt.get("maxCaptureSize"), f"{_OPT}.maxCaptureSize", problems, 1, DEFAULT_MAX_SIZE)
-    packet_size = _int(opt.get("packetSize"), f"{_OPT}.packetSize", problems, 0, 0)
-    file_count = _int(opt.get("fileCount"), f"{_OPT}.fileCount", problems, 0, 0)
-    interfaces = _list(opt.get("interfaces"), f"{_OPT}.interfaces", problems) or ("any",)
-    for iface in interfaces:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,14}", iface):
-            problems.append(Problem(f"{_OPT}.interfaces", f"{iface!r} is not an interface name"))
-
-    tcpdump_filter = ""
-    for field_name, value in ((f"{_CFG}.tcpdumpFilter", cfg.get("tcpdumpFilter")),
-                              (f"{_OPT}.pcapFilter", opt.get("pcapFilter"))):
-        if value:
-            try:
-                checked = check_expression(str(value), field_name)
-            except FilterError as exc:
-                problems.append(Problem(field_name, str(exc).split(": ", 1)[1]))
-                continue
-            if tcpdump_filter and checked != tcpdump_filter:
-                problems.append(Problem(field_name, "differs from tcpdumpFilter; give only one of them"))
-            tcpdump_filter = checked
-    endpoint_lists = {}
-    for key in ("include", "exclude"):
-        field_name = f"{_CFG}.filters.{key}"
-        items = _list(filters.get(key), field_name, problems)
-        try:
-            parse_endpoint_list(",".join(items), field_name)
-        except FilterError as exc:
-            problems.append(Problem(field_name, str(exc).split(": ", 1)[1]))
-        endpoint_lists[key] = items
-    include_metadata = cfg.get("includeMetadata", True)
-    if not isinstance(include_metadata, bool):
-        problems.append(Problem(f"{_CFG}.includeMetadata", "must be true or false"))
-        include_metadata = True
-
-    # Targets.
-    node_names = _list(tgt.get("nodeNames"), f"{_TGT}.nodeNames", problems)
-    pod_names = _list(tgt.get("podNames"), f"{_TGT}.podNames", problems)
-    for n in node_names:
-        if not _DNS_SUBDOMAIN.fullmatch(n):
-            problems.append(Problem(f"{_TGT}.nodeNames", f"{n!r} is not a node name"))
-    for key in ("nodeSelector", "podSelector", "namespaceSelector"):
-        if tgt.get(key) is not None:
-            _check_selector(tgt[key], f"{_TGT}.{key}", problems)
-    node_target = bool(node_names) or tgt.get("nodeSelector") is not None
-    pod_target = bool(pod_names) or tgt.get("podSelector") is not None
-    if node_target and pod_target:
-        problems.append(Problem(_TGT, "select nodes (nodeNames/nodeSelector) or pods (podSelector/podNames), "
-                                      "not both"))
-    elif not node_target and not pod_target:
-        problems.append(Problem(_TGT, "selects nothing; give nodeNames, nodeSelector, podSelector "
-                                      "or podNames"))
-    if tgt.get("namespaceSelector") is not None and tgt.get("podSelector") is None:
-        problems.append(Problem(f"{_TGT}.namespaceSelector", "needs a podSelector as well"))
-
-    # Outputs.
-    host_path = _relative_path(out.get("hostPath"), f"{_OUT}.hostPath", problems)
-    pvc = out.get("persistentVolumeClaim")
-    if pvc is not None and not _DNS_SUBDOMAIN.fullmatch(str(pvc)):
-        problems.append(Problem(f"{_OUT}.persistentVolumeClaim", f"{pvc!r} is not a claim name"))
-    blob = out.get("blobUpload")
-    if blob is not None and not _DNS_SUBDOMAIN.fullmatch(str(blob)):
-        problems.append(Problem(f"{_OUT}.blobUpload", f"{blob!r} is not the name of a Secret "
-                                                      "(with key blob-upload-url)"))
-    s3 = None
-    if out.get("s3Upload") is not None:
-        s3_body = out["s3Upload"]
-        bucket = str(s3_body.get("bucket") or "")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-            problems.append(Problem(f"{_OUT}.s3Upload.bucket", f"{bucket!r} is not a bucket name "
-                                                               "(3-63 lowercase letters, digits, '.', '-')"))
-        secret = str(s3_body.get("secretName") or "")
-        if not _DNS_SUBDOMAIN.fullmatch(secret):
-            problems.append(Problem(f"{_OUT}.s3Upload.secretName",
-                                    "needs the name of a Secret with keys s3-access-key-id and "
-                                    "s3-secret-access-key"))
-        endpoint = s3_body.get("endpoint")
-        if endpoint is not None and not re.match(r"https?://[^/\s]+", str(endpoint)):
-            problems.append(Problem(f"{_OUT}.s3Upload.endpoint",
-                                    f"{endpoint!r} is not a URL like https://minio.local:9000"))
-        path = s3_body.get("path") or DEFAULT_S3_PATH
-        if _relative_path(path, f"{_OUT}.s3Upload.path", problems) is None:
-            path = DEFAULT_S3_PATH
-        s3 = S3Output(bucket, secret, s3_body.get("region") or None, endpoint, str(path))
-    unknown_outputs = sorted(set(out) - {"hostPath", "persistentVolumeClaim", "blobUpload", "s3Upload"})
-    for key in unknown_outputs:
-        problems.append(Problem(f"{_OUT}.{key}", "unknown output; use hostPath, persistentVolumeClaim, "
-                                                 "blobUpload or s3Upload"))
-    if host_path is None and pvc is None and blob is None and s3 is None:
-        problems.append(Problem(_OUT, "no output; give at least one of hostPath, persistentVolumeClaim, "
-                                      "blobUpload, s3Upload"))
+    if not isinstance(body, Mapping):
+        raise SpecError([Problem("", "a Capture must be an object")])
+    values = _read_resource(body, problems)
+    values.setdefault("name", "")
+    try:
+        capture = check(CaptureSpec, values, lambda f: _GROUPS.get(f) or RESOURCE_PATHS.get(f, f))
+    except ModelProblems as exc:
+        raise SpecError(problems + exc.problems) from None
     if problems:
         raise SpecError(problems)
-    return CaptureSpec(
-        name=name, namespace=namespace, duration=duration, max_size=max_size, packet_size=packet_size,
-        file_count=file_count, interfaces=interfaces, tcpdump_filter=tcpdump_filter,
-        include_filter=endpoint_lists["include"], exclude_filter=endpoint_lists["exclude"],
-        include_metadata=include_metadata, node_names=node_names, node_selector=tgt.get("nodeSelector"),
-        pod_selector=tgt.get("podSelector"), namespace_selector=tgt.get("namespaceSelector"),
-        pod_names=pod_names, host_path=host_path, pvc=pvc, blob_secret=blob, s3=s3)
+    return capture
 
 
 def capture_resource(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """A Capture resource body."""
-    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
-            "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": dict(spec),
+    }

@@ -7,7 +7,7 @@ import subprocess
 from retina_lab.agent import wait_for
 from retina_lab.prometheus import PrometheusServer
 from retina_lab.traffic import send_udp
-from tests.conftest import require
+from tests.helpers.tools import require
 
 RETINA_NODE_METRICS = [
     "networkobservability_forward_count", "networkobservability_forward_bytes",

@@ -205,32 +205,41 @@ def test_s3_credentials_go_into_a_secret_only(kube_emulator) -> None:
 
 
 def test_create_waits_and_reports_progress(kube_emulator) -> None:
+    """Each state the CLI prints is waited for before the next is made (the CLI polls every 0.1 s)."""
+    import threading
+
     small_cluster(kube_emulator)
     proc = subprocess.Popen([str(BIN / "kubectl-retina"), "capture", "create", "--name", "waiting",
                              "-n", "web",
                              "--node-names", "node-1,node-2", "--host-path", "x", "--duration", "5s",
                              "--poll-interval", "0.1", "--kubeconfig", str(kube_emulator.kubeconfig_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+
+    def wait_for_line(text: str) -> None:
         deadline = time.monotonic() + 30
-        while len(kube_emulator.objects("Job", "web")) < 2:  # the Jobs appear
-            assert time.monotonic() < deadline and proc.poll() is None
+        while not any(text in line for line in list(lines)):
+            assert time.monotonic() < deadline and proc.poll() is None, f"no {text!r} in {lines}"
             time.sleep(0.05)
+
+    try:
+        wait_for_line("2 job(s): 2 running, 0 succeeded, 0 failed")
         first, second = (j["metadata"]["name"] for j in kube_emulator.objects("Job", "web"))
         done = {"succeeded": 1, "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:00:05Z",
                 "conditions": [{"type": "Complete", "status": "True"}]}
         kube_emulator.set_status("Job", "web", first, done)
-        time.sleep(0.5)  # let the CLI print the intermediate state (not needed for correctness)
+        wait_for_line("2 job(s): 1 running, 1 succeeded, 0 failed")
         kube_emulator.set_status("Job", "web", second, done)
-        out, err = proc.communicate(timeout=30)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err
-    assert "2 job(s): 2 running, 0 succeeded, 0 failed" in out
-    assert "2 job(s): 0 running, 2 succeeded, 0 failed" in out
-    assert "capture waiting done" in out
+    reader.join(timeout=10)
+    assert "2 job(s): 0 running, 2 succeeded, 0 failed" in "".join(lines)
+    assert "capture waiting done" in "".join(lines)
 
 
 def test_version() -> None:

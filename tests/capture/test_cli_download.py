@@ -11,6 +11,8 @@ from pathlib import Path
 
 import boto3
 import dpkt
+import pytest
+import requests
 
 from retina_capture.cli.main import main
 from retina_capture.cli.merge import read_merged
@@ -126,3 +128,118 @@ def test_download_of_a_host_path_capture_says_where_the_files_are(kube_emulator,
     assert "/var/lib/retina/captures/incidents" in err and "--from-dir" in err
     assert main(["capture", "download", "--name", "nope", "-n", "web", "--kubeconfig", kubeconfig]) == 1
     assert "--name: no capture 'nope'" in capsys.readouterr().err
+
+
+def test_blob_names_cannot_write_outside_the_output_directory(kube_emulator, azurite, tmp_path, capsys,
+                                                               monkeypatch) -> None:
+    """Blob names are chosen by whoever can write to the container: base names only, '..' refused."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+
+    from tests.helpers.capture import AZURITE_ACCOUNT, AZURITE_KEY
+
+    small_cluster(kube_emulator)
+    service = BlobServiceClient(f"{azurite.url}/{AZURITE_ACCOUNT}", credential=AZURITE_KEY)
+    container = service.create_container("caps")
+    sas = generate_container_sas(AZURITE_ACCOUNT, "caps", account_key=AZURITE_KEY,
+                                 permission=ContainerSasPermissions(read=True, list=True, write=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    monkeypatch.setenv("RETINA_CAPTURE_BLOB_UPLOAD", f"{azurite.url}/{AZURITE_ACCOUNT}/caps?{sas}")
+    kubeconfig = str(kube_emulator.kubeconfig_path)
+    assert main(["capture", "create", "--name", "bl", "-n", "web", "--node-names", "node-1",
+                 "--no-wait", "--kubeconfig", kubeconfig]) == 0, capsys.readouterr().err
+
+    made = tmp_path / "made"
+    made.mkdir()
+    good = tarball(made, "bl", "node-1", node_packets()["node-1"])
+    nested = tarball(made, "bl", "node-2", node_packets()["node-2"])
+    container.upload_blob(good.name, good.read_bytes())
+    container.upload_blob(f"bl-x/{nested.name}", nested.read_bytes())  # a folder: saved by base name
+    # The SDK would normalise '..' away; a raw request stores it, as any client of the container can.
+    escape = "bl-x/%2E%2E/%2E%2E/%2E%2E/escaped-node-9-20260101120000UTC.tar.gz"
+    put = requests.put(f"{azurite.url}/{AZURITE_ACCOUNT}/caps/{escape}?{sas}", data=good.read_bytes(),
+                       headers={"x-ms-blob-type": "BlockBlob"}, timeout=30)
+    assert put.status_code == 201, put.text
+    assert "bl-x/../../../escaped-node-9-20260101120000UTC.tar.gz" in [b.name for b in container.list_blobs()]
+    capsys.readouterr()
+
+    out = tmp_path / "deep" / "out"
+    code = main(["capture", "download", "--name", "bl", "-n", "web", "-o", str(out),
+                 "--kubeconfig", kubeconfig])
+    err = capsys.readouterr().err
+    assert code == 1, err  # something was refused: the user must hear of it
+    assert sorted(p.name for p in out.iterdir()) == sorted([good.name, nested.name])
+    assert (out / nested.name).read_bytes() == nested.read_bytes()
+    assert "escaped-node-9" in err and "not written" in err
+    everything = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert not any("escaped" in p for p in everything), everything
+
+
+def big_tarball(directory: Path, capture: str, node: str, megabytes: int, start: float) -> Path:
+    """A tarball holding ``megabytes`` MB of 1400-byte UDP frames in two rotated pcap files."""
+    stem = f"{capture}-{node}-20260101120000UTC"
+    path = directory / f"{stem}.tar.gz"
+    count = megabytes * 1_000_000 // 1400
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for part, suffix in enumerate(("", "1")):
+            pcap = directory / f"{stem}.pcap{suffix}"
+            with pcap.open("wb") as fh:
+                writer = dpkt.pcap.Writer(fh)
+                for i in range(count // 2):
+                    payload = os.urandom(1350)  # incompressible: the tarball is as big as the pcaps
+                    writer.writepkt(udp_frame("10.0.0.1", "10.0.0.2", payload), ts=start + part + i * 1e-4)
+            tar.add(pcap, arcname=f"{stem}/{pcap.name}")
+            pcap.unlink()
+    return path
+
+
+def test_merge_streams_members_instead_of_holding_them_in_memory(tmp_path) -> None:
+    import tracemalloc
+
+    from retina_capture.cli.merge import merge
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tarballs = [big_tarball(inputs, "big", f"node-{n}", 12, 1000.0 + n * 1e-5) for n in (1, 2)]
+    out = tmp_path / "out" / "big-merged.pcapng"
+    tracemalloc.start()
+    try:
+        counts = merge(tarballs, "big", out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per_node = 12 * 1_000_000 // 1400 // 2 * 2
+    assert counts == {"node-1": per_node, "node-2": per_node}
+    # 24 MB of pcaps went through (4 members of 6 MB); holding them would take 24 MB and more.
+    assert peak < 6_000_000, f"peak Python memory {peak} bytes while merging 24 MB"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["big-merged.pcapng"]  # scratch files removed
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    ("missing", "does not exist"),
+    ("file", "is not a directory"),
+])
+def test_from_dir_that_is_not_a_directory_is_a_usage_error(tmp_path, capsys, setup, expected) -> None:
+    target = tmp_path / "captures"
+    if setup == "file":
+        target.write_text("x")
+    code = main(["capture", "download", "--name", "x", "--from-dir", str(target), "--merge",
+                 "--kubeconfig", str(tmp_path / "no-kubeconfig")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: --from-dir: '{target}' {expected}") and "kubeconfig" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_garbage_tarball_in_from_dir_is_named(tmp_path, capsys) -> None:
+    tarball(tmp_path, "g", "node-1", node_packets()["node-1"])
+    (tmp_path / "g-node-2-20260101120000UTC.tar.gz").write_bytes(b"this is not gzip" * 100)
+    out = tmp_path / "out"
+    code = main(["capture", "download", "--name", "g", "--from-dir", str(tmp_path), "-o", str(out),
+                 "--merge"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "g-node-2-20260101120000UTC.tar.gz: not a readable capture tarball" in err
+    assert "Traceback" not in err and not (out / "g-merged.pcapng").exists()
+    assert list(out.iterdir()) == []  # no partial output, no scratch left

@@ -41,7 +41,7 @@ def test_every_problem_is_reported_with_its_field() -> None:
         "spec.captureConfiguration.filters.include", "spec.captureConfiguration.filters.exclude",
         "spec.captureConfiguration.captureTarget", "spec.outputConfiguration.hostPath",
         "spec.outputConfiguration.nfs"}
-    assert "--duration: must be more than zero" in exc.value.for_cli()
+    assert "--duration: '-1s' is negative; use a duration between 1s and 24h" in exc.value.for_cli()
 
 
 def test_job_names_are_stable_and_valid() -> None:

@@ -48,14 +48,11 @@ def operator(kube_emulator, kube_api_client, monkeypatch) -> Iterator[kubernetes
     small_cluster(kube_emulator)
     kubernetes.client.ApiextensionsV1Api(kube_api_client).create_custom_resource_definition(CRD)
     monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))  # how kopf and the handlers log in
-    import retina_capture.operator.handlers as handlers
 
-    handlers._client = None
     argv = ["run", "--all-namespaces", "--standalone", "-m", "retina_capture.operator.handlers"]
     with KopfRunner(argv, timeout=60) as runner:
         yield kubernetes.client.CustomObjectsApi(kube_api_client)
     assert runner.exception is None, runner.output
-    handlers._client = None
 
 
 def strip(job: dict) -> dict:
@@ -121,8 +118,10 @@ def test_status_follows_the_jobs(operator, kube_emulator) -> None:
     kube_emulator.set_status("Job", "web", second, {
         "startTime": "2026-01-01T00:00:01Z", "failed": 1,
         "conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": "2026-01-01T00:01:00Z"}]})
-    wait_for(lambda: status().get("failed") == 1 and status().get("active") == 1, "one failed, one active")
-    assert status()["startTime"] == "2026-01-01T00:00:00Z" and "completionTime" not in status()
+    # Job events are handled concurrently: the status converges on what both Jobs say.
+    wait_for(lambda: status().get("failed") == 1 and status().get("active") == 1
+             and status().get("startTime") == "2026-01-01T00:00:00Z", "one failed, one active, first start")
+    assert "completionTime" not in status()
     kube_emulator.set_status("Job", "web", first, {
         "active": None, "succeeded": 1, "completionTime": "2026-01-01T00:01:05Z",
         "conditions": [{"type": "Complete", "status": "True"}]})
@@ -178,8 +177,13 @@ def test_unknown_output_is_refused_by_the_api_schema(operator, kube_emulator) ->
     assert kube_emulator.objects("Capture") == [] and kube_emulator.objects("Job") == []
 
 
-def test_job_num_limit(operator, kube_emulator, monkeypatch) -> None:
-    monkeypatch.setenv("RETINA_OPERATOR_CAPTURE_JOB_NUM_LIMIT", "2")  # the operator's setting
+@pytest.fixture
+def job_limit_2(monkeypatch) -> None:
+    """The operator's setting, as its Deployment gives it: in the environment before it starts."""
+    monkeypatch.setenv("RETINA_OPERATOR_CAPTURE_JOB_NUM_LIMIT", "2")
+
+
+def test_job_num_limit(job_limit_2, operator, kube_emulator) -> None:  # job_limit_2 first: set before start
     body = capture("many", "web", {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}},
                    {"hostPath": "x"})
     operator.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures", body)
@@ -191,4 +195,35 @@ def test_job_num_limit(operator, kube_emulator, monkeypatch) -> None:
     condition = wait_for(accepted, "the Accepted condition")
     assert condition["reason"] == "ExceedJobNumLimit"
     assert condition["message"] == "the number of capture jobs 3 exceeds the limit 2"
+    assert kube_emulator.objects("Job") == []
+
+
+def accepted_condition(kube_emulator) -> dict | None:
+    conditions = (kube_emulator.objects("Capture", "web")[0].get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Accepted"), None)
+
+
+def test_bad_match_expression_is_an_error_condition_not_a_retry_loop(operator, kube_emulator) -> None:
+    """The API answers 400 to a selector with a bad key; the operator says so on the Capture instead."""
+    selector = {"matchExpressions": [{"key": "bad key!", "operator": "In", "values": ["web"]}]}
+    body = capture("sel", "web", {"podSelector": selector}, {"hostPath": "x"})
+    operator.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures", body)
+    condition = wait_for(lambda: accepted_condition(kube_emulator), "the Accepted condition")
+    assert condition["status"] == "False" and condition["reason"] == "InvalidSpec"
+    assert condition["message"].startswith("spec.captureConfiguration.captureTarget.podSelector: "
+                                           "matchExpressions[0].key: 'bad key!' is not a label key")
+    assert kube_emulator.objects("Job") == []
+
+
+def test_a_request_the_api_refuses_is_an_error_condition(operator, kube_emulator, monkeypatch) -> None:
+    """A Job the API refuses (here: a name it calls invalid) is reported once, not retried for ever."""
+    import retina_capture.jobs as jobs_mod
+
+    real = jobs_mod.job_name
+    monkeypatch.setattr(jobs_mod, "job_name", lambda name, node: real(name, node).upper())  # the API: 422
+    body = capture("refused", "web", {"nodeNames": ["node-1"]}, {"hostPath": "x"})
+    operator.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures", body)
+    condition = wait_for(lambda: accepted_condition(kube_emulator), "the Accepted condition")
+    assert condition["status"] == "False" and condition["reason"] == "Rejected"
+    assert condition["message"].startswith("the API server refused it (422")
     assert kube_emulator.objects("Job") == []

@@ -17,7 +17,7 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 
 from retina_capture.outputs import OutputError
 from retina_capture.outputs.local import HostPathOutput
-from tests.capture.conftest import AZURITE_ACCOUNT, AZURITE_KEY, only_tarball
+from tests.helpers.capture import AZURITE_ACCOUNT, AZURITE_KEY, only_tarball
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,7 +14,7 @@ from collections import Counter
 import dpkt
 import pytest
 
-from tests.capture.conftest import only_tarball, pcaps_in
+from tests.helpers.capture import only_tarball, pcaps_in
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.capture.conftest import WorkerRun
+from tests.helpers.capture import WorkerRun
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,10 +19,12 @@ CASES = {
     "leading-dash": (["--tcpdump-filter", "-w /etc/cron.d/x"], {}, ["--tcpdump-filter", "starts with '-'"]),
     "host-path-dotdot": (["--host-path", "../../etc"], {}, ["--host-path", "'..'"]),
     "host-path-absolute": (["--host-path", "/etc"], {}, ["--host-path", "is absolute"]),
-    "negative-duration": (["--duration", "-5s"], {}, ["--duration", "more than zero"]),
+    "negative-duration": (["--duration", "-5s"], {},
+                          ["--duration", "is negative; use a duration between 1s and 24h"]),
     "negative-duration-env": ([], {"RETINA_CAPTURE_DURATION": "-1m"},
-                              ["--duration (env RETINA_CAPTURE_DURATION)", "more than zero"]),
-    "duration-not-go-style": (["--duration", "5 minutes"], {}, ["--duration", "like 30s, 1m or 1m30s"]),
+                              ["--duration (env RETINA_CAPTURE_DURATION)", "is negative"]),
+    "duration-not-go-style": (["--duration", "5 minutes"], {},
+                              ["--duration", "is not a duration; write it like 30s"]),
     "unknown-output": (["--ftp-upload", "ftp://x"], {}, ["--ftp-upload", "outputs are --host-path"]),
     "no-output": ([], {}, ["no output", "--s3-bucket"]),
     "include-and-exclude-malformed": (["--include-filter", "10.0.0.300:80", "--exclude-filter", "*:http"],
@@ -36,6 +38,13 @@ CASES = {
     "pvc-not-mounted": (["--pvc-mount-path", "/nonexistent/pvc"], {},
                         ["--pvc-mount-path", "not a directory"]),
     "s3-without-keys": (["--s3-bucket", "bucket-1"], {}, ["--s3-bucket", "RETINA_CAPTURE_S3_ACCESS_KEY_ID"]),
+    "unknown-secret-flag": (["--s3-secret-key=TOPSECRETSIG", "--sas-token", "TOPSECRETSIG"], {},
+                            ["unrecognized arguments: --s3-secret-key=*** --sas-token ***"]),
+    # The bounds kubectl-retina and the operator apply (one model): what they accept, this accepts.
+    "file-count-over-1000": (["--file-count", "5000", "--max-size", "9000"], {},
+                             ["--file-count: must be 0 to 1000 (got 5000)"]),
+    "duration-below-1s": (["--duration", "0.0001s"], {}, ["--duration: '0.0001s' is too short"]),
+    "packet-size-over-snaplen": (["--packet-size", "262145"], {}, ["--packet-size: must be 0 to 262144"]),
 }
 
 
@@ -57,3 +66,22 @@ def test_bad_input_is_refused_before_anything_starts(case, dirs):
     assert not dirs["tmp"].exists() and not dirs["base"].exists(), "files were written"
     procs = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(dirs["tmp"]) not in procs, "a tcpdump was left running"
+
+
+def test_missing_tcpdump_is_one_line_not_a_traceback(dirs, monkeypatch, capsys):
+    """The node image lacks tcpdump: say so and what to install; nothing is written."""
+    from retina_capture.worker import capture as capture_mod
+    from retina_capture.worker.cli import main
+
+    def no_tcpdump() -> str:
+        raise capture_mod.CaptureError("tcpdump not found; install the Debian package 'tcpdump'")
+
+    monkeypatch.setattr(capture_mod, "tcpdump_binary", no_tcpdump)
+    code = main(["--name", "t", "--host-path", "out", "--host-path-base", str(dirs["base"]),
+                 "--output-dir-tmp", str(dirs["tmp"])])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines() == [
+        "retina-capture: error: tcpdump not found; install the Debian package 'tcpdump'",
+        "retina-capture: nothing was captured"]
+    assert not dirs["tmp"].exists() and not dirs["base"].exists()

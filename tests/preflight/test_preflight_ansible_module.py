@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HOSTS, VENV_BIN, ansible_env, by_id, run_cli
+
+from tests.helpers.preflight import HOSTS, VENV_BIN, ansible_env, by_id, run_cli
 
 FQCN = "retina.observability.retina_preflight"
 

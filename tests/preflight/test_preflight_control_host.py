@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import by_id, create_crd, run_cli, write_kubeconfig
+
+from tests.helpers.preflight import by_id, create_crd, run_cli, write_kubeconfig
 
 CRDS = (
     "podmonitors.monitoring.coreos.com",

@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import HOSTS, by_id, plugins, run_cli
+
+from tests.helpers.preflight import HOSTS, by_id, plugins, run_cli
 
 EBPF = ("packetforward", "dropreason", "dns", "tcpretrans", "packetparser", "latency")
 
@@ -107,7 +108,7 @@ def test_ubuntu_2204_hwe_65_all_pass_with_recorded_probes() -> None:
 def test_human_table_names_checks_plugins_and_fixes() -> None:
     import subprocess
 
-    from conftest import VENV_BIN
+    from tests.helpers.preflight import VENV_BIN
 
     done = subprocess.run(
         [str(VENV_BIN / "retina-preflight"), "--root", str(HOSTS / "centos7")],
@@ -134,7 +135,7 @@ def test_human_table_names_checks_plugins_and_fixes() -> None:
 def test_bad_input_is_a_clear_error(args: tuple[str, ...], message: str) -> None:
     import subprocess
 
-    from conftest import VENV_BIN
+    from tests.helpers.preflight import VENV_BIN
 
     done = subprocess.run(
         [str(VENV_BIN / "retina-preflight"), *args], capture_output=True, text=True, timeout=60, check=False

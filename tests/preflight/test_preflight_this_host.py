@@ -6,7 +6,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import by_id, plugins, run_cli
+
+from tests.helpers.preflight import by_id, plugins, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the bpf() and TC probes need root")
 
@@ -53,7 +54,7 @@ def test_this_machine_report(tracefs_mounted: None) -> None:
 
 
 def test_this_machine_as_control_host_without_helm(k8s_api: str, tmp_path) -> None:
-    from conftest import create_crd, write_kubeconfig
+    from tests.helpers.preflight import create_crd, write_kubeconfig
 
     for name in ("podmonitors.monitoring.coreos.com", "servicemonitors.monitoring.coreos.com"):
         create_crd(k8s_api, name)

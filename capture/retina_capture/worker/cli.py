@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from retina_capture.credentials import ALL_SECRET_ENV
 from retina_capture.filters import FilterError, build_expression, parse_endpoint_list
 from retina_capture.outputs import OutputError, build_outputs, write_all
 from retina_capture.worker.capture import CaptureError, run_capture, validate_expression
@@ -25,9 +26,9 @@ from retina_capture.worker.pack import capture_stem, pack
 from retina_capture.worker.podnet import plan_interfaces
 from retina_capture.worker.settings import (
     ENV_PREFIX,
-    SECRET_ENV,
     CaptureSettings,
     SettingsError,
+    build_parser,
     settings_from_env_and_argv,
 )
 
@@ -44,13 +45,16 @@ def _fail_usage(problems: Sequence[str]) -> int:
 
 def _scrub_secrets_from_environ() -> None:
     """Secrets are read once; children (tcpdump, ip, ss) must not inherit them."""
-    for key in [*SECRET_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]:
+    for key in ALL_SECRET_ENV:
         os.environ.pop(key, None)
 
 
 def _child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if k in {"PATH", "LANG", "LC_ALL", "TZ"} and not k.startswith(ENV_PREFIX)}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k in {"PATH", "LANG", "LC_ALL", "TZ"} and not k.startswith(ENV_PREFIX)
+    }
 
 
 def prepare(settings: CaptureSettings):
@@ -58,8 +62,8 @@ def prepare(settings: CaptureSettings):
     plan = plan_interfaces(settings.interfaces, settings.pod_ips)
     expr = build_expression(
         settings.filter_text,
-        parse_endpoint_list(settings.include_filter, "--include-filter"),
-        parse_endpoint_list(settings.exclude_filter, "--exclude-filter"),
+        parse_endpoint_list(",".join(settings.include_filter), "--include-filter"),
+        parse_endpoint_list(",".join(settings.exclude_filter), "--exclude-filter"),
         hosts=plan.hosts,
     )
     flag = "--pcap-filter" if settings.pcap_filter and not settings.tcpdump_filter else "--tcpdump-filter"
@@ -76,6 +80,10 @@ def run(settings: CaptureSettings, stop: threading.Event | None = None) -> int:
         plan, expr, outputs = prepare(settings)
     except (FilterError, OutputError) as exc:
         return _fail_usage([str(exc)])
+    except CaptureError as exc:  # no tcpdump, or it may not capture here: not the user's input
+        print(f"retina-capture: error: {exc}", file=sys.stderr)
+        print("retina-capture: nothing was captured", file=sys.stderr)
+        return EXIT_FAILED
 
     started = datetime.now(UTC)
     stem = capture_stem(settings.name, settings.node_name, started)
@@ -83,43 +91,57 @@ def run(settings: CaptureSettings, stop: threading.Event | None = None) -> int:
     workdir = tmp_root / stem
     workdir.mkdir(parents=True, exist_ok=True)
     tarball = tmp_root / f"{stem}.tar.gz"
-    log.info("capture %s on node %s: outputs %s", settings.name, settings.node_name,
-             ", ".join(f"{o.name}={o.describe()}" for o in outputs))
+    log.info(
+        "capture %s on node %s: outputs %s",
+        settings.name,
+        settings.node_name,
+        ", ".join(f"{o.name}={o.describe()}" for o in outputs),
+    )
     try:
-        run_capture(interfaces=plan.interfaces, expr=expr, workdir=workdir, stem=stem,
-                    duration=settings.duration, max_size_mb=settings.max_size,
-                    packet_size=settings.packet_size, file_count=settings.file_count,
-                    stop=stop, env=_child_env())
+        run_capture(
+            interfaces=plan.interfaces,
+            expr=expr,
+            workdir=workdir,
+            stem=stem,
+            duration=settings.duration,
+            max_size_mb=settings.max_size,
+            packet_size=settings.packet_size,
+            file_count=settings.file_count,
+            stop=stop,
+            env=_child_env(),
+        )
         if settings.include_metadata:
             collect_metadata(workdir)
         pack(workdir, tarball)
     except (CaptureError, OSError) as exc:
-        print(f"retina-capture: error: capture failed: {exc}; partial files are in {workdir}",
-              file=sys.stderr)
+        print(
+            f"retina-capture: error: capture failed: {exc}; partial files are in {workdir}", file=sys.stderr
+        )
         return EXIT_FAILED
     shutil.rmtree(workdir, ignore_errors=True)
     log.info("packed %s (%d bytes)", tarball, tarball.stat().st_size)
 
     report = write_all(outputs, tarball, attempts=settings.upload_attempts, backoff=settings.upload_backoff)
     if report.failed:
-        copies = "".join(f", and a copy is at {where}" for name, where in report.written.items()
-                         if name in {"host-path", "pvc"})
+        copies = "".join(
+            f", and a copy is at {where}"
+            for name, where in report.written.items()
+            if name in {"host-path", "pvc"}
+        )
         for name, message in report.failed.items():
             print(f"retina-capture: error: {name} output failed: {message}", file=sys.stderr)
-        print(f"retina-capture: error: the capture was kept on this node at {tarball}{copies}",
-              file=sys.stderr)
+        print(
+            f"retina-capture: error: the capture was kept on this node at {tarball}{copies}", file=sys.stderr
+        )
         return EXIT_FAILED
     tarball.unlink(missing_ok=True)
-    print(f"retina-capture: {tarball.name} written to "
-          + ", ".join(report.written.values()), file=sys.stderr)
+    print(f"retina-capture: {tarball.name} written to " + ", ".join(report.written.values()), file=sys.stderr)
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        from retina_capture.worker.settings import build_parser
-
         build_parser().print_help()
         return EXIT_OK
     try:
@@ -127,8 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         return _fail_usage(exc.problems)
     _scrub_secrets_from_environ()
-    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if settings.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
