@@ -14,7 +14,7 @@ fi
 APT_PACKAGES=(
   python3 python3-venv python3-dev python3-bpfcc bpfcc-tools bpftool libbpf1
   iproute2 iptables nftables conntrack ethtool iperf3 dnsmasq-base tcpdump procps kmod
-  prometheus git ca-certificates
+  prometheus prometheus-alertmanager git ca-certificates
   gcc libc6-dev libnetfilter-queue-dev  # builds netfilterqueue (tests' stand-in for netem delay)
   podman runc debootstrap  # container images built offline (scripts/build_images.sh)
   python3-nftables graphviz ipset  # netfilter plugin (libnftables JSON) and its tests; map pictures

@@ -5,3 +5,4 @@ command the installer's Deployment uses) runs the operator.
 """
 
 from retina_capture.operator import handlers  # noqa: F401  (registers the kopf handlers)
+from retina_capture.operator import triggers  # noqa: F401,E402  (CaptureTriggers, webhook receiver)
