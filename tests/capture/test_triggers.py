@@ -25,7 +25,13 @@ from retina_lab.agent import free_port, wait_for
 from retina_lab.alertmanager import AlertmanagerServer
 from retina_lab.manifests import validate_manifest
 from tests import kube_fixtures
-from tests.kube_fixtures import small_cluster
+from tests.kube_fixtures import (
+    OPERATOR_USER,
+    capture_user_kubeconfig_for,
+    operator_kubeconfig_for,
+    refusals_of,
+    small_cluster,
+)
 
 kube_emulator = kube_fixtures.kube_emulator
 kube_api_client = kube_fixtures.kube_api_client
@@ -111,7 +117,10 @@ def operator(kube_emulator, kube_api_client, monkeypatch, tmp_path) -> Iterator[
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     port = free_port()
-    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig_path))
+    # The operator runs as its ServiceAccount with the rendered RBAC; triggers are made by a user
+    # bound as capture users are (the README's retina-capture roles).
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig_for(kube_emulator)))
+    user = kubernetes.config.new_client_from_config(config_file=str(capture_user_kubeconfig_for(kube_emulator)))
     monkeypatch.setenv("RETINA_OPERATOR_WEBHOOK_TOKEN_FILE", str(token_file))
     monkeypatch.setenv("RETINA_OPERATOR_WEBHOOK_ADDRESS", "127.0.0.1")
     monkeypatch.setenv("RETINA_OPERATOR_WEBHOOK_PORT", str(port))
@@ -119,8 +128,9 @@ def operator(kube_emulator, kube_api_client, monkeypatch, tmp_path) -> Iterator[
     url = f"http://127.0.0.1:{port}"
     with KopfRunner(argv, timeout=90) as runner:
         wait_for(lambda: requests.get(url + "/healthz", timeout=2).ok, 30, 0.2, "the webhook receiver")
-        yield {"url": url, "custom": kubernetes.client.CustomObjectsApi(kube_api_client), "runner": runner}
+        yield {"url": url, "custom": kubernetes.client.CustomObjectsApi(user), "runner": runner}
     assert runner.exception is None, runner.output
+    assert refusals_of(kube_emulator, OPERATOR_USER) == [], "the operator's RBAC lacks what triggers use"
 
 
 def post(url: str, body: Any, token: str | None = TOKEN) -> requests.Response:
