@@ -40,7 +40,7 @@ REPO = Path(__file__).parents[2]
 CRDS = REPO / "collections/retina/roles/agent/files/crds"
 TRIGGER_CRD = yaml.safe_load((CRDS / "retina.sh_capturetriggers.yaml").read_text())
 CAPTURE_CRD = yaml.safe_load((CRDS / "retina.sh_captures.yaml").read_text())
-EXAMPLES = sorted((REPO / "deploy/alertmanager").glob("capturetrigger-*.yaml"))
+EXAMPLES = sorted((REPO / "deploy/alertmanager/triggers").glob("*.yaml"))
 TOKEN = "s3cret-token-for-alertmanager"
 GROUP, VERSION = "retina.sh", "v1alpha1"
 
@@ -267,3 +267,34 @@ def test_real_alertmanager_posts_to_the_operator(operator, kube_emulator, tmp_pa
     assert capture["spec"]["captureConfiguration"]["filters"]["include"] == ["10.244.1.10"]
     assert capture["metadata"]["labels"][LABEL_FINGERPRINT]  # Alertmanager's own fingerprint
     print(f"alert posted to Alertmanager -> Capture created: {elapsed:.2f} s")
+
+
+# -- the installer -------------------------------------------------------------------------------
+def test_agent_role_renders_the_webhook_and_example_triggers() -> None:
+    from tests.kube_fixtures import rendered_agent_objects
+
+    plain = rendered_agent_objects()
+    assert not [o for o in plain if o["kind"] in ("CaptureTrigger", "Service")
+                and o["metadata"]["name"].startswith(("retina-capture-webhook", "namespace-drops"))]
+    objects = rendered_agent_objects(agent_capture_webhook_enabled=True, agent_capture_triggers_examples=True,
+                                     agent_capture_webhook_port=9443)
+    crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+    for obj in objects:
+        validate_manifest(obj, crds=crds)
+    [deployment] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "retina-operator"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RETINA_OPERATOR_WEBHOOK_TOKEN_FILE"] == "/etc/retina/webhook/token"
+    assert env["RETINA_OPERATOR_WEBHOOK_PORT"] == "9443"
+    assert container["ports"] == [{"name": "webhook", "containerPort": 9443, "protocol": "TCP"}]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "webhook-token"]
+    assert volume["secret"]["secretName"] == "retina-capture-webhook"
+    [service] = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "retina-capture-webhook"]
+    assert service["spec"]["ports"][0]["port"] == 9443
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    triggers = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "CaptureTrigger")
+    assert triggers == sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in EXAMPLES)
+    for t in (o for o in objects if o["kind"] == "CaptureTrigger"):
+        parse_trigger(t)
+        assert t["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "retina-installer"
