@@ -319,24 +319,9 @@ class Soak:
     # -- the report -----------------------------------------------------------------------------
     def _report(self, pid: int) -> dict:
         a = self.args
-        warm = [s for s in self.samples if s["t"] >= a.warmup_minutes * 60] or self.samples[-2:]
-        rss0, rss1 = warm[0]["rss"], warm[-1]["rss"]
-        hours = max((warm[-1]["t"] - warm[0]["t"]) / 3600, 1e-9)
-        slope = _slope_per_hour([(s["t"], s["rss"]) for s in warm])
         result = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "minutes": a.minutes, "warmup_minutes": a.warmup_minutes, "interval": a.interval,
-            "samples": len(self.samples), "samples_after_warmup": len(warm),
-            "rss_mib_first_last": [round(rss0 / 2**20, 2), round(rss1 / 2**20, 2)],
-            "rss_growth_pct": round((rss1 - rss0) / rss0 * 100, 2),
-            "rss_growth_pct_per_hour_fit": round(slope / rss0 * 100, 2),
-            "rss_mib_min_max": [round(min(s["rss"] for s in warm) / 2**20, 2),
-                                round(max(s["rss"] for s in warm) / 2**20, 2)],
-            "threads_first_last_max": [warm[0]["threads"], warm[-1]["threads"],
-                                       max(s["threads"] for s in warm)],
-            "fds_first_last_max": [warm[0]["fds"], warm[-1]["fds"], max(s["fds"] for s in warm)],
-            "threads_growth_per_hour": round((warm[-1]["threads"] - warm[0]["threads"]) / hours, 1),
-            "fds_growth_per_hour": round((warm[-1]["fds"] - warm[0]["fds"]) / hours, 1),
             "counter_regressions": self.regressions,
             "pods_churned": self.pods_churned, "churn_pods_checked": self.churn_checked,
             "churn_pods_missing": self.churn_missing, "final_pod_labeled": self.final_pod_labeled,
@@ -344,14 +329,50 @@ class Soak:
             "agent_cpu_seconds": round(self.samples[-1]["cpu"], 1),
             "trace": [{k: v for k, v in s.items() if not k.startswith("_")} for s in self.samples],
         }
-        result["targets"] = {
-            "rss_growth_le_5pct_after_warmup": result["rss_growth_pct"] <= 5,
-            "no_thread_growth": warm[-1]["threads"] <= warm[0]["threads"],
-            "no_fd_growth": warm[-1]["fds"] <= warm[0]["fds"],
-            "no_counter_regression": not self.regressions,
-            "nothing_lost_from_pod_cache": not self.churn_missing and self.final_pod_labeled,
-        }
-        return result
+        return summarize(result)
+
+
+def summarize(result: dict) -> dict:
+    """Growth figures and targets from ``result["trace"]`` (also for a saved run: --report).
+
+    Threads and fds are compared between the first and last third of the samples taken while
+    the agent was connected (a cut closes its API connections, so fds dip during cuts): the
+    medians, so one sample caught mid-request does not decide.
+    """
+    for stale in ("threads_first_last_max", "fds_first_last_max", "threads_growth_per_hour",
+                  "fds_growth_per_hour"):  # an earlier version's figures
+        result.pop(stale, None)
+    trace = result["trace"]
+    warm = [s for s in trace if s["t"] >= result["warmup_minutes"] * 60] or trace[-2:]
+    rss0, rss1 = warm[0]["rss"], warm[-1]["rss"]
+    slope = _slope_per_hour([(s["t"], s["rss"]) for s in warm])
+    connected = [s for s in warm if s["connected"] == 1] or warm
+    third = max(1, len(connected) // 3)
+    early, late = connected[:third], connected[-third:]
+
+    def medians(key: str) -> list[float]:
+        return [statistics.median(s[key] for s in early), statistics.median(s[key] for s in late)]
+    result.update({
+        "samples": len(trace), "samples_after_warmup": len(warm),
+        "rss_mib_first_last": [round(rss0 / 2**20, 2), round(rss1 / 2**20, 2)],
+        "rss_growth_pct": round((rss1 - rss0) / rss0 * 100, 2),
+        "rss_growth_pct_per_hour_fit": round(slope / rss0 * 100, 2),
+        "rss_mib_min_max": [round(min(s["rss"] for s in warm) / 2**20, 2),
+                            round(max(s["rss"] for s in warm) / 2**20, 2)],
+        "threads_median_first_last_third": medians("threads"),
+        "fds_median_first_last_third_connected": medians("fds"),
+        "threads_min_max": [min(s["threads"] for s in warm), max(s["threads"] for s in warm)],
+        "fds_min_max": [min(s["fds"] for s in warm), max(s["fds"] for s in warm)],
+    })
+    threads, fds = result["threads_median_first_last_third"], result["fds_median_first_last_third_connected"]
+    result["targets"] = {
+        "rss_growth_le_5pct_after_warmup": result["rss_growth_pct"] <= 5,
+        "no_thread_growth": threads[1] <= threads[0],
+        "no_fd_growth": fds[1] <= fds[0],
+        "no_counter_regression": not result["counter_regressions"],
+        "nothing_lost_from_pod_cache": not result["churn_pods_missing"] and result["final_pod_labeled"],
+    }
+    return result
 
 
 def _seconds(interval: str) -> float:
@@ -373,7 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mc-every", type=float, default=90.0,
                    help="seconds between MetricsConfiguration changes")
     p.add_argument("--interval", default="2s", help="the agent's metricsIntervalDuration")
+    p.add_argument("--report", type=Path, help="only recompute the summary of a saved run's JSON")
     args = p.parse_args(argv)
+    if args.report:
+        result = summarize(json.loads(args.report.read_text()))
+        args.report.write_text(json.dumps(result, indent=2))
+        print(json.dumps({k: v for k, v in result.items() if k != "trace"}, indent=2))
+        return 0 if all(result["targets"].values()) else 1
     if args.warmup_minutes is None:
         args.warmup_minutes = min(5.0, args.minutes / 5)
     if os.geteuid() != 0:

@@ -8,6 +8,7 @@ import pytest
 
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
 from retina_lab.traffic import send_udp, udp_sink
+from tests.helpers.metrics import wait_exact
 from tests.podlevel.cluster import NODE, seed_lab
 
 FWD = "networkobservability_adv_forward_count"
@@ -51,10 +52,14 @@ def test_local_context_labels_from_deployment(seeded):
                "workload_kind": "Deployment", "workload_name": "web", "direction": "egress"}
         db = {"ip": b.ip, "namespace": "data", "podname": "db-0",
               "workload_kind": "StatefulSet", "workload_name": "db", "direction": "ingress"}
-        m = agent.scrape_until(lambda m: m.value(FWD, **web) >= 50 and m.value(FWD, **db) >= 50)
-        assert m.value(FWD, **web) >= 50, m.series(FWD)
-        assert m.value(FWD, **db) >= 50, m.series(FWD)
-        assert m.value("networkobservability_adv_forward_bytes", **web) >= 50 * 142
+        # Exactly: a's veth sees each packet once leaving a (egress), b's veth once entering b
+        # (ingress); 142 bytes a frame (100 payload + UDP 8 + IPv4 20 + Ethernet 14). ARP is not
+        # IP and the pods send no other IPv4, so nothing else can land in these series.
+        fwd_bytes = "networkobservability_adv_forward_bytes"
+        m = wait_exact(agent, lambda m: {"web": m.value(FWD, **web), "db": m.value(FWD, **db),
+                                         "web bytes": m.value(fwd_bytes, **web),
+                                         "db bytes": m.value(fwd_bytes, **db)},
+                       {"web": 50, "db": 50, "web bytes": 50 * 142, "db bytes": 50 * 142})
         assert all(set(s) == set(web) for s in m.series(FWD))  # prefix-less local labels
     sink.close()
 
@@ -70,9 +75,9 @@ def test_remote_context_labels_both_sides(seeded):
                 "source_workload_kind": "Deployment", "source_workload_name": "web",
                 "destination_namespace": "data", "destination_podname": "db-0",
                 "destination_workload_kind": "StatefulSet", "destination_workload_name": "db"}
-        m = agent.scrape_until(lambda m: m.value(FWD, direction="egress", **want) >= 40)
-        assert m.value(FWD, direction="egress", **want) >= 40, m.series(FWD)
-        assert m.value(FWD, direction="ingress", **want) >= 40  # seen again at b's veth
+        # Exactly 40 each: once at a's veth (egress), once again at b's veth (ingress).
+        m = wait_exact(agent, lambda m: {d: m.value(FWD, direction=d, **want) for d in ("egress", "ingress")},
+                       {"egress": 40, "ingress": 40})
         # The pod-level text (rendered by the agent itself) is valid exposition. promtool's only
         # lint findings may be Retina's own control-plane names, which dashboards and alerts
         # need verbatim (``..._counter`` breaks promtool's "no type in the name" rule).
