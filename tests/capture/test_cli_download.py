@@ -244,3 +244,14 @@ def test_garbage_tarball_in_from_dir_is_named(tmp_path, capsys) -> None:
     assert "g-node-2-20260101120000UTC.tar.gz: not a readable capture tarball" in err
     assert "Traceback" not in err and not (out / "g-merged.pcapng").exists()
     assert list(out.iterdir()) == []  # no partial output, no scratch left
+
+
+def test_output_under_a_file_is_one_line(tmp_path, capsys) -> None:
+    tarball(tmp_path, "o", "node-1", node_packets()["node-1"])
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    code = main(["capture", "download", "--name", "o", "--from-dir", str(tmp_path), "-o",
+                 str(blocker / "out"), "--merge"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == f"error: {blocker / 'out'}: Not a directory"

@@ -561,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except OSError as exc:  # writing downloads or the merged file: a full disk, no permission
+        print(f"error: {exc.filename or '-o'}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     finally:
         if client is not None:
             client.close()
