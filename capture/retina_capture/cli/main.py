@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiException as exc:
         print(f"error: the API server said {exc.status} {exc.reason}", file=sys.stderr)
         return 1
-    except (kubernetes.config.ConfigException, FileNotFoundError) as exc:
+    except (kube.KubeconfigError, kubernetes.config.ConfigException, FileNotFoundError) as exc:
         print(f"error: cannot load the kubeconfig: {exc} (give --kubeconfig or set KUBECONFIG)",
               file=sys.stderr)
         return 1
