@@ -5,7 +5,6 @@ Used by the CLI and the operator alike (with a ``kubernetes.client.ApiClient``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,10 @@ from kubernetes.client.rest import ApiException
 
 from retina_capture import jobs as jobs_mod
 from retina_capture.spec import _TGT, CaptureSpec, Problem, SpecError, selector_to_string
+from retina_preflight.core import kubeconfig as _kubeconfig
+
+#: No way to reach the API server was found (or the chosen kubeconfig cannot be loaded).
+KubeconfigError = _kubeconfig.KubeconfigError
 
 
 class CaptureExists(RuntimeError):
@@ -30,24 +33,28 @@ class JobLimitExceeded(RuntimeError):
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.ApiClient:
-    """A client as kubectl would make it: --kubeconfig, $KUBECONFIG, ~/.kube/config, in-cluster."""
-    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-    default = os.path.expanduser("~/.kube/config")
-    if path is None and not os.path.exists(default) and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    return kubernetes.config.new_client_from_config(config_file=path or default, context=context)
+    """A client from the project's one kubeconfig loader (``retina_preflight.core.kubeconfig``):
+    --kubeconfig, else $KUBECONFIG, else the in-cluster service account, else ~/.kube/config."""
+    return _kubeconfig.load_api_client(kubeconfig, context)
+
+
+def connection_settings(kubeconfig: str | None = None) -> dict[str, Any]:
+    """The loader's choice as ``kopf.ConnectionInfo`` arguments, so that kopf logs in exactly
+    where and as whom the handlers' client does (kopf's own login tries in-cluster first)."""
+    config = api_client(kubeconfig).configuration
+    auth = next((a.get("value") or "" for a in config.auth_settings().values()
+                 if str(a.get("key", "")).lower() == "authorization"), "")
+    token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else None
+    return {"server": config.host, "ca_path": config.ssl_ca_cert, "insecure": not config.verify_ssl,
+            "scheme": "Bearer" if token else None, "token": token,
+            "username": config.username or None, "password": config.password or None,
+            "certificate_path": config.cert_file, "private_key_path": config.key_file,
+            "default_namespace": default_namespace(kubeconfig)}
 
 
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
-    """The namespace of the kubeconfig context (``default`` when it names none)."""
-    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-    try:
-        contexts, current = kubernetes.config.list_kube_config_contexts(config_file=path)
-    except (kubernetes.config.ConfigException, OSError):
-        return "default"
-    chosen = next((c for c in contexts if c["name"] == context), current) if context else current
-    return (chosen or {}).get("context", {}).get("namespace") or "default"
+    """The namespace of the kubeconfig context (in a pod: its own), ``default`` when none is named."""
+    return _kubeconfig.default_namespace(kubeconfig, context)
 
 
 @dataclass(frozen=True)

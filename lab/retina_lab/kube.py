@@ -864,9 +864,18 @@ class KubeEmulator:
 
     async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         try:
-            user = self.auth.authenticate(request.headers.get("Authorization"))
+            user = requester = self.auth.authenticate(request.headers.get("Authorization"))
         except kube_auth.Unauthorized:
             return aiohttp.web.json_response(kube_auth.UNAUTHORIZED_STATUS, status=401)
+        try:
+            user, checks = kube_auth.impersonation_requests(user, request.headers)
+        except ValueError as exc:
+            return aiohttp.web.json_response(ApiError(400, "BadRequest", str(exc)).status(), status=400)
+        for check in checks:  # the requester must be allowed to impersonate, as kube-apiserver checks
+            with self._lock:
+                allowed = kube_auth.authorize(requester, check, self._rbac_state())
+            if not allowed:
+                return aiohttp.web.json_response(kube_auth.forbidden_status(requester, check), status=403)
         info = kube_auth.request_info(request.method, request.path, request.query_string)
         with self._lock:
             allowed = kube_auth.authorize(user, info, self._rbac_state())

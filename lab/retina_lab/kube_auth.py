@@ -541,3 +541,33 @@ def bootstrap_rbac() -> list[Obj]:
             "system:public-info-viewer", "system:public-info-viewer", [AUTHENTICATED, UNAUTHENTICATED]
         ),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Impersonation (kubectl --as / --as-group)
+# ---------------------------------------------------------------------------------------------
+
+
+def impersonation_requests(user: UserInfo, headers: Any) -> tuple[UserInfo, list[RequestInfo]]:
+    """The identity ``Impersonate-User``/``Impersonate-Group`` headers ask for, and the
+    ``impersonate`` checks the requester must pass first (as kube-apiserver's impersonation
+    filter: users, groups, or serviceaccounts for ``system:serviceaccount:NS:NAME``)."""
+    name = headers.get("Impersonate-User", "")
+    groups = list(headers.getall("Impersonate-Group", [])) if hasattr(headers, "getall") else []
+    if not name and not groups:
+        return user, []
+    if not name:
+        raise ValueError("requested impersonation of groups without a user")
+    checks = []
+    prefix = "system:serviceaccount:"
+    if name.startswith(prefix) and name.count(":") == 3:
+        namespace, sa = name[len(prefix):].split(":")
+        checks.append(RequestInfo("impersonate", "", True, "", "v1", "serviceaccounts", "", namespace, sa))
+        groups = [*groups, "system:serviceaccounts", f"system:serviceaccounts:{namespace}"]
+    else:
+        checks.append(RequestInfo("impersonate", "", True, "", "v1", "users", "", "", name))
+    checks += [RequestInfo("impersonate", "", True, "", "v1", "groups", "", "", g) for g in groups
+               if not g.startswith("system:serviceaccounts")]
+    if name != ANONYMOUS and AUTHENTICATED not in groups:
+        groups.append(AUTHENTICATED)
+    return UserInfo(name, tuple(dict.fromkeys(groups))), checks

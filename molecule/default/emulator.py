@@ -9,9 +9,11 @@ signals (and nothing else). The emulator keeps its state in memory for as long a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -39,10 +41,15 @@ def serve(workdir: Path) -> None:
 
 def _answers(kubeconfig: Path) -> bool:
     config = yaml.safe_load(kubeconfig.read_text())
-    server = config["clusters"][0]["cluster"]["server"]
+    cluster = config["clusters"][0]["cluster"]
+    server = cluster["server"]
     token = config["users"][0]["user"]["token"]
+    context = None
+    if "certificate-authority-data" in cluster:  # the emulator serves HTTPS with its own CA
+        context = ssl.create_default_context(
+            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
     request = urllib.request.Request(f"{server}/version", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback URL we wrote
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:  # noqa: S310 - loopback URL
         return response.status == 200
 
 

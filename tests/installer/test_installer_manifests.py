@@ -196,14 +196,15 @@ def test_rbac_is_exactly_the_contract(default_render: Rendered) -> None:
         return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                 for resource in rule["resources"] for verb in rule["verbs"]}
 
-    read = ("get", "list", "watch")
-    agent = {("", r, v) for r in ("pods", "namespaces", "services", "nodes") for v in read}
-    apps = ("replicasets", "deployments", "daemonsets", "statefulsets")
-    agent |= {("apps", r, v) for r in apps for v in read}
-    agent |= {("batch", r, v) for r in ("jobs", "cronjobs") for v in read}
-    agent |= {("retina.sh", "metricsconfigurations", v) for v in read}
-    agent |= {("retina.sh", "metricsconfigurations/status", v) for v in ("patch", "update")}
+    watch = ("list", "watch")
+    agent = {("", r, v) for r in ("pods", "namespaces", "services", "nodes") for v in watch}
+    agent |= {("apps", "replicasets", v) for v in watch} | {("batch", "jobs", v) for v in watch}
+    agent |= {("retina.sh", "metricsconfigurations", v) for v in watch}
+    agent |= {("retina.sh", "metricsconfigurations/status", "patch"), ("", "endpoints", "get")}
     assert rules("retina-agent") == agent
+    [endpoints] = [r for r in by_kind(default_render["agent"], "ClusterRole", "retina-agent")["rules"]
+                   if r["resources"] == ["endpoints"]]
+    assert endpoints["resourceNames"] == ["kubernetes"]
 
     operator = {("retina.sh", "captures", v) for v in ("get", "list", "watch", "patch")}
     operator |= {("retina.sh", "captures/status", "patch")}

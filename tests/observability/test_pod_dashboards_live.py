@@ -28,6 +28,7 @@ from retina_dashboards.workload import API_SERVER, LabWorkload, lab_cluster_obje
 from retina_lab import LabNode
 from retina_lab.agent import AgentProcess, wait_for
 from retina_lab.kube import KubeEmulator
+from tests.kube_fixtures import agent_kubeconfig_for
 from tests.observability.live import (
     all_panel_queries,
     api,
@@ -56,7 +57,7 @@ def pod_level_lab(tmp_path: Path, remote_context: bool):
     saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "NODE_NAME")}
     with LabNode(pod_names=("a", "b")) as lab, KubeEmulator(workdir=tmp_path) as kube:
         kube.seed(lab_cluster_objects(lab, NODE_NAME, yaml.safe_load(CRD.read_text())))
-        os.environ["KUBECONFIG"] = str(kube.kubeconfig_path)
+        os.environ["KUBECONFIG"] = str(agent_kubeconfig_for(kube))  # the agent's own identity
         os.environ["NODE_NAME"] = NODE_NAME
         agent = AgentProcess({"enablePodLevel": True, "remoteContext": remote_context,
                               "enableAnnotations": False,

@@ -9,23 +9,28 @@ import pytest
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
 from retina_lab.traffic import send_udp, udp_sink
 from tests.helpers.metrics import wait_exact
+from tests.kube_fixtures import AGENT_USER, agent_kubeconfig_for, refusals_of
 from tests.podlevel.cluster import NODE, seed_lab
 
 FWD = "networkobservability_adv_forward_count"
 
 
 def pod_level_agent(kube, *, remote: bool, extra: dict | None = None) -> AgentProcess:
+    """The agent with pod-level metrics, logged in as in production: the ``retina-agent``
+    ServiceAccount's token, bound by the RBAC the agent role renders."""
     config = {"enablePodLevel": True, "remoteContext": remote,
               "enabledPlugin": ["packetparser", "dropreason", "dns", "tcpretrans"],
-              "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": NODE}}
+              "podLevel": {"kubeconfig": str(agent_kubeconfig_for(kube)), "nodeName": NODE}}
     config.update(extra or {})
     return AgentProcess(config)
 
 
 @pytest.fixture
 def seeded(kube_emulator, lab_node):
+    """The lab's pods in the emulator; the test fails if RBAC refused the agent anything."""
     seed_lab(kube_emulator, lab_node)
-    return kube_emulator, lab_node
+    yield kube_emulator, lab_node
+    assert refusals_of(kube_emulator, AGENT_USER) == [], "the agent's RBAC lacks what it uses"
 
 
 def wait_veths(agent: AgentProcess, node) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 from retina_lab.traffic import send_udp, udp_sink
+from tests.kube_fixtures import agent_kubeconfig_for
 from tests.podlevel.cluster import apply_crds, metrics_configuration
 from tests.podlevel.test_lifecycle import client_for
 from tests.podlevel.test_packetparser import pod_level_agent, seeded, wait_veths  # noqa: F401
@@ -40,7 +41,7 @@ def test_series_cap_refuses_new_series_and_counts_them(seeded):  # noqa: F811
          "destinationLabels": ["podname", "port"], "additionalLabels": ["direction"]}])])
     a, b = node["a"], node["b"]
     with pod_level_agent(kube, remote=True, extra={"podLevel": {
-            "kubeconfig": str(kube.kubeconfig_path), "nodeName": "lab-node",
+            "kubeconfig": str(agent_kubeconfig_for(kube)), "nodeName": "lab-node",
             "maxSeries": 100}}) as agent:
         wait_veths(agent, node)
         with a.entered(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -1,8 +1,9 @@
 """How the agent finds the API server: client configuration, node name, API-server address.
 
-``load_api_client(kubeconfig=None)``: an explicit kubeconfig path first; else the in-cluster
-service account (``KUBERNETES_SERVICE_HOST`` and the mounted token); else ``$KUBECONFIG``
-(colon-separated files are merged) or ``~/.kube/config``. ``node_name()``: an explicit name,
+``load_api_client(kubeconfig=None)``: the project's one kubeconfig loader
+(``retina_preflight.core.kubeconfig``, shared with kubectl-retina, the operator and the preflight
+checks): an explicit kubeconfig path, else ``$KUBECONFIG`` (colon-separated files are merged),
+else the in-cluster service account, else ``~/.kube/config``. ``node_name()``: an explicit name,
 else ``$NODE_NAME`` (the downward API's ``spec.nodeName``), else the host name.
 ``apiserver_endpoint(api_client)``: the API server's ``(ip, port)`` for the latency probes.
 """
@@ -17,30 +18,15 @@ from urllib.parse import urlsplit
 
 import kubernetes
 
+from retina_preflight.core import kubeconfig as _kubeconfig
 
-class KubeConfigError(Exception):
-    """No way to reach the API server was found; the message says what was tried."""
+#: No way to reach the API server was found; the message says what was tried.
+KubeConfigError = _kubeconfig.KubeconfigError
 
 
 def load_api_client(kubeconfig: str | Path | None = None) -> kubernetes.client.ApiClient:
     """A ``kubernetes`` API client, configured as described in the module doc."""
-    if kubeconfig:
-        path = Path(kubeconfig).expanduser()
-        if not path.is_file():
-            raise KubeConfigError(f"kubeconfig {path} does not exist: give an existing file")
-        return kubernetes.config.new_client_from_config(config_file=str(path))
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        configuration = kubernetes.client.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
-        except kubernetes.config.ConfigException as exc:
-            raise KubeConfigError(f"in-cluster configuration failed: {exc}") from None
-        return kubernetes.client.ApiClient(configuration)
-    candidates = os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
-    if not any(Path(p).is_file() for p in candidates.split(os.pathsep) if p):
-        raise KubeConfigError("cannot reach the API server: not in a cluster (no KUBERNETES_SERVICE_HOST) "
-                              f"and no kubeconfig at {candidates}; set KUBECONFIG or pass a kubeconfig")
-    return kubernetes.config.new_client_from_config(config_file=candidates)
+    return _kubeconfig.load_api_client(str(kubeconfig) if kubeconfig else None)
 
 
 def node_name(explicit: str | None = None) -> str:

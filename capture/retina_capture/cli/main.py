@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.action == "download" and args.from_dir):
         try:
             client = kube.api_client(args.kubeconfig, args.context)
-        except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
+        except (kube.KubeconfigError, kubernetes.config.ConfigException, OSError, ValueError) as exc:
             print(
                 f"error: cannot load the kubeconfig: {exc} (give --kubeconfig or set KUBECONFIG)",
                 file=sys.stderr,

@@ -89,9 +89,10 @@ def close_client(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod: the service account; elsewhere: $KUBECONFIG (read now, not at import time)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """The project's one kubeconfig order (retina_preflight.core.kubeconfig), read at each login:
+    $KUBECONFIG, else the pod's service account (its token re-read: it rotates), else ~/.kube/config."""
+    return kopf.ConnectionInfo(**kube.connection_settings())
 
 
 @kopf.index("batch", "v1", "jobs", labels={jobs_mod.LABEL_APP: jobs_mod.LABEL_APP_VALUE})

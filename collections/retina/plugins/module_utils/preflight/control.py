@@ -11,12 +11,12 @@ from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
 from urllib.parse import urlsplit
 
+from .kubeconfig import load_api_client
 from .model import FAIL, PASS, SKIP, WARN, CheckResult, PreflightInputError
 from .versions import minimum, parse_version
 
 try:
     from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
     from kubernetes.client.rest import ApiException
 
     HAS_KUBERNETES = True
@@ -88,14 +88,8 @@ def check_kubectl() -> CheckResult:
 
 
 def _api_client(kubeconfig: str | None, context: str | None) -> Any:
-    """A kubernetes ApiClient from a kubeconfig (explicit, $KUBECONFIG, ~/.kube/config) or in-cluster."""
-    try:
-        return k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
-    except k8s_config.ConfigException:
-        if kubeconfig:
-            raise
-        k8s_config.load_incluster_config()
-        return k8s_client.ApiClient()
+    """A kubernetes ApiClient from the project's one loader (see kubeconfig.py for the order)."""
+    return load_api_client(kubeconfig, context)
 
 
 def check_cluster(kubeconfig: str | None, context: str | None) -> tuple[CheckResult, Any]:
