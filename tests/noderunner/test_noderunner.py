@@ -26,11 +26,7 @@ def cluster(
 ) -> Iterator[tuple[KubeEmulator, NodeRunner, kubernetes.client.ApiClient]]:
     if os.geteuid() != 0:
         pytest.fail("the node runner needs root (rootful podman, network namespaces)")
-    tmp = tmp_path_factory.mktemp("runner")
-    with (
-        KubeEmulator() as kube,
-        NodeRunner(kube.url, kube.token, nodes=["node-a", "node-b"], node_taints=None) as runner,
-    ):
+    with KubeEmulator() as kube, NodeRunner.for_emulator(kube, nodes=["node-a", "node-b"]) as runner:
         # node-b is tainted: only pods that tolerate it go there
         runner.api.patch(
             "/api/v1/nodes/node-b",
@@ -40,9 +36,7 @@ def cluster(
             },
         )
         kube.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
-        client = kubernetes.config.new_client_from_config(
-            config_file=str(runner.write_kubeconfig(tmp / "kubeconfig", kube.token))
-        )
+        client = kubernetes.config.new_client_from_config(config_file=str(kube.kubeconfig_path))
         yield kube, runner, client
         client.close()
     assert not runner.containers()
@@ -351,5 +345,3 @@ def test_pods_log_of_an_unknown_pod_is_a_kubernetes_status(cluster) -> None:
 def test_containers_are_labelled_with_the_runner_id(cluster) -> None:
     _, runner, _ = cluster
     assert all(name.startswith(f"rn{runner.runner_id}_") for name in runner.containers())
-
-

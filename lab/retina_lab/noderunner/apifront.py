@@ -1,29 +1,25 @@
-"""The API server's HTTPS front: TLS for in-cluster clients, and the kubelet's subresources.
+"""The API server's endpoint for pods: HTTPS on the node's loopback and on the pod network's
+gateway, relayed to the API server.
 
-Every request is passed unchanged (the caller's bearer token included, so the API server
-authenticates and authorizes it) to the API server behind, except the subresources that the
-real API server, too, hands to the kubelet of the pod's node: ``pods/log`` and ``pods/exec``.
-Those go to the handlers a node runner registers (:meth:`ApiFront.register_subresource`),
-after the API server confirmed the caller may ``get`` that pod (see the note in ``_authorize``).
+Pods on the pod network cannot reach an API server that listens on ``127.0.0.1`` only, and
+in-cluster config verifies the server's certificate against the pod's ``ca.crt`` for the
+address in ``KUBERNETES_SERVICE_HOST``. So this relay serves a certificate (from the runner's
+CA) for both addresses and passes every request unchanged, bearer token included, to the API
+server, which authenticates and authorizes it. Responses are streamed (watches).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import aiohttp.web
 
 from retina_lab.noderunner.tls import ServingCerts
 
-#: ``handler(request, namespace, pod_name)``.
-SubresourceHandler = Callable[[aiohttp.web.Request, str, str], Awaitable[aiohttp.web.StreamResponse]]
-_POD_SUB = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(log|exec|attach|portforward)$")
 _HOP_HEADERS = {
     "connection",
     "keep-alive",
@@ -55,12 +51,14 @@ def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
 class ApiFront:
     """HTTPS on ``hosts`` (one port), in front of ``backend`` (``http://127.0.0.1:PORT``)."""
 
-    def __init__(self, backend: str, certs: ServingCerts, hosts: list[str]) -> None:
+    def __init__(
+        self, backend: str, certs: ServingCerts, hosts: list[str], backend_ca: str | None = None
+    ) -> None:
         self.backend = backend.rstrip("/")
+        self.backend_ca = backend_ca
         self.certs = certs
         self.hosts = hosts
         self.port = 0
-        self._handlers: dict[str, SubresourceHandler] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: aiohttp.web.AppRunner | None = None
@@ -69,10 +67,6 @@ class ApiFront:
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
-
-    def register_subresource(self, subresource: str, handler: SubresourceHandler) -> None:
-        """Serve ``pods/<subresource>`` (``log``, ``exec``) with ``handler``."""
-        self._handlers[subresource] = handler
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10) -> None:
@@ -104,15 +98,14 @@ class ApiFront:
             self._thread.join(10)
         self._thread = self._loop = None
 
-    def run_coroutine(self, coro: Awaitable[object]) -> None:
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
-
     async def _start(self) -> None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.certs.server_cert, self.certs.server_key)
+        upstream_tls = ssl.create_default_context(cafile=self.backend_ca) if self.backend_ca else None
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), auto_decompress=False
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(ssl=upstream_tls) if upstream_tls else None,
         )
         app = aiohttp.web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -133,69 +126,14 @@ class ApiFront:
 
     # -- requests ------------------------------------------------------------------------------
     async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
-        m = _POD_SUB.match(request.path)
-        if m:
-            namespace, pod, sub = m.groups()
-            handler = self._handlers.get(sub)
-            if handler is None:
-                return _status(404, "NotFound", f"pods/{sub} is not served by this node runner")
-            denied = await self._authorize(request, namespace, pod, sub)
-            if denied is not None:
-                return denied
-            return await handler(request, namespace, pod)
+        if request.headers.get("Upgrade"):
+            return _status(
+                501,
+                "NotImplemented",
+                "this relay does not pass protocol upgrades (exec, "
+                "port-forward): use the API server's own address",
+            )
         return await self._proxy(request)
-
-    async def _authorize(
-        self, request: aiohttp.web.Request, namespace: str, pod: str, sub: str
-    ) -> aiohttp.web.StreamResponse | None:
-        """Ask the API server whether the caller may use ``pods/<sub>``.
-
-        A SelfSubjectAccessReview when the API server serves one; otherwise (an API server
-        without authorization) a ``get`` of the pod with the caller's token, which at least
-        authenticates the caller and finds the pod.
-        """
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
-        verb = "create" if sub in ("exec", "attach", "portforward") else "get"
-        review = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "spec": {
-                "resourceAttributes": {
-                    "namespace": namespace,
-                    "verb": verb,
-                    "resource": "pods",
-                    "subresource": sub,
-                    "name": pod,
-                }
-            },
-        }
-        async with self._session.post(
-            f"{self.backend}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-            json=review,
-            headers=headers,
-        ) as resp:
-            if resp.status in (200, 201):
-                body = await resp.json()
-                if not (body.get("status") or {}).get("allowed"):
-                    return _status(
-                        403,
-                        "Forbidden",
-                        f'pods "{pod}" is forbidden: cannot {verb} '
-                        f'resource "pods/{sub}" in the namespace "{namespace}"',
-                    )
-            elif resp.status in (401, 403):
-                return aiohttp.web.Response(
-                    status=resp.status, body=await resp.read(), content_type="application/json"
-                )
-        async with self._session.get(
-            f"{self.backend}/api/v1/namespaces/{namespace}/pods/{pod}", headers=headers
-        ) as resp:
-            if resp.status != 200:
-                return aiohttp.web.Response(
-                    status=resp.status, body=await resp.read(), content_type="application/json"
-                )
-        return None
 
     async def _proxy(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         assert self._session is not None
@@ -212,11 +150,12 @@ class ApiFront:
                 )
                 await response.prepare(request)
                 # Streamed chunk by chunk: watches are long-lived responses.
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                    await response.write_eof()
+                except (ConnectionResetError, aiohttp.ClientPayloadError):
+                    pass  # the client or the API server went away mid-stream
                 return response
         except aiohttp.ClientConnectionError as exc:
             return _status(503, "ServiceUnavailable", f"the API server is not reachable: {exc}")
-        except ConnectionResetError:
-            return aiohttp.web.Response(status=499)

@@ -17,10 +17,10 @@ class ApiClient:
         self.server = server.rstrip("/")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
-        self.session.verify = verify
+        self.verify = verify  # per request: REQUESTS_CA_BUNDLE would override a session's verify
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return self.session.request(method, self.server + path, timeout=30, **kwargs)
+        return self.session.request(method, self.server + path, timeout=30, verify=self.verify, **kwargs)
 
     @staticmethod
     def _raise(resp: requests.Response, method: str, path: str) -> None:

@@ -83,6 +83,7 @@ class Controllers:
         self.api = api
 
     def sync(self) -> None:
+        self._service_accounts()
         pods = self.api.list("/api/v1/pods")
         nodes = self.api.list("/api/v1/nodes")
         for ds in self.api.list("/apis/apps/v1/daemonsets"):
@@ -109,6 +110,24 @@ class Controllers:
     def _status(self, path: str, status: Obj, current: Obj) -> None:
         if {k: v for k, v in (current.get("status") or {}).items() if k in status} != status:
             self.api.patch(f"{path}/status", {"status": status})
+
+    # -- ServiceAccount: a "default" in every namespace -----------------------------------------
+    def _service_accounts(self) -> None:
+        have = {
+            sa["metadata"]["namespace"]
+            for sa in self.api.list("/api/v1/serviceaccounts", fieldSelector="metadata.name=default")
+        }
+        for ns in self.api.list("/api/v1/namespaces"):
+            name = ns["metadata"]["name"]
+            if name not in have and not ns["metadata"].get("deletionTimestamp"):
+                try:
+                    self.api.create(
+                        f"/api/v1/namespaces/{name}/serviceaccounts",
+                        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}},
+                    )
+                except ApiFailure as exc:
+                    if exc.code not in (404, 409):
+                        raise
 
     # -- DaemonSet ----------------------------------------------------------------------------
     def _daemonset(self, ds: Obj, pods: list[Obj], nodes: list[Obj]) -> None:

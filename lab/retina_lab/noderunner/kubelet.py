@@ -471,7 +471,6 @@ class Kubelet:
         podnet: PodNetwork,
         api_port: int,
         ca_bytes: bytes,
-        fallback_token: str,
         node_labels: dict[str, str] | None = None,
         node_taints: list[Obj] | None = None,
     ) -> None:
@@ -483,11 +482,9 @@ class Kubelet:
         self.podnet = podnet
         self.api_port = api_port
         self.ca_bytes = ca_bytes
-        self.fallback_token = fallback_token
         self.node_labels = node_labels or {}
         self.node_taints = node_taints or []
         self.workers: dict[str, PodWorker] = {}
-        self.token_fallbacks: list[str] = []  # pods that got the fallback token (no TokenRequest API)
         self._images: dict[str, str | None] = {}
 
     def api_host(self, pod_network: bool) -> str:
@@ -537,19 +534,11 @@ class Kubelet:
             result = self.api.create(
                 f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body
             )
-            return result["status"]["token"]
         except ApiFailure as exc:
-            if exc.code not in (404, 405):
-                raise
-        log.warning(
-            "the API server has no TokenRequest API: pod %s/%s gets the runner's own token "
-            "instead of service account %s's",
-            meta["namespace"],
-            meta["name"],
-            sa,
-        )
-        self.token_fallbacks.append(f"{meta['namespace']}/{meta['name']}")
-        return self.fallback_token
+            raise UnsupportedSpec(
+                f"spec.serviceAccountName {sa!r}: no token from the TokenRequest API: {exc}"
+            ) from exc
+        return result["status"]["token"]
 
     def has_image(self, ref: str) -> bool:
         return self.image_user(ref) is not None

@@ -6,9 +6,11 @@ It plays the parts of a cluster that the API server alone does not: the workload
 in-cluster clients (:mod:`.apifront`, which also routes ``pods/log`` and ``pods/exec`` to
 the kubelet). Use::
 
-    with KubeEmulator() as kube, NodeRunner(kube.url, kube.token, nodes=["node-1"]) as runner:
-        runner.write_kubeconfig(path, token)   # https, the runner's CA; pods/log works
-        ...
+    with KubeEmulator() as kube, NodeRunner.for_emulator(kube, nodes=["node-1"]) as runner:
+        ...   # kube.kubeconfig_path works for pods/log and pods/exec of the runner's pods
+
+The runner acts with the token it is given (the emulator's admin): the kubelet's and the
+controllers' own identities (system:node, the controller service accounts) are not modelled.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class NodeRunner:
         api_url: str,
         token: str,
         *,
+        ca_path: str | Path | None = None,
+        add_subresource: Callable[[str, str, str, Any], None] | None = None,
         nodes: Sequence[str] = ("node-1",),
         node_ip: str = "127.0.0.1",
         workdir: str | Path | None = None,
@@ -71,14 +75,24 @@ class NodeRunner:
                 "kubernetes.default.svc.cluster.local",
             ],
         )
-        self.front = ApiFront(api_url, self.certs, ["127.0.0.1", self.podnet.gateway])
-        self.api = ApiClient(api_url, token)
+        ca = str(ca_path) if ca_path else None
+        self.front = ApiFront(api_url, self.certs, ["127.0.0.1", self.podnet.gateway], backend_ca=ca)
+        self.api = ApiClient(api_url, token, verify=ca or True)
+        self._add_subresource = add_subresource
         self.controllers = Controllers(self.api)
         self.kubelet: Kubelet | None = None
         self._node_labels, self._node_taints = node_labels, node_taints
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
+
+    @classmethod
+    def for_emulator(cls, kube: Any, **options: Any) -> NodeRunner:
+        """A runner for a ``retina_lab.kube.KubeEmulator``: its admin token and CA, and its
+        ``pods/log``/``pods/exec`` served from this runner's containers."""
+        return cls(
+            kube.url, kube.token, ca_path=kube.ca_path, add_subresource=kube.add_subresource, **options
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> NodeRunner:
@@ -104,13 +118,13 @@ class NodeRunner:
             podnet=self.podnet,
             api_port=self.front.port,
             ca_bytes=self.certs.ca_cert.read_bytes(),
-            fallback_token=self.token,
             node_labels=self._node_labels,
             node_taints=self._node_taints,
         )
-        streams = PodStreams(self.kubelet)
-        self.front.register_subresource("log", streams.logs)
-        self.front.register_subresource("exec", streams.exec)
+        if self._add_subresource is not None:
+            streams = PodStreams(self.kubelet)
+            self._add_subresource("", "pods", "log", streams.logs)
+            self._add_subresource("", "pods", "exec", streams.exec)
         self.kubelet.register_nodes()
         self._thread = threading.Thread(target=self._loop, name=f"noderunner-{self.runner_id}", daemon=True)
         self._thread.start()
@@ -149,7 +163,7 @@ class NodeRunner:
     def write_kubeconfig(
         self, path: Path, token: str, *, namespace: str = "default", user: str = "user"
     ) -> Path:
-        """A kubeconfig for the HTTPS endpoint, verified against the runner's CA."""
+        """A kubeconfig for the runner's relay (what pods reach), verified against the runner's CA."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",

@@ -1,5 +1,7 @@
 """``pods/log`` and ``pods/exec`` from the real containers (``podman logs``/``podman exec``),
-as the kubelet's streaming server answers them for the API server.
+as the kubelet's streaming server answers them for the API server. The API server
+authenticates and authorizes the request (``pods/log`` get, ``pods/exec`` create) and then
+calls these handlers (``KubeEmulator.add_subresource``).
 
 ``exec`` speaks the websocket protocol ``v4.channel.k8s.io`` that ``kubernetes.stream`` uses:
 each binary frame starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 the final Status).
@@ -65,7 +67,7 @@ class PodStreams:
         return worker, worker.containers[name].podman_name
 
     async def logs(
-        self, request: aiohttp.web.Request, namespace: str, pod: str
+        self, request: aiohttp.web.Request, namespace: str, pod: str, user: object = None
     ) -> aiohttp.web.StreamResponse:
         worker, found = self._container(request, namespace, pod)
         if worker is None:
@@ -107,7 +109,7 @@ class PodStreams:
         return response
 
     async def exec(
-        self, request: aiohttp.web.Request, namespace: str, pod: str
+        self, request: aiohttp.web.Request, namespace: str, pod: str, user: object = None
     ) -> aiohttp.web.StreamResponse:
         worker, found = self._container(request, namespace, pod)
         if worker is None:
