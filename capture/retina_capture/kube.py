@@ -6,8 +6,6 @@ Used by the CLI and the operator alike (with a ``kubernetes.client.ApiClient``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
@@ -48,13 +46,6 @@ def default_namespace(kubeconfig: str | None = None, context: str | None = None)
         return "default"
     chosen = next((c for c in contexts if c["name"] == context), current) if context else current
     return (chosen or {}).get("context", {}).get("namespace") or "default"
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Node -> pod IPs to capture on that node (empty: the whole node)."""
-
-    nodes: Mapping[str, tuple[str, ...]]
 
 
 def resolve_targets(client: kubernetes.client.ApiClient, spec: CaptureSpec) -> dict[str, tuple[str, ...]]:

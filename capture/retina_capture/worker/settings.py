@@ -21,7 +21,7 @@ Public functions:
 
 * ``settings_from_env_and_argv(argv, env) -> CaptureSettings`` (raises ``SettingsError``)
 * ``settings_to_env(settings) -> dict[str, str]``: the env for a Job, secrets left out
-* ``SECRET_ENV`` / ``SECRET_KEYS``: which env variables come from which Secret keys
+* ``SECRET_ENV``: which env variables come from which Secret keys
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ SECRET_ENV: dict[str, str] = {
     "RETINA_CAPTURE_S3_ACCESS_KEY_ID": "s3-access-key-id",
     "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": "s3-secret-access-key",
 }
-SECRET_KEYS: dict[str, str] = {key: env for env, key in SECRET_ENV.items()}
 
 #: Flags that would carry a secret: refused on the command line, with the env to use instead.
 SECRET_FLAGS: dict[str, str] = {
@@ -453,11 +452,3 @@ def settings_to_env(settings: CaptureSettings) -> dict[str, str]:
         env[env_name(flag)] = text
     return env
 
-
-def validate(settings: CaptureSettings) -> None:
-    """Check a settings object built in code (e.g. by the Job builder); raises ``SettingsError``."""
-    values = {f.name: getattr(settings, f.name) for f in fields(CaptureSettings)}
-    defaults = {f.name: f.default for f in fields(CaptureSettings)}
-    problems = _check(values, defaults, lambda attr: _ATTR_TO_FLAG.get(attr, attr))
-    if problems:
-        raise SettingsError(problems)

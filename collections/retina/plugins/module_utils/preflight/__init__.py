@@ -12,8 +12,6 @@ between the modules of this package, and nothing that requires Python newer than
 Entry point: ``run_preflight(PreflightOptions(...))`` returns the report as a JSON-ready dict.
 """
 
-from __future__ import annotations
-
 from .model import EXIT_CODES, FAIL, PASS, SKIP, WARN, CheckResult, PreflightInputError  # noqa: F401
 from .report import PreflightOptions, render_table, run_preflight  # noqa: F401
 

@@ -2,13 +2,11 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """Control-host checks: Helm, kubectl, the cluster, kube-prometheus-stack, Grafana."""
 
-from __future__ import annotations
-
 import json
 import shutil
 import subprocess
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
-from typing import Any
+from typing import Any, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .model import FAIL, PASS, SKIP, WARN, CheckResult, PreflightInputError
@@ -32,9 +30,16 @@ PROMETHEUS_CRDS = (
 )
 
 
-def _run(argv: list[str]) -> tuple[int, str, str]:
+def _run(argv: List[str]) -> Tuple[int, str, str]:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         return 127, "", str(error)
     return done.returncode, done.stdout.strip(), done.stderr.strip()
@@ -87,7 +92,7 @@ def check_kubectl() -> CheckResult:
     )
 
 
-def _api_client(kubeconfig: str | None, context: str | None) -> Any:
+def _api_client(kubeconfig: Optional[str], context: Optional[str]) -> Any:
     """A kubernetes ApiClient from a kubeconfig (explicit, $KUBECONFIG, ~/.kube/config) or in-cluster."""
     try:
         return k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
@@ -98,7 +103,7 @@ def _api_client(kubeconfig: str | None, context: str | None) -> Any:
         return k8s_client.ApiClient()
 
 
-def check_cluster(kubeconfig: str | None, context: str | None) -> tuple[CheckResult, Any]:
+def check_cluster(kubeconfig: Optional[str], context: Optional[str]) -> Tuple[CheckResult, Any]:
     title = "Kubernetes cluster reachable"
     fix = "Point --kubeconfig/--context (module: kubeconfig/context) at the cluster and check the API server."
     if not HAS_KUBERNETES:
@@ -219,7 +224,7 @@ def _get_json(url: str) -> dict:
         connection.close()
 
 
-def check_grafana(url: str | None) -> CheckResult:
+def check_grafana(url: Optional[str]) -> CheckResult:
     title = "Grafana reachable"
     if not url:
         return CheckResult("grafana", title, SKIP, "skipped (no Grafana URL configured)", scope="control")
@@ -245,6 +250,8 @@ def check_grafana(url: str | None) -> CheckResult:
     return CheckResult("grafana", title, PASS, f"Grafana {version} at {base}", scope="control", detail=detail)
 
 
-def control_checks(kubeconfig: str | None, context: str | None, grafana_url: str | None) -> list[CheckResult]:
+def control_checks(
+    kubeconfig: Optional[str], context: Optional[str], grafana_url: Optional[str]
+) -> List[CheckResult]:
     cluster, api = check_cluster(kubeconfig, context)
     return [check_helm(), check_kubectl(), cluster, check_prometheus_stack(api), check_grafana(grafana_url)]

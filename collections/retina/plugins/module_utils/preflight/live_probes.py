@@ -6,8 +6,6 @@ Each leaves the host as it found it. In --root mode they return the tree's recor
 or "skipped (--root)" (see NodeContext.live_only).
 """
 
-from __future__ import annotations
-
 import ctypes
 import errno
 import os
@@ -15,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from typing import List, Optional, Tuple
 
 from .context import NodeContext
 from .model import FAIL, PASS, CheckResult
@@ -91,7 +90,12 @@ def check_bcc(ctx: NodeContext) -> CheckResult:
     fix += " (in a virtual environment, link /usr/lib/python3/dist-packages/bcc into site-packages)"
     try:
         done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            timeout=PROBE_TIMEOUT,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         return CheckResult("bcc", title, FAIL, f"import failed: {error}", fix=fix)
@@ -109,9 +113,16 @@ def check_bcc(ctx: NodeContext) -> CheckResult:
     )
 
 
-def _run(argv: list[str]) -> tuple[bool, str]:
+def _run(argv: List[str]) -> Tuple[bool, str]:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            timeout=PROBE_TIMEOUT,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         return False, str(error)
     return done.returncode == 0, (done.stderr or done.stdout).strip()
@@ -140,7 +151,7 @@ def check_tc_clsact(ctx: NodeContext) -> CheckResult:
         ("show clsact", [tc, "-n", netns, "qdisc", "show", "dev", "rpf0"]),
         ("delete clsact", [tc, "-n", netns, "qdisc", "del", "dev", "rpf0", "clsact"]),
     ]
-    failure: tuple[str, str] | None = None
+    failure: Optional[Tuple[str, str]] = None
     created = False
     try:
         for label, argv in steps:
