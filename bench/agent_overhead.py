@@ -23,7 +23,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))  # the test lab (not installed)
 
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats  # noqa: E402

@@ -162,5 +162,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
     main()

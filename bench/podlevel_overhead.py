@@ -26,15 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
 sys.path.insert(0, str(ROOT / "bench"))
 
 from enrichment_memory import cluster  # noqa: E402
 
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats, wait_for  # noqa: E402
+from retina_lab.cluster import apply_crds, metrics_configuration, seed_lab  # noqa: E402
 from retina_lab.kube import KubeEmulator  # noqa: E402
-from tests.podlevel.cluster import apply_crds, metrics_configuration, seed_lab  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 POD_LEVEL_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans",

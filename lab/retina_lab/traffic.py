@@ -10,7 +10,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from retina_lab.node import LabPod
+from retina_agent.demo.node import LabPod
 
 
 def udp_sink(pod: LabPod, port: int, family: int = socket.AF_INET) -> socket.socket:

@@ -23,10 +23,10 @@ import pytest
 import yaml
 
 from retina_dashboards.queries import substitute, variable_selector
-from retina_dashboards.workload import API_SERVER, LabWorkload, lab_cluster_objects
 from retina_lab import LabNode
 from retina_lab.agent import AgentProcess, wait_for
 from retina_lab.kube import KubeEmulator
+from retina_lab.workload import API_SERVER, LabWorkload, lab_cluster_objects
 from tests.observability.live import (
     all_panel_queries,
     api,
