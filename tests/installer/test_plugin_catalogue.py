@@ -87,3 +87,19 @@ def test_role_specs_defaults_and_capabilities_follow_the_catalogue() -> None:
     for spec in catalogue.PLUGINS.values():
         assert ("BPF" in spec.capabilities) == spec.ebpf
         assert spec.net_admin == ("tc_clsact" in spec.needs)
+
+
+def test_every_check_the_catalogue_names_is_run_by_the_preflight() -> None:
+    """A misspelt check id in the catalogue would never block its plugin: each must be a real check."""
+    from retina_preflight.core import PreflightOptions, run_preflight
+    from retina_preflight.core.tracepoints import TRACEPOINTS
+
+    tree = REPO / "tests" / "preflight" / "hosts" / "ubuntu-22.04-hwe-6.5"
+    report = run_preflight(PreflightOptions(root=str(tree)))
+    check_ids = {check["id"] for check in report["checks"]}
+    for spec in catalogue.PLUGINS.values():
+        named = set(spec.needs + spec.strict + spec.degrades) | (
+            set(catalogue.EBPF_CHECKS) if spec.ebpf else set()
+        )
+        assert named <= check_ids, (spec.name, named - check_ids)
+    assert {need.plugin for need in TRACEPOINTS} <= set(catalogue.PLUGIN_NAMES)

@@ -4,11 +4,11 @@
 
 import json
 import shutil
-import subprocess
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .commands import run_command
 from .model import FAIL, PASS, SKIP, WARN, CheckResult, PreflightInputError
 from .versions import minimum, parse_version
 
@@ -30,28 +30,13 @@ PROMETHEUS_CRDS = (
 )
 
 
-def _run(argv: List[str]) -> Tuple[int, str, str]:
-    try:
-        done = subprocess.run(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            universal_newlines=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return 127, "", str(error)
-    return done.returncode, done.stdout.strip(), done.stderr.strip()
-
-
 def check_helm() -> CheckResult:
     title = f"Helm >= {MIN_HELM}"
     fix = f"Install Helm >= {MIN_HELM} (https://helm.sh/docs/intro/install/) on the control host."
     helm = shutil.which("helm")
     if helm is None:
         return CheckResult("helm", title, FAIL, "helm not found on PATH", fix=fix, scope="control")
-    code, out, err = _run([helm, "version", "--short"])
+    code, out, err = run_command([helm, "version", "--short"], TIMEOUT)
     if code != 0:
         return CheckResult(
             "helm", title, FAIL, "helm version failed: %s" % (err or out), fix=fix, scope="control"
@@ -72,7 +57,7 @@ def check_kubectl() -> CheckResult:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         return CheckResult("kubectl", title, FAIL, "kubectl not found on PATH", fix=fix, scope="control")
-    code, out, err = _run([kubectl, "version", "--client", "-o", "json"])
+    code, out, err = run_command([kubectl, "version", "--client", "-o", "json"], TIMEOUT)
     if code != 0:
         return CheckResult(
             "kubectl", title, FAIL, "kubectl version failed: %s" % (err or out), fix=fix, scope="control"
