@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))  # the test lab (not installed)
 
+from report import write_report  # noqa: E402 - bench/report.py
+
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def iperf_udp(node: LabNode, seconds: float, size: int) -> dict:
@@ -166,10 +166,7 @@ def main() -> int:
     print(f"{'measure':{width}}  {'value':>28}  target")
     for name, value, target in rows:
         print(f"{name:{width}}  {value:>28}  {target}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"agent_overhead-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written {out}")
+    write_report("agent_overhead", report)
     return 0
 
 

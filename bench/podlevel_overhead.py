@@ -30,13 +30,13 @@ sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
 sys.path.insert(0, str(ROOT / "bench"))
 
 from enrichment_memory import cluster  # noqa: E402
+from report import write_report  # noqa: E402
 
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats, wait_for  # noqa: E402
 from retina_lab.cluster import apply_crds, metrics_configuration, seed_lab  # noqa: E402
 from retina_lab.kube import KubeEmulator  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 POD_LEVEL_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans",
                      "packetparser"]
 
@@ -167,10 +167,7 @@ def main() -> int:
         "memory": mem,
     }
     print(json.dumps(report, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"podlevel_overhead-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written {out}")
+    write_report("podlevel_overhead", report)
     return 0
 
 
