@@ -23,27 +23,18 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))  # the test lab (not installed)
+
+from report import write_report  # noqa: E402 - bench/report.py
 
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from retina_lab.traffic import iperf3  # noqa: E402
 
 
 def iperf_udp(node: LabNode, seconds: float, size: int) -> dict:
     """One iperf3 UDP run from pod a to pod b at full speed: packets/s received."""
-    a, b = node["a"], node["b"]
-    server = b.popen(["iperf3", "-s", "-1", "-B", b.ip], stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        out = a.run(["iperf3", "-c", b.ip, "-u", "-b", "0", "-l", str(size), "-t",
-                     str(seconds), "-J"], timeout=seconds + 30).stdout
-    finally:
-        server.wait(10)
-    end = json.loads(out)["end"]
-    s = end["sum"]
+    s = iperf3(node["a"], node["b"], seconds, "-u", "-b", "0", "-l", str(size))["sum"]
     received = s["packets"] - s.get("lost_packets", 0)
     return {"sent": s["packets"], "received": received, "seconds": s["seconds"],
             "pps": received / s["seconds"]}
@@ -166,10 +157,7 @@ def main() -> int:
     print(f"{'measure':{width}}  {'value':>28}  target")
     for name, value, target in rows:
         print(f"{name:{width}}  {value:>28}  {target}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"agent_overhead-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written {out}")
+    write_report("agent_overhead", report)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -30,12 +29,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+
+from report import write_report  # bench/report.py
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RESULTS = REPO / "bench" / "results"
 
 # Bounded flood from inside a pod: `count` datagrams, at most `seconds`, payloads cycled.
 FLOOD = r"""
@@ -273,10 +273,7 @@ def main() -> int:
                        ("metadata_s", "metadata s"), ("pack_s", "pack s"), ("upload_s", "upload s"),
                        ("end_of_capture_to_uploaded_s", "end of capture -> uploaded s")):
         print(f"{label:<34} {w.get(key, '-'):>10} {h.get(key, '-'):>10}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"capture_overhead-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps({"args": vars(args), "drops": rows, "delivery": delivery}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_report("capture_overhead", {"args": vars(args), "drops": rows, "delivery": delivery})
     return 0
 
 

@@ -19,11 +19,11 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
+from report import write_report  # bench/report.py
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 
 def realistic_pod(n: int, deployment: dict, rs: dict, node: str) -> dict:
@@ -155,12 +155,9 @@ def main() -> None:
     result = measure(args.pods)
     for key, value in result.items():
         print(f"{key:28} {value}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"enrichment_memory-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out.relative_to(ROOT)}")
+    write_report("enrichment_memory", result)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
     main()

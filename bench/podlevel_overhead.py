@@ -18,7 +18,6 @@ import argparse
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,33 +25,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
 sys.path.insert(0, str(ROOT / "bench"))
 
 from enrichment_memory import cluster  # noqa: E402
+from report import write_report  # noqa: E402
 
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats, wait_for  # noqa: E402
+from retina_lab.cluster import apply_crds, metrics_configuration, seed_lab  # noqa: E402
 from retina_lab.kube import KubeEmulator  # noqa: E402
-from tests.podlevel.cluster import apply_crds, metrics_configuration, seed_lab  # noqa: E402
+from retina_lab.traffic import iperf3  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 POD_LEVEL_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans",
                      "packetparser"]
 
 
 def iperf(node: LabNode, seconds: float, udp: bool) -> float:
     """Packets per second (UDP) or bits per second (TCP) from pod a to pod b."""
-    a, b = node["a"], node["b"]
-    server = b.popen(["iperf3", "-s", "-1", "-B", b.ip], stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        argv = ["iperf3", "-c", b.ip, "-t", str(seconds), "-J"]
-        argv += ["-u", "-b", "0", "-l", "64"] if udp else []
-        out = json.loads(a.run(argv, timeout=seconds + 30).stdout)["end"]
-    finally:
-        server.wait(10)
+    out = iperf3(node["a"], node["b"], seconds, *(["-u", "-b", "0", "-l", "64"] if udp else []))
     if udp:
         s = out["sum"]
         return (s["packets"] - s.get("lost_packets", 0)) / s["seconds"]
@@ -167,10 +158,7 @@ def main() -> int:
         "memory": mem,
     }
     print(json.dumps(report, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"podlevel_overhead-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written {out}")
+    write_report("podlevel_overhead", report)
     return 0
 
 

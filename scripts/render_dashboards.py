@@ -37,6 +37,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))  # the test lab (not installed)
+
 from retina_dashboards import (  # noqa: E402
     EMPTY_WHEN_HEALTHY,
     NEEDS_POD_LEVEL,
@@ -44,11 +46,11 @@ from retina_dashboards import (  # noqa: E402
     build,
 )
 from retina_dashboards.queries import panels, substitute  # noqa: E402
-from retina_dashboards.workload import API_SERVER, LabWorkload, lab_cluster_objects  # noqa: E402
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for  # noqa: E402
 from retina_lab.kube import KubeEmulator  # noqa: E402
 from retina_lab.prometheus import PrometheusServer  # noqa: E402
+from retina_lab.workload import API_SERVER, LabWorkload, lab_cluster_objects  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "dashboards"

@@ -13,11 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from retina_agent.catalogue import DEFAULT_PLUGINS, PLUGIN_NAMES
 from retina_common.durations import bounded_duration
-
-PLUGIN_NAMES = ("linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser",
-                "latency", "netfilter")
-DEFAULT_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]
 
 #: Bounds of every duration the agent reads (seconds). The harvest interval: below 100ms the
 #: harvest would eat a core, above an hour Prometheus sees stale counters.

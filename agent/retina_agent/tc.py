@@ -33,7 +33,6 @@ PRIO_BASE = 0xC000
 PRIO_SLOTS = 8  # agents that can hold filters on one interface at once
 PRIO_SLOT_STEP = 0x100
 PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
-PARENT_IDS = {0xFFFFFFF2: "ingress", 0xFFFFFFF3: "egress"}
 ENOENT, ENODEV, EEXIST = 2, 19, 17
 
 

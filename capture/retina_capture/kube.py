@@ -5,8 +5,6 @@ Used by the CLI and the operator alike (with a ``kubernetes.client.ApiClient``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
@@ -55,13 +53,6 @@ def connection_settings(kubeconfig: str | None = None) -> dict[str, Any]:
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
     """The namespace of the kubeconfig context (in a pod: its own), ``default`` when none is named."""
     return _kubeconfig.default_namespace(kubeconfig, context)
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Node -> pod IPs to capture on that node (empty: the whole node)."""
-
-    nodes: Mapping[str, tuple[str, ...]]
 
 
 def resolve_targets(client: kubernetes.client.ApiClient, spec: CaptureSpec) -> dict[str, tuple[str, ...]]:

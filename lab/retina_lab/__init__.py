@@ -1,11 +1,12 @@
-"""A Kubernetes-like node built from Linux namespaces, for the demo, tests and benchmarks.
+"""The test lab: what tests, benchmarks and scripts need beyond the product. Not installed (the
+wheel and the images leave it out); pytest, bench/ and scripts/ put ``lab/`` on the path.
 
-A ``LabNode`` is a bridge (like the bridge CNI's ``cni0``) plus one network namespace per
-"pod", each joined to the bridge by a veth pair whose host side is named like a CNI's.
-Everything it creates carries a per-lab prefix so that several labs can coexist and
-``cleanup_stale`` can remove what a crashed run left behind.
+``kube`` (the Kubernetes API emulator), ``manifests`` (schema validation), ``prometheus`` (a real
+Prometheus server), ``traffic`` and ``delay`` (traffic between pods), ``agent`` (the agent's TC
+filters, CPU and memory). The demo node and the agent process are product code
+(``retina_agent.demo``), imported here so tests keep one name for them.
 """
 
-from retina_lab.node import LabNode, LabPod, cleanup_stale
+from retina_agent.demo.node import LabNode, LabPod, cleanup_stale
 
 __all__ = ["LabNode", "LabPod", "cleanup_stale"]

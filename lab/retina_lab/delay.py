@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from retina_lab.node import LabPod
+from retina_agent.demo.node import LabPod
 
 
 class PacketDelay:

@@ -120,9 +120,3 @@ def validate_manifest(obj: Mapping[str, Any], *, crds: Iterable[Mapping[str, Any
             errors.append(f"Kubernetes {version}: {exc.message} (and no CRD given for it)")
     if errors:
         raise ManifestError(what, errors)
-
-
-def validate_manifests(objs: Iterable[Mapping[str, Any]], **kwargs: Any) -> None:
-    """Validate several manifests; the first failure raises."""
-    for obj in objs:
-        validate_manifest(obj, **kwargs)

@@ -6,11 +6,14 @@ Used by the tests, the demo, the dashboards' lab workload and the benchmarks.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 
-from retina_lab.node import LabPod
+from retina_agent.demo.node import LabPod
 
 
 def udp_sink(pod: LabPod, port: int, family: int = socket.AF_INET) -> socket.socket:
@@ -80,3 +83,28 @@ class TcpServer:
         for c in self.conns:
             with contextlib.suppress(OSError):
                 c.close()
+
+
+IPERF3_PORT = 5201
+
+
+def iperf3(client: LabPod, server: LabPod, seconds: float, *options: str) -> dict:
+    """One iperf3 run from ``client`` to ``server`` (extra client ``options``, e.g. ``-u``); the
+    ``end`` section of its JSON report. The one-shot server is waited for by its listening socket."""
+    proc = server.popen(["iperf3", "-s", "-1", "-B", server.ip, "-p", str(IPERF3_PORT)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not server.run(["ss", "-Hltn", f"sport = :{IPERF3_PORT}"]).stdout.strip():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"iperf3 server in {server.name} did not listen on {IPERF3_PORT}")
+            time.sleep(0.05)
+        argv = ["iperf3", "-c", server.ip, "-p", str(IPERF3_PORT), "-t", str(seconds), "-J", *options]
+        out = client.run(argv, timeout=seconds + 30).stdout
+    finally:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return json.loads(out)["end"]

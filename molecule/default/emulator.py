@@ -28,6 +28,7 @@ STOP_TIMEOUT = 15.0
 
 
 def serve(workdir: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lab"))  # the test lab (not installed)
     from retina_lab.kube import KubeEmulator
 
     stop = threading.Event()

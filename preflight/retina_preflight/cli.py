@@ -10,7 +10,7 @@ import json
 import sys
 
 from retina_preflight.core import PreflightInputError, PreflightOptions, render_table, run_preflight
-from retina_preflight.core.plugins import PLUGIN_NAMES
+from retina_preflight.core.catalogue import PLUGIN_NAMES
 
 EXIT_USAGE = 64
 

@@ -12,9 +12,10 @@ import re
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
-from retina_lab.agent import free_port
+from retina_agent.demo.agent_process import free_port
 
 
 def _namespaces() -> set[str]:
@@ -61,3 +62,18 @@ def test_demo_reports_traffic_drops_and_dns_and_cleans_up():
     assert not left, f"the demo's links are still there: {left}"
     assert not made["workdir"].exists(), f"the agent's work directory {made['workdir']} is still there"
     assert not _listening(port), "the demo's agent still listens"
+
+
+def test_the_wheel_ships_the_demo_and_no_test_code(tmp_path: Path) -> None:
+    """What the agent image installs: the demo and the plugin catalogue, nothing from lab/ or tests/."""
+    from images.build import build_wheel
+
+    wheel = build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        sources = {name: archive.read(name).decode() for name in archive.namelist() if name.endswith(".py")}
+    assert {"retina_agent/demo/cli.py", "retina_agent/demo/node.py", "retina_agent/demo/agent_process.py",
+            "retina_agent/catalogue.py"} <= set(sources)
+    assert "PLUGIN_NAMES" in sources["retina_agent/catalogue.py"]  # the symlink's content, not a link
+    assert not [name for name in sources if name.startswith(("retina_lab/", "tests/"))]
+    test_imports = re.compile(r"^\s*(from|import) (retina_lab|tests)\b", re.M)
+    assert not [name for name, text in sources.items() if test_imports.search(text)]

@@ -193,7 +193,7 @@ def test_unknown_pod_veth_falls_back_to_any_with_host_filter(lab, worker, dirs):
     a, b = lab["a"], lab["b"]
     warm_up(lab)
     # the node has no neighbour entry for pod b: its veth cannot be told
-    from retina_lab.node import run as host_run
+    from retina_agent.demo.node import run as host_run
     host_run(["ip", "neigh", "flush", "to", b.ip], check=False)
     run = worker([*base_args(dirs, "fallback"), "--pod-ips", b.ip, "--duration", "4s",
                   "--include-metadata", "false", "--tcpdump-filter", "udp"])

@@ -18,9 +18,9 @@ import pytest
 
 from retina_dashboards import build
 from retina_dashboards.queries import substitute, variable_selector
-from retina_dashboards.workload import LabWorkload
 from retina_lab import LabNode
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
+from retina_lab.workload import LabWorkload
 from tests.observability.live import (
     all_panel_queries,
     api,

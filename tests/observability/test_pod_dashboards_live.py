@@ -24,11 +24,11 @@ import yaml
 
 from retina_dashboards.pods import service_map_queries
 from retina_dashboards.queries import substitute, variable_selector
-from retina_dashboards.workload import API_SERVER, LabWorkload, lab_cluster_objects
 from retina_lab import LabNode
 from retina_lab.agent import AgentProcess, wait_for
 from retina_lab.kube import KubeEmulator
 from tests.kube_fixtures import agent_kubeconfig_for
+from retina_lab.workload import API_SERVER, LabWorkload, lab_cluster_objects
 from tests.observability.live import (
     all_panel_queries,
     api,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import kubernetes
 
 from retina_lab.agent import our_tc_filters, wait_for
+from retina_lab.cluster import apply_crds, metrics_configuration, owner, pod
 from retina_lab.traffic import send_udp, udp_sink
 from tests.helpers.metrics import wait_exact
-from tests.podlevel.cluster import apply_crds, metrics_configuration, owner, pod
 from tests.podlevel.test_packetparser import pod_level_agent, seeded, wait_veths  # noqa: F401
 
 FWD = "networkobservability_adv_forward_count"

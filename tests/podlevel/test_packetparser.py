@@ -7,10 +7,10 @@ import subprocess
 import pytest
 
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
+from retina_lab.cluster import NODE, seed_lab
 from retina_lab.traffic import send_udp, udp_sink
 from tests.helpers.metrics import wait_exact
 from tests.kube_fixtures import AGENT_USER, agent_kubeconfig_for, refusals_of
-from tests.podlevel.cluster import NODE, seed_lab
 
 FWD = "networkobservability_adv_forward_count"
 

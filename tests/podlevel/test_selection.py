@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import socket
 
+from retina_lab.cluster import apply_crds, metrics_configuration
 from retina_lab.traffic import send_udp, udp_sink
 from tests.kube_fixtures import agent_kubeconfig_for
-from tests.podlevel.cluster import apply_crds, metrics_configuration
 from tests.podlevel.test_lifecycle import client_for
 from tests.podlevel.test_packetparser import pod_level_agent, seeded, wait_veths  # noqa: F401
 

@@ -47,11 +47,6 @@ class Settings(ctypes.Structure):
 _KEY = struct.Struct("=16s16sHHBBH")
 _VALUE_WORDS = 2 + len(FLAGS)
 
-def sum_per_cpu(raw: bytes, ncpu: int) -> list[int]:
-    """Per-CPU FlowValue bytes -> summed [packets, bytes, flag counts...]."""
-    words = struct.unpack(f"={_VALUE_WORDS * ncpu}Q", raw)
-    return [sum(words[i::_VALUE_WORDS]) for i in range(_VALUE_WORDS)]
-
 class PacketParser(Plugin):
     name = "packetparser"
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 #: gzip level: 1 packs a 100 MB capture several times faster than 6 for a slightly larger file.
 COMPRESS_LEVEL = 1
-TARBALL_PATTERN = re.compile(r"^(?P<name>.+)-(?P<node>.+)-(?P<ts>\d{14})UTC\.tar\.gz$")
 
 
 def capture_stem(name: str, node: str, when: datetime) -> str:

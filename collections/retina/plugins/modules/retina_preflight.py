@@ -56,11 +56,11 @@ options:
     type: str
   plugins:
     description:
-      - The agent plugins to give verdicts for.
+      - The agent plugins to give verdicts for (choices and default come from the plugin catalogue).
     type: list
     elements: str
-    choices: [packetforward, dropreason, linuxutil, dns, tcpretrans, packetparser, latency]
-    default: [packetforward, dropreason, linuxutil, dns, tcpretrans, packetparser]
+    choices: [linuxutil, packetforward, dropreason, dns, tcpretrans, packetparser, latency]
+    default: [linuxutil, packetforward, dropreason, dns, tcpretrans, packetparser, latency]
   fail_on:
     description:
       - V(fail) makes the task fail when a required check failed.
@@ -76,10 +76,13 @@ attributes:
     support: none
   facts:
     support: full
+requirements:
+  - Python >= 3.6 on the managed node (CentOS 7's python3 is enough); on an older Python the
+    module fails with a message naming the Python it needs.
+  - kubernetes (Python package) on the host running the control-host checks.
 notes:
   - The node checks need root (or CAP_SYS_ADMIN and CAP_NET_ADMIN) for the bpf() and TC probes;
     run the task with become.
-  - The cluster checks need the C(kubernetes) Python package on the host the module runs on.
 """
 
 EXAMPLES = r"""
@@ -159,14 +162,34 @@ ansible_facts:
       type: dict
 """
 
+import sys
+
+# The checks (module_utils) need Python 3.6; say so instead of failing on their syntax. So that
+# an older Python (CentOS 7's default python is 2.7) gets this far, this file uses no f-strings.
+MIN_PYTHON = (3, 6)
+if sys.version_info < MIN_PYTHON:
+    import json
+
+    print(
+        json.dumps(
+            {
+                "failed": True,
+                "msg": "retina_preflight needs Python %d.%d or newer on the managed node, found %s (%s); "
+                "install python3 and set ansible_python_interpreter to it"
+                % (MIN_PYTHON + (sys.version.split()[0], sys.executable)),
+            }
+        )
+    )
+    sys.exit(1)
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.retina.observability.plugins.module_utils.preflight import (
     PreflightInputError,
     PreflightOptions,
     run_preflight,
 )
+from ansible_collections.retina.observability.plugins.module_utils.preflight.catalogue import PLUGIN_NAMES
 
-PLUGIN_CHOICES = ["packetforward", "dropreason", "linuxutil", "dns", "tcpretrans", "packetparser", "latency"]
 FAIL_ON_LEVELS = {"fail": ("fail",), "warn": ("fail", "warn"), "never": ()}
 
 
@@ -179,7 +202,7 @@ def main():
             kubeconfig=dict(type="path"),
             context=dict(type="str"),
             grafana_url=dict(type="str"),
-            plugins=dict(type="list", elements="str", choices=PLUGIN_CHOICES, default=PLUGIN_CHOICES),
+            plugins=dict(type="list", elements="str", choices=list(PLUGIN_NAMES), default=list(PLUGIN_NAMES)),
             fail_on=dict(type="str", choices=["fail", "warn", "never"], default="fail"),
         ),
         supports_check_mode=True,
@@ -197,18 +220,16 @@ def main():
     try:
         report = run_preflight(options)
     except PreflightInputError as error:
-        module.fail_json(msg=f"retina_preflight: {error}")
+        module.fail_json(msg="retina_preflight: {}".format(error))
 
     result = dict(changed=False, report=report, ansible_facts=dict(retina_preflight=report))
     summary = report["summary"]
     if summary["verdict"] in FAIL_ON_LEVELS[params["fail_on"]]:
         names = summary["failed"] if summary["verdict"] == "fail" else summary["warned"]
-        module.fail_json(
-            msg="retina preflight {} on {}: {} (fail_on={})".format(
-                summary["verdict"], report["host"]["hostname"], ", ".join(names), params["fail_on"]
-            ),
-            **result,
+        msg = "retina preflight {} on {}: {} (fail_on={})".format(
+            summary["verdict"], report["host"]["hostname"], ", ".join(names), params["fail_on"]
         )
+        module.fail_json(msg=msg, **result)
     module.exit_json(**result)
 
 

@@ -2,9 +2,7 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """What the node checks share: the host view, facts read once, and earlier results."""
 
-from __future__ import annotations
-
-from typing import Any
+from typing import Any, Dict, List, Optional, Set
 
 from .host import PROBES_FILE, HostView, Mount
 from .model import FAIL, PASS, SKIP, WARN, CheckResult, PreflightInputError
@@ -14,19 +12,19 @@ from .versions import parse_version
 class NodeContext:
     def __init__(self, host: HostView) -> None:
         self.host = host
-        self.release: str | None = host.kernel_release()
+        self.release: Optional[str] = host.kernel_release()
         self.version: Any = None
         if self.release:
             try:
                 self.version = parse_version(self.release)
             except ValueError:
                 self.version = None
-        self.config: dict[str, str] | None = host.kernel_config()
+        self.config: Optional[Dict[str, str]] = host.kernel_config()
         self.os = host.os_release()
-        self.mounts: list[Mount] = host.mounts()
-        self.filesystems: set[str] = host.filesystems()
+        self.mounts: List[Mount] = host.mounts()
+        self.filesystems: Set[str] = host.filesystems()
         self.probes = host.recorded_probes()
-        self.results: dict[str, CheckResult] = {}
+        self.results: Dict[str, CheckResult] = {}
 
     @property
     def distro(self) -> str:
@@ -42,10 +40,10 @@ class NodeContext:
             return "rhel"
         return "other"
 
-    def config_value(self, key: str) -> str | None:
+    def config_value(self, key: str) -> Optional[str]:
         return None if self.config is None else self.config.get(key)
 
-    def mount_of(self, fstype: str, mountpoints: tuple) -> Mount | None:
+    def mount_of(self, fstype: str, mountpoints: tuple) -> Optional[Mount]:
         for mount in self.mounts:
             if mount.fstype == fstype and mount.mountpoint in mountpoints:
                 return mount
@@ -54,11 +52,11 @@ class NodeContext:
                 return mount
         return None
 
-    def verdict(self, check_id: str) -> str | None:
+    def verdict(self, check_id: str) -> Optional[str]:
         result = self.results.get(check_id)
         return None if result is None else result.verdict
 
-    def live_only(self, check_id: str, title: str) -> CheckResult | None:
+    def live_only(self, check_id: str, title: str) -> Optional[CheckResult]:
         """In --root mode: the recorded probe result for check_id, else a skip. None when live."""
         if self.host.live:
             return None

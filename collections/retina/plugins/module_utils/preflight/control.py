@@ -2,15 +2,13 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """Control-host checks: Helm, kubectl, the cluster, kube-prometheus-stack, Grafana."""
 
-from __future__ import annotations
-
 import json
 import shutil
-import subprocess
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
-from typing import Any
+from typing import Any, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .commands import run_command
 from .kubeconfig import load_api_client
 from .model import FAIL, PASS, SKIP, WARN, CheckResult, PreflightInputError
 from .versions import minimum, parse_version
@@ -32,21 +30,13 @@ PROMETHEUS_CRDS = (
 )
 
 
-def _run(argv: list[str]) -> tuple[int, str, str]:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return 127, "", str(error)
-    return done.returncode, done.stdout.strip(), done.stderr.strip()
-
-
 def check_helm() -> CheckResult:
     title = f"Helm >= {MIN_HELM}"
     fix = f"Install Helm >= {MIN_HELM} (https://helm.sh/docs/intro/install/) on the control host."
     helm = shutil.which("helm")
     if helm is None:
         return CheckResult("helm", title, FAIL, "helm not found on PATH", fix=fix, scope="control")
-    code, out, err = _run([helm, "version", "--short"])
+    code, out, err = run_command([helm, "version", "--short"], TIMEOUT)
     if code != 0:
         return CheckResult(
             "helm", title, FAIL, "helm version failed: %s" % (err or out), fix=fix, scope="control"
@@ -67,7 +57,7 @@ def check_kubectl() -> CheckResult:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         return CheckResult("kubectl", title, FAIL, "kubectl not found on PATH", fix=fix, scope="control")
-    code, out, err = _run([kubectl, "version", "--client", "-o", "json"])
+    code, out, err = run_command([kubectl, "version", "--client", "-o", "json"], TIMEOUT)
     if code != 0:
         return CheckResult(
             "kubectl", title, FAIL, "kubectl version failed: %s" % (err or out), fix=fix, scope="control"
@@ -87,12 +77,12 @@ def check_kubectl() -> CheckResult:
     )
 
 
-def _api_client(kubeconfig: str | None, context: str | None) -> Any:
+def _api_client(kubeconfig: Optional[str], context: Optional[str]) -> Any:
     """A kubernetes ApiClient from the project's one loader (see kubeconfig.py for the order)."""
     return load_api_client(kubeconfig, context)
 
 
-def check_cluster(kubeconfig: str | None, context: str | None) -> tuple[CheckResult, Any]:
+def check_cluster(kubeconfig: Optional[str], context: Optional[str]) -> Tuple[CheckResult, Any]:
     title = "Kubernetes cluster reachable"
     fix = "Point --kubeconfig/--context (module: kubeconfig/context) at the cluster and check the API server."
     if not HAS_KUBERNETES:
@@ -213,7 +203,7 @@ def _get_json(url: str) -> dict:
         connection.close()
 
 
-def check_grafana(url: str | None) -> CheckResult:
+def check_grafana(url: Optional[str]) -> CheckResult:
     title = "Grafana reachable"
     if not url:
         return CheckResult("grafana", title, SKIP, "skipped (no Grafana URL configured)", scope="control")
@@ -239,6 +229,8 @@ def check_grafana(url: str | None) -> CheckResult:
     return CheckResult("grafana", title, PASS, f"Grafana {version} at {base}", scope="control", detail=detail)
 
 
-def control_checks(kubeconfig: str | None, context: str | None, grafana_url: str | None) -> list[CheckResult]:
+def control_checks(
+    kubeconfig: Optional[str], context: Optional[str], grafana_url: Optional[str]
+) -> List[CheckResult]:
     cluster, api = check_cluster(kubeconfig, context)
     return [check_helm(), check_kubectl(), cluster, check_prometheus_stack(api), check_grafana(grafana_url)]

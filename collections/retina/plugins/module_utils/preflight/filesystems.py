@@ -2,7 +2,7 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """Kernel file systems the agent uses (bpffs, tracefs, debugfs) and the cgroup layout."""
 
-from __future__ import annotations
+from typing import Optional, Tuple
 
 from .context import NodeContext
 from .model import FAIL, PASS, WARN, CheckResult
@@ -63,7 +63,7 @@ def check_filesystem(ctx: NodeContext, check_id: str) -> CheckResult:
     )
 
 
-def tracefs_dir(ctx: NodeContext) -> str | None:
+def tracefs_dir(ctx: NodeContext) -> Optional[str]:
     """Where tracefs can be read on the audited host (mounted), or None."""
     mount = ctx.mount_of("tracefs", FILESYSTEMS["tracefs"][1])
     if mount is not None:
@@ -74,7 +74,7 @@ def tracefs_dir(ctx: NodeContext) -> str | None:
     return None
 
 
-def _cgroup_layout(ctx: NodeContext) -> tuple[str, str]:
+def _cgroup_layout(ctx: NodeContext) -> Tuple[str, str]:
     v2 = [m for m in ctx.mounts if m.fstype == "cgroup2"]
     v1 = [m for m in ctx.mounts if m.fstype == "cgroup"]
     if any(m.mountpoint == "/sys/fs/cgroup" for m in v2) and not v1:

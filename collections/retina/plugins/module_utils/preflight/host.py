@@ -9,12 +9,10 @@ Probes that need the live kernel (a netns, the bpf() syscall, importing bcc) are
 in tree mode; a tree may state their results in ``retina-preflight.probes.json`` at its top.
 """
 
-from __future__ import annotations
-
 import gzip
 import json
 import os
-from typing import NamedTuple
+from typing import Dict, List, NamedTuple, Optional, Set
 
 from .model import PreflightInputError
 
@@ -42,7 +40,7 @@ class HostView:
         if self.live:
             return os.path.realpath(host_path)
         pending = [part for part in host_path.split("/") if part]
-        resolved: list[str] = []
+        resolved: List[str] = []
         hops = 0
         while pending:
             part = pending.pop(0)
@@ -69,7 +67,7 @@ class HostView:
     def isdir(self, host_path: str) -> bool:
         return os.path.isdir(self.resolve(host_path))
 
-    def read_text(self, host_path: str) -> str | None:
+    def read_text(self, host_path: str) -> Optional[str]:
         try:
             with open(self.resolve(host_path), encoding="utf-8", errors="replace") as handle:
                 return handle.read()
@@ -77,7 +75,7 @@ class HostView:
             return None
 
     # -- facts ------------------------------------------------------------------------------
-    def kernel_release(self) -> str | None:
+    def kernel_release(self) -> Optional[str]:
         text = self.read_text("/proc/sys/kernel/osrelease")
         if text is None and self.live:
             return os.uname().release
@@ -89,7 +87,7 @@ class HostView:
             return text.strip()
         return os.uname().nodename if self.live else os.path.basename(self.root)
 
-    def os_release(self) -> dict[str, str]:
+    def os_release(self) -> Dict[str, str]:
         text = self.read_text("/etc/os-release") or self.read_text("/usr/lib/os-release") or ""
         values = {}
         for line in text.splitlines():
@@ -98,7 +96,7 @@ class HostView:
                 values[key.strip()] = value.strip().strip('"')
         return values
 
-    def kernel_config(self) -> dict[str, str] | None:
+    def kernel_config(self) -> Optional[Dict[str, str]]:
         """The running kernel's build config from /proc/config.gz or /boot/config-<release>."""
         text = None
         try:
@@ -120,7 +118,7 @@ class HostView:
                 config[line[2 : -len(" is not set")]] = "n"
         return config
 
-    def mounts(self) -> list[Mount]:
+    def mounts(self) -> List[Mount]:
         text = self.read_text("/proc/self/mounts") or self.read_text("/proc/mounts") or ""
         result = []
         for line in text.splitlines():
@@ -129,11 +127,11 @@ class HostView:
                 result.append(Mount(parts[0], parts[1].replace("\\040", " "), parts[2]))
         return result
 
-    def filesystems(self) -> set[str]:
+    def filesystems(self) -> Set[str]:
         text = self.read_text("/proc/filesystems") or ""
         return {line.split()[-1] for line in text.splitlines() if line.strip()}
 
-    def proc_self_status(self) -> dict[str, str] | None:
+    def proc_self_status(self) -> Optional[Dict[str, str]]:
         text = self.read_text("/proc/self/status")
         if text is None:
             return None
@@ -143,7 +141,7 @@ class HostView:
             values[key.strip()] = value.strip()
         return values
 
-    def recorded_probes(self) -> dict[str, dict]:
+    def recorded_probes(self) -> Dict[str, dict]:
         """Results of live-only probes recorded for a tree (``retina-preflight.probes.json``).
 
         Format: ``{"<check id>": {"verdict": "pass|warn|fail", "value": "...", "fix": "..."}}``.

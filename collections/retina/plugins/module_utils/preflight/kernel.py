@@ -2,10 +2,9 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """Kernel checks: version, BTF, headers for bcc, kprobes."""
 
-from __future__ import annotations
-
 import os
 import re
+from typing import Optional
 
 from .context import NodeContext
 from .model import FAIL, PASS, WARN, CheckResult
@@ -83,7 +82,7 @@ def check_btf(ctx: NodeContext) -> CheckResult:
     )
 
 
-def _headers_release(ctx: NodeContext, build: str) -> str | None:
+def _headers_release(ctx: NodeContext, build: str) -> Optional[str]:
     """The release the headers in `build` were made for."""
     text = ctx.host.read_text(build + "/include/generated/utsrelease.h")
     if text:
@@ -162,7 +161,7 @@ def check_kernel_headers(ctx: NodeContext) -> CheckResult:
     )
 
 
-def check_kprobes(ctx: NodeContext, tracefs_dir: str | None) -> CheckResult:
+def check_kprobes(ctx: NodeContext, tracefs_dir: Optional[str]) -> CheckResult:
     title = "kprobes"
     configured = ctx.config_value("CONFIG_KPROBES")
     fix = (

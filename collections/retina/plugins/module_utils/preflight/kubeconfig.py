@@ -19,14 +19,12 @@ service account:
    the token and ``ca.crt`` under ``/var/run/secrets/kubernetes.io/serviceaccount``;
 4. ``~/.kube/config``.
 
-Standard library only at import time (``kubernetes`` is imported when a client is made), Python 3.7.
+Standard library only at import time (``kubernetes`` is imported when a client is made); runs on
+the node Python of the oldest supported distribution (3.6), like the rest of module_utils.
 """
 
-from __future__ import annotations
-
 import os
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 #: Where the kubelet mounts a pod's service-account token, CA and namespace.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -46,7 +44,7 @@ class KubeconfigError(Exception):
 class KubeconfigSource:
     """What :func:`find_kubeconfig` chose: ``kind`` (one of :data:`PRECEDENCE`) and the files."""
 
-    def __init__(self, kind: str, paths: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, paths: Tuple[str, ...] = ()) -> None:
         self.kind, self.paths = kind, paths
 
     def __repr__(self) -> str:
@@ -66,8 +64,8 @@ class KubeconfigSource:
         return "kubeconfig " + self.config_file
 
 
-def find_kubeconfig(explicit: str | None = None, environ: Mapping[str, str] | None = None,
-                    home: str | None = None) -> KubeconfigSource:
+def find_kubeconfig(explicit: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+                    home: Optional[str] = None) -> KubeconfigSource:
     """Decide where the configuration comes from (no file is parsed; nothing is imported)."""
     env = os.environ if environ is None else environ
     if explicit:
@@ -91,8 +89,8 @@ def find_kubeconfig(explicit: str | None = None, environ: Mapping[str, str] | No
     )
 
 
-def load_api_client(explicit: str | None = None, context: str | None = None,
-                    environ: Mapping[str, str] | None = None) -> Any:
+def load_api_client(explicit: Optional[str] = None, context: Optional[str] = None,
+                    environ: Optional[Mapping[str, str]] = None) -> Any:
     """A ``kubernetes.client.ApiClient`` from the first source in :data:`PRECEDENCE`.
 
     Raises :class:`KubeconfigError` when there is none, or when the chosen one cannot be loaded
@@ -118,8 +116,8 @@ def load_api_client(explicit: str | None = None, context: str | None = None,
         raise KubeconfigError(f"{source.describe()}: {error}") from None
 
 
-def default_namespace(explicit: str | None = None, context: str | None = None,
-                      environ: Mapping[str, str] | None = None) -> str:
+def default_namespace(explicit: Optional[str] = None, context: Optional[str] = None,
+                      environ: Optional[Mapping[str, str]] = None) -> str:
     """The namespace a command works in when none is given, as kubectl decides it: the context's
     namespace, in a pod the service account's namespace, else ``default``."""
     try:
@@ -138,7 +136,7 @@ def default_namespace(explicit: str | None = None, context: str | None = None,
         contexts, current = k8s_config.list_kube_config_contexts(config_file=source.config_file)
     except (k8s_config.ConfigException, OSError):
         return "default"
-    chosen: dict[str, Any] | None = current
+    chosen: Optional[Dict[str, Any]] = current
     if context:
         chosen = next((c for c in contexts if c.get("name") == context), current)
     return ((chosen or {}).get("context") or {}).get("namespace") or "default"

@@ -6,16 +6,15 @@ Each leaves the host as it found it. In --root mode they return the tree's recor
 or "skipped (--root)" (see NodeContext.live_only).
 """
 
-from __future__ import annotations
-
 import ctypes
 import errno
 import os
 import shutil
-import subprocess
 import sys
 import uuid
+from typing import List, Optional, Tuple
 
+from .commands import run_command
 from .context import NodeContext
 from .model import FAIL, PASS, CheckResult
 
@@ -89,32 +88,24 @@ def check_bcc(ctx: NodeContext) -> CheckResult:
         ctx.distro_family, "Install bcc's Python bindings (python3-bpfcc / python3-bcc)"
     )
     fix += " (in a virtual environment, link /usr/lib/python3/dist-packages/bcc into site-packages)"
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return CheckResult("bcc", title, FAIL, f"import failed: {error}", fix=fix)
-    if done.returncode == 0:
+    returncode, out, err = run_command([sys.executable, "-c", code], PROBE_TIMEOUT)
+    if returncode == 0:
         return CheckResult(
             "bcc",
             title,
             PASS,
-            f"bcc {done.stdout.strip()} ({sys.executable})",
-            detail={"version": done.stdout.strip(), "python": sys.executable},
+            f"bcc {out} ({sys.executable})",
+            detail={"version": out, "python": sys.executable},
         )
-    last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    last = (err.splitlines() or [f"exit {returncode}"])[-1]
     return CheckResult(
         "bcc", title, FAIL, f"import failed: {last}", fix=fix, detail={"python": sys.executable}
     )
 
 
-def _run(argv: list[str]) -> tuple[bool, str]:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return False, str(error)
-    return done.returncode == 0, (done.stderr or done.stdout).strip()
+def _run(argv: List[str]) -> Tuple[bool, str]:
+    returncode, out, err = run_command(argv, PROBE_TIMEOUT)
+    return returncode == 0, err or out
 
 
 def check_tc_clsact(ctx: NodeContext) -> CheckResult:
@@ -140,7 +131,7 @@ def check_tc_clsact(ctx: NodeContext) -> CheckResult:
         ("show clsact", [tc, "-n", netns, "qdisc", "show", "dev", "rpf0"]),
         ("delete clsact", [tc, "-n", netns, "qdisc", "del", "dev", "rpf0", "clsact"]),
     ]
-    failure: tuple[str, str] | None = None
+    failure: Optional[Tuple[str, str]] = None
     created = False
     try:
         for label, argv in steps:

@@ -2,11 +2,7 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """The result of one check, and how verdicts roll up into an exit code."""
 
-from __future__ import annotations
-
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Dict, Iterable, Optional
 
 PASS = "pass"
 WARN = "warn"
@@ -24,25 +20,41 @@ class PreflightInputError(ValueError):
     """Bad input (an option, a host tree, a probes file): the message names the field and the fix."""
 
 
-@dataclass
 class CheckResult:
-    """One line of the report: what was checked, the verdict, what was found and how to fix it."""
+    """One line of the report: what was checked, the verdict, what was found and how to fix it.
 
-    id: str
-    title: str
-    verdict: str
-    value: str
-    fix: str | None = None
-    scope: str = "node"
-    detail: dict[str, Any] = field(default_factory=dict)
+    A plain class, not a dataclass: module_utils runs on the node's Python, 3.6 at the oldest.
+    """
 
-    def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
-            raise ValueError("verdict must be one of {}, got {!r}".format(", ".join(VERDICTS), self.verdict))
-        if self.verdict in (PASS, SKIP):
-            self.fix = None
+    __slots__ = ("id", "title", "verdict", "value", "fix", "scope", "detail")
 
-    def to_dict(self) -> dict[str, Any]:
+    def __init__(
+        self,
+        id: str,
+        title: str,
+        verdict: str,
+        value: str,
+        fix: Optional[str] = None,
+        scope: str = "node",
+        detail: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        if verdict not in VERDICTS:
+            raise ValueError("verdict must be one of {}, got {!r}".format(", ".join(VERDICTS), verdict))
+        self.id = id
+        self.title = title
+        self.verdict = verdict
+        self.value = value
+        self.fix = None if verdict in (PASS, SKIP) else fix
+        self.scope = scope
+        self.detail = {} if detail is None else detail
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CheckResult) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "CheckResult({})".format(", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()))
+
+    def to_dict(self) -> Dict[str, Any]:
         return {
             "id": self.id,
             "title": self.title,

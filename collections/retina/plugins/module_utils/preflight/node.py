@@ -2,14 +2,14 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """All node checks, in the order later checks rely on (headers need BTF, memlock needs caps)."""
 
-from __future__ import annotations
+from typing import List
 
 from . import filesystems, kernel, live_probes, privileges, tracepoints
 from .context import NodeContext
 from .model import CheckResult
 
 
-def node_checks(ctx: NodeContext) -> list[CheckResult]:
+def node_checks(ctx: NodeContext) -> List[CheckResult]:
     def add(result: CheckResult) -> None:
         ctx.results[result.id] = result
 

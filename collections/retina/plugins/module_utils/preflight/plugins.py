@@ -2,68 +2,29 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """Per-plugin verdicts: which agent plugins will run on this node, and why not.
 
-This table is the contract with the agent (``retina_agent.plugins``): what each plugin needs.
+What each plugin needs comes from the plugin catalogue (``catalogue.py``), shared with the agent.
 """
 
-from __future__ import annotations
+from typing import Dict, List, Tuple
 
-from typing import NamedTuple
-
+from .catalogue import EBPF_CHECKS, PLUGINS
 from .model import FAIL, PASS, SKIP, WARN, CheckResult
-
-# Every eBPF plugin needs these (bcc compiles against the headers, attaches through tracefs/TC).
-EBPF_BASE = ("kernel_version", "bpf_syscall", "bcc", "kernel_headers", "tracefs", "bpffs")
 
 AVAILABLE = "available"
 DEGRADED = "degraded"
 UNAVAILABLE = "unavailable"
 
 
-class PluginNeeds(NamedTuple):
-    ebpf: bool
-    needs: tuple[str, ...] = ()  # blocked when one of these fails
-    strict: tuple[str, ...] = ()  # blocked when one of these warns or fails
-    degrades: tuple[str, ...] = ()  # degraded on warn, blocked on fail
-    net_admin: bool = False  # TC needs CAP_NET_ADMIN
-    summary: str = ""
-
-
-PLUGINS = {
-    "packetforward": PluginNeeds(
-        True, needs=("tc_clsact",), net_admin=True, summary="TC clsact on host interfaces"
-    ),
-    "dropreason": PluginNeeds(
-        True,
-        degrades=("tracepoint:skb:kfree_skb", "btf"),
-        summary="tracepoint skb:kfree_skb (reason field); BTF for drop bytes and pod attribution",
-    ),
-    "linuxutil": PluginNeeds(False, summary="procfs, sysfs and ethtool only"),
-    "dns": PluginNeeds(
-        True, needs=("tc_clsact",), net_admin=True, summary="TC clsact, DNS parsed in the kernel"
-    ),
-    "tcpretrans": PluginNeeds(
-        True, needs=("tracepoint:tcp:tcp_retransmit_skb",), summary="tracepoint tcp:tcp_retransmit_skb"
-    ),
-    "packetparser": PluginNeeds(
-        True, needs=("tc_clsact",), net_admin=True, summary="TC clsact on pod veths (pod-level flows)"
-    ),
-    "latency": PluginNeeds(
-        True, needs=("tc_clsact",), net_admin=True, summary="TC clsact, API-server latency in the kernel"
-    ),
-}
-PLUGIN_NAMES = tuple(PLUGINS)
-
-
 def _reason(result: CheckResult) -> str:
     return f"{result.id}: {result.value}"
 
 
-def plugin_verdict(name: str, results: dict[str, CheckResult]) -> dict:
+def plugin_verdict(name: str, results: Dict[str, CheckResult]) -> dict:
     spec = PLUGINS[name]
-    blocked: list[str] = []
-    degraded: list[str] = []
-    unverified: list[str] = []
-    needs = (EBPF_BASE if spec.ebpf else ()) + spec.needs
+    blocked: List[str] = []
+    degraded: List[str] = []
+    unverified: List[str] = []
+    needs = (EBPF_CHECKS if spec.ebpf else ()) + spec.needs
     for check_id in needs + spec.strict + spec.degrades:
         result = results.get(check_id)
         if result is None:
@@ -95,9 +56,9 @@ def plugin_verdict(name: str, results: dict[str, CheckResult]) -> dict:
         "verdict": verdict,
         "reasons": reasons,
         "unverified": unverified,
-        "needs": spec.summary,
+        "needs": spec.hook,
     }
 
 
-def plugin_verdicts(names: tuple[str, ...], results: dict[str, CheckResult]) -> list[dict]:
+def plugin_verdicts(names: Tuple[str, ...], results: Dict[str, CheckResult]) -> List[dict]:
     return [plugin_verdict(name, results) for name in names]

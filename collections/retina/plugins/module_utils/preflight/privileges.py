@@ -2,9 +2,8 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """Capabilities held (CapEff of /proc/self/status) and the memlock limit."""
 
-from __future__ import annotations
-
 import re
+from typing import List, Optional, Set
 
 from .context import NodeContext
 from .model import FAIL, PASS, SKIP, WARN, CheckResult
@@ -23,12 +22,12 @@ MEMCG_ACCOUNTING_KERNEL = "5.11"
 MEMLOCK_ENOUGH = 64 * 1024 * 1024
 
 
-def held_capabilities(cap_eff_hex: str) -> set[str]:
+def held_capabilities(cap_eff_hex: str) -> Set[str]:
     mask = int(cap_eff_hex, 16)
     return {name for name, bit in CAPABILITIES.items() if mask >> bit & 1}
 
 
-def can_bpf(held: set[str]) -> bool:
+def can_bpf(held: Set[str]) -> bool:
     """Loading tracepoint/TC programs: CAP_BPF + CAP_PERFMON (5.8+) or CAP_SYS_ADMIN."""
     return "CAP_SYS_ADMIN" in held or {"CAP_BPF", "CAP_PERFMON"} <= held
 
@@ -81,13 +80,13 @@ def check_capabilities(ctx: NodeContext) -> CheckResult:
     return CheckResult("capabilities", title, PASS, value, detail=detail)
 
 
-def _memlock_soft(ctx: NodeContext) -> str | None:
+def _memlock_soft(ctx: NodeContext) -> Optional[str]:
     text = ctx.host.read_text("/proc/self/limits")
     if text is None:
         return None
     for line in text.splitlines():
         if line.startswith("Max locked memory"):
-            parts: list[str] = re.split(r"\s{2,}", line.strip())
+            parts: List[str] = re.split(r"\s{2,}", line.strip())
             return parts[1] if len(parts) > 1 else None
     return None
 

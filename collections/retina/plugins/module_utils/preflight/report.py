@@ -11,18 +11,17 @@ Report schema (``schema: retina-preflight/v1``)::
               plugins_available, plugins_degraded, plugins_unavailable}
 """
 
-from __future__ import annotations
-
 import os
 import sys
-from typing import NamedTuple
+from typing import List, NamedTuple, Optional, Tuple
 
+from .catalogue import PLUGIN_NAMES
 from .context import NodeContext
 from .control import control_checks, validate_grafana_url
 from .host import HostView
 from .model import EXIT_CODES, FAIL, PASS, SKIP, WARN, CheckResult, PreflightInputError, overall_verdict
 from .node import node_checks
-from .plugins import AVAILABLE, DEGRADED, PLUGIN_NAMES, UNAVAILABLE, plugin_verdicts
+from .plugins import AVAILABLE, DEGRADED, UNAVAILABLE, plugin_verdicts
 
 SCHEMA = "retina-preflight/v1"
 
@@ -31,10 +30,10 @@ class PreflightOptions(NamedTuple):
     root: str = "/"
     node: bool = True  # run the node checks
     control_host: bool = False  # run the control-host checks
-    kubeconfig: str | None = None
-    context: str | None = None
-    grafana_url: str | None = None
-    plugins: tuple[str, ...] = PLUGIN_NAMES
+    kubeconfig: Optional[str] = None
+    context: Optional[str] = None
+    grafana_url: Optional[str] = None
+    plugins: Tuple[str, ...] = PLUGIN_NAMES
 
 
 def validate(options: PreflightOptions) -> None:
@@ -71,8 +70,8 @@ def validate(options: PreflightOptions) -> None:
 def run_preflight(options: PreflightOptions) -> dict:
     validate(options)
     host = HostView(options.root)
-    checks: list[CheckResult] = []
-    plugins: list[dict] = []
+    checks: List[CheckResult] = []
+    plugins: List[dict] = []
     host_info = {
         "hostname": host.hostname(),
         "root": host.root,
@@ -108,7 +107,7 @@ def run_preflight(options: PreflightOptions) -> dict:
     }
 
 
-def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]], width: int = 100) -> list[str]:
+def _table(headers: Tuple[str, ...], rows: List[Tuple[str, ...]], width: int = 100) -> List[str]:
     widths = [max(len(str(row[i])) for row in [headers] + rows) for i in range(len(headers))]
     widths[-1] = min(widths[-1], width)
     lines = []

@@ -2,10 +2,8 @@
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 """Tracepoints the agent's plugins attach to, and the fields they read (from tracefs formats)."""
 
-from __future__ import annotations
-
 import re
-from typing import NamedTuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from .context import NodeContext
 from .model import FAIL, PASS, WARN, CheckResult
@@ -15,8 +13,8 @@ class TracepointNeed(NamedTuple):
     system: str
     name: str
     plugin: str
-    required_fields: tuple[str, ...]
-    optional_fields: tuple[str, ...]
+    required_fields: Tuple[str, ...]
+    optional_fields: Tuple[str, ...]
     degraded_without: str  # what the plugin loses when an optional field is missing
 
     @property
@@ -41,7 +39,7 @@ _FIELD = re.compile(r"^\s*field:(?P<decl>[^;]+);")
 _SYMBOL = re.compile(r'\{\s*-?\d+\s*,\s*"[A-Z0-9_]+"\s*\}')
 
 
-def parse_format(text: str) -> dict[str, str]:
+def parse_format(text: str) -> Dict[str, str]:
     """``field:enum skb_drop_reason reason;`` -> {"reason": "enum skb_drop_reason"}."""
     fields = {}
     for line in text.splitlines():
@@ -56,7 +54,7 @@ def parse_format(text: str) -> dict[str, str]:
     return fields
 
 
-def check_tracepoint(ctx: NodeContext, need: TracepointNeed, tracefs: str | None) -> CheckResult:
+def check_tracepoint(ctx: NodeContext, need: TracepointNeed, tracefs: Optional[str]) -> CheckResult:
     title = f"tracepoint {need.system}:{need.name} ({need.plugin})"
     detail = {"plugin": need.plugin, "tracepoint": f"{need.system}:{need.name}"}
     if tracefs is None:

@@ -9,10 +9,8 @@ Nodes managed by Ansible may lack ``packaging``; there an integer tuple of the u
 is compared instead (same ordering for the upstream numbers).
 """
 
-from __future__ import annotations
-
 import re
-from typing import Any
+from typing import Any, Tuple
 
 try:
     from packaging.version import InvalidVersion, Version
@@ -27,12 +25,12 @@ _NUMERIC_PREFIX = re.compile(r"^\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 class TupleVersion:
     """Fallback ordering by (major, minor, patch) when ``packaging`` is not installed."""
 
-    def __init__(self, numbers: tuple[int, int, int], text: str) -> None:
+    def __init__(self, numbers: Tuple[int, int, int], text: str) -> None:
         self.release = numbers
         self.public = ".".join(str(n) for n in numbers)
         self._text = text
 
-    def _key(self, other: Any) -> tuple[int, int, int]:
+    def _key(self, other: Any) -> Tuple[int, int, int]:
         return other.release if isinstance(other, TupleVersion) else tuple(other.release[:3])
 
     def __lt__(self, other: Any) -> bool:
@@ -57,7 +55,7 @@ class TupleVersion:
         return self._text
 
 
-def _numbers(text: str) -> tuple[int, int, int]:
+def _numbers(text: str) -> Tuple[int, int, int]:
     match = _NUMERIC_PREFIX.match(text or "")
     if not match:
         raise ValueError(f"cannot read a version number from {text!r} (expected something like 5.15.0)")

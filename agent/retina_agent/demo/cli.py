@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
-from retina_lab import LabNode, LabPod
-from retina_lab.agent import AgentProcess, Metrics, wait_for
+from retina_agent.demo.agent_process import AgentProcess, Metrics, wait_for
+from retina_agent.demo.node import LabNode, LabPod
 
 BAR = "─" * 72
 

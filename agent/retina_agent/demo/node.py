@@ -1,4 +1,10 @@
-"""Build and tear down a node with pods: a bridge and one namespace per pod, joined by veth."""
+"""A Kubernetes-like node built from Linux namespaces, for the demo, tests and benchmarks.
+
+A ``LabNode`` is a bridge (like the bridge CNI's ``cni0``) plus one network namespace per
+"pod", each joined to the bridge by a veth pair whose host side is named like a CNI's.
+Everything it creates carries a per-lab prefix so that several labs can coexist and
+``cleanup_stale`` can remove what a crashed run left behind.
+"""
 
 from __future__ import annotations
 

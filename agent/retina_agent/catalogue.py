@@ -1,0 +1,1 @@
+../../collections/retina/plugins/module_utils/preflight/catalogue.py
