@@ -40,10 +40,16 @@ class AlertmanagerServer:
     def start(self, timeout: float = 60) -> AlertmanagerServer:
         self._log = open(self.workdir / "alertmanager.log", "wb")  # noqa: SIM115 - closed in stop
         self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={self.workdir / 'alertmanager.yml'}",
-             f"--storage.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--cluster.listen-address="],
-            stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                self.binary,
+                f"--config.file={self.workdir / 'alertmanager.yml'}",
+                f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(self._ready, timeout, 0.3, "Alertmanager /-/ready")
         return self
 
@@ -55,8 +61,12 @@ class AlertmanagerServer:
 
     def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
         """What Prometheus does: ``POST /api/v2/alerts``."""
-        request = urllib.request.Request(self.url + "/api/v2/alerts", data=json.dumps(alerts).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            self.url + "/api/v2/alerts",
+            data=json.dumps(alerts).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=10) as r:
             if r.status != 200:
                 raise RuntimeError(f"alertmanager refused the alerts: {r.status}")

@@ -46,25 +46,50 @@ GROUP, VERSION = "retina.sh", "v1alpha1"
 
 
 def trigger(name: str = "drops", namespace: str = "web", **spec: Any) -> dict[str, Any]:
-    body = {"alertMatchers": [{"name": "alertname", "value": "RetinaPodDrops"}],
-            "captureTemplate": {"captureConfiguration": {"captureOption": {"duration": "30s"}},
-                                "outputConfiguration": {"hostPath": "alerts"}},
-            "cooldown": "10m", "maxConcurrentCaptures": 2, **spec}
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CaptureTrigger",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+    body = {
+        "alertMatchers": [{"name": "alertname", "value": "RetinaPodDrops"}],
+        "captureTemplate": {
+            "captureConfiguration": {"captureOption": {"duration": "30s"}},
+            "outputConfiguration": {"hostPath": "alerts"},
+        },
+        "cooldown": "10m",
+        "maxConcurrentCaptures": 2,
+        **spec,
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "CaptureTrigger",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
 
 
 def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
     """Alertmanager's webhook body, version 4."""
-    return {"version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing",
-            "receiver": "retina", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
-            "externalURL": "http://alertmanager", "alerts": list(alerts)}
+    return {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "retina",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager",
+        "alerts": list(alerts),
+    }
 
 
 def alert(status: str = "firing", fingerprint: str = "a1b2c3d4e5f60718", **labels: str) -> dict[str, Any]:
-    return {"status": status, "labels": {"alertname": "RetinaPodDrops", **labels}, "annotations": {},
-            "startsAt": "2026-11-30T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "http://prometheus/graph", "fingerprint": fingerprint}
+    return {
+        "status": status,
+        "labels": {"alertname": "RetinaPodDrops", **labels},
+        "annotations": {},
+        "startsAt": "2026-11-30T10:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus/graph",
+        "fingerprint": fingerprint,
+    }
 
 
 # -- the resource --------------------------------------------------------------------------------
@@ -78,17 +103,28 @@ def test_crd_and_shipped_examples_are_valid() -> None:
         assert parsed.matchers, path
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"alertMatchers": []}, "spec.alertMatchers"),
-    ({"alertMatchers": [{"name": "alertname", "value": "(", "matchType": "=~"}]}, "spec.alertMatchers[0].value"),
-    ({"alertMatchers": [{"name": "bad-name", "value": "x"}]}, "spec.alertMatchers[0].name"),
-    ({"cooldown": "soon"}, "spec.cooldown"),
-    ({"captureExpiry": "1s"}, "spec.captureExpiry"),
-    ({"maxConcurrentCaptures": 0}, "spec.maxConcurrentCaptures"),
-    ({"captureTemplate": {"captureConfiguration": {}, "outputConfiguration": {"hostPath": "/abs"}}},
-     "spec.captureTemplate.outputConfiguration.hostPath"),
-    ({"targetLabels": {"pairs": [{"namespace": "ns", "pod": "not a label"}]}}, "spec.targetLabels.pairs[0].pod"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"alertMatchers": []}, "spec.alertMatchers"),
+        (
+            {"alertMatchers": [{"name": "alertname", "value": "(", "matchType": "=~"}]},
+            "spec.alertMatchers[0].value",
+        ),
+        ({"alertMatchers": [{"name": "bad-name", "value": "x"}]}, "spec.alertMatchers[0].name"),
+        ({"cooldown": "soon"}, "spec.cooldown"),
+        ({"captureExpiry": "1s"}, "spec.captureExpiry"),
+        ({"maxConcurrentCaptures": 0}, "spec.maxConcurrentCaptures"),
+        (
+            {"captureTemplate": {"captureConfiguration": {}, "outputConfiguration": {"hostPath": "/abs"}}},
+            "spec.captureTemplate.outputConfiguration.hostPath",
+        ),
+        (
+            {"targetLabels": {"pairs": [{"namespace": "ns", "pod": "not a label"}]}},
+            "spec.targetLabels.pairs[0].pod",
+        ),
+    ],
+)
 def test_bad_trigger_is_refused_naming_the_field(change: dict, field: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_trigger(trigger(**change))
@@ -96,10 +132,15 @@ def test_bad_trigger_is_refused_naming_the_field(change: dict, field: str) -> No
 
 
 def test_matchers_follow_alertmanager_rules() -> None:
-    t = parse_trigger(trigger(alertMatchers=[
-        {"name": "alertname", "value": "Retina.*", "matchType": "=~"},
-        {"name": "severity", "value": "info", "matchType": "!="},
-        {"name": "namespace", "value": "kube-.*", "matchType": "!~"}]))
+    t = parse_trigger(
+        trigger(
+            alertMatchers=[
+                {"name": "alertname", "value": "Retina.*", "matchType": "=~"},
+                {"name": "severity", "value": "info", "matchType": "!="},
+                {"name": "namespace", "value": "kube-.*", "matchType": "!~"},
+            ]
+        )
+    )
     assert t.matches({"alertname": "RetinaDrops", "severity": "warning", "namespace": "shop"})
     assert not t.matches({"alertname": "xRetinaDrops", "namespace": "shop"})  # anchored
     assert not t.matches({"alertname": "RetinaDrops", "severity": "info", "namespace": "shop"})
@@ -120,7 +161,9 @@ def operator(kube_emulator, kube_api_client, monkeypatch, tmp_path) -> Iterator[
     # The operator runs as its ServiceAccount with the rendered RBAC; triggers are made by a user
     # bound as capture users are (the README's retina-capture roles).
     monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig_for(kube_emulator)))
-    user = kubernetes.config.new_client_from_config(config_file=str(capture_user_kubeconfig_for(kube_emulator)))
+    user = kubernetes.config.new_client_from_config(
+        config_file=str(capture_user_kubeconfig_for(kube_emulator))
+    )
     monkeypatch.setenv("RETINA_OPERATOR_WEBHOOK_TOKEN_FILE", str(token_file))
     monkeypatch.setenv("RETINA_OPERATOR_WEBHOOK_ADDRESS", "127.0.0.1")
     monkeypatch.setenv("RETINA_OPERATOR_WEBHOOK_PORT", str(port))
@@ -142,8 +185,10 @@ def post(url: str, body: Any, token: str | None = TOKEN) -> requests.Response:
 def accepted(kube, namespace: str, name: str) -> dict | None:
     for obj in kube.objects("CaptureTrigger", namespace):
         if obj["metadata"]["name"] == name:
-            return next((c for c in (obj.get("status") or {}).get("conditions") or []
-                         if c["type"] == "Accepted"), None)
+            return next(
+                (c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Accepted"),
+                None,
+            )
     return None
 
 
@@ -152,8 +197,9 @@ def test_webhook_creates_captures_with_cooldown_cap_and_reasons(operator, kube_e
     custom.create_namespaced_custom_object(GROUP, VERSION, "web", "capturetriggers", trigger())
     assert wait_for(lambda: accepted(kube_emulator, "web", "drops"), 20, 0.1, "Accepted")["status"] == "True"
     hook = f"{url}/v1/triggers/web/drops"
-    pair = alert(source_namespace="web", source_podname="a", destination_namespace="web",
-                 destination_podname="b")
+    pair = alert(
+        source_namespace="web", source_podname="a", destination_namespace="web", destination_podname="b"
+    )
 
     # Refused requests change nothing.
     assert post(hook, notification(pair), token=None).status_code == 401
@@ -189,18 +235,25 @@ def test_webhook_creates_captures_with_cooldown_cap_and_reasons(operator, kube_e
     assert len(kube_emulator.objects("Capture", "web")) == 1
 
     # Another target: created; a third while two run: capped.
-    [second] = post(hook, notification(alert(fingerprint="ff01", namespace="db", pod="c"))).json()["decisions"]
+    [second] = post(hook, notification(alert(fingerprint="ff01", namespace="db", pod="c"))).json()[
+        "decisions"
+    ]
     assert second["result"] == "Created"
     [third] = post(hook, notification(alert(fingerprint="ff02", node="node-3"))).json()["decisions"]
     assert third["result"] == "Capped" and "maxConcurrentCaptures 2" in third["reason"]
     # No target in the labels, a pod that does not exist, a resolved alert.
     [none] = post(hook, notification(alert(fingerprint="ff03"))).json()["decisions"]
     assert none["result"] == "NoTarget"
-    [resolved] = post(hook, notification(alert(status="resolved", namespace="db", pod="c"))).json()["decisions"]
+    [resolved] = post(hook, notification(alert(status="resolved", namespace="db", pod="c"))).json()[
+        "decisions"
+    ]
     assert resolved["result"] == "Ignored"
     assert len(kube_emulator.objects("Capture", "web")) == 2
     # An alert that does not match the trigger: no decision at all.
-    other = {**alert(namespace="db", pod="c"), "labels": {"alertname": "Other", "namespace": "db", "pod": "c"}}
+    other = {
+        **alert(namespace="db", pod="c"),
+        "labels": {"alertname": "Other", "namespace": "db", "pod": "c"},
+    }
     assert post(hook, notification(other)).json()["decisions"] == []
 
     [obj] = kube_emulator.objects("CaptureTrigger", "web")
@@ -221,8 +274,9 @@ def test_missing_pod_is_reported_and_invalid_trigger_answers_409(operator, kube_
     refused = post(f"{url}/v1/triggers/web/broken", notification(alert(namespace="web", pod="a")))
     assert refused.status_code == 409 and "spec.alertMatchers[0].value" in refused.text
 
-    [missing] = post(f"{url}/v1/triggers/web/drops",
-                     notification(alert(namespace="web", pod="gone"))).json()["decisions"]
+    [missing] = post(f"{url}/v1/triggers/web/drops", notification(alert(namespace="web", pod="gone"))).json()[
+        "decisions"
+    ]
     assert missing["result"] == "TargetNotFound" and "web/gone" in missing["reason"]
     # /v1/alerts asks every valid trigger; the broken one is skipped.
     [decision] = post(f"{url}/v1/alerts", notification(alert(node="node-3"))).json()["decisions"]
@@ -230,18 +284,29 @@ def test_missing_pod_is_reported_and_invalid_trigger_answers_409(operator, kube_
 
 
 def test_expired_capture_is_deleted(operator, kube_emulator) -> None:
-    past = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
-    future = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
+    past = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    future = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     for name, expires in (("old", past), ("young", future)):
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Capture",
-                "metadata": {"name": name, "namespace": "web", "annotations": {"retina.sh/expires-at": expires}},
-                "spec": {"captureConfiguration": {"captureTarget": {"nodeNames": ["node-1"]}},
-                         "outputConfiguration": {"hostPath": "x"}}}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Capture",
+            "metadata": {"name": name, "namespace": "web", "annotations": {"retina.sh/expires-at": expires}},
+            "spec": {
+                "captureConfiguration": {"captureTarget": {"nodeNames": ["node-1"]}},
+                "outputConfiguration": {"hostPath": "x"},
+            },
+        }
         operator["custom"].create_namespaced_custom_object(GROUP, VERSION, "web", "captures", body)
-    wait_for(lambda: [c["metadata"]["name"] for c in kube_emulator.objects("Capture", "web")] == ["young"],
-             40, 0.2, "the expired capture to be deleted")
+    wait_for(
+        lambda: [c["metadata"]["name"] for c in kube_emulator.objects("Capture", "web")] == ["young"],
+        40,
+        0.2,
+        "the expired capture to be deleted",
+    )
 
 
 def test_real_alertmanager_posts_to_the_operator(operator, kube_emulator, tmp_path) -> None:
@@ -251,17 +316,42 @@ def test_real_alertmanager_posts_to_the_operator(operator, kube_emulator, tmp_pa
     credentials = tmp_path / "am-token"
     credentials.write_text(TOKEN)
     config = {
-        "route": {"receiver": "retina-web-drops", "group_by": ["alertname", "namespace", "pod"],
-                  "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},
-        "receivers": [{"name": "retina-web-drops", "webhook_configs": [{
-            "url": f"{operator['url']}/v1/triggers/web/drops", "send_resolved": True,
-            "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(credentials)}}}]}],
+        "route": {
+            "receiver": "retina-web-drops",
+            "group_by": ["alertname", "namespace", "pod"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {
+                "name": "retina-web-drops",
+                "webhook_configs": [
+                    {
+                        "url": f"{operator['url']}/v1/triggers/web/drops",
+                        "send_resolved": True,
+                        "http_config": {
+                            "authorization": {"type": "Bearer", "credentials_file": str(credentials)}
+                        },
+                    }
+                ],
+            }
+        ],
     }
     with AlertmanagerServer(config) as am:
         started = time.monotonic()
-        am.post_alerts([{"labels": {"alertname": "RetinaPodDrops", "namespace": "web", "pod": "a"},
-                         "annotations": {"summary": "drops"}, "generatorURL": "http://prometheus/graph"}])
-        [capture] = wait_for(lambda: kube_emulator.objects("Capture", "web"), 60, 0.1, "a Capture from Alertmanager")
+        am.post_alerts(
+            [
+                {
+                    "labels": {"alertname": "RetinaPodDrops", "namespace": "web", "pod": "a"},
+                    "annotations": {"summary": "drops"},
+                    "generatorURL": "http://prometheus/graph",
+                }
+            ]
+        )
+        [capture] = wait_for(
+            lambda: kube_emulator.objects("Capture", "web"), 60, 0.1, "a Capture from Alertmanager"
+        )
         elapsed = time.monotonic() - started
     assert capture["spec"]["captureConfiguration"]["captureTarget"] == {"nodeNames": ["node-1"]}
     assert capture["spec"]["captureConfiguration"]["filters"]["include"] == ["10.244.1.10"]
@@ -274,14 +364,23 @@ def test_agent_role_renders_the_webhook_and_example_triggers() -> None:
     from tests.kube_fixtures import rendered_agent_objects
 
     plain = rendered_agent_objects()
-    assert not [o for o in plain if o["kind"] in ("CaptureTrigger", "Service")
-                and o["metadata"]["name"].startswith(("retina-capture-webhook", "namespace-drops"))]
-    objects = rendered_agent_objects(agent_capture_webhook_enabled=True, agent_capture_triggers_examples=True,
-                                     agent_capture_webhook_port=9443)
+    assert not [
+        o
+        for o in plain
+        if o["kind"] in ("CaptureTrigger", "Service")
+        and o["metadata"]["name"].startswith(("retina-capture-webhook", "namespace-drops"))
+    ]
+    objects = rendered_agent_objects(
+        agent_capture_webhook_enabled=True,
+        agent_capture_triggers_examples=True,
+        agent_capture_webhook_port=9443,
+    )
     crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     for obj in objects:
         validate_manifest(obj, crds=crds)
-    [deployment] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "retina-operator"]
+    [deployment] = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "retina-operator"
+    ]
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -290,7 +389,9 @@ def test_agent_role_renders_the_webhook_and_example_triggers() -> None:
     assert container["ports"] == [{"name": "webhook", "containerPort": 9443, "protocol": "TCP"}]
     [volume] = [v for v in pod["volumes"] if v["name"] == "webhook-token"]
     assert volume["secret"]["secretName"] == "retina-capture-webhook"
-    [service] = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "retina-capture-webhook"]
+    [service] = [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "retina-capture-webhook"
+    ]
     assert service["spec"]["ports"][0]["port"] == 9443
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     triggers = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "CaptureTrigger")

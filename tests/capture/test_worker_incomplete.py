@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.capture.conftest import only_tarball, pcaps_in, wait_until
 from tests.capture.test_worker import base_args, send_udp
+from tests.helpers.capture import only_tarball, pcaps_in, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

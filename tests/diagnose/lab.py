@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 from retina_lab import LabNode
 from retina_lab.agent import AgentProcess, wait_for
+from retina_lab.cluster import NODE, apply_crds, owner, pod
 from retina_lab.kube import KubeEmulator
 from retina_lab.prometheus import PrometheusServer
 from tests.netfilter.rulesets import _calico_to_workload
-from tests.podlevel.cluster import NODE, apply_crds, owner, pod
 from tests.podlevel.test_packetparser import wait_veths
 
 POLICY_CHAIN = "cali-pi-_Lpc9Tu2g6zA7RfChhcU"

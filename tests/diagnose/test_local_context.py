@@ -8,9 +8,9 @@ import json
 
 from retina_capture.cli.main import main
 from retina_lab.agent import AgentProcess, wait_for
+from retina_lab.cluster import NODE, seed_lab
 from retina_lab.prometheus import PrometheusServer
 from retina_lab.traffic import send_udp
-from tests.podlevel.cluster import NODE, seed_lab
 from tests.podlevel.test_packetparser import wait_veths
 
 

@@ -11,7 +11,7 @@ import pytest
 from retina_agent.netfilter import drops, reader
 from retina_agent.netfilter.drops import DropKey
 from retina_lab.traffic import send_udp, udp_sink
-from tests.conftest import require
+from tests.helpers.tools import require
 from tests.netfilter import rulesets
 from tests.netfilter.routed import RoutedNode
 

@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from retina_lab.agent import AgentProcess, free_port, wait_for
+from retina_lab.cluster import NODE, seed_lab
 from retina_lab.prometheus import PrometheusServer
 from tests.observability.live import RULES, all_panel_queries, api, rules
-from tests.podlevel.cluster import NODE, seed_lab
 
 NAME = re.compile(r"\b((?:controlplane_)?networkobservability_[a-zA-Z0-9_]+)")
 SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created")

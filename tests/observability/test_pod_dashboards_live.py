@@ -27,8 +27,8 @@ from retina_dashboards.queries import substitute, variable_selector
 from retina_lab import LabNode
 from retina_lab.agent import AgentProcess, wait_for
 from retina_lab.kube import KubeEmulator
-from tests.kube_fixtures import agent_kubeconfig_for
 from retina_lab.workload import API_SERVER, LabWorkload, lab_cluster_objects
+from tests.kube_fixtures import agent_kubeconfig_for
 from tests.observability.live import (
     all_panel_queries,
     api,

@@ -11,8 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import COLLECTION, HOSTS, VENV_BIN, run_cli
-from test_preflight_ansible_module import MODULE, _old_python
+
+from tests.helpers.preflight import COLLECTION, HOSTS, VENV_BIN, run_cli
+from tests.preflight.test_preflight_ansible_module import MODULE, _old_python
 
 MODULE_UTILS = COLLECTION / "plugins" / "module_utils" / "preflight"
 NODE_PYTHON = "3.6"

@@ -14,7 +14,7 @@ import sys
 from retina_capture import kube
 from retina_capture.observe import cluster, prometheus
 from retina_capture.observe.diagnose import diagnose
-from retina_capture.worker.settings import parse_duration
+from retina_common.durations import DurationError, bounded_duration
 
 
 def add_observe_flags(parser: argparse.ArgumentParser, since: str) -> None:
@@ -33,12 +33,9 @@ def add_observe_flags(parser: argparse.ArgumentParser, since: str) -> None:
 
 def window(text: str) -> float:
     try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
+        return bounded_duration(text, minimum=1, maximum=90 * 86400)
+    except DurationError as exc:
         raise ValueError(f"--since: {exc}") from None
-    if seconds < 1:
-        raise ValueError(f"--since: {text!r} must be at least 1s, like 10m")
-    return seconds
 
 
 def register(sub) -> None:

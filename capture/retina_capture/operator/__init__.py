@@ -4,5 +4,7 @@ Importing the package registers the handlers, so ``kopf run -m retina_capture.op
 command the installer's Deployment uses) runs the operator.
 """
 
-from retina_capture.operator import handlers  # noqa: F401  (registers the kopf handlers)
-from retina_capture.operator import triggers  # noqa: F401,E402  (CaptureTriggers, webhook receiver)
+from retina_capture.operator import (
+    handlers,  # noqa: F401  (registers the kopf handlers)
+    triggers,  # noqa: F401,E402  (CaptureTriggers, webhook receiver)
+)

@@ -38,7 +38,9 @@ def _token() -> str:
     try:
         return Path(path).read_text().strip()
     except OSError as exc:
-        raise kopf.PermanentError(f"RETINA_OPERATOR_WEBHOOK_TOKEN_FILE={path}: cannot read it ({exc.strerror})")
+        raise kopf.PermanentError(
+            f"RETINA_OPERATOR_WEBHOOK_TOKEN_FILE={path}: cannot read it ({exc.strerror})"
+        ) from None
 
 
 @kopf.on.startup()
@@ -48,8 +50,10 @@ async def start_receiver(memo: kopf.Memo, logger: Any, **_: Any) -> None:
     memo.webhook = None
     token = _token()
     if not token:
-        logger.warning("alert-triggered capture is off: set RETINA_OPERATOR_WEBHOOK_TOKEN_FILE to a file "
-                       "holding the bearer token Alertmanager sends")
+        logger.warning(
+            "alert-triggered capture is off: set RETINA_OPERATOR_WEBHOOK_TOKEN_FILE to a file "
+            "holding the bearer token Alertmanager sends"
+        )
         return
     host = os.environ.get("RETINA_OPERATOR_WEBHOOK_ADDRESS", "0.0.0.0")
     try:
@@ -70,16 +74,22 @@ async def stop_receiver(memo: kopf.Memo, **_: Any) -> None:
 
 
 def _accepted(ok: bool, reason: str, message: str) -> dict[str, Any]:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"type": "Accepted", "status": "True" if ok else "False", "reason": reason, "message": message,
-            "lastTransitionTime": now}
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "type": "Accepted",
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+    }
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
-def read_trigger(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, patch: kopf.Patch,
-                 logger: Any, **_: Any) -> None:
+def read_trigger(
+    body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, patch: kopf.Patch, logger: Any, **_: Any
+) -> None:
     """Check the trigger, put it into the registry and say in its status whether it is usable."""
     try:
         memo.triggers[(namespace, name)] = parse_trigger(dict(body))
@@ -98,21 +108,27 @@ def forget_trigger(type: str, namespace: str, name: str, memo: kopf.Memo, **_: A
         memo.triggers.pop((namespace, name), None)
 
 
-@kopf.timer(API_GROUP, API_VERSION, "captures", annotations={ANNOTATION_EXPIRES: kopf.PRESENT}, interval=15,
-            idle=0)
-def expire_capture(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+@kopf.timer(
+    API_GROUP, API_VERSION, "captures", annotations={ANNOTATION_EXPIRES: kopf.PRESENT}, interval=15, idle=0
+)
+def expire_capture(
+    body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any
+) -> None:
     """Delete a trigger's Capture once its expiry time has passed (its Jobs and files go with it)."""
     text = (body.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_EXPIRES, "")
     try:
-        expires = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+        expires = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
     except ValueError:
-        logger.warning(f"capture {namespace}/{name}: {ANNOTATION_EXPIRES}={text!r} is not a time; not expiring it")
+        logger.warning(
+            f"capture {namespace}/{name}: {ANNOTATION_EXPIRES}={text!r} is not a time; not expiring it"
+        )
         return
-    if datetime.datetime.now(datetime.timezone.utc) < expires:
+    if datetime.datetime.now(datetime.UTC) < expires:
         return
     try:
         kubernetes.client.CustomObjectsApi(memo.trigger_client).delete_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, "captures", name)
+            API_GROUP, API_VERSION, namespace, "captures", name
+        )
         logger.info(f"capture {namespace}/{name} expired at {text}: deleted")
     except ApiException as exc:
         if exc.status != 404:

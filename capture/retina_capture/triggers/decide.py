@@ -53,13 +53,12 @@ class Decision:
 
 
 def _rfc3339(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(text: str) -> float | None:
     try:
-        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.timezone.utc).timestamp()
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
     except (TypeError, ValueError):
         return None
 
@@ -68,8 +67,9 @@ def _finished(capture: Mapping[str, Any]) -> bool:
     if (capture.get("metadata") or {}).get("deletionTimestamp"):
         return True
     conditions = (capture.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions) or any(
-        c.get("type") == "Accepted" and c.get("status") == "False" for c in conditions)
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions
+    ) or any(c.get("type") == "Accepted" and c.get("status") == "False" for c in conditions)
 
 
 class TriggerEngine:
@@ -87,54 +87,92 @@ class TriggerEngine:
         labels = {str(k): str(v) for k, v in (alert.get("labels") or {}).items()}
         if not trigger.matches(labels):
             return None
-        base = {"trigger": f"{trigger.namespace}/{trigger.name}", "alert": labels.get("alertname", ""),
-                "fingerprint": str(alert.get("fingerprint") or "")}
+        base = {
+            "trigger": f"{trigger.namespace}/{trigger.name}",
+            "alert": labels.get("alertname", ""),
+            "fingerprint": str(alert.get("fingerprint") or ""),
+        }
         if alert.get("status") != "firing":
-            return self._record(trigger, Decision(**base, result="Ignored",
-                                                  reason="the alert resolved; running captures go on"))
+            return self._record(
+                trigger,
+                Decision(**base, result="Ignored", reason="the alert resolved; running captures go on"),
+            )
         target = trigger.target(labels)
         if target is None:
             t = trigger.target_labels
-            return self._record(trigger, Decision(
-                **base, result="NoTarget",
-                reason=f"the alert has none of the labels {t.pod}+{t.namespace}, {t.namespace}, {t.node} "
-                       "or a source/destination pod pair"))
+            return self._record(
+                trigger,
+                Decision(
+                    **base,
+                    result="NoTarget",
+                    reason=f"the alert has none of the labels {t.pod}+{t.namespace}, {t.namespace}, {t.node} "
+                    "or a source/destination pod pair",
+                ),
+            )
         base["target"] = target.key
         now = self.clock()
         status = self._trigger_status(trigger)
         last = _parse_time(((status.get("targets") or {}).get(target.key_hash) or {}).get("lastCapture", ""))
         if last is not None and now - last < trigger.cooldown:
-            return self._record(trigger, Decision(
-                **base, result="Cooldown",
-                reason=f"captured {int(now - last)}s ago; cooldown is {int(trigger.cooldown)}s"))
+            return self._record(
+                trigger,
+                Decision(
+                    **base,
+                    result="Cooldown",
+                    reason=f"captured {int(now - last)}s ago; cooldown is {int(trigger.cooldown)}s",
+                ),
+            )
         running = self._running_captures(trigger)
         if len(running) >= trigger.max_concurrent:
-            return self._record(trigger, Decision(
-                **base, result="Capped",
-                reason=f"{len(running)} capture(s) of this trigger still running "
-                       f"(maxConcurrentCaptures {trigger.max_concurrent}): {', '.join(sorted(running))}"))
+            return self._record(
+                trigger,
+                Decision(
+                    **base,
+                    result="Capped",
+                    reason=f"{len(running)} capture(s) of this trigger still running "
+                    f"(maxConcurrentCaptures {trigger.max_concurrent}): {', '.join(sorted(running))}",
+                ),
+            )
         try:
             nodes, ips = self._resolve(target)
         except LookupError as exc:
             return self._record(trigger, Decision(**base, result="TargetNotFound", reason=str(exc)))
         name = capture_name(labels.get("alertname", "alert"), target, now)
-        body = capture_body(trigger, name, nodes=nodes, ips=ips, alert=alert, target=target,
-                            expires_at=_rfc3339(now + trigger.expiry))
+        body = capture_body(
+            trigger,
+            name,
+            nodes=nodes,
+            ips=ips,
+            alert=alert,
+            target=target,
+            expires_at=_rfc3339(now + trigger.expiry),
+        )
         try:
-            self.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, trigger.namespace, "captures", body)
+            self.custom.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, trigger.namespace, "captures", body
+            )
         except ApiException as exc:
-            return self._record(trigger, Decision(**base, result="Failed",
-                                                  reason=f"the API refused the Capture: {exc.status} {exc.reason}"))
-        decision = Decision(**base, result="Created", capture=name,
-                            reason=f"capturing on node(s) {', '.join(sorted(nodes))}"
-                                   + (f" for {', '.join(ips)}" if ips else ""))
+            return self._record(
+                trigger,
+                Decision(
+                    **base, result="Failed", reason=f"the API refused the Capture: {exc.status} {exc.reason}"
+                ),
+            )
+        decision = Decision(
+            **base,
+            result="Created",
+            capture=name,
+            reason=f"capturing on node(s) {', '.join(sorted(nodes))}"
+            + (f" for {', '.join(ips)}" if ips else ""),
+        )
         return self._record(trigger, decision, target=target, now=now)
 
     # -- what the API says ------------------------------------------------------------------
     def _trigger_status(self, trigger: TriggerSpec) -> dict[str, Any]:
         try:
-            body = self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, trigger.namespace, PLURAL,
-                                                            trigger.name)
+            body = self.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, trigger.namespace, PLURAL, trigger.name
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return {}
@@ -142,8 +180,13 @@ class TriggerEngine:
         return body.get("status") or {}
 
     def _running_captures(self, trigger: TriggerSpec) -> list[str]:
-        result = self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, trigger.namespace, "captures",
-                                                           label_selector=f"{LABEL_TRIGGER}={trigger.name}")
+        result = self.custom.list_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            trigger.namespace,
+            "captures",
+            label_selector=f"{LABEL_TRIGGER}={trigger.name}",
+        )
         return [c["metadata"]["name"] for c in result.get("items") or [] if not _finished(c)]
 
     def _resolve(self, target: Target) -> tuple[list[str], list[str]]:
@@ -157,7 +200,9 @@ class TriggerEngine:
                 raise
             return [target.node], []
         if target.kind == "namespace":
-            pods = self.core.list_namespaced_pod(target.namespace, field_selector="status.phase=Running").items
+            pods = self.core.list_namespaced_pod(
+                target.namespace, field_selector="status.phase=Running"
+            ).items
             pods = [p for p in pods if p.spec.node_name and p.status.pod_ip][:MAX_NAMESPACE_PODS]
             if not pods:
                 raise LookupError(f"no running pod in namespace {target.namespace!r}")
@@ -180,19 +225,22 @@ class TriggerEngine:
         return nodes, ips
 
     # -- the trigger's status ---------------------------------------------------------------
-    def _record(self, trigger: TriggerSpec, decision: Decision, target: Target | None = None,
-                now: float | None = None) -> Decision:
+    def _record(
+        self, trigger: TriggerSpec, decision: Decision, target: Target | None = None, now: float | None = None
+    ) -> Decision:
         when = _rfc3339(self.clock() if now is None else now)
         current = self._trigger_status(trigger)
         counts = dict(current.get("counts") or {})
         counts[decision.result] = int(counts.get(decision.result, 0)) + 1
         status: dict[str, Any] = {"lastAction": {**decision.as_dict(), "time": when}, "counts": counts}
         if target is not None and decision.result == "Created":
-            status["targets"] = {target.key_hash: {"target": target.key, "lastCapture": when,
-                                                   "capture": decision.capture}}
+            status["targets"] = {
+                target.key_hash: {"target": target.key, "lastCapture": when, "capture": decision.capture}
+            }
         try:
-            self.custom.patch_namespaced_custom_object_status(API_GROUP, API_VERSION, trigger.namespace, PLURAL,
-                                                              trigger.name, {"status": status})
+            self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, trigger.namespace, PLURAL, trigger.name, {"status": status}
+            )
         except ApiException as exc:
             if exc.status != 404:  # the trigger was deleted meanwhile: nothing to record on
                 raise

@@ -89,8 +89,10 @@ class TargetLabels:
     namespace: str = "namespace"
     pod: str = "pod"
     node: str = "node"
-    pairs: tuple[PodLabels, ...] = (PodLabels("source_namespace", "source_podname"),
-                                     PodLabels("destination_namespace", "destination_podname"))
+    pairs: tuple[PodLabels, ...] = (
+        PodLabels("source_namespace", "source_podname"),
+        PodLabels("destination_namespace", "destination_podname"),
+    )
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,11 @@ class TriggerSpec:
     def target(self, labels: Mapping[str, str]) -> Target | None:
         """The alert's target, or None when its labels name none."""
         t = self.target_labels
-        pods = [(labels[p.namespace], labels[p.pod]) for p in t.pairs if labels.get(p.namespace)
-                and labels.get(p.pod)]
+        pods = [
+            (labels[p.namespace], labels[p.pod])
+            for p in t.pairs
+            if labels.get(p.namespace) and labels.get(p.pod)
+        ]
         if pods:
             return Target("pods", pods=tuple(dict.fromkeys(pods)))
         if labels.get(t.namespace) and labels.get(t.pod):
@@ -150,7 +155,9 @@ class TriggerSpec:
 def _matchers(raw: Any, problems: list[Problem]) -> tuple[Matcher, ...]:
     where = "spec.alertMatchers"
     if not isinstance(raw, list) or not raw:
-        problems.append(Problem(where, "give at least one matcher, e.g. {name: alertname, value: RetinaDropsRising}"))
+        problems.append(
+            Problem(where, "give at least one matcher, e.g. {name: alertname, value: RetinaDropsRising}")
+        )
         return ()
     out = []
     for i, item in enumerate(raw):
@@ -166,7 +173,9 @@ def _matchers(raw: Any, problems: list[Problem]) -> tuple[Matcher, ...]:
             problems.append(Problem(f"{at}.value", "must be a string"))
             continue
         if match_type not in MATCH_TYPES:
-            problems.append(Problem(f"{at}.matchType", f"{match_type!r} is not one of {', '.join(MATCH_TYPES)}"))
+            problems.append(
+                Problem(f"{at}.matchType", f"{match_type!r} is not one of {', '.join(MATCH_TYPES)}")
+            )
             continue
         if match_type in ("=~", "!~"):
             try:
@@ -200,19 +209,26 @@ def _target_labels(raw: Any, problems: list[Problem]) -> TargetLabels:
         if not isinstance(raw["pairs"], list):
             problems.append(Problem(f"{where}.pairs", "must be a list of {namespace, pod} label names"))
         else:
-            pairs = tuple(PodLabels(_label_name((p or {}).get("namespace"), f"{where}.pairs[{i}].namespace",
-                                                "namespace", problems),
-                                    _label_name((p or {}).get("pod"), f"{where}.pairs[{i}].pod", "pod", problems))
-                          for i, p in enumerate(raw["pairs"]))
-    return TargetLabels(namespace=_label_name(raw.get("namespace"), f"{where}.namespace", default.namespace,
-                                              problems),
-                        pod=_label_name(raw.get("pod"), f"{where}.pod", default.pod, problems),
-                        node=_label_name(raw.get("node"), f"{where}.node", default.node, problems),
-                        pairs=pairs)
+            pairs = tuple(
+                PodLabels(
+                    _label_name(
+                        (p or {}).get("namespace"), f"{where}.pairs[{i}].namespace", "namespace", problems
+                    ),
+                    _label_name((p or {}).get("pod"), f"{where}.pairs[{i}].pod", "pod", problems),
+                )
+                for i, p in enumerate(raw["pairs"])
+            )
+    return TargetLabels(
+        namespace=_label_name(raw.get("namespace"), f"{where}.namespace", default.namespace, problems),
+        pod=_label_name(raw.get("pod"), f"{where}.pod", default.pod, problems),
+        node=_label_name(raw.get("node"), f"{where}.node", default.node, problems),
+        pairs=pairs,
+    )
 
 
-def _duration(raw: Any, at: str, default: float, minimum: float, maximum: float,
-              problems: list[Problem]) -> float:
+def _duration(
+    raw: Any, at: str, default: float, minimum: float, maximum: float, problems: list[Problem]
+) -> float:
     if raw is None:
         return default
     try:
@@ -239,30 +255,54 @@ def parse_trigger(body: Mapping[str, Any]) -> TriggerSpec:
     matchers = _matchers(raw.get("alertMatchers"), problems)
     targets = _target_labels(raw.get("targetLabels"), problems)
     cooldown = _duration(raw.get("cooldown"), "spec.cooldown", DEFAULT_COOLDOWN, 0, 7 * 86400, problems)
-    expiry = _duration(raw.get("captureExpiry"), "spec.captureExpiry", DEFAULT_EXPIRY, 60, 90 * 86400, problems)
+    expiry = _duration(
+        raw.get("captureExpiry"), "spec.captureExpiry", DEFAULT_EXPIRY, 60, 90 * 86400, problems
+    )
     max_concurrent = raw.get("maxConcurrentCaptures", DEFAULT_MAX_CONCURRENT)
-    if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or not 1 <= max_concurrent <= 100:
-        problems.append(Problem("spec.maxConcurrentCaptures", f"{max_concurrent!r} must be a whole number 1-100"))
+    if (
+        isinstance(max_concurrent, bool)
+        or not isinstance(max_concurrent, int)
+        or not 1 <= max_concurrent <= 100
+    ):
+        problems.append(
+            Problem("spec.maxConcurrentCaptures", f"{max_concurrent!r} must be a whole number 1-100")
+        )
         max_concurrent = DEFAULT_MAX_CONCURRENT
     template = raw.get("captureTemplate")
     if not isinstance(template, Mapping):
-        problems.append(Problem("spec.captureTemplate", "give a Capture spec (captureConfiguration, "
-                                                        "outputConfiguration)"))
+        problems.append(
+            Problem("spec.captureTemplate", "give a Capture spec (captureConfiguration, outputConfiguration)")
+        )
         template = {}
     else:
-        probe = capture_body(TriggerSpec(meta.get("namespace", "default"), meta.get("name", "t"), matchers,
-                                         template),
-                             "probe", nodes=["node"], ips=[], alert={}, target=Target("node", node="node"))
+        probe = capture_body(
+            TriggerSpec(meta.get("namespace", "default"), meta.get("name", "t"), matchers, template),
+            "probe",
+            nodes=["node"],
+            ips=[],
+            alert={},
+            target=Target("node", node="node"),
+        )
         try:
             capture_spec.parse_capture(probe)
         except SpecError as exc:
-            problems += [Problem(p.field.replace("spec.", "spec.captureTemplate.", 1), p.message)
-                         for p in exc.problems if p.field != "metadata.name"]
+            problems += [
+                Problem(p.field.replace("spec.", "spec.captureTemplate.", 1), p.message)
+                for p in exc.problems
+                if p.field != "metadata.name"
+            ]
     if problems:
         raise SpecError(problems)
-    return TriggerSpec(namespace=meta.get("namespace", "default"), name=meta.get("name", ""), matchers=matchers,
-                       template=template, target_labels=targets, cooldown=cooldown,
-                       max_concurrent=max_concurrent, expiry=expiry)
+    return TriggerSpec(
+        namespace=meta.get("namespace", "default"),
+        name=meta.get("name", ""),
+        matchers=matchers,
+        template=template,
+        target_labels=targets,
+        cooldown=cooldown,
+        max_concurrent=max_concurrent,
+        expiry=expiry,
+    )
 
 
 def capture_name(alertname: str, target: Target, now: float) -> str:
@@ -272,8 +312,16 @@ def capture_name(alertname: str, target: Target, now: float) -> str:
     return f"{slug}-{target.key_hash[:8]}-{stamp}"
 
 
-def capture_body(trigger: TriggerSpec, name: str, *, nodes: Sequence[str], ips: Sequence[str],
-                 alert: Mapping[str, Any], target: Target, expires_at: str | None = None) -> dict[str, Any]:
+def capture_body(
+    trigger: TriggerSpec,
+    name: str,
+    *,
+    nodes: Sequence[str],
+    ips: Sequence[str],
+    alert: Mapping[str, Any],
+    target: Target,
+    expires_at: str | None = None,
+) -> dict[str, Any]:
     """The Capture a trigger creates: its template, with the nodes and pod IPs of the target."""
     template = dict(trigger.template)
     config = dict(template.get("captureConfiguration") or {})
@@ -285,7 +333,8 @@ def capture_body(trigger: TriggerSpec, name: str, *, nodes: Sequence[str], ips: 
     template["captureConfiguration"] = config
     labels = alert.get("labels") or {}
     metadata: dict[str, Any] = {
-        "name": name, "namespace": trigger.namespace,
+        "name": name,
+        "namespace": trigger.namespace,
         "labels": {LABEL_TRIGGER: trigger.name, LABEL_TARGET: target.key_hash},
         "annotations": {ANNOTATION_ALERT: str(labels.get("alertname", "")), ANNOTATION_TARGET: target.key},
     }
@@ -293,5 +342,9 @@ def capture_body(trigger: TriggerSpec, name: str, *, nodes: Sequence[str], ips: 
         metadata["labels"][LABEL_FINGERPRINT] = re.sub(r"[^A-Za-z0-9]", "", str(alert["fingerprint"]))[:63]
     if expires_at:
         metadata["annotations"][ANNOTATION_EXPIRES] = expires_at
-    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "Capture", "metadata": metadata,
-            "spec": template}
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "Capture",
+        "metadata": metadata,
+        "spec": template,
+    }

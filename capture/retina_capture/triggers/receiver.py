@@ -48,7 +48,9 @@ def parse_notification(raw: bytes) -> list[dict[str, Any]]:
     if not isinstance(body, dict):
         raise BadNotification("body: must be a JSON object (Alertmanager webhook, version 4)")
     if body.get("version") != "4":
-        raise BadNotification(f"version: {body.get('version')!r}; this receiver reads Alertmanager's version \"4\"")
+        raise BadNotification(
+            f'version: {body.get("version")!r}; this receiver reads Alertmanager\'s version "4"'
+        )
     alerts = body.get("alerts")
     if not isinstance(alerts, list):
         raise BadNotification("alerts: must be a list")
@@ -58,8 +60,9 @@ def parse_notification(raw: bytes) -> list[dict[str, Any]]:
         if alert.get("status") not in ("firing", "resolved"):
             raise BadNotification(f"alerts[{i}].status: {alert.get('status')!r} is not firing or resolved")
         labels = alert.get("labels")
-        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                   for k, v in labels.items()):
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
             raise BadNotification(f"alerts[{i}].labels: must map label names to strings")
         if "fingerprint" in alert and not isinstance(alert["fingerprint"], str):
             raise BadNotification(f"alerts[{i}].fingerprint: must be a string")
@@ -88,8 +91,10 @@ class Receiver:
 
     async def _read(self, request: aiohttp.web.Request) -> list[dict[str, Any]]:
         if not self._authorized(request):
-            raise aiohttp.web.HTTPUnauthorized(text="missing or wrong bearer token\n",
-                                               headers={"WWW-Authenticate": 'Bearer realm="retina-capture"'})
+            raise aiohttp.web.HTTPUnauthorized(
+                text="missing or wrong bearer token\n",
+                headers={"WWW-Authenticate": 'Bearer realm="retina-capture"'},
+            )
         try:
             raw = await request.read()
         except aiohttp.web.HTTPRequestEntityTooLarge:
@@ -114,16 +119,25 @@ class Receiver:
         triggers = [t for t in self.registry().values() if isinstance(t, TriggerSpec)]
         return aiohttp.web.json_response({"decisions": await self._decide(triggers, alerts)})
 
-    async def _decide(self, triggers: list[TriggerSpec], alerts: list[dict[str, Any]]) -> list[dict[str, str]]:
+    async def _decide(
+        self, triggers: list[TriggerSpec], alerts: list[dict[str, Any]]
+    ) -> list[dict[str, str]]:
         decisions: list[Decision] = []
         for trigger in triggers:
             lock = self._locks.setdefault((trigger.namespace, trigger.name), asyncio.Lock())
-            async with lock:  # one alert at a time per trigger: the cooldown check and the create are one step
+            async with (
+                lock
+            ):  # one alert at a time per trigger: the cooldown check and the create are one step
                 for alert in alerts:
                     decision = await asyncio.to_thread(self.engine.handle, trigger, alert)
                     if decision is not None:
-                        log.info("trigger %s: %s %s (%s)", decision.trigger, decision.result,
-                                 decision.capture or decision.target, decision.reason)
+                        log.info(
+                            "trigger %s: %s %s (%s)",
+                            decision.trigger,
+                            decision.result,
+                            decision.capture or decision.target,
+                            decision.reason,
+                        )
                         decisions.append(decision)
         return [d.as_dict() for d in decisions]
 
