@@ -62,8 +62,8 @@ def test_create_makes_one_pinned_job_per_linux_node(kube_emulator, capsys) -> No
         assert job["spec"]["backoffLimit"] == 0
         assert pod["hostNetwork"] is True
         sc = pod["containers"][0]["securityContext"]
-        assert sc["privileged"] is False and sorted(sc["capabilities"]["add"]) == [
-            "NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
+        assert sc["privileged"] is False and sc["capabilities"] == {
+            "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]}
         env = env_of(job)
         assert env["RETINA_CAPTURE_NAME"] == "cap1"
         assert env["RETINA_CAPTURE_DURATION"] == "30s"
@@ -72,9 +72,15 @@ def test_create_makes_one_pinned_job_per_linux_node(kube_emulator, capsys) -> No
         assert env["RETINA_CAPTURE_INCLUDE_FILTER"] == "10.244.1.10:80,*:53"
         assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
         assert "RETINA_CAPTURE_POD_IPS" not in env  # whole node
-        assert pod["volumes"] == [{"name": "host-path", "hostPath": {
-            "path": "/var/lib/retina/captures", "type": "DirectoryOrCreate"}}]
+        # The capture's hostPath, and the node directory where a tarball whose upload failed stays.
+        # (and /tmp: the root file system is read-only).
+        assert pod["volumes"] == [
+            {"name": "keep", "hostPath": {"path": "/var/log/retina/captures", "type": "DirectoryOrCreate"}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "host-path", "hostPath": {"path": "/var/lib/retina/captures", "type": "DirectoryOrCreate"}}]
         assert pod["containers"][0]["volumeMounts"] == [
+            {"name": "keep", "mountPath": "/var/log/retina/captures"},
+            {"name": "tmp", "mountPath": "/tmp"},
             {"name": "host-path", "mountPath": "/var/lib/retina/captures"}]
     assert kube_emulator.objects("Secret", "web") == []  # no credentials needed
 

@@ -59,8 +59,8 @@ options:
       - The agent plugins to give verdicts for (choices and default come from the plugin catalogue).
     type: list
     elements: str
-    choices: [linuxutil, packetforward, dropreason, dns, tcpretrans, packetparser, latency]
-    default: [linuxutil, packetforward, dropreason, dns, tcpretrans, packetparser, latency]
+    choices: [linuxutil, packetforward, dropreason, dns, tcpretrans, packetparser, latency, netfilter]
+    default: [linuxutil, packetforward, dropreason, dns, tcpretrans, packetparser, latency, netfilter]
   fail_on:
     description:
       - V(fail) makes the task fail when a required check failed.

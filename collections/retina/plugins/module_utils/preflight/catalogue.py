@@ -101,6 +101,16 @@ _PLUGINS = (
         capabilities=TC_CAPABILITIES,
         needs=("tc_clsact",),
     ),
+    # Reads the kernel's own rule counters (iptables-legacy, iptables-nft, nftables) each
+    # interval; reading other network namespaces' rules (plugins.netfilter.namespaces) also needs
+    # SYS_ADMIN (setns) and /run/netns, which the role adds only when namespaces are configured.
+    PluginSpec(
+        "netfilter",
+        "netfilter rule counters (iptables-legacy, iptables-nft, nftables), per interval",
+        default=False,
+        ebpf=False,
+        capabilities=("NET_ADMIN",),
+    ),
 )
 
 PLUGINS = {spec.name: spec for spec in _PLUGINS}
