@@ -168,6 +168,23 @@ def _key_path(loc: tuple) -> str:
                     for part in loc)
 
 
+#: A config larger than this is not an agent config (a wrong path, /dev/zero...): refused unread.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _read_config_text(path: Path) -> str:
+    """The file's text; a device, FIFO or huge file is refused without reading it whole."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file; give --config the path of "
+                          "the agent config YAML file")
+    with path.open("rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB: is it the right "
+                          "file? give --config the path of the agent config YAML file")
+    return data.decode("utf-8")
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                 ) -> AgentConfig:
     """Read ``path`` (YAML, Retina's keys), apply flat dotted ``overrides`` and validate."""
@@ -175,7 +192,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         fix = "give --config the path of the agent config YAML file"
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(_read_config_text(Path(path)))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist; {fix}") from None
         except IsADirectoryError:

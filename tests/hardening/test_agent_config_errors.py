@@ -47,6 +47,8 @@ def write(tmp_path: Path, text: str | bytes) -> str:
     (lambda tmp: ["--config", write(tmp, "apiServer: {readTimeout: .nan}\n")],
      "apiServer.readTimeout: nan is not a finite duration"),
     (lambda tmp: ["--config", write(tmp, "a: [\n")], "is not valid YAML at line 2, column 1"),
+    (lambda tmp: ["--config", "/dev/zero"], "config file /dev/zero is not a regular file"),
+    (lambda tmp: ["--config", write(tmp, "# padding\n" * 200_000)], "is over 1024 KiB"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, make_args, expect: str) -> None:
     result = run_agent(*make_args(tmp_path))
