@@ -77,7 +77,8 @@ def test_create_makes_one_pinned_job_per_linux_node(kube_emulator, capsys) -> No
         assert pod["volumes"] == [
             {"name": "keep", "hostPath": {"path": "/var/log/retina/captures", "type": "DirectoryOrCreate"}},
             {"name": "tmp", "emptyDir": {}},
-            {"name": "host-path", "hostPath": {"path": "/var/lib/retina/captures", "type": "DirectoryOrCreate"}}]
+            {"name": "host-path",
+             "hostPath": {"path": "/var/lib/retina/captures", "type": "DirectoryOrCreate"}}]
         assert pod["containers"][0]["volumeMounts"] == [
             {"name": "keep", "mountPath": "/var/log/retina/captures"},
             {"name": "tmp", "mountPath": "/tmp"},

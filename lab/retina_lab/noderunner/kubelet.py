@@ -279,6 +279,7 @@ class PodWorker(threading.Thread):
             network=self.netns.podman_network if self.netns else None,
             volume_dirs=volume_dirs,
             env_file=env_file,
+            env=env,
             labels=labels,
             image_user=kubelet.image_user(container["image"]),
             extra=extra,

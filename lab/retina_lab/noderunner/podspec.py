@@ -298,6 +298,7 @@ def podman_run_argv(
     volume_dirs: Mapping[str, Path | str] | None = None,
     host_paths: Mapping[str, Path] | None = None,
     env_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     image_user: str = "",
     extra: tuple[str, ...] = (),
@@ -335,9 +336,27 @@ def podman_run_argv(
         argv += ["--workdir", container["workingDir"]]
     argv += list(extra)
     command, args = list(container.get("command") or []), list(container.get("args") or [])
+    # $(VAR) in command and args is expanded from the container's env, as the kubelet does.
+    command = [expand_references(part, env or {}) for part in command]
+    args = [expand_references(part, env or {}) for part in args]
     if command:
         # A JSON entrypoint replaces the image's ENTRYPOINT and, as Kubernetes' command, its CMD.
         argv += ["--entrypoint", json.dumps(command)]
     argv.append(image or container["image"])
     argv += args
     return argv
+
+
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand_references(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of ``command``/``args``: a defined variable is replaced,
+    ``$$`` is a literal ``$`` (so ``$$(VAR)`` stays ``$(VAR)``), an undefined one is left as is."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(replace, text)
