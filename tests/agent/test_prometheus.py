@@ -44,8 +44,8 @@ def test_real_prometheus_queries_the_drop_count(agent, lab_node):
             send_udp(a, b.ip, 7010, 25)
             wait_for(lambda: float(prom.query(query)[0]["value"][1]) >= base + 25, 30,
                      message=f"PromQL drop count {base + 25}")
-            series = prom.query('networkobservability_drop_count{reason="NETFILTER_DROP"}')
-            assert series[0]["metric"]["instance"] == "lab-node"
-            assert series[0]["metric"]["direction"] == "unknown"
+            series = prom.query('networkobservability_drop_count{reason="NETFILTER_DROP",'
+                                'direction="ingress"}')  # dropped on arrival in pod b
+            assert series and series[0]["metric"]["instance"] == "lab-node"
         finally:
             b.run(["iptables", "-D", *rule], check=False)
