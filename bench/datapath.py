@@ -110,6 +110,19 @@ class Stream:
         return (int((self.stats / "tx_packets").read_text()),
                 int((self.stats / "tx_bytes").read_text()), time.monotonic())
 
+    def cpu_ns(self) -> int:
+        """CPU time of the sender and the receiver (their threads' scheduler run time, ns).
+
+        This kernel charges softirq work to the task it interrupts (no IRQ time accounting),
+        so the veth, bridge and TC path of each packet, our programs included, is in here.
+        """
+        total = 0
+        for proc in (self.client, self.server):
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    total += int((task / "schedstat").read_text().split()[0])
+        return total
+
     def close(self) -> None:
         for proc in (self.client, self.server):
             proc.terminate()
@@ -220,15 +233,22 @@ def alternate(states: dict[str, tuple[Callable[[], None], Callable[[], None]]],
             try:
                 time.sleep(settle)
                 before = extra() if extra else {}
+                c0 = stream.cpu_ns()
                 p0, b0, t0 = stream.counters()
                 time.sleep(window)
                 p1, b1, t1 = stream.counters()
+                c1 = stream.cpu_ns()
                 after = extra() if extra else {}
             finally:
                 leave()
             dt = t1 - t0
+            cpu = (c1 - c0) / 1e9
             results[name].append({"pps": (p1 - p0) / dt, "bps": (b1 - b0) * 8 / dt,
                                   "packets": p1 - p0, "seconds": dt,
+                                  # per CPU second of the traffic's own tasks: the rate a
+                                  # CPU-bound path would reach, whatever else the VM runs
+                                  "pkt_per_cpu": (p1 - p0) / cpu if cpu else 0,
+                                  "bytes_per_cpu": (b1 - b0) / cpu if cpu else 0,
                                   "before": before, "after": after})
     return results
 
@@ -332,6 +352,8 @@ def measure_set(node: LabNode, label: str, config: AgentConfig, rounds: int, win
     out = {
         "udp": paired(udp, "on", "off"),
         "tcp": paired(tcp, "on", "off", key="bps"),
+        "udp_per_cpu": paired(udp, "on", "off", key="pkt_per_cpu"),
+        "tcp_per_cpu": paired(tcp, "on", "off", key="bytes_per_cpu"),
         "udp_pps_off_median": round(statistics.median(r["pps"] for r in udp["off"])),
         "udp_pps_on_median": round(statistics.median(r["pps"] for r in udp["on"])),
         "tcp_gbps_off_median": round(statistics.median(r["bps"] for r in tcp["off"]) / 1e9, 2),
@@ -341,9 +363,13 @@ def measure_set(node: LabNode, label: str, config: AgentConfig, rounds: int, win
         "agent_cpu_s_per_mpkt": round(cpu_s / (cpu_packets / 1e6), 5) if cpu_packets else None,
         "agent_startup_s": round(startup, 1),
         "plugins_not_running": not_ready,
+        "windows": {f"{kind}.{state}": [[round(w["pps"]), round(w["pkt_per_cpu"])]
+                                        for w in ws]
+                    for kind, res in (("udp", udp), ("tcp", tcp)) for state, ws in res.items()},
     }
     if retina is not None:
         out["retina_udp"] = paired(udp, "retina", "off")
+        out["retina_udp_per_cpu"] = paired(udp, "retina", "off", key="pkt_per_cpu")
         out["retina_bpf"] = kernel_cost(timed["retina+stats"], "retina")
     if "empty+stats" in timed:
         floor = kernel_cost(timed["empty+stats"], "empty")["ns_per_run"].get("empty")
@@ -431,6 +457,11 @@ def main() -> int:
         "ratio_udp_pod_level": pod.get("udp", {}).get("median"),
         "ratio_tcp_pod_level": pod.get("tcp", {}).get("median"),
         "ratio_udp_retina_design": basic.get("retina_udp", {}).get("median"),
+        "cpu_ratio_udp_basic": basic.get("udp_per_cpu", {}).get("median"),
+        "cpu_ratio_udp_pod_level": pod.get("udp_per_cpu", {}).get("median"),
+        "cpu_ratio_tcp_basic": basic.get("tcp_per_cpu", {}).get("median"),
+        "cpu_ratio_tcp_pod_level": pod.get("tcp_per_cpu", {}).get("median"),
+        "cpu_ratio_udp_retina_design": basic.get("retina_udp_per_cpu", {}).get("median"),
         "bpf_ns_per_packet_basic": basic.get("bpf", {}).get("ns_per_packet"),
         "bpf_ns_per_packet_pod_level": pod.get("bpf", {}).get("ns_per_packet"),
         "bpf_ns_per_packet_retina_design": basic.get("retina_bpf", {}).get("ns_per_packet"),
@@ -457,6 +488,11 @@ def print_table(report: dict) -> None:
         rows.append((f"{label}: TCP Gbit/s ratio", f"{t['median']:.3f}",
                      f"[{t['q1']:.3f}, {t['q3']:.3f}]",
                      f"{r['tcp_gbps_on_median']} / {r['tcp_gbps_off_median']} Gbit/s"))
+        for key, what in (("udp_per_cpu", "UDP packets per CPU-second ratio"),
+                          ("tcp_per_cpu", "TCP bytes per CPU-second ratio")):
+            c = r[key]
+            rows.append((f"{label}: {what}", f"{c['median']:.3f}",
+                         f"[{c['q1']:.3f}, {c['q3']:.3f}]", "sender+receiver tasks' CPU"))
         rows.append((f"{label}: BPF ns per packet (TC hooks)",
                      str(r["bpf"]["ns_per_packet"]), "",
                      "ns per run: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in
@@ -474,6 +510,9 @@ def print_table(report: dict) -> None:
             ru = r["retina_udp"]
             rows.append(("Retina design: UDP 64 B pps ratio", f"{ru['median']:.3f}",
                          f"[{ru['q1']:.3f}, {ru['q3']:.3f}]", "AF_PACKET socket filter"))
+            rc = r["retina_udp_per_cpu"]
+            rows.append(("Retina design: UDP packets per CPU-second", f"{rc['median']:.3f}",
+                         f"[{rc['q1']:.3f}, {rc['q3']:.3f}]", ""))
             rows.append(("Retina design: BPF ns per packet",
                          str(r["retina_bpf"]["ns_per_packet"]), "", ""))
     width = max(len(r[0]) for r in rows)
