@@ -135,7 +135,7 @@ class AgentConfig(_Strict):
     enable_annotations: bool = Field(False, alias="enableAnnotations")
     bypass_lookup_ip_of_interest: bool = Field(False, alias="bypassLookupIPOfInterest")
     data_aggregation_level: Literal["low", "high"] = Field("low", alias="dataAggregationLevel")
-    data_sampling_rate: int = Field(1, ge=1, le=1024, alias="dataSamplingRate")
+    data_sampling_rate: int = Field(1, ge=1, le=65535, alias="dataSamplingRate")  # u16 weight
     # Ours (issue 11): percent of one core the BPF programs may use; over it, the agent
     # samples pod-level events more sparsely. How TC programs attach: tcx where the kernel
     # has it (6.6+), else cls_bpf.

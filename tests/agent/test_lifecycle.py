@@ -112,11 +112,13 @@ def test_restart_after_crash_comes_up_clean(lab_node):
             assert [f for f in our_tc_filters(dead) if f.startswith(f"{veth}/")] == []
             fresh = [f.split("@")[0] for f in our_tc_filters(pid) if f.startswith(f"{veth}/")]
             assert sorted(fresh) == sorted(f.split("@")[0] for f in stale)
-            assert f"{veth}/ingress/retina_dp_ingress@{dead}." in second.log()
-            # every removed filter is reported (a metric too), not only the qdiscs
+            # every removal is logged and counted, filters as well as qdiscs (other agents on
+            # a shared host may have removed some of the dead one's filters first)
+            logged = [line.split(": ", 1)[1].split(", ") for line in second.log().splitlines()
+                      if "removed stale TC state" in line]
             removed = second.scrape().value(
                 "controlplane_networkobservability_stale_tc_removed_total")
-            assert removed >= 2  # this veth's ingress and egress filters at least
+            assert removed == (len(logged[0]) if logged else 0)
         assert our_tc_filters(pid) == []
         if not _any_filters(veth):  # (other agents on a shared machine may hold it)
             assert "clsact" not in _qdiscs(veth)

@@ -3,6 +3,7 @@ checked against the kernel's, and a damaged TC state file never stops the agent.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from pathlib import Path
 
@@ -66,3 +67,48 @@ def test_damaged_tc_state_file_is_reported_and_the_agent_starts(tmp_path, conten
         assert agent.readyz()["plugins"]["packetforward"]["state"] == "running"
         assert "ignoring" in agent.log() and "tc-state.json" in agent.log()
     assert Path(state / "tc-state.json").read_text() == "{}"  # rewritten clean at stop
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"dataPathBudget": "lots"}, "dataPathBudget: 'lots' is not a percentage of one core"),
+    ({"dataPathBudget": "0%"}, "dataPathBudget: must be between 0% and 100%"),
+    ({"dataPathAttach": "xdp"}, "dataPathAttach"),
+    ({"dataSamplingRate": 0}, "dataSamplingRate"),
+])
+def test_data_path_settings_errors_name_the_key(overrides, message):
+    from retina_agent.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    assert load_config(None, {"dataPathBudget": "2%"}).data_path_budget == 2.0
+
+
+def test_stale_filters_are_removed_and_reported(lab_node, tmp_path):
+    """Issue 12: removed stale filters were never reported (only qdiscs were listed)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from retina_agent.tc import TcManager
+
+    veth = lab_node["a"].host_veth
+    index = int(Path(f"/sys/class/net/{veth}/ifindex").read_text())
+    loaded, _ = datapath.load([datapath.Feature("packetforward", maps=["pf_counts"])],
+                              bpf_source("datapath.c"))
+    dead = "retina_dp_ingress@999999.1"  # no such process
+    try:
+        with IPRoute() as ipr:
+            with contextlib.suppress(NetlinkError):  # another agent may have made it
+                ipr.tc("add", "clsact", index=index)
+            ipr.tc("add-filter", "bpf", index=index, handle=":1", fd=loaded.programs["ingress"],
+                   name=dead, parent="ffff:fff2", classid=1, direct_action=True, prio=0xC000)
+        manager = TcManager(tmp_path)
+        removed = manager.cleanup_stale()
+        assert f"{veth}/ingress/{dead}" in removed
+        assert manager.stale_removed == len(removed)
+        with IPRoute() as ipr:
+            names = [str(m.get_attr("TCA_OPTIONS")) for m in
+                     ipr.get_filters(index=index, parent="ffff:fff2")]
+        assert not any(dead in n for n in names)
+    finally:
+        loaded.plugins["packetforward"].close()
+        loaded.close()
