@@ -100,7 +100,8 @@ def test_stale_filters_are_removed_and_reported(lab_node, tmp_path):
             with contextlib.suppress(NetlinkError):  # another agent may have made it
                 ipr.tc("add", "clsact", index=index)
             ipr.tc("add-filter", "bpf", index=index, handle=":1", fd=loaded.programs["ingress"],
-                   name=dead, parent="ffff:fff2", classid=1, direct_action=True, prio=0xC000)
+                   name=dead, parent="ffff:fff2", classid=1, direct_action=True,
+                   prio=0xC777)  # a priority no live agent uses (they hold 0xC000 + n)
         manager = TcManager(tmp_path)
         removed = manager.cleanup_stale()
         assert f"{veth}/ingress/{dead}" in removed
