@@ -1,14 +1,13 @@
-"""Pod-level (packetparser) overhead, side by side in one run (issue: Pod-level metrics).
+"""Pod-level memory (issue: Pod-level metrics).
 
-1. UDP (64-byte datagrams) and TCP throughput between two pod namespaces (iperf3) with no
-   agent, with the basic plugins, and with pod-level metrics on (packetparser + pod-level
-   drops, DNS and retransmissions, remote context); agent CPU seconds per million packets.
-   Target: packetparser keeps >= 95% of the no-agent packet rate.
-2. Memory: the agent with 10,000 pods in its cache (a Kubernetes API emulator in a child
-   process) and 100,000 live flow series (50,000 destination ports x 2 directions, labelled by
-   port through a MetricsConfiguration). Target: RSS under 200 MiB.
+The agent with 10,000 pods in its cache (a Kubernetes API emulator in a child process) and
+100,000 live flow series (50,000 destination ports x 2 directions, labelled by port through a
+MetricsConfiguration). Target: RSS under 200 MiB.
 
-Run as root: ``sudo .venv/bin/python bench/podlevel_overhead.py``. Prints tables, writes JSON
+Throughput with pod level on moved to ``bench/datapath.py`` (alternation in one agent
+process, medians and spreads).
+
+Run as root: ``sudo .venv/bin/python bench/podlevel_overhead.py``. Prints JSON and writes it
 to bench/results/.
 """
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -35,41 +33,9 @@ from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats, wait_for  # noqa: E402
 from retina_lab.cluster import apply_crds, metrics_configuration, seed_lab  # noqa: E402
 from retina_lab.kube import KubeEmulator  # noqa: E402
-from retina_lab.traffic import iperf3  # noqa: E402
 
 POD_LEVEL_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans",
                      "packetparser"]
-
-
-def iperf(node: LabNode, seconds: float, udp: bool) -> float:
-    """Packets per second (UDP) or bits per second (TCP) from pod a to pod b."""
-    out = iperf3(node["a"], node["b"], seconds, *(["-u", "-b", "0", "-l", "64"] if udp else []))
-    if udp:
-        s = out["sum"]
-        return (s["packets"] - s.get("lost_packets", 0)) / s["seconds"]
-    return out["sum_received"]["bits_per_second"]
-
-
-def throughput(node: LabNode, runs: int, seconds: float) -> dict:
-    udp = [iperf(node, seconds, True) for _ in range(runs)]
-    tcp = [iperf(node, seconds, False) for _ in range(runs)]
-    return {"udp_pps": statistics.median(udp), "tcp_bps": statistics.median(tcp),
-            "udp_packets": sum(udp) * seconds}
-
-
-def with_agent(node: LabNode, config: dict, runs: int, seconds: float) -> dict:
-    agent = AgentProcess(config, interval="10s")
-    try:
-        agent.start()
-        time.sleep(2)
-        cpu0, _ = process_stats(agent.proc.pid)
-        result = throughput(node, runs, seconds)
-        cpu1, rss = process_stats(agent.proc.pid)
-        result["agent_cpu_s_per_mpkt"] = (cpu1 - cpu0) / (result["udp_packets"] / 1e6)
-        result["rss_mib"] = rss / 2**20
-    finally:
-        agent.cleanup()
-    return result
 
 
 def memory(node: LabNode, pods: int, ports: int) -> dict:
@@ -120,43 +86,12 @@ def memory(node: LabNode, pods: int, ports: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=6)
     p.add_argument("--pods", type=int, default=10_000)
     p.add_argument("--ports", type=int, default=50_000)
-    p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     args = p.parse_args()
-    if args.memory_only:
-        with LabNode(pod_names=("a", "b")) as node:
-            print(json.dumps(memory(node, args.pods, args.ports), indent=2))
-        return 0
-    with LabNode(pod_names=("a", "b")) as node, \
-            KubeEmulator(workdir=Path(tempfile.mkdtemp())) as kube:
-        seed_lab(kube, node)
-        none = throughput(node, args.runs, args.seconds)
-        basic = with_agent(node, {}, args.runs, args.seconds)
-        pod_level = with_agent(node, {
-            "enablePodLevel": True, "remoteContext": True, "enabledPlugin": POD_LEVEL_PLUGINS,
-            "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": "lab-node"}},
-            args.runs, args.seconds)
-        none_after = throughput(node, args.runs, args.seconds)
     with LabNode(pod_names=("a", "b")) as node:
-        mem = memory(node, args.pods, args.ports)
-    base_pps = statistics.mean([none["udp_pps"], none_after["udp_pps"]])
-    base_bps = statistics.mean([none["tcp_bps"], none_after["tcp_bps"]])
-    report = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "udp_pps": {"none": round(base_pps), "basic": round(basic["udp_pps"]),
-                    "pod_level": round(pod_level["udp_pps"])},
-        "tcp_gbps": {"none": round(base_bps / 1e9, 2), "basic": round(basic["tcp_bps"] / 1e9, 2),
-                     "pod_level": round(pod_level["tcp_bps"] / 1e9, 2)},
-        "udp_ratio_pod_level": round(pod_level["udp_pps"] / base_pps, 3),
-        "udp_ratio_basic": round(basic["udp_pps"] / base_pps, 3),
-        "tcp_ratio_pod_level": round(pod_level["tcp_bps"] / base_bps, 3),
-        "agent_cpu_s_per_mpkt": {"basic": round(basic["agent_cpu_s_per_mpkt"], 4),
-                                 "pod_level": round(pod_level["agent_cpu_s_per_mpkt"], 4)},
-        "memory": mem,
-    }
+        report = {"when": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "memory": memory(node, args.pods, args.ports)}
     print(json.dumps(report, indent=2))
     write_report("podlevel_overhead", report)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -13,12 +14,13 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from retina_agent.bpf.client import load_programs
+from retina_agent.bpf import datapath, syscall
+from retina_agent.bpf.datapath import Feature, Settings
 from retina_agent.bpf.spec import LoadError
 from retina_agent.config import AgentConfig
 from retina_agent.metrics import CONTROLPLANE, add, counter, gauge, retina_counter
 from retina_agent.plugins import REGISTRY
-from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable
+from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable, TcPlugin, bpf_source
 from retina_agent.server import MetricsServer, ServerLimits
 from retina_agent.status import RUNNING, STOPPED, UNAVAILABLE, PluginStates
 from retina_agent.tc import TcManager
@@ -30,15 +32,18 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.state_dir = Path(config.state_dir)
-        self.tc = TcManager(self.state_dir)
+        self.tc = TcManager(self.state_dir, config.data_path_attach)
+        self.datapath: datapath.Loaded | None = None
+        self.budget = SamplingBudget(config.data_sampling_rate, config.data_path_budget)
         self.pod_level = None
         if config.enable_pod_level:
             from retina_agent.podlevel.cluster import build_pod_level
 
             self.pod_level = build_pod_level(config)
-        ctx = PluginContext(config=config, tc=self.tc, state_dir=self.state_dir,
-                            pod_level=self.pod_level)
-        self.plugins: dict[str, Plugin] = {n: REGISTRY[n](ctx) for n in config.enabled_plugin}
+        self.ctx = PluginContext(config=config, tc=self.tc, state_dir=self.state_dir,
+                                 pod_level=self.pod_level)
+        self.plugins: dict[str, Plugin] = {n: REGISTRY[n](self.ctx)
+                                           for n in config.enabled_plugin}
         self.states = PluginStates(list(self.plugins))
         self.running: dict[str, Plugin] = {}
         self.harvest_failures: dict[str, int] = {}
@@ -60,23 +65,32 @@ class Agent:
                  self.config.api_server.host, self.server.port)
         stale = self.tc.cleanup_stale()
         if stale:
-            log.info("removed stale TC state from an earlier run: %s", ", ".join(stale))
+            log.warning("removed stale TC state left by an earlier agent: %s", ", ".join(stale))
         if self.pod_level is not None:
             self._start_pod_level()
-        specs = {}
+        specs, features = [], []
         for name, plugin in self.plugins.items():
             try:
                 spec = plugin.prepare()
             except PluginUnavailable as exc:
                 self._unavailable(name, str(exc))
                 continue
-            if spec is not None:
-                specs[name] = spec
+            if isinstance(spec, Feature):
+                features.append(spec)
+            elif spec is not None:
+                specs.append(spec)
         started = time.monotonic()
-        loaded = load_programs(list(specs.values())) if specs else {}
-        if specs:
-            log.info("compiled and loaded %d BPF programs in %.1fs", len(specs),
-                     time.monotonic() - started)
+        self.datapath, loaded = datapath.load(features, bpf_source("datapath.c"), specs)
+        if specs or features:
+            log.info("compiled and loaded %d BPF objects in %.1fs",
+                     len(specs) + (1 if features else 0), time.monotonic() - started)
+        if self.datapath is not None:
+            loaded.update(self.datapath.plugins)
+            if self.datapath.programs:
+                self.tc.set_datapath(self.datapath.programs, datapath.InterfaceBits(
+                    self.datapath.maps["dp_ifaces"], self.datapath.maps["dp_ifaces_hi"]))
+                self.ctx.datapath = Settings(self.datapath.maps["dp_settings"])
+                self.ctx.datapath.set_sample_rate(self.budget.rate)
         self.tc.start()
         for name, plugin in self.plugins.items():
             if self.states.snapshot()[name].state == UNAVAILABLE:
@@ -98,8 +112,18 @@ class Agent:
                 self._unavailable(name, f"failed to start: {exc}")
                 continue
             self.running[name] = plugin
-            self.states.set(name, RUNNING)
-            log.info("plugin %s running", name)
+            attach = self.tc.mode if isinstance(plugin, TcPlugin) else ""
+            self.states.set(name, RUNNING, attach=attach)
+            log.info("plugin %s running%s", name, f" (attached with {attach})" if attach else "")
+        self.budget.start(self._program_fds())
+
+    def _program_fds(self) -> list[int]:
+        """Every BPF program of ours: the data path's and the tracepoint plugins'."""
+        fds = list(self.datapath.programs.values()) if self.datapath else []
+        for plugin in self.running.values():
+            if plugin.loaded is not None:
+                fds += plugin.loaded.programs.values()
+        return fds
 
     def _start_pod_level(self) -> None:
         pl = self.pod_level
@@ -123,6 +147,9 @@ class Agent:
             self.harvest()
 
     def harvest(self) -> None:
+        rate = self.budget.check()
+        if self.ctx.datapath is not None and rate != self.ctx.datapath.sample_rate:
+            self.ctx.datapath.set_sample_rate(rate)
         if self.pod_level is not None:
             self.pod_level.refresh()
         for name, plugin in list(self.running.items()):
@@ -133,6 +160,18 @@ class Agent:
                 log.exception("harvest of %s failed", name)
         if self.pod_level is not None:
             _malloc_trim()  # hand the batch buffers and freed series back to the system
+
+    # -- data path on/off (benchmarks alternate these in one process) ------------------------
+    def pause_datapath(self) -> None:
+        """Detach every BPF program of ours from the data path; maps and state stay."""
+        self.tc.pause()
+        for plugin in self.running.values():
+            plugin.set_tracepoints(False)
+
+    def resume_datapath(self) -> None:
+        for plugin in self.running.values():
+            plugin.set_tracepoints(True)
+        self.tc.resume()
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -156,6 +195,9 @@ class Agent:
             if name in self.running:
                 self.states.set(name, STOPPED)
         self.running.clear()
+        if self.datapath is not None:
+            self.datapath.close()
+        self.budget.stop()
         self.server.stop()
 
     # -- metrics -----------------------------------------------------------------------------
@@ -167,11 +209,17 @@ class Agent:
                 log.exception("collect of %s failed", name)
         status = gauge("plugin_status",
                        "1 for each plugin with its current state (running, unavailable, "
-                       "starting, stopped) and the reason when it is not running",
-                       ["plugin", "state", "reason"], prefix=CONTROLPLANE)
+                       "starting, stopped), the reason when it is not running, and how a "
+                       "TC plugin's data path is attached (tcx or cls_bpf)",
+                       ["plugin", "state", "reason", "attach"], prefix=CONTROLPLANE)
         for name, s in self.states.snapshot().items():
-            add(status, [name, s.state, s.reason], 1)
+            add(status, [name, s.state, s.reason, s.attach], 1)
         yield status
+        yield from self.budget.metrics()
+        stale = counter("stale_tc_removed", "Stale TC filters and clsact qdiscs of an earlier "
+                        "agent removed at start", prefix=CONTROLPLANE)
+        add(stale, [], self.tc.stale_removed)
+        yield stale
         failures = counter("harvest_failures", "Failed harvests of a plugin's kernel maps",
                            ["plugin"], prefix=CONTROLPLANE)
         for name, n in self.harvest_failures.items():
@@ -202,6 +250,90 @@ class Agent:
                               "connected to the API server", prefix=CONTROLPLANE)
             add(connected, [], 1 if cache.connected else 0)
             yield connected
+
+
+class SamplingBudget:
+    """dataSamplingRate, and the dataPathBudget controller that raises it under load.
+
+    With a budget (percent of one core), run-time accounting is held on (BPF_ENABLE_STATS:
+    an fd, released with the agent) and every harvest compares the kernel time of all our
+    programs since the last one with the budget: over it, the sampling rate doubles (up to
+    ``MAX_RATE``); under half of it, the rate halves (down to the configured one).
+    """
+
+    MAX_RATE = 1024
+
+    def __init__(self, configured: int, budget_percent: float | None) -> None:
+        self.configured = configured
+        self.rate = configured
+        self.budget = budget_percent / 100 if budget_percent else None
+        self.share: float | None = None
+        self._fds: list[int] = []
+        self._stats_fd: int | None = None
+        self._last: tuple[int, int] | None = None
+
+    def start(self, program_fds: list[int]) -> None:
+        if self.budget is None:
+            return
+        self._fds = program_fds
+        try:
+            self._stats_fd = syscall.enable_stats()
+        except OSError as exc:
+            log.warning("dataPathBudget: cannot turn on BPF run-time accounting (%s); the "
+                        "sampling rate stays at %d", exc, self.rate)
+            self.budget = None
+            return
+        self._last = (self._run_time(), time.monotonic_ns())
+
+    def _run_time(self) -> int:
+        total = 0
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                total += syscall.prog_info(fd).run_time_ns
+        return total
+
+    def check(self) -> int:
+        """The sampling rate for the next interval."""
+        if self.budget is None or self._last is None:
+            return self.rate
+        now_ns, run_ns = time.monotonic_ns(), self._run_time()
+        last_run, last_now = self._last
+        self._last = (run_ns, now_ns)
+        if now_ns <= last_now:
+            return self.rate
+        self.share = (run_ns - last_run) / (now_ns - last_now)
+        old = self.rate
+        if self.share > self.budget and self.rate < self.MAX_RATE:
+            self.rate = min(self.rate * 2, self.MAX_RATE)
+        elif self.share < self.budget / 2 and self.rate > self.configured:
+            self.rate = max(self.rate // 2, self.configured)
+        if self.rate != old:
+            log.warning("data path used %.2f%% of a core (budget %.2f%%): sampling 1 in %d "
+                        "pod-level flow and DNS events (was 1 in %d)", self.share * 100,
+                        self.budget * 100, self.rate, old)
+        return self.rate
+
+    def stop(self) -> None:
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
+
+    def metrics(self) -> Iterable[Metric]:
+        rate = gauge("data_sampling_rate", "Pod-level flow and DNS events are sampled 1 in "
+                     "this many (dataSamplingRate, raised by dataPathBudget under load)",
+                     prefix=CONTROLPLANE)
+        add(rate, [], self.rate)
+        yield rate
+        if self.budget is not None:
+            budget = gauge("datapath_budget_ratio", "dataPathBudget: the share of one core "
+                           "the BPF programs may use", prefix=CONTROLPLANE)
+            add(budget, [], self.budget)
+            yield budget
+            if self.share is not None:
+                share = gauge("datapath_cpu_ratio", "Share of one core the agent's BPF "
+                              "programs used in the last interval", prefix=CONTROLPLANE)
+                add(share, [], self.share)
+                yield share
 
 
 def _malloc_trim() -> None:

@@ -138,7 +138,12 @@ class AgentConfig(_Strict):
     enable_annotations: bool = Field(False, alias="enableAnnotations")
     bypass_lookup_ip_of_interest: bool = Field(False, alias="bypassLookupIPOfInterest")
     data_aggregation_level: Literal["low", "high"] = Field("low", alias="dataAggregationLevel")
-    data_sampling_rate: int = Field(1, ge=1, alias="dataSamplingRate")
+    data_sampling_rate: int = Field(1, ge=1, le=65535, alias="dataSamplingRate")  # u16 weight
+    # Ours (issue 11): percent of one core the BPF programs may use; over it, the agent
+    # samples pod-level events more sparsely. How TC programs attach: tcx where the kernel
+    # has it (6.6+), else cls_bpf.
+    data_path_budget: float | None = Field(None, alias="dataPathBudget")
+    data_path_attach: Literal["auto", "tcx", "cls_bpf"] = Field("auto", alias="dataPathAttach")
     enable_conntrack_metrics: bool = Field(False, alias="enableConntrackMetrics")
     state_dir: str = Field("/var/run/retina", alias="stateDir")
     plugins: PluginOptions = Field(default_factory=PluginOptions)
@@ -152,6 +157,20 @@ class AgentConfig(_Strict):
             raise ValueError(f"unknown plugin {', '.join(unknown)}; "
                              f"valid plugins: {', '.join(PLUGIN_NAMES)}")
         return list(dict.fromkeys(names))
+
+    @field_validator("data_path_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        text = str(value).strip().removesuffix("%")
+        try:
+            percent = float(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage of one core: use e.g. 2%") from None
+        if not 0 < percent <= 100:
+            raise ValueError("must be between 0% and 100% of one core, like 2%")
+        return percent
 
     @field_validator("metrics_interval", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ STARTING, RUNNING, UNAVAILABLE, STOPPED = "starting", "running", "unavailable", 
 class PluginState:
     state: str = STARTING
     reason: str = ""
+    attach: str = ""  # TC plugins: how the data path is attached (tcx, cls_bpf)
 
 
 class PluginStates:
@@ -19,9 +20,9 @@ class PluginStates:
         self._lock = threading.Lock()
         self._states = {n: PluginState() for n in names}
 
-    def set(self, name: str, state: str, reason: str = "") -> None:
+    def set(self, name: str, state: str, reason: str = "", attach: str = "") -> None:
         with self._lock:
-            self._states[name] = PluginState(state, reason)
+            self._states[name] = PluginState(state, reason, attach)
 
     def snapshot(self) -> dict[str, PluginState]:
         with self._lock:

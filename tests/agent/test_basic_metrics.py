@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -71,9 +72,48 @@ def test_iptables_drop_counted_exactly_under_netfilter_reason(agent, lab_node):
                                   message="NETFILTER_DROP drops")
         assert delta(after, DROP) == dropped
         assert delta(after, DROP_BYTES) == dropped_bytes  # sk_buff.len via BTF = IP length
-        assert {"reason": "NETFILTER_DROP", "direction": "unknown"} in after.series(DROP)
     finally:
         b.run(["iptables", "-D", *rule], check=False)
+
+
+def _drops(m, direction: str) -> float:
+    return m.value(DROP, reason="NETFILTER_DROP", direction=direction)
+
+
+def test_drop_direction_ingress_for_received_egress_for_generated(agent, lab_node):
+    """Retina's "Packets Dropped - Ingress/Egress" panels: the direction comes from the skb.
+
+    Dropped on arrival in pod b (INPUT): received from an interface -> ingress. Dropped as
+    pod a sends them (OUTPUT): generated locally -> egress. Exact counts from iptables.
+    """
+    a, b = lab_node["a"], lab_node["b"]
+    in_rule = ["INPUT", "-p", "udp", "--dport", "7006", "-j", "DROP"]
+    out_rule = ["OUTPUT", "-p", "udp", "--dport", "7007", "-j", "DROP"]
+    b.run(["iptables", "-A", *in_rule])
+    a.run(["iptables", "-A", *out_rule])
+    try:
+        before = agent.scrape()
+        send_udp(a, b.ip, 7006, 17, 100)
+        with a.entered(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(11):
+                with contextlib.suppress(OSError):  # EPERM: netfilter refused the send
+                    s.sendto(b"x" * 100, (b.ip, 7007))
+        received = int(b.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout
+                       .splitlines()[2].split()[0])
+        generated = int(a.run(["iptables", "-L", "OUTPUT", "-v", "-n", "-x"]).stdout
+                        .splitlines()[2].split()[0])
+        assert (received, generated) == (17, 11)
+
+        def seen(m):
+            return (_drops(m, "ingress") - _drops(before, "ingress") >= received
+                    and _drops(m, "egress") - _drops(before, "egress") >= generated)
+        after = agent.scrape_until(seen)
+        assert _drops(after, "ingress") - _drops(before, "ingress") == received
+        assert _drops(after, "egress") - _drops(before, "egress") == generated
+        assert _drops(after, "unknown") == _drops(before, "unknown") == 0
+    finally:
+        b.run(["iptables", "-D", *in_rule], check=False)
+        a.run(["iptables", "-D", *out_rule], check=False)
 
 
 def test_tcp_to_closed_port_counted_under_no_socket(agent, lab_node):

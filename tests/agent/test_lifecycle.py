@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
 from retina_lab.traffic import connect_refused
@@ -34,43 +37,66 @@ def test_missing_tracepoint_makes_one_plugin_unavailable_others_run(lab_node):
                                             reason="NO_SOCKET") >= before + 3)
 
 
-def test_sigterm_removes_every_tc_filter_and_qdisc(lab_node):
+@pytest.mark.parametrize("attach", ["tcx", "cls_bpf"])
+def test_sigterm_removes_every_tc_filter_and_qdisc(lab_node, attach):
     veth = lab_node["a"].host_veth
-    agent = AgentProcess()
+    agent = AgentProcess({"dataPathAttach": attach})
     try:
         agent.start()
         pid = agent.proc.pid
         wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters(pid)), 10,
                  message="filters on the pod veth")
-        assert "clsact" in _qdiscs(veth)
+        state = Path(agent.config["stateDir"]) / "tc-state.json"
+        created = veth in json.loads(state.read_text()).values()
+        if attach == "tcx":
+            assert not created  # TCX needs no qdisc
+        else:
+            assert "clsact" in _qdiscs(veth)
         agent.signal(signal.SIGTERM)
         assert agent.proc.wait(30) == 0
         assert our_tc_filters(pid) == []
-        assert "clsact" not in _qdiscs(veth)  # we created it, so we removed it
+        assert json.loads(state.read_text()) == {}
+        if created:  # we created it, so we removed it (unless another agent now uses it)
+            wait_for(lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 5,
+                     message="our clsact removed")
         assert "stopped; TC filters and programs removed" in agent.log()
     finally:
         agent.cleanup()
 
 
-def test_foreign_clsact_and_filters_are_left_alone(lab_node):
-    """Another owner's TC programs (a CNI such as Cilium) survive our start and stop."""
-    veth = lab_node["b"].host_veth
-    subprocess.run(["tc", "qdisc", "add", "dev", veth, "clsact"], check=True)
-    subprocess.run(["tc", "filter", "add", "dev", veth, "ingress", "prio", "1", "matchall",
-                    "action", "mirred", "egress", "mirror", "dev", veth], check=False)
-    foreign_before = _filters(veth)
-    with AgentProcess() as agent:
+def test_tcx_links_die_with_a_killed_agent(lab_node):
+    """TCX (the default on 6.6+): the links are the agent's fds, so SIGKILL leaves nothing."""
+    veth = lab_node["a"].host_veth
+    index = int(Path(f"/sys/class/net/{veth}/ifindex").read_text())
+    agent = AgentProcess()
+    try:
+        agent.start()
         pid = agent.proc.pid
-        wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters(pid)), 10)
-        agent.stop()
-    assert "clsact" in _qdiscs(veth)
-    assert _filters(veth) == foreign_before
-    assert not any(f.startswith(f"{veth}/") for f in our_tc_filters(pid))
+        assert agent.readyz()["plugins"]["packetforward"]["attach"] == "tcx"
+        wait_for(lambda: any(f.startswith(f"{veth}/ingress/retina_pf") for f in our_tc_filters(pid)),
+                 10, message="the data path on the pod veth")
+        ours = set(_tcx_programs(index))
+        assert ours, "no TCX program on the veth"
+        agent.signal(signal.SIGKILL)
+        agent.proc.wait(10)
+        wait_for(lambda: not (ours & set(_tcx_programs(index))), 10,
+                 message="the killed agent's TCX programs gone")
+        assert our_tc_filters(pid) == []
+    finally:
+        agent.cleanup()
+
+
+def _tcx_programs(index: int) -> list[int]:
+    from retina_agent.bpf import syscall
+
+    return (syscall.prog_query(index, syscall.BPF_TCX_INGRESS)
+            + syscall.prog_query(index, syscall.BPF_TCX_EGRESS))
 
 
 def test_restart_after_crash_comes_up_clean(lab_node):
+    """cls_bpf (kernels before 6.6): filters outlive a crash; the next agent removes them."""
     veth = lab_node["a"].host_veth
-    first = AgentProcess()
+    first = AgentProcess({"dataPathAttach": "cls_bpf"})
     try:
         first.start()
         dead = first.proc.pid
@@ -79,16 +105,25 @@ def test_restart_after_crash_comes_up_clean(lab_node):
         first.proc.wait(10)
         stale = [f for f in our_tc_filters(dead) if f.startswith(f"{veth}/")]
         assert stale, "a killed agent leaves its filters behind"
-        second = AgentProcess(config={"stateDir": first.config["stateDir"]})
+        second = AgentProcess(config={"stateDir": first.config["stateDir"],
+                                      "dataPathAttach": "cls_bpf"})
         with second:
             pid = second.proc.pid
             # the dead agent's filters are gone, and the new one has exactly one set
             assert [f for f in our_tc_filters(dead) if f.startswith(f"{veth}/")] == []
             fresh = [f.split("@")[0] for f in our_tc_filters(pid) if f.startswith(f"{veth}/")]
             assert sorted(fresh) == sorted(f.split("@")[0] for f in stale)
-            assert "removed stale TC state" in second.log()
+            # every removal is logged and counted, filters as well as qdiscs (other agents on
+            # a shared host may have removed some of the dead one's filters first)
+            logged = [line.split(": ", 1)[1].split(", ") for line in second.log().splitlines()
+                      if "removed stale TC state" in line]
+            removed = second.scrape().value(
+                "controlplane_networkobservability_stale_tc_removed_total")
+            assert removed == (len(logged[0]) if logged else 0)
         assert our_tc_filters(pid) == []
-        assert "clsact" not in _qdiscs(veth)
+        # gone, unless another agent on a shared machine holds it (made it, filters follow)
+        wait_for(lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 5,
+                 message="our clsact removed")
     finally:
         first.cleanup()
 
@@ -98,9 +133,9 @@ def _qdiscs(dev: str) -> str:
                           text=True).stdout
 
 
-def _filters(dev: str) -> str:
-    return subprocess.run(["tc", "filter", "show", "dev", dev, "ingress"], capture_output=True,
-                          text=True).stdout
+def _any_filters(dev: str) -> bool:
+    return any(subprocess.run(["tc", "filter", "show", "dev", dev, d], capture_output=True,
+                              text=True).stdout.strip() for d in ("ingress", "egress"))
 
 
 def _agent_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,11 @@
 // dropreason: every packet the kernel drops, by the kernel's own drop reason, from the
 // skb:kfree_skb tracepoint. The args struct is generated from tracefs; SKB_LEN_OFFSET from
 // the running kernel's BTF (never from headers, which may belong to another kernel).
+//
+// Direction, from the packet itself: sk_buff.skb_iif is the interface a packet was received
+// on (set on every receive, also into a pod's namespace through its veth) and 0 for a packet
+// the host or a pod generated. Received -> ingress, generated -> egress; without BTF (no
+// offset) -> unknown. DROP_DIR_* come from Python as -D flags.
 TP_STRUCT
 
 struct drop_value {
@@ -8,7 +13,12 @@ struct drop_value {
     u64 bytes;
 };
 
-BPF_PERCPU_HASH(drop_counts, u32, struct drop_value, 1024);
+struct drop_key {
+    u32 reason;
+    u32 direction;
+};
+
+BPF_PERCPU_HASH(drop_counts, struct drop_key, struct drop_value, 1024);
 
 #ifdef POD_LEVEL
 // Pod-level: the dropped packet's addresses, read from its IP header at
@@ -79,8 +89,14 @@ int on_kfree_skb(struct tp_args *args)
 #else
     u32 reason = 0xffffffff;  // kernels before 5.17: no reason field
 #endif
+    struct drop_key key = {.reason = reason, .direction = DROP_DIR_UNKNOWN};
+#ifdef SKB_IIF_OFFSET
+    int iif = 0;
+    if (bpf_probe_read_kernel(&iif, sizeof(iif), (void *)args->skbaddr + SKB_IIF_OFFSET) == 0)
+        key.direction = iif ? DROP_DIR_INGRESS : DROP_DIR_EGRESS;
+#endif
     struct drop_value zero = {};
-    struct drop_value *v = drop_counts.lookup_or_try_init(&reason, &zero);
+    struct drop_value *v = drop_counts.lookup_or_try_init(&key, &zero);
     if (!v)
         return 0;
     v->packets += 1;

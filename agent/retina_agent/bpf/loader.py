@@ -73,6 +73,9 @@ def _compile_one(spec_json: dict, fds: list[int]) -> dict:
                     bpf.attach_tracepoint(tp=tracepoint, fn_name=fn)
                     result["links"].append(len(fds))
                     fds.append(bpf.tracepoint_fds[tracepoint.encode()])
+                    # the program too: its run time counts in the agent's data-path budget
+                    result["programs"][fn] = len(fds)
+                    fds.append(bpf.funcs[fn.encode()].fd)
                 for fn in spec.sched_cls:
                     result["programs"][fn] = len(fds)
                     fds.append(bpf.load_func(fn, BPF.SCHED_CLS).fd)

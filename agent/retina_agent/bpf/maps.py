@@ -10,6 +10,8 @@ from functools import cache
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from retina_agent.bpf.syscall import map_info
+
 K = TypeVar("K", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[name-defined]
 V = TypeVar("V", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[name-defined]
 
@@ -44,6 +46,10 @@ def possible_cpus() -> int:
     return count
 
 
+class MapLayoutError(ValueError):
+    """A ctypes key or value type does not match the size of the kernel map's."""
+
+
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         err = ctypes.get_errno() or -rc
@@ -60,7 +66,23 @@ class BpfMap(Generic[K, V]):
         self.percpu = percpu
         if percpu and ctypes.sizeof(value_type) % 8:
             raise ValueError("per-CPU value types must be a multiple of 8 bytes")
+        self._check_layout()
         self._value_buf_type = value_type * possible_cpus() if percpu else value_type
+
+    def _check_layout(self) -> None:
+        """The ctypes types must have the sizes the kernel map was created with: a struct that
+        drifted from its C twin would otherwise read garbage (or overrun a buffer)."""
+        try:
+            info = map_info(self.fd)
+        except OSError:
+            return  # no BPF_OBJ_GET_INFO_BY_FD (very old kernel): nothing to compare with
+        for what, kind, size in (("key", self.key_type, info.key_size),
+                                 ("value", self.value_type, info.value_size)):
+            if ctypes.sizeof(kind) != size:
+                raise MapLayoutError(
+                    f"BPF map {info.name or info.id}: its {what} is {size} bytes in the kernel "
+                    f"but {kind.__name__} is {ctypes.sizeof(kind)} bytes: the Python type "
+                    "and the C struct disagree (fix the ctypes fields to match the C)")
 
     def lookup(self, key: K) -> V | list[V] | None:
         buf = self._value_buf_type()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -13,12 +15,16 @@ from typing import ClassVar
 
 from prometheus_client.metrics_core import Metric
 
+from retina_agent.bpf.datapath import Feature, Settings
+from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.config import AgentConfig
-from retina_agent.podlevel import PodLevel
+from retina_agent.links import LinkSelector
+from retina_agent.podlevel import AddrKey, PodLevel
 from retina_agent.tc import TcManager
 
 log = logging.getLogger(__name__)
+PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_DISABLE = 0x2400, 0x2401
 
 
 class PluginUnavailable(Exception):
@@ -31,6 +37,7 @@ class PluginContext:
     tc: TcManager
     state_dir: Path
     pod_level: PodLevel | None = None
+    datapath: Settings | None = None  # the TC data path's settings, once it is loaded
 
 
 class Plugin(ABC):
@@ -48,7 +55,7 @@ class Plugin(ABC):
         self.loaded: LoadedProgram | None = None
         self._lock = threading.Lock()
 
-    def prepare(self) -> ProgramSpec | None:
+    def prepare(self) -> ProgramSpec | Feature | None:
         return None
 
     def start(self, loaded: LoadedProgram | None) -> None:
@@ -62,10 +69,47 @@ class Plugin(ABC):
     def collect(self) -> Iterable[Metric]:
         """Metric families from the latest snapshot (runs on every scrape)."""
 
+    def set_tracepoints(self, enabled: bool) -> None:
+        """Enable or disable this plugin's tracepoint programs (their perf events)."""
+        if self.loaded is None:
+            return
+        request = PERF_EVENT_IOC_ENABLE if enabled else PERF_EVENT_IOC_DISABLE
+        for fd in self.loaded.links:
+            fcntl.ioctl(fd, request, 0)
+
     def stop(self) -> None:
         if self.loaded is not None:
             self.loaded.close()
             self.loaded = None
+
+    def use_pod_filter(self, loaded: LoadedProgram) -> None:
+        """Let PodLevel keep this plugin's IPs-of-interest map, if its program has one."""
+        if self.ctx.pod_level is not None and "ips_of_interest" in loaded.maps:
+            self.ctx.pod_level.register_filter(
+                BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8))
+
+    def pod_level_cflags(self) -> list[str]:
+        """Compile flags of a program's pod-level part (the filter map's size from config)."""
+        return ["-DPOD_LEVEL", f"-DMAX_IPS={self.ctx.config.plugins.packetparser.max_ips}"]
+
+
+class TcPlugin(Plugin):
+    """A plugin that runs in the shared TC data path (``bpf/datapath.c``).
+
+    ``prepare`` returns its ``Feature`` (maps and flags); once started, ``attach_tc`` turns its
+    bit on for the interfaces its ``plugins.<name>.interfaces`` selects, and ``stop`` (also
+    after a failure) turns it off again: the data path itself stays for the other plugins.
+    """
+
+    def interfaces(self) -> list[str]:
+        return list(getattr(self.ctx.config.plugins, self.name).interfaces)
+
+    def attach_tc(self) -> None:
+        self.ctx.tc.enable(self.name, LinkSelector(self.interfaces()))
+
+    def stop(self) -> None:
+        self.ctx.tc.disable(self.name)
+        super().stop()
 
 
 def bpf_source(filename: str) -> str:

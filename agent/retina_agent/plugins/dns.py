@@ -19,21 +19,19 @@ import struct
 import time
 from collections.abc import Iterable
 
+from retina_agent.bpf.datapath import DNS_LATENCY_SLOTS, Feature
 from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.ringbuf import RingBuffer
-from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
-from retina_agent.links import LinkSelector
+from retina_agent.bpf.spec import LoadedProgram
 from retina_agent.metrics import add, counter, histogram, retina_counter, retina_gauge
-from retina_agent.plugins.base import Plugin, bpf_source
-from retina_agent.podlevel import AddrKey, addr_str
-from retina_agent.tc import PRIO_BASE, TcProgram
+from retina_agent.plugins.base import TcPlugin
+from retina_agent.podlevel import addr_str
 
 log = logging.getLogger(__name__)
 ADV_REQUESTS, ADV_RESPONSES = "adv_dns_request_count", "adv_dns_response_count"
 _EVENT = struct.Struct("=16s16sHHHH")
 
-LATENCY_SLOTS = 32
-TC_PRIO = PRIO_BASE + 0x10
+LATENCY_SLOTS = DNS_LATENCY_SLOTS
 
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
           6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE"}
@@ -59,16 +57,15 @@ def rcode_name(rcode: int) -> str:
     return RCODES.get(rcode, f"RCODE{rcode}")
 
 
-class Dns(Plugin):
+class Dns(TcPlugin):
     name = "dns"
 
-    def prepare(self) -> ProgramSpec:
+    def prepare(self) -> Feature:
         maps, cflags = ["dns_totals", "dns_responses", "dns_latency"], []
         if self.ctx.pod_level is not None:
-            cflags = ["-DPOD_LEVEL", f"-DMAX_IPS={self.ctx.config.plugins.packetparser.max_ips}"]
+            cflags = self.pod_level_cflags()
             maps += ["ips_of_interest", "dns_events", "dns_lost"]
-        return ProgramSpec(plugin=self.name, source=bpf_source("dns.c"), cflags=cflags,
-                           sched_cls=["dns_ingress", "dns_egress"], maps=maps)
+        return Feature(self.name, maps=maps, cflags=cflags)
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
@@ -83,8 +80,7 @@ class Dns(Plugin):
         self.events: RingBuffer | None = None
         self.lost = 0
         if "dns_events" in loaded.maps:
-            self.ctx.pod_level.register_filter(
-                BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8))
+            self.use_pod_filter(loaded)
             self.lost_map = BpfMap(loaded.maps["dns_lost"], ctypes.c_uint32, ctypes.c_uint64,
                                    percpu=True)
             self.ctx.pod_level.register_metric(ADV_REQUESTS, "DNS requests of pods by query",
@@ -94,11 +90,7 @@ class Dns(Plugin):
                 ("return_code", "query_type", "query", "response", "num_response"))
             self.events = RingBuffer(loaded.maps["dns_events"], self._on_event, "dns")
             self.events.start()
-        selector = LinkSelector(self.ctx.config.plugins.dns.interfaces)
-        for i, direction in enumerate(("ingress", "egress")):
-            self.ctx.tc.add_program(TcProgram(
-                name=f"retina_dns_{direction}", fd=loaded.programs[f"dns_{direction}"],
-                direction=direction, prio=TC_PRIO + i, selector=selector))
+        self.attach_tc()
 
     def harvest(self) -> None:
         requests = sum(self.totals.lookup(ctypes.c_uint32(0)) or [])
@@ -131,7 +123,9 @@ class Dns(Plugin):
         import dns.exception
         import dns.message
 
-        src, dst, sport, dport, length, _ = _EVENT.unpack_from(raw)
+        # weight: the messages this one stands for (dataSamplingRate when it was kept)
+        src, dst, sport, dport, length, weight = _EVENT.unpack_from(raw)
+        weight = max(weight, 1)
         try:
             msg = dns.message.from_wire(raw[_EVENT.size:_EVENT.size + length],
                                         ignore_trailing=True, one_rr_per_rrset=True)
@@ -148,7 +142,7 @@ class Dns(Plugin):
         if not msg.flags & 0x8000:  # QR = 0: a request
             plan = pod_level.plan(ADV_REQUESTS)
             for labels in pod_level.label_sets(plan, src_ip, sport, dst_ip, dport):
-                pod_level.series.add(ADV_REQUESTS, (qtype, query, *labels), 1, now)
+                pod_level.series.add(ADV_REQUESTS, (qtype, query, *labels), weight, now)
             return
         answers = [rr.address for rrset in msg.answer for rr in rrset
                    if hasattr(rr, "address")]
@@ -156,7 +150,7 @@ class Dns(Plugin):
         for labels in pod_level.label_sets(plan, src_ip, sport, dst_ip, dport):
             pod_level.series.add(
                 ADV_RESPONSES, (rcode_name(msg.rcode()), qtype, query, ",".join(answers),
-                                str(len(answers)), *labels), 1, now)
+                                str(len(answers)), *labels), weight, now)
 
     def collect(self) -> Iterable:
         s = self.snapshot

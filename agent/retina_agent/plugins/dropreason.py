@@ -19,7 +19,7 @@ from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.metrics import add, retina_gauge
 from retina_agent.plugins.base import Plugin
 from retina_agent.plugins.tracepoints import tracepoint_source
-from retina_agent.podlevel import AddrKey, addr_str
+from retina_agent.podlevel import addr_str
 from retina_agent.podlevel.flows import FlowHarvester
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,13 @@ NO_REASON = 0xFFFFFFFF
 ADV_COUNT, ADV_BYTES = "adv_drop_count", "adv_drop_bytes"
 ADV_METRICS = (ADV_COUNT, ADV_BYTES)
 _FLOW_KEY = struct.Struct("=16s16sIB")
+
+
+DIRECTIONS = ("ingress", "egress", "unknown")  # DROP_DIR_* in dropreason.c, by index
+
+
+class DropKey(ctypes.Structure):
+    _fields_ = [("reason", ctypes.c_uint32), ("direction", ctypes.c_uint32)]
 
 
 class DropValue(ctypes.Structure):
@@ -78,9 +85,10 @@ class DropReason(Plugin):
             log.warning("dropreason: %s has no reason field (kernel before 5.17): drops are "
                         "counted under reason UNKNOWN", tracepoint)
         maps = ["drop_counts"]
-        offsets = [("SKB_LEN_OFFSET", "sk_buff", "len")]
+        cflags += [f"-DDROP_DIR_{d.upper()}={i}" for i, d in enumerate(DIRECTIONS)]
+        offsets = [("SKB_LEN_OFFSET", "sk_buff", "len"), ("SKB_IIF_OFFSET", "sk_buff", "skb_iif")]
         if self.ctx.pod_level is not None:  # adv_drop_*: attribute drops to pods
-            cflags += ["-DPOD_LEVEL", f"-DMAX_IPS={self.ctx.config.plugins.packetparser.max_ips}"]
+            cflags += self.pod_level_cflags()
             maps += ["drop_flows", "ips_of_interest"]
             offsets += [("SKB_HEAD_OFFSET", "sk_buff", "head"),
                         ("SKB_NETWORK_HEADER_OFFSET", "sk_buff", "network_header")]
@@ -97,12 +105,11 @@ class DropReason(Plugin):
         self.names[NO_REASON] = "UNKNOWN"
         for warning in loaded.warnings:
             log.warning("dropreason: %s (drop_bytes stays 0 without sk_buff.len)", warning)
-        self.counts = BpfMap(loaded.maps["drop_counts"], ctypes.c_uint32, DropValue, percpu=True)
-        self.snapshot: dict[str, tuple[int, int]] = {}
+        self.counts = BpfMap(loaded.maps["drop_counts"], DropKey, DropValue, percpu=True)
+        self.snapshot: dict[tuple[str, str], tuple[int, int]] = {}
         self.flows: FlowHarvester | None = None
         if self.ctx.pod_level is not None and "drop_flows" in loaded.maps:
-            self.ctx.pod_level.register_filter(
-                BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8))
+            self.use_pod_filter(loaded)
             self.flows = FlowHarvester(
                 BpfMap(loaded.maps["drop_flows"], DropFlowKey, DropValue, percpu=True), 2,
                 self._account_flow)
@@ -115,12 +122,13 @@ class DropReason(Plugin):
         return self.names.get(code) or f"UNKNOWN_{code}"
 
     def harvest(self) -> None:
-        snapshot: dict[str, tuple[int, int]] = {}
+        snapshot: dict[tuple[str, str], tuple[int, int]] = {}
         for key, per_cpu in self.counts.items():
-            name = self.reason_name(key.value)
-            packets, octets = snapshot.get(name, (0, 0))
-            snapshot[name] = (packets + sum(v.packets for v in per_cpu),
-                              octets + sum(v.bytes for v in per_cpu))
+            label = (self.reason_name(key.reason),
+                     DIRECTIONS[key.direction] if key.direction < len(DIRECTIONS) else "unknown")
+            packets, octets = snapshot.get(label, (0, 0))
+            snapshot[label] = (packets + sum(v.packets for v in per_cpu),
+                               octets + sum(v.bytes for v in per_cpu))
         self.snapshot = snapshot
         if self.flows is not None:
             pod_level = self.ctx.pod_level
@@ -139,11 +147,12 @@ class DropReason(Plugin):
                 series.add(metric, (reason, *labels), value, self._now)
 
     def collect(self) -> Iterable:
-        packets = retina_gauge("drop_count", "Packets dropped by the kernel, by drop reason",
-                               ["reason", "direction"])
-        octets = retina_gauge("drop_bytes", "Bytes dropped by the kernel, by drop reason",
-                              ["reason", "direction"])
-        for reason, (n, b) in sorted(self.snapshot.items()):
-            add(packets, [reason, "unknown"], n)
-            add(octets, [reason, "unknown"], b)
+        packets = retina_gauge("drop_count", "Packets dropped by the kernel, by drop reason "
+                               "and direction (ingress: received from an interface; egress: "
+                               "generated on the node)", ["reason", "direction"])
+        octets = retina_gauge("drop_bytes", "Bytes dropped by the kernel, by drop reason and "
+                              "direction", ["reason", "direction"])
+        for (reason, direction), (n, b) in sorted(self.snapshot.items()):
+            add(packets, [reason, direction], n)
+            add(octets, [reason, direction], b)
         return [packets, octets]

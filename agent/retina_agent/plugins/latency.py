@@ -19,18 +19,16 @@ import socket
 import time
 from collections.abc import Iterable
 
+from retina_agent.bpf.datapath import LAT_SLOTS, Feature
 from retina_agent.bpf.maps import BpfMap
-from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
-from retina_agent.links import LinkSelector
+from retina_agent.bpf.spec import LoadedProgram
 from retina_agent.metrics import add, histogram, retina_counter
-from retina_agent.plugins.base import Plugin, PluginUnavailable, bpf_source
+from retina_agent.plugins.base import PluginUnavailable, TcPlugin
 from retina_agent.podlevel import addr_bytes
-from retina_agent.tc import PRIO_BASE, TcProgram
 from retina_common.durations import parse_go_duration
 
 log = logging.getLogger(__name__)
-SLOTS = 65
-TC_PRIO = PRIO_BASE + 0x30
+SLOTS = LAT_SLOTS
 
 
 class ServerKey(ctypes.Structure):
@@ -80,10 +78,10 @@ def cluster_endpoints(api_client) -> list[tuple[str, int]]:
     return list(dict.fromkeys(found))
 
 
-class Latency(Plugin):
+class Latency(TcPlugin):
     name = "latency"
 
-    def prepare(self) -> ProgramSpec:
+    def prepare(self) -> Feature:
         options = self.ctx.config.plugins.latency
         try:
             if options.api_server:
@@ -99,9 +97,10 @@ class Latency(Plugin):
             raise PluginUnavailable(f"cannot tell the API server's address: {exc} (set "
                                     "plugins.latency.apiServer, or run in a cluster)") from None
         self.timeout = parse_go_duration(options.no_response_timeout)
-        return ProgramSpec(plugin=self.name, source=bpf_source("latency.c"),
-                           sched_cls=["lat_ingress", "lat_egress"],
-                           maps=["apiservers", "pending", "latency_hist"])
+        if len({port for _, port in self.servers}) > 4:
+            raise PluginUnavailable("the API server listens on more than 4 ports: set "
+                                    "plugins.latency.apiServer to the ones to time")
+        return Feature(self.name, maps=["apiservers", "pending", "latency_hist"])
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
@@ -111,17 +110,14 @@ class Latency(Plugin):
             key = ServerKey(port=port)
             ctypes.memmove(key.addr, addr_bytes(ip), 16)
             servers.update(key, ctypes.c_uint8(1))
+        self.ctx.datapath.set_api_ports([port for _, port in self.servers])
         log.info("timing the API server at %s",
                  ", ".join(f"{ip}:{port}" for ip, port in self.servers))
         self.pending = BpfMap(loaded.maps["pending"], ConnKey, ctypes.c_uint64)
         self.hist = BpfMap(loaded.maps["latency_hist"], ctypes.c_uint32, Histogram, percpu=True)
         self.no_response = 0
         self.snapshot = {0: ([0] * SLOTS, 0, 0), 1: ([0] * SLOTS, 0, 0)}
-        selector = LinkSelector(self.ctx.config.plugins.latency.interfaces)
-        for i, direction in enumerate(("ingress", "egress")):
-            self.ctx.tc.add_program(TcProgram(
-                name=f"retina_lat_{direction}", fd=loaded.programs[f"lat_{direction}"],
-                direction=direction, prio=TC_PRIO + i, selector=selector))
+        self.attach_tc()
 
     def harvest(self) -> None:
         for which in (0, 1):

@@ -1,8 +1,9 @@
 """packetforward: packets and bytes into and out of the node, by direction.
 
-TC programs on the node's ports (physical NICs and the host side of pod veths; configurable
-with ``plugins.packetforward.interfaces``). A packet from pod A to pod B counts once as
-ingress (it entered the node from A) and once as egress (the node sent it to B).
+Part of the TC data path (``bpf/datapath.c``) on the node's ports (physical NICs and the host
+side of pod veths; configurable with ``plugins.packetforward.interfaces``). A packet from pod A
+to pod B counts once as ingress (it entered the node from A) and once as egress (the node sent
+it to B).
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterable
 
+from retina_agent.bpf.datapath import Feature
 from retina_agent.bpf.maps import BpfMap
-from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
-from retina_agent.links import LinkSelector
+from retina_agent.bpf.spec import LoadedProgram
 from retina_agent.metrics import add, retina_gauge
-from retina_agent.plugins.base import Plugin, bpf_source
-from retina_agent.tc import PRIO_BASE, TcProgram
+from retina_agent.plugins.base import TcPlugin
 
 DIRECTIONS = ("ingress", "egress")
 
@@ -24,23 +24,18 @@ class PfValue(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
-class PacketForward(Plugin):
+class PacketForward(TcPlugin):
     name = "packetforward"
 
-    def prepare(self) -> ProgramSpec:
-        return ProgramSpec(plugin=self.name, source=bpf_source("packetforward.c"),
-                           sched_cls=["pf_ingress", "pf_egress"], maps=["pf_counts"])
+    def prepare(self) -> Feature:
+        return Feature(self.name, maps=["pf_counts"])
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
         assert loaded is not None
         self.counts = BpfMap(loaded.maps["pf_counts"], ctypes.c_uint32, PfValue, percpu=True)
         self.snapshot = {d: (0, 0) for d in DIRECTIONS}
-        selector = LinkSelector(self.ctx.config.plugins.packetforward.interfaces)
-        for i, direction in enumerate(DIRECTIONS):
-            self.ctx.tc.add_program(TcProgram(
-                name=f"retina_pf_{direction}", fd=loaded.programs[f"pf_{direction}"],
-                direction=direction, prio=PRIO_BASE + i, selector=selector))
+        self.attach_tc()
 
     def harvest(self) -> None:
         snapshot = {}

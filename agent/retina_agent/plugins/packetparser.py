@@ -16,17 +16,16 @@ import struct
 import time
 from collections.abc import Iterable
 
+from retina_agent.bpf.datapath import N_TCP_FLAGS, Feature
 from retina_agent.bpf.maps import BpfMap
-from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
-from retina_agent.links import LinkSelector
-from retina_agent.plugins.base import Plugin, PluginUnavailable, bpf_source
-from retina_agent.podlevel import AddrKey, addr_str
+from retina_agent.bpf.spec import LoadedProgram
+from retina_agent.plugins.base import PluginUnavailable, TcPlugin
+from retina_agent.podlevel import addr_str
 from retina_agent.podlevel.context import DIRECTIONS
 from retina_agent.podlevel.flows import FlowHarvester
-from retina_agent.tc import PRIO_BASE, TcProgram
 
 FLAGS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
-TC_PRIO = PRIO_BASE + 0x20
+assert len(FLAGS) == N_TCP_FLAGS
 FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS = "adv_forward_count", "adv_forward_bytes", \
     "adv_tcpflags_count"
 METRICS = (FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS)
@@ -41,47 +40,34 @@ class FlowValue(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64),
                 ("flags", ctypes.c_uint64 * len(FLAGS))]
 
-class Settings(ctypes.Structure):
-    _fields_ = [("filter_enabled", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
-
 _KEY = struct.Struct("=16s16sHHBBH")
 _VALUE_WORDS = 2 + len(FLAGS)
 
-class PacketParser(Plugin):
+class PacketParser(TcPlugin):
     name = "packetparser"
 
-    def prepare(self) -> ProgramSpec:
+    def prepare(self) -> Feature:
         cfg = self.ctx.config
         if not cfg.enable_pod_level or self.ctx.pod_level is None:
             raise PluginUnavailable("packetparser produces pod-level metrics: set "
                                     "enablePodLevel: true")
         options = cfg.plugins.packetparser
-        return ProgramSpec(plugin=self.name, source=bpf_source("packetparser.c"),
-                           cflags=[f"-DMAX_FLOWS={options.max_flows}",
-                                   f"-DMAX_IPS={options.max_ips}"],
-                           sched_cls=["pp_ingress", "pp_egress"],
-                           maps=["flows", "ips_of_interest", "settings_map"])
+        return Feature(self.name, maps=["flows", "ips_of_interest"],
+                       cflags=[f"-DMAX_FLOWS={options.max_flows}", *self.pod_level_cflags()])
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
         assert loaded is not None
         pod_level = self.ctx.pod_level
         self.flows = BpfMap(loaded.maps["flows"], FlowKey, FlowValue, percpu=True)
-        settings = BpfMap(loaded.maps["settings_map"], ctypes.c_uint32, Settings)
-        settings.update(ctypes.c_uint32(0),
-                        Settings(filter_enabled=0 if pod_level.bypass_filter else 1))
-        pod_level.register_filter(BpfMap(loaded.maps["ips_of_interest"], AddrKey,
-                                         ctypes.c_uint8))
+        self.ctx.datapath.set_filter(not pod_level.bypass_filter)
+        self.use_pod_filter(loaded)
         self.harvester = FlowHarvester(self.flows, 2 + len(FLAGS), self._account)
         pod_level.register_metric(FORWARD_COUNT, "Packets of pod traffic by direction and context")
         pod_level.register_metric(FORWARD_BYTES, "Bytes of pod traffic by direction and context")
         pod_level.register_metric(TCPFLAGS, "TCP packets of pod traffic by flag and context",
                                   ("flag",))
-        selector = LinkSelector(self.ctx.config.plugins.packetparser.interfaces)
-        for i, direction in enumerate(("ingress", "egress")):
-            self.ctx.tc.add_program(TcProgram(
-                name=f"retina_pp_{direction}", fd=loaded.programs[f"pp_{direction}"],
-                direction=direction, prio=TC_PRIO + i, selector=selector))
+        self.attach_tc()
 
     def harvest(self) -> None:
         pod_level = self.ctx.pod_level

@@ -16,7 +16,7 @@ from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.metrics import add, retina_gauge
 from retina_agent.plugins.base import Plugin
 from retina_agent.plugins.tracepoints import tracepoint_source
-from retina_agent.podlevel import AddrKey, addr_str
+from retina_agent.podlevel import addr_str
 from retina_agent.podlevel.flows import FlowHarvester
 
 FAMILIES = ("ipv4", "ipv6")
@@ -37,7 +37,7 @@ class TcpRetrans(Plugin):
         source, _ = tracepoint_source("tcpretrans.c", tracepoint, *fields)
         maps, cflags = ["retrans_counts"], []
         if pod_level:
-            cflags = ["-DPOD_LEVEL", f"-DMAX_IPS={self.ctx.config.plugins.packetparser.max_ips}"]
+            cflags = self.pod_level_cflags()
             maps += ["retrans_pairs", "ips_of_interest"]
         return ProgramSpec(plugin=self.name, source=source, cflags=cflags,
                            tracepoints=[(tracepoint, "on_tcp_retransmit_skb")], maps=maps)
@@ -50,8 +50,7 @@ class TcpRetrans(Plugin):
         self.snapshot = dict.fromkeys(FAMILIES, 0)
         self.pairs: FlowHarvester | None = None
         if "retrans_pairs" in loaded.maps:
-            self.ctx.pod_level.register_filter(
-                BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8))
+            self.use_pod_filter(loaded)
             self.pairs = FlowHarvester(
                 BpfMap(loaded.maps["retrans_pairs"], PairKey, ctypes.c_uint64, percpu=True), 1,
                 self._account)

@@ -1,0 +1,531 @@
+// datapath: ONE TC program per hook and direction for every TC plugin (packetforward, dns,
+// packetparser, latency). Each packet is parsed once, with direct packet access
+// (bpf_skb_pull_data only when its headers are not in the linear part), and that one parse
+// feeds every plugin that is on for the interface.
+//
+// Which plugins run where is data, not code: dp_ifaces maps an ifindex to a bit per plugin
+// (F_*), written by the agent from each plugin's interface selector and state. A plugin
+// that fails or stops loses its bit; the others keep running. Plugins compiled out (not
+// enabled, or failed to compile) have no code here at all (FEAT_* macros).
+//
+// Every constant shared with Python comes from -D flags (retina_agent/bpf/datapath.py);
+// nothing here is read from kernel-internal structs. Verdict: always TC_ACT_UNSPEC (TCX_NEXT).
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#if !defined(F_PF) || !defined(F_DNS) || !defined(F_PP) || !defined(F_LAT) || !defined(MAX_IFACES)
+#error "feature bits and sizes come from retina_agent/bpf/datapath.py as -D flags"
+#endif
+
+#define SWAP16(x) __builtin_bswap16(x)
+// ETH + IPv6 (the longer) + TCP: what the common parse reads.
+#define PARSE_LEN (ETH_HLEN + 40 + 20)
+
+// ifindex -> F_* bits of the plugins on it. An array (the lookup is inlined: a bounds check and
+// a load) for the usual indexes, a hash for the rare larger ones (a host with long pod churn).
+BPF_ARRAY(dp_ifaces, u32, MAX_IFACES);
+BPF_HASH(dp_ifaces_hi, u32, u32, 4096);
+
+static __always_inline u32 iface_features(u32 ifindex)
+{
+    u32 *bits;
+    if (ifindex < MAX_IFACES)
+        bits = dp_ifaces.lookup(&ifindex);
+    else
+        bits = dp_ifaces_hi.lookup(&ifindex);
+    return bits ? *bits : 0;
+}
+
+struct dp_settings {
+    u32 sample_rate;     // 1-in-N of pod-level flow and DNS events (1: every one)
+    u32 filter_enabled;  // 0: count every flow (bypassLookupIPOfInterest)
+    u16 api_ports[4];    // latency: API server ports, a cheap test before the map lookup
+};
+BPF_ARRAY(dp_settings, struct dp_settings, 1);
+
+// What the one parse found. Ports stay in network byte order (compared with constants).
+struct pkt {
+    u8 src[16];  // IPv4 as ::ffff:a.b.c.d
+    u8 dst[16];
+    u16 sport;
+    u16 dport;
+    u32 l4off;
+    u32 ip_payload;  // bytes after the IP header
+    u8 v4;
+    u8 proto;        // 0 for a later IPv4 fragment (no ports)
+    u8 tcp;          // 1: a TCP header was read
+    u8 tcpflags;
+    u8 tcp_ns;
+    u8 tcp_hlen;
+};
+
+static __always_inline u32 sample_rate(void)
+{
+    u32 zero = 0;
+    struct dp_settings *s = dp_settings.lookup(&zero);
+    return s && s->sample_rate > 1 ? s->sample_rate : 1;
+}
+
+// 1 when this event is one of the 1-in-rate kept.
+static __always_inline int sampled(u32 rate)
+{
+    return rate <= 1 || bpf_get_prandom_u32() % rate == 0;
+}
+
+// ---------------------------------------------------------------------------- packetforward
+#ifdef FEAT_PF
+struct pf_value {
+    u64 packets;
+    u64 bytes;
+};
+BPF_PERCPU_ARRAY(pf_counts, struct pf_value, 2);  // 0 = ingress, 1 = egress
+
+static __always_inline void pf_count(struct __sk_buff *skb, u32 direction)
+{
+    struct pf_value *v = pf_counts.lookup(&direction);
+    if (v) {
+        v->packets += 1;
+        v->bytes += skb->len;
+    }
+}
+#endif
+
+#if defined(FEAT_PP) || (defined(FEAT_DNS) && defined(POD_LEVEL))
+#include "pod_filter.h"
+#endif
+
+// ---------------------------------------------------------------------------------------- dns
+// Every message is counted once: at the ingress of the port it enters by, or at egress when
+// the node itself sent it (ingress_ifindex == 0). Requests are remembered (client address,
+// port, DNS id) so the response gives the query-to-response latency (log2 histogram, us).
+#ifdef FEAT_DNS
+#define DNS_PORT_BE 0x3500  // htons(53)
+#define MAX_LABELS 40
+
+struct dns_header {
+    u16 id;
+    u16 flags;
+    u16 qdcount;
+    u16 ancount;
+    u16 nscount;
+    u16 arcount;
+};
+
+struct inflight_key {
+    u8 addr[16];
+    u16 port;
+    u16 id;
+    u32 pad;
+};
+
+struct rcode_key {
+    u16 qtype;
+    u8 rcode;
+    u8 pad;
+};
+
+struct dns_latency_value {
+    u64 slots[DNS_LATENCY_SLOTS];  // slot s: latency < 2^s microseconds
+    u64 sum_ns;
+    u64 count;
+};
+
+BPF_PERCPU_ARRAY(dns_totals, u64, 2);  // 0 = requests, 1 = responses
+BPF_PERCPU_HASH(dns_responses, struct rcode_key, u64, 1024);
+BPF_PERCPU_ARRAY(dns_latency, struct dns_latency_value, 1);
+BPF_TABLE("lru_hash", struct inflight_key, u64, dns_inflight, 16384);
+
+#ifdef POD_LEVEL
+struct dns_event {
+    u8 src[16];
+    u8 dst[16];
+    u16 sport;
+    u16 dport;
+    u16 len;
+    u16 weight;  // events this one stands for (the sampling rate when it was kept)
+    u8 data[DNS_CAPTURE];
+};
+
+BPF_RINGBUF_OUTPUT(dns_events, 64);  // 64 pages
+BPF_PERCPU_ARRAY(dns_lost, u64, 1);
+
+static __always_inline void dns_emit(struct __sk_buff *skb, struct pkt *p, u32 dnsoff)
+{
+    u32 rate = sample_rate();
+    if (!sampled(rate))
+        return;
+    if (!either_of_interest(p->src, p->dst))
+        return;
+    struct dns_event *ev = dns_events.ringbuf_reserve(sizeof(struct dns_event));
+    if (!ev) {
+        u32 zero = 0;
+        u64 *lost = dns_lost.lookup(&zero);
+        if (lost)
+            *lost += 1;
+        return;
+    }
+    __builtin_memcpy(ev->src, p->src, 16);
+    __builtin_memcpy(ev->dst, p->dst, 16);
+    ev->sport = SWAP16(p->sport);
+    ev->dport = SWAP16(p->dport);
+    ev->weight = rate;
+    u32 n = skb->len > dnsoff ? skb->len - dnsoff : 0;
+    if (n > DNS_CAPTURE)
+        n = DNS_CAPTURE;
+    ev->len = 0;
+    if (n >= 12 && bpf_skb_load_bytes(skb, dnsoff, ev->data, n) == 0)
+        ev->len = n;
+    dns_events.ringbuf_submit(ev, 0);
+}
+#endif
+
+static __always_inline void dns_bump(u32 slot)
+{
+    u64 *v = dns_totals.lookup(&slot);
+    if (v)
+        *v += 1;
+}
+
+// Only packets to or from port 53 get here: the DNS message is read with skb loads.
+static __always_inline void dns_handle(struct __sk_buff *skb, struct pkt *p, int egress)
+{
+    if (egress && skb->ingress_ifindex != 0)
+        return;  // forwarded: counted at the ingress it came by
+    u32 dnsoff;
+    if (p->proto == IPPROTO_UDP)
+        dnsoff = p->l4off + 8;
+    else if (p->tcp)
+        dnsoff = p->l4off + p->tcp_hlen + 2;  // DNS over TCP: 2-byte length prefix
+    else
+        return;
+    struct dns_header h;
+    if (bpf_skb_load_bytes(skb, dnsoff, &h, sizeof(h)) < 0)
+        return;  // no DNS payload (TCP handshake, ACKs)
+    u16 flags = SWAP16(h.flags);
+    int response = flags >> 15;
+    if (response ? p->sport != DNS_PORT_BE : p->dport != DNS_PORT_BE)
+        return;
+
+    struct inflight_key key = {};
+    key.id = h.id;
+    if (response) {
+        __builtin_memcpy(key.addr, p->dst, 16);
+        key.port = SWAP16(p->dport);
+    } else {
+        __builtin_memcpy(key.addr, p->src, 16);
+        key.port = SWAP16(p->sport);
+    }
+    u64 now = bpf_ktime_get_ns();
+#ifdef POD_LEVEL
+    dns_emit(skb, p, dnsoff);
+#endif
+    if (!response) {
+        dns_bump(0);
+        dns_inflight.update(&key, &now);
+        return;
+    }
+    dns_bump(1);
+
+    // The question's type follows its name: skip the labels.
+    u32 pos = dnsoff + sizeof(h);
+    u16 qtype = 0;
+    u8 len = 1;
+#pragma unroll
+    for (int i = 0; i < MAX_LABELS; i++) {
+        if (bpf_skb_load_bytes(skb, pos, &len, 1) < 0 || len == 0 || len > 63)
+            break;
+        pos += len + 1;
+    }
+    if (len == 0 && bpf_skb_load_bytes(skb, pos + 1, &qtype, 2) == 0)
+        qtype = SWAP16(qtype);
+    else
+        qtype = 0;
+    struct rcode_key rk = {.qtype = qtype, .rcode = flags & 0xf};
+    u64 zero = 0, *n = dns_responses.lookup_or_try_init(&rk, &zero);
+    if (n)
+        *n += 1;
+
+    u64 *sent = dns_inflight.lookup(&key);
+    if (!sent)
+        return;
+    u64 delta = now - *sent;
+    dns_inflight.delete(&key);
+    u32 zero_idx = 0;
+    struct dns_latency_value *lat = dns_latency.lookup(&zero_idx);
+    if (!lat)
+        return;
+    u64 us = delta / 1000;
+    u32 slot = 0;
+#pragma unroll
+    for (int i = 0; i < DNS_LATENCY_SLOTS - 1; i++) {
+        if (us >= (1ULL << i))
+            slot = i + 1;
+    }
+    if (slot < DNS_LATENCY_SLOTS)
+        lat->slots[slot] += 1;
+    lat->sum_ns += delta;
+    lat->count += 1;
+}
+#endif
+
+// ------------------------------------------------------------------------------ packetparser
+// Pod-level flows: packets, bytes and TCP flags per flow key in a per-CPU LRU hash, for flows
+// touching an IP of interest. With dataSamplingRate N, 1 packet in N is counted N times.
+#ifdef FEAT_PP
+struct flow_key {
+    u8 src[16];
+    u8 dst[16];
+    u16 sport;
+    u16 dport;
+    u8 proto;
+    u8 direction;  // 0 = into the pod (TC egress of the host veth), 1 = out of the pod
+    u16 pad;
+};
+
+struct flow_value {
+    u64 packets;
+    u64 bytes;
+    u64 flags[N_TCP_FLAGS];  // FIN SYN SYNACK ACK RST PSH URG ECE CWR NS, as Retina
+};
+
+BPF_TABLE("lru_percpu_hash", struct flow_key, struct flow_value, flows, MAX_FLOWS);
+
+static __always_inline void pp_handle(struct __sk_buff *skb, struct pkt *p, u8 direction)
+{
+    u32 zero = 0;
+    struct dp_settings *s = dp_settings.lookup(&zero);
+    u32 rate = s && s->sample_rate > 1 ? s->sample_rate : 1;
+    if (!sampled(rate))
+        return;
+    if ((!s || s->filter_enabled) && !either_of_interest(p->src, p->dst))
+        return;
+    struct flow_key key = {};
+    __builtin_memcpy(key.src, p->src, 16);
+    __builtin_memcpy(key.dst, p->dst, 16);
+    key.sport = SWAP16(p->sport);
+    key.dport = SWAP16(p->dport);
+    key.proto = p->proto;
+    key.direction = direction;
+    struct flow_value *v = flows.lookup(&key);
+    if (!v) {
+        struct flow_value fresh = {};
+        flows.update(&key, &fresh);
+        v = flows.lookup(&key);
+        if (!v)
+            return;
+    }
+    v->packets += rate;
+    v->bytes += (u64)skb->len * rate;
+    if (p->tcp) {
+        u8 f = p->tcpflags;
+        if (f & 0x01) v->flags[0] += rate;                    // FIN
+        if ((f & 0x12) == 0x02) v->flags[1] += rate;          // SYN
+        if ((f & 0x12) == 0x12) v->flags[2] += rate;          // SYN-ACK
+        if ((f & 0x12) == 0x10) v->flags[3] += rate;          // ACK (not SYN-ACK)
+        if (f & 0x04) v->flags[4] += rate;                    // RST
+        if (f & 0x08) v->flags[5] += rate;                    // PSH
+        if (f & 0x20) v->flags[6] += rate;                    // URG
+        if (f & 0x40) v->flags[7] += rate;                    // ECE
+        if (f & 0x80) v->flags[8] += rate;                    // CWR
+        if (p->tcp_ns) v->flags[9] += rate;                   // NS
+    }
+}
+#endif
+
+// ----------------------------------------------------------------------------------- latency
+// The node's connections to the Kubernetes API server. Handshake: SYN out -> SYN-ACK in.
+// Request: first payload out with nothing pending -> first payload in. Linear 1 ms slots from
+// 0.5 ms (slot k: <= k + 0.5 ms; the last is the overflow).
+#ifdef FEAT_LAT
+struct server_key {
+    u8 addr[16];
+    u16 port;
+    u16 pad;
+};
+
+struct conn_key {
+    u8 server[16];
+    u16 server_port;
+    u16 client_port;
+};
+
+struct lat_histogram {
+    u64 slots[LAT_SLOTS];
+    u64 sum_ns;
+    u64 count;
+};
+
+BPF_HASH(apiservers, struct server_key, u8, 64);
+BPF_TABLE("lru_hash", struct conn_key, u64, handshakes, 4096);
+BPF_TABLE("lru_hash", struct conn_key, u64, pending, 4096);
+BPF_PERCPU_ARRAY(latency_hist, struct lat_histogram, 2);  // 0 = request, 1 = handshake
+
+static __always_inline void lat_observe(u32 which, u64 delta_ns)
+{
+    struct lat_histogram *h = latency_hist.lookup(&which);
+    if (!h)
+        return;
+    u64 slot = (delta_ns / 1000 + 499) / 1000;
+    if (slot >= LAT_SLOTS)
+        slot = LAT_SLOTS - 1;
+    h->slots[slot] += 1;
+    h->sum_ns += delta_ns;
+    h->count += 1;
+}
+
+static __always_inline void lat_handle(struct __sk_buff *skb, struct pkt *p, int egress)
+{
+    if (egress && skb->ingress_ifindex != 0)
+        return;  // forwarded, not the node's own connection
+    u16 server_port_be = egress ? p->dport : p->sport;
+    u32 zero = 0;
+    struct dp_settings *s = dp_settings.lookup(&zero);
+    if (!s)
+        return;
+    u16 port = SWAP16(server_port_be);
+    if (port != s->api_ports[0] && port != s->api_ports[1] && port != s->api_ports[2]
+        && port != s->api_ports[3])
+        return;
+    struct server_key server = {};
+    struct conn_key key = {};
+    if (egress) {  // node -> server
+        __builtin_memcpy(server.addr, p->dst, 16);
+        key.client_port = SWAP16(p->sport);
+    } else {       // server -> node
+        __builtin_memcpy(server.addr, p->src, 16);
+        key.client_port = SWAP16(p->dport);
+    }
+    server.port = port;
+    if (!apiservers.lookup(&server))
+        return;
+    __builtin_memcpy(key.server, server.addr, 16);
+    key.server_port = port;
+    u64 now = bpf_ktime_get_ns();
+    u32 payload = p->ip_payload > p->tcp_hlen ? p->ip_payload - p->tcp_hlen : 0;
+    u8 syn = p->tcpflags & 0x02, ack = p->tcpflags & 0x10;
+    if (egress) {
+        if (syn && !ack)
+            handshakes.update(&key, &now);
+        else if (payload && !pending.lookup(&key))
+            pending.update(&key, &now);
+        return;
+    }
+    if (syn && ack) {
+        u64 *sent = handshakes.lookup(&key);
+        if (sent) {
+            lat_observe(1, now - *sent);
+            handshakes.delete(&key);
+        }
+    } else if (payload) {
+        u64 *sent = pending.lookup(&key);
+        if (sent) {
+            lat_observe(0, now - *sent);
+            pending.delete(&key);
+        }
+    }
+}
+#endif
+
+// ------------------------------------------------------------------------------ the one parse
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    u32 want = skb->len < PARSE_LEN ? skb->len : PARSE_LEN;
+    if (data + want > end) {  // headers outside the linear part: pull them in, once
+        if (bpf_skb_pull_data(skb, want) < 0)
+            return -1;
+        data = (void *)(long)skb->data;
+        end = (void *)(long)skb->data_end;
+    }
+    u32 l4off;
+    if (skb->protocol == SWAP16(ETH_P_IP)) {
+        struct iphdr *ip = data + ETH_HLEN;
+        if ((void *)(ip + 1) > end)
+            return -1;
+        u32 ihl = ip->ihl * 4;
+        if (ihl < sizeof(*ip))
+            return -1;
+        p->v4 = 1;
+        p->proto = ip->protocol;
+        if (ip->frag_off & SWAP16(0x1fff))
+            p->proto = 0;  // later fragment: no L4 header
+        p->src[10] = p->src[11] = p->dst[10] = p->dst[11] = 0xff;
+        __builtin_memcpy(p->src + 12, &ip->saddr, 4);
+        __builtin_memcpy(p->dst + 12, &ip->daddr, 4);
+        l4off = ETH_HLEN + ihl;
+        u16 tot = SWAP16(ip->tot_len);
+        p->ip_payload = tot > ihl ? tot - ihl : 0;
+    } else if (skb->protocol == SWAP16(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = data + ETH_HLEN;
+        if ((void *)(ip6 + 1) > end)
+            return -1;
+        p->proto = ip6->nexthdr;
+        __builtin_memcpy(p->src, &ip6->saddr, 16);
+        __builtin_memcpy(p->dst, &ip6->daddr, 16);
+        l4off = ETH_HLEN + sizeof(*ip6);
+        p->ip_payload = SWAP16(ip6->payload_len);
+    } else {
+        return -1;
+    }
+    p->l4off = l4off;
+    if (l4off > ETH_HLEN + 60)
+        return 0;
+    void *l4 = data + l4off;
+    if (p->proto == IPPROTO_TCP) {
+        struct tcphdr *tcp = l4;
+        if ((void *)(tcp + 1) > end)
+            return 0;
+        p->sport = tcp->source;
+        p->dport = tcp->dest;
+        p->tcp = 1;
+        p->tcpflags = ((u8 *)tcp)[13];
+        p->tcp_ns = ((u8 *)tcp)[12] & 1;
+        p->tcp_hlen = tcp->doff * 4;
+    } else if (p->proto == IPPROTO_UDP) {
+        struct udphdr *udp = l4;
+        if ((void *)(udp + 1) > end)
+            return 0;
+        p->sport = udp->source;
+        p->dport = udp->dest;
+    }
+    return 0;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, const int egress)
+{
+    u32 features = iface_features(skb->ifindex);
+    if (!features)
+        return TC_ACT_UNSPEC;
+#ifdef FEAT_PF
+    if (features & F_PF)
+        pf_count(skb, egress);
+#endif
+    if (!(features & (F_DNS | F_PP | F_LAT)))
+        return TC_ACT_UNSPEC;
+    struct pkt p = {};
+    if (parse(skb, &p) < 0)
+        return TC_ACT_UNSPEC;
+#ifdef FEAT_DNS
+    if ((features & F_DNS) && (p.sport == DNS_PORT_BE || p.dport == DNS_PORT_BE))
+        dns_handle(skb, &p, egress);
+#endif
+#ifdef FEAT_PP
+    // On the host side of a pod's veth, TC ingress sees what the pod sent, egress what it gets.
+    if (features & F_PP)
+        pp_handle(skb, &p, egress ? 0 : 1);
+#endif
+#ifdef FEAT_LAT
+    if ((features & F_LAT) && p.tcp)
+        lat_handle(skb, &p, egress);
+#endif
+    return TC_ACT_UNSPEC;
+}
+
+int dp_ingress(struct __sk_buff *skb) { return handle(skb, 0); }
+int dp_egress(struct __sk_buff *skb) { return handle(skb, 1); }

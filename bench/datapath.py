@@ -1,0 +1,525 @@
+"""Data-path overhead that can be trusted on a noisy, shared 2-core VM (issue 11).
+
+One agent, in this process, for each plugin set (basic, pod level). Its BPF programs are
+attached and detached in alternation (``Agent.pause_datapath`` / ``resume_datapath``): many
+short runs, the order rotated every round, so drift in the machine's load hits every state
+alike. A ratio is the median of the per-round ratios (attached / detached); its spread is the
+interquartile range of those ratios.
+
+Measured, in one run:
+- 64-byte UDP packets/s and TCP Gbit/s from pod a to pod b (iperf3): ratio to detached;
+- Retina's packetforward design re-created: the same counters from a socket filter on an
+  AF_PACKET/ETH_P_ALL raw socket (one per pod veth, as ``pkg/plugin/packetforward`` binds one
+  to the host interface), alternated in the same rounds;
+- kernel cost per packet from run-time accounting (BPF_ENABLE_STATS, held by an fd only in the
+  ``+stats`` runs, since accounting itself costs two clock reads per program run): per
+  program (ns per run) and summed over every program of ours that ran for a packet;
+- the cost of run-time accounting itself (paired ratio stats on / stats off);
+- the agent's user-space CPU seconds per million packets (its threads, not this one).
+
+The agent watches only this lab's veths (an interface glob), so other labs' traffic on a
+shared machine neither runs our programs nor mixes into the figures.
+
+Run as root: ``sudo .venv/bin/python bench/datapath.py [--rounds 20 --seconds 1]``. Prints a
+table and writes JSON to bench/results/ (keys ``ratio_udp_basic``, ``ratio_udp_pod_level``,
+``ratio_tcp_pod_level``, ``bpf_ns_per_packet_basic``, ``bpf_ns_per_packet_pod_level``,
+``ratio_udp_retina_design`` among them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from retina_agent.agent import Agent  # noqa: E402
+from retina_agent.bpf import syscall  # noqa: E402
+from retina_agent.config import AgentConfig  # noqa: E402
+from retina_lab import LabNode  # noqa: E402
+from retina_lab.agent import free_port  # noqa: E402
+from retina_lab.kube import KubeEmulator  # noqa: E402
+from tests.podlevel.cluster import seed_lab  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+BASIC = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]
+POD_LEVEL = [*BASIC, "packetparser", "latency"]
+ETH_P_ALL = 0x0003
+SO_ATTACH_BPF = 50
+
+# Retina's packetforward, re-created: per-CPU packet and byte counters by direction, from a
+# socket filter that returns 0 (nothing is queued to the socket).
+RETINA_SOCKET_FILTER = r"""
+#include <uapi/linux/if_packet.h>
+struct pf_value { u64 packets; u64 bytes; };
+BPF_PERCPU_ARRAY(retina_pf, struct pf_value, 2);
+int retina_packetforward(struct __sk_buff *skb)
+{
+    u32 dir = skb->pkt_type == PACKET_OUTGOING ? 1 : 0;
+    struct pf_value *v = retina_pf.lookup(&dir);
+    if (v) {
+        v->packets += 1;
+        v->bytes += skb->len;
+    }
+    return 0;
+}
+"""
+
+
+# -- traffic ---------------------------------------------------------------------------------
+class Stream:
+    """One long iperf3 stream from pod a to pod b at full speed (64-byte UDP, or TCP).
+
+    Rates are read from pod b's host veth (tx counters: what the node delivered to the pod)
+    over short windows while the stream keeps running: no start-up in any window, and
+    windows in different states are only a fraction of a second apart.
+    """
+
+    def __init__(self, node: LabNode, udp: bool) -> None:
+        a, b = node["a"], node["b"]
+        self.port = 5201 + int(node.lab_id, 16) % 1000 + (0 if udp else 1)
+        self.stats = Path(f"/sys/class/net/{b.host_veth}/statistics")
+        self.server = b.popen(["iperf3", "-s", "-B", b.ip, "-p", str(self.port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while b.run(["ss", "-ltn", f"sport = :{self.port}"]).stdout.count("\n") < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("iperf3 server did not start")
+            time.sleep(0.1)
+        argv = ["iperf3", "-c", b.ip, "-p", str(self.port), "-t", "86400"]
+        argv += ["-u", "-b", "0", "-l", "64"] if udp else []
+        self.client = a.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # past slow start and the first burst
+
+    def counters(self) -> tuple[int, int, float]:
+        """(packets, bytes, monotonic time) delivered to pod b so far."""
+        return (int((self.stats / "tx_packets").read_text()),
+                int((self.stats / "tx_bytes").read_text()), time.monotonic())
+
+    def cpu_ns(self) -> int:
+        """CPU time of the sender and the receiver (their threads' scheduler run time, ns).
+
+        This kernel charges softirq work to the task it interrupts (no IRQ time accounting),
+        so the veth, bridge and TC path of each packet, our programs included, is in here.
+        """
+        total = 0
+        for proc in (self.client, self.server):
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    total += int((task / "schedstat").read_text().split()[0])
+        return total
+
+    def close(self) -> None:
+        for proc in (self.client, self.server):
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+
+
+# -- the Retina-design row -------------------------------------------------------------------
+class RetinaDesign:
+    """A socket filter on an AF_PACKET/ETH_P_ALL raw socket per pod veth."""
+
+    def __init__(self, veths: list[str]) -> None:
+        from bcc import BPF  # only the benchmark imports bcc; the agent never does
+
+        self.bpf = BPF(text=RETINA_SOCKET_FILTER)
+        self.fd = self.bpf.load_func("retina_packetforward", BPF.SOCKET_FILTER).fd
+        self.veths = veths
+        self.sockets: list[socket.socket] = []
+
+    def attach(self) -> None:
+        for veth in self.veths:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            s.bind((veth, ETH_P_ALL))
+            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, self.fd)
+            self.sockets.append(s)
+
+    def detach(self) -> None:
+        for s in self.sockets:
+            s.close()
+        self.sockets.clear()
+
+    def program_fds(self) -> dict[str, int]:
+        return {"retina_packetforward": self.fd}
+
+
+class EmptyProgram:
+    """An empty TC program on the same hooks: the floor of what run-time accounting reports
+    for any program on this machine (its two clock reads and the call)."""
+
+    def __init__(self, veths: list[str]) -> None:
+        from bcc import BPF
+
+        self.bpf = BPF(text="int empty(struct __sk_buff *skb) { return -1; }")
+        self.fd = self.bpf.load_func("empty", BPF.SCHED_CLS).fd
+        self.indexes = [int(Path(f"/sys/class/net/{v}/ifindex").read_text()) for v in veths]
+        self.links: list[int] = []
+
+    def attach(self) -> None:
+        for index in self.indexes:
+            for direction in ("ingress", "egress"):
+                self.links.append(syscall.link_create_tcx(self.fd, index, direction))
+
+    def detach(self) -> None:
+        while self.links:
+            os.close(self.links.pop())
+
+    def program_fds(self) -> dict[str, int]:
+        return {"empty": self.fd}
+
+
+# -- measurement helpers ---------------------------------------------------------------------
+def thread_cpu_seconds(exclude: set[int]) -> float:
+    """CPU seconds of this process's threads, except ``exclude`` (the benchmark's own)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) in exclude:
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def prog_times(fds: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """(run_cnt, run_time_ns) of each program."""
+    out = {}
+    for name, fd in fds.items():
+        info = syscall.prog_info(fd)
+        out[name] = (info.run_cnt, info.run_time_ns)
+    return out
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 4:
+        m = statistics.median(values)
+        return min(values), m, max(values)
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def alternate(states: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+              stream: Stream, rounds: int, window: float, settle: float = 0.05,
+              extra: Callable[[], dict] | None = None) -> dict[str, list[dict]]:
+    """Every round measures each state once (enter, settle, window, leave); the order is
+    rotated by round and reversed every other cycle (ABC CAB BCA, then backwards), so a
+    drift in the machine's load hits every state alike."""
+    names = list(states)
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        order = names[k:] + names[:k]
+        if (r // len(names)) % 2:
+            order.reverse()
+        for name in order:
+            enter, leave = states[name]
+            enter()
+            try:
+                time.sleep(settle)
+                before = extra() if extra else {}
+                c0 = stream.cpu_ns()
+                p0, b0, t0 = stream.counters()
+                time.sleep(window)
+                p1, b1, t1 = stream.counters()
+                c1 = stream.cpu_ns()
+                after = extra() if extra else {}
+            finally:
+                leave()
+            dt = t1 - t0
+            cpu = (c1 - c0) / 1e9
+            results[name].append({"pps": (p1 - p0) / dt, "bps": (b1 - b0) * 8 / dt,
+                                  "packets": p1 - p0, "seconds": dt,
+                                  # per CPU second of the traffic's own tasks: the rate a
+                                  # CPU-bound path would reach, whatever else the VM runs
+                                  "pkt_per_cpu": (p1 - p0) / cpu if cpu else 0,
+                                  "bytes_per_cpu": (b1 - b0) / cpu if cpu else 0,
+                                  "before": before, "after": after})
+    return results
+
+
+def paired(results: dict[str, list[dict]], num: str, den: str, key: str = "pps") -> dict:
+    ratios = [a[key] / b[key] for a, b in zip(results[num], results[den], strict=True)
+              if b[key]]
+    q1, med, q3 = quartiles(ratios)
+    return {"median": round(med, 4), "q1": round(q1, 4), "q3": round(q3, 4),
+            "iqr": round(q3 - q1, 4), "n": len(ratios)}
+
+
+# -- one plugin set ----------------------------------------------------------------------------
+def agent_config(node: LabNode, plugins: list[str], extra: dict) -> AgentConfig:
+    lab_veths = [f"{node.bridge.replace('br', 'v', 1)}*"]  # this lab's pod veths only
+    options = {"interfaces": lab_veths}
+    data = {"apiServer": {"host": "127.0.0.1", "port": free_port()},
+            "metricsIntervalDuration": "10s", "enabledPlugin": plugins,
+            "stateDir": tempfile.mkdtemp(prefix="retina-bench-"),
+            "plugins": {"packetforward": options, "dns": options,
+                        "packetparser": options, "latency": dict(options)}}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            for k, v in value.items():
+                data[key][k] = {**data[key].get(k, {}), **v} if isinstance(v, dict) else v
+        else:
+            data[key] = value
+    return AgentConfig.model_validate(data)
+
+
+def measure_set(node: LabNode, label: str, config: AgentConfig, rounds: int, window: float,
+                retina: RetinaDesign | None, stats_rounds: int,
+                empty: EmptyProgram | None = None) -> dict:
+    agent = Agent(config)
+    main_tid = threading.get_native_id()
+    t0 = time.monotonic()
+    agent.start()
+    startup = time.monotonic() - t0
+    runner = threading.Thread(target=agent.run, name="agent-harvest", daemon=True)
+    runner.start()
+    not_ready = {n: s.reason for n, s in agent.states.snapshot().items() if s.state != "running"}
+    if not_ready:
+        print(f"[{label}] plugins not running: {not_ready}", file=sys.stderr)
+    our_fds = agent_program_fds(agent)
+    stats_fd: list[int] = []
+
+    def stats(on: bool) -> None:
+        if on:
+            stats_fd.append(syscall.enable_stats())
+        else:
+            os.close(stats_fd.pop())
+
+    nothing = (lambda: None, lambda: None)
+    ours = (agent.resume_datapath, agent.pause_datapath)
+    ours_stats = (lambda: (agent.resume_datapath(), stats(True)),
+                  lambda: (stats(False), agent.pause_datapath()))
+
+    def kernel_time() -> dict:
+        out = {"ours": prog_times(our_fds)}
+        if retina is not None:
+            out["retina"] = prog_times(retina.program_fds())
+        if empty is not None:
+            out["empty"] = prog_times(empty.program_fds())
+        return out
+
+    try:
+        agent.pause_datapath()
+        udp_stream = Stream(node, udp=True)
+        try:
+            states = {"off": nothing, "on": ours}
+            if retina is not None:
+                states["retina"] = (retina.attach, retina.detach)
+            cpu0 = thread_cpu_seconds({main_tid})
+            udp = alternate(states, udp_stream, rounds, window)
+            # the agent's CPU over the whole phase (harvests included), per packet it saw
+            cpu_s = thread_cpu_seconds({main_tid}) - cpu0
+            # Kernel cost per packet: accounting on only in these windows.
+            costs = {"on": ours, "on+stats": ours_stats}
+            if retina is not None:
+                costs["retina+stats"] = (lambda: (retina.attach(), stats(True)),
+                                         lambda: (stats(False), retina.detach()))
+            if empty is not None and syscall.tcx_supported():
+                costs["empty+stats"] = (lambda: (empty.attach(), stats(True)),
+                                        lambda: (stats(False), empty.detach()))
+            timed = alternate(costs, udp_stream, stats_rounds, window, extra=kernel_time)
+        finally:
+            udp_stream.close()
+        tcp_stream = Stream(node, udp=False)
+        try:
+            tcp = alternate({"off": nothing, "on": ours}, tcp_stream, rounds, window)
+        finally:
+            tcp_stream.close()
+    finally:
+        while stats_fd:
+            os.close(stats_fd.pop())
+        agent.stop()
+        agent.shutdown()
+        runner.join(15)
+
+    cpu_packets = sum(r["packets"] for r in udp["on"])
+    out = {
+        "udp": paired(udp, "on", "off"),
+        "tcp": paired(tcp, "on", "off", key="bps"),
+        "udp_per_cpu": paired(udp, "on", "off", key="pkt_per_cpu"),
+        "tcp_per_cpu": paired(tcp, "on", "off", key="bytes_per_cpu"),
+        "udp_pps_off_median": round(statistics.median(r["pps"] for r in udp["off"])),
+        "udp_pps_on_median": round(statistics.median(r["pps"] for r in udp["on"])),
+        "tcp_gbps_off_median": round(statistics.median(r["bps"] for r in tcp["off"]) / 1e9, 2),
+        "tcp_gbps_on_median": round(statistics.median(r["bps"] for r in tcp["on"]) / 1e9, 2),
+        "bpf": kernel_cost(timed["on+stats"], "ours"),
+        "stats_cost": paired(timed, "on+stats", "on"),
+        "agent_cpu_s_per_mpkt": round(cpu_s / (cpu_packets / 1e6), 5) if cpu_packets else None,
+        "agent_startup_s": round(startup, 1),
+        "plugins_not_running": not_ready,
+        "windows": {f"{kind}.{state}": [[round(w["pps"]), round(w["pkt_per_cpu"])]
+                                        for w in ws]
+                    for kind, res in (("udp", udp), ("tcp", tcp)) for state, ws in res.items()},
+    }
+    if retina is not None:
+        out["retina_udp"] = paired(udp, "retina", "off")
+        out["retina_udp_per_cpu"] = paired(udp, "retina", "off", key="pkt_per_cpu")
+        out["retina_bpf"] = kernel_cost(timed["retina+stats"], "retina")
+    if "empty+stats" in timed:
+        floor = kernel_cost(timed["empty+stats"], "empty")["ns_per_run"].get("empty")
+        out["empty_program_ns_per_run"] = floor
+        if floor:
+            bpf = out["bpf"]
+            bpf["tc_ns_per_packet_above_floor"] = round(sum(
+                (ns - floor) * bpf["runs_per_packet"][k] for k, ns in bpf["ns_per_run"].items()
+                if not k.split(".")[-1].startswith("on_")), 1)
+    return out
+
+
+def agent_program_fds(agent: Agent) -> dict[str, int]:
+    """Every BPF program of the agent: the TC data path's (if it has one) and the plugins'."""
+    fds = {}
+    dp = getattr(agent, "datapath", None)
+    if dp is not None:
+        fds.update({f"datapath.{d}": fd for d, fd in dp.programs.items()})
+    for name, plugin in agent.running.items():
+        if plugin.loaded is not None:
+            fds.update({f"{name}.{p}": fd for p, fd in plugin.loaded.programs.items()})
+    return fds
+
+
+def kernel_cost(windows: list[dict], who: str) -> dict:
+    """Run time of every program over the windows, per packet delivered and per run."""
+    runs: dict[str, list[int]] = {}
+    packets = 0
+    for w in windows:
+        packets += w["packets"]
+        for name, (cnt, ns) in w["after"][who].items():
+            b_cnt, b_ns = w["before"][who][name]
+            acc = runs.setdefault(name, [0, 0])
+            acc[0] += cnt - b_cnt
+            acc[1] += ns - b_ns
+    ran = {k: v for k, v in runs.items() if v[0]}
+    tc = {k: v for k, v in ran.items() if not k.split(".")[-1].startswith("on_")}
+    return {"ns_per_packet": round(sum(ns for _, ns in tc.values()) / packets, 1)
+            if packets else None,
+            "note": "ns_per_packet: TC (and socket filter) programs per packet delivered; "
+                    "tracepoint programs (on_*) run per event and are listed per run only",
+            "ns_per_run": {k: round(ns / cnt, 1) for k, (cnt, ns) in sorted(ran.items())},
+            "runs_per_packet": {k: round(cnt / packets, 3) for k, (cnt, _) in sorted(ran.items())}
+            if packets else {}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=100, help="alternation rounds per comparison")
+    p.add_argument("--window", type=float, default=0.3, help="seconds measured per state")
+    p.add_argument("--stats-rounds", type=int, default=30,
+                   help="rounds with run-time accounting on (kernel cost per packet)")
+    p.add_argument("--only", choices=("basic", "pod_level"), help="one plugin set only")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    report: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "rounds": args.rounds, "window_s": args.window,
+                    "kernel": os.uname().release}
+    with LabNode(pod_names=("a", "b")) as node, \
+            KubeEmulator(workdir=Path(tempfile.mkdtemp())) as kube:
+        seed_lab(kube, node)
+        retina = RetinaDesign(node.host_veths)
+        empty = EmptyProgram(node.host_veths)
+        try:
+            if args.only in (None, "basic"):
+                report["basic"] = measure_set(
+                    node, "basic", agent_config(node, BASIC, {}), args.rounds, args.window,
+                    retina, args.stats_rounds, empty)
+            if args.only in (None, "pod_level"):
+                # latency times the API server the kubeconfig names (the emulator)
+                extra = {"enablePodLevel": True, "remoteContext": True,
+                         "podLevel": {"kubeconfig": str(kube.kubeconfig_path),
+                                      "nodeName": "lab-node"}}
+                report["pod_level"] = measure_set(
+                    node, "pod_level", agent_config(node, POD_LEVEL, extra), args.rounds,
+                    args.window, None, args.stats_rounds)
+        finally:
+            retina.detach()
+            empty.detach()
+    basic, pod = report.get("basic", {}), report.get("pod_level", {})
+    report.update({
+        "ratio_udp_basic": basic.get("udp", {}).get("median"),
+        "ratio_tcp_basic": basic.get("tcp", {}).get("median"),
+        "ratio_udp_pod_level": pod.get("udp", {}).get("median"),
+        "ratio_tcp_pod_level": pod.get("tcp", {}).get("median"),
+        "ratio_udp_retina_design": basic.get("retina_udp", {}).get("median"),
+        "cpu_ratio_udp_basic": basic.get("udp_per_cpu", {}).get("median"),
+        "cpu_ratio_udp_pod_level": pod.get("udp_per_cpu", {}).get("median"),
+        "cpu_ratio_tcp_basic": basic.get("tcp_per_cpu", {}).get("median"),
+        "cpu_ratio_tcp_pod_level": pod.get("tcp_per_cpu", {}).get("median"),
+        "cpu_ratio_udp_retina_design": basic.get("retina_udp_per_cpu", {}).get("median"),
+        "bpf_ns_per_packet_basic": basic.get("bpf", {}).get("ns_per_packet"),
+        "bpf_ns_per_packet_pod_level": pod.get("bpf", {}).get("ns_per_packet"),
+        "bpf_ns_per_packet_retina_design": basic.get("retina_bpf", {}).get("ns_per_packet"),
+        "empty_program_ns_per_run": basic.get("empty_program_ns_per_run"),
+    })
+    print_table(report)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"datapath-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written {out}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    rows = []
+    for label in ("basic", "pod_level"):
+        r = report.get(label)
+        if not r:
+            continue
+        u, t = r["udp"], r["tcp"]
+        rows.append((f"{label}: UDP 64 B pps ratio", f"{u['median']:.3f}",
+                     f"[{u['q1']:.3f}, {u['q3']:.3f}]",
+                     f"{r['udp_pps_on_median']:,} / {r['udp_pps_off_median']:,} pps"))
+        rows.append((f"{label}: TCP Gbit/s ratio", f"{t['median']:.3f}",
+                     f"[{t['q1']:.3f}, {t['q3']:.3f}]",
+                     f"{r['tcp_gbps_on_median']} / {r['tcp_gbps_off_median']} Gbit/s"))
+        for key, what in (("udp_per_cpu", "UDP packets per CPU-second ratio"),
+                          ("tcp_per_cpu", "TCP bytes per CPU-second ratio")):
+            c = r[key]
+            rows.append((f"{label}: {what}", f"{c['median']:.3f}",
+                         f"[{c['q1']:.3f}, {c['q3']:.3f}]", "sender+receiver tasks' CPU"))
+        rows.append((f"{label}: BPF ns per packet (TC hooks)",
+                     str(r["bpf"]["ns_per_packet"]), "",
+                     "ns per run: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in
+                                                r["bpf"]["ns_per_run"].items())))
+        if "empty_program_ns_per_run" in r:
+            rows.append((f"{label}: empty TC program, ns per run", str(
+                r["empty_program_ns_per_run"]), "", "the accounting floor; above it: "
+                f"{r['bpf'].get('tc_ns_per_packet_above_floor')} ns per packet"))
+        s = r["stats_cost"]
+        rows.append((f"{label}: run-time accounting on/off", f"{s['median']:.3f}",
+                     f"[{s['q1']:.3f}, {s['q3']:.3f}]", "pps ratio, programs attached"))
+        rows.append((f"{label}: agent user CPU s per Mpkt", str(r["agent_cpu_s_per_mpkt"]),
+                     "", ""))
+        if "retina_udp" in r:
+            ru = r["retina_udp"]
+            rows.append(("Retina design: UDP 64 B pps ratio", f"{ru['median']:.3f}",
+                         f"[{ru['q1']:.3f}, {ru['q3']:.3f}]", "AF_PACKET socket filter"))
+            rc = r["retina_udp_per_cpu"]
+            rows.append(("Retina design: UDP packets per CPU-second", f"{rc['median']:.3f}",
+                         f"[{rc['q1']:.3f}, {rc['q3']:.3f}]", ""))
+            rows.append(("Retina design: BPF ns per packet",
+                         str(r["retina_bpf"]["ns_per_packet"]), "", ""))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':{width}}  {'median':>8}  {'IQR':>16}  detail")
+    for name, med, iqr, detail in rows:
+        print(f"{name:{width}}  {med:>8}  {iqr:>16}  {detail}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
