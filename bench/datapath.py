@@ -52,8 +52,8 @@ from retina_agent.bpf import syscall  # noqa: E402
 from retina_agent.config import AgentConfig  # noqa: E402
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import free_port  # noqa: E402
+from retina_lab.cluster import seed_lab  # noqa: E402
 from retina_lab.kube import KubeEmulator  # noqa: E402
-from tests.podlevel.cluster import seed_lab  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BASIC = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]

@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats, wait_for  # noqa: E402
 from retina_lab.kube import KubeEmulator  # noqa: E402
+from retina_lab.proxy import CuttableProxy  # noqa: E402
 from retina_lab.traffic import send_udp, udp_sink  # noqa: E402
-from tests.enrichment.proxy import CuttableProxy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRDS = Path(__file__).resolve().parents[1] / "collections/retina/roles/agent/files/crds"

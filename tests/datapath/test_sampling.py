@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
+from retina_lab.cluster import NODE, seed_lab
 from retina_lab.traffic import send_udp, udp_sink
-from tests.podlevel.cluster import NODE, seed_lab
 
 FWD = "networkobservability_adv_forward_count"
 RATE = "controlplane_networkobservability_data_sampling_rate"

@@ -11,8 +11,8 @@ import pytest
 
 from retina_agent.enrichment import UNKNOWN_ENDPOINT, Endpoint, EndpointCache
 from retina_lab.kube import KubeEmulator
+from retina_lab.proxy import CuttableProxy
 from tests.enrichment.cluster import namespace, node, pod, service, start_pod, wait_for, workload
-from tests.enrichment.proxy import CuttableProxy
 from tests.kube_fixtures import AGENT_NAMESPACE
 
 
