@@ -14,7 +14,7 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from retina_lab.node import PREFIX, LabPod, run
+from retina_agent.demo.node import PREFIX, LabPod, run
 
 
 class RoutedNode:
