@@ -84,7 +84,9 @@ def find_interpreters(versions: tuple[str, ...] = PYTHONS) -> list[str]:
     found = []
     for version in versions:
         candidates = [shutil.which(f"python{version}")]
-        candidates += sorted(str(p) for p in Path("/root/.pyenv/versions").glob(f"{version}.*/bin/python{version}"))
+        candidates += sorted(
+            str(p) for p in Path("/root/.pyenv/versions").glob(f"{version}.*/bin/python{version}")
+        )
         path = next((c for c in candidates if c), None)
         if path:
             found.append(path)
@@ -101,10 +103,25 @@ def build_pex(out: Path, requirements: list[str], interpreters: list[str]) -> Pa
     target = out / PLUGIN_NAME
     with tempfile.TemporaryDirectory(prefix="kubectl-retina-src-") as tmp:
         sources = stage_sources(Path(tmp) / "src")
-        argv = [str(pex), *requirements, "--constraints", str(CONSTRAINTS),
-                "--pip-version", "24.2", "--resolver-version", "pip-2020-resolver",
-                "--sources-directory", str(sources), "--entry-point", "retina_capture.cli.main:main",
-                "--python-shebang", "/usr/bin/env python3", "--no-emit-warnings", "--output-file", str(target)]
+        argv = [
+            str(pex),
+            *requirements,
+            "--constraints",
+            str(CONSTRAINTS),
+            "--pip-version",
+            "24.2",
+            "--resolver-version",
+            "pip-2020-resolver",
+            "--sources-directory",
+            str(sources),
+            "--entry-point",
+            "retina_capture.cli.main:main",
+            "--python-shebang",
+            "/usr/bin/env python3",
+            "--no-emit-warnings",
+            "--output-file",
+            str(target),
+        ]
         for interpreter in interpreters:
             argv += ["--python", interpreter]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -176,7 +193,9 @@ def krew_manifest(version: str, archive: Path, url_base: str) -> str:
     )
 
 
-def build(out: Path = DEFAULT_OUT, url_base: str = DEFAULT_URL_BASE, interpreters: list[str] | None = None) -> dict:
+def build(
+    out: Path = DEFAULT_OUT, url_base: str = DEFAULT_URL_BASE, interpreters: list[str] | None = None
+) -> dict:
     """Build the plugin for ``interpreters`` (default: every supported CPython found here)."""
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -186,25 +205,42 @@ def build(out: Path = DEFAULT_OUT, url_base: str = DEFAULT_URL_BASE, interpreter
     archive = build_archive(out, plugin, version)
     manifest = out / "retina.yaml"
     manifest.write_text(krew_manifest(version, archive, url_base))
-    return {"plugin": plugin, "archive": archive, "manifest": manifest, "pythons": chosen,
-            "size": plugin.stat().st_size, "seconds": time.monotonic() - started}
+    return {
+        "plugin": plugin,
+        "archive": archive,
+        "manifest": manifest,
+        "pythons": chosen,
+        "size": plugin.stat().st_size,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="build_kubectl_plugin.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
-    parser.add_argument("--url-base", default=os.environ.get("RETINA_PLUGIN_URL_BASE", DEFAULT_URL_BASE),
-                        help="where the archive will be published (the krew manifest's uri)")
-    parser.add_argument("--python", action="append", default=None,
-                        help="a CPython to build for (repeat; default every CPython 3.9-3.13 found)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--url-base",
+        default=os.environ.get("RETINA_PLUGIN_URL_BASE", DEFAULT_URL_BASE),
+        help="where the archive will be published (the krew manifest's uri)",
+    )
+    parser.add_argument(
+        "--python",
+        action="append",
+        default=None,
+        help="a CPython to build for (repeat; default every CPython 3.9-3.13 found)",
+    )
     args = parser.parse_args(argv)
     try:
         result = build(args.out.resolve(), args.url_base, args.python)
     except BuildError as exc:
         print(f"build_kubectl_plugin: {exc}", file=sys.stderr)
         return 1
-    print(f"{result['plugin']}  {result['size'] / 1e6:.1f} MB  ({result['seconds']:.0f} s), "
-          f"for {', '.join(result['pythons'])}")
+    print(
+        f"{result['plugin']}  {result['size'] / 1e6:.1f} MB  ({result['seconds']:.0f} s), "
+        f"for {', '.join(result['pythons'])}"
+    )
     print(f"{result['archive']}\n{result['manifest']}")
     print(f"install: cp {result['plugin']} /usr/local/bin/ && kubectl plugin list")
     return 0
