@@ -392,7 +392,7 @@ def _age(timestamp: str | None) -> str:
     if not timestamp:
         return "-"
     then = datetime.datetime.fromisoformat(timestamp)
-    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    seconds = int((datetime.datetime.now(datetime.timezone.utc) - then).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -427,7 +427,7 @@ def cmd_list(args: argparse.Namespace, client: kubernetes.client.ApiClient, name
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
 
 
