@@ -280,7 +280,7 @@ def _policy_finding(prom, client, r: _Reader, a, b, reasons_ab, reasons_ba, node
     rules = []
     for node in nodes:
         for key, value in r.delta(NETFILTER, {"instance": node}, by).items():
-            rules.append((dict(zip(by, key, strict=True)), value))
+            rules.append((dict(zip(by, key)), value))
     counts["netfilter_rules"] = [{**labels, "packets": value} for labels, value in rules]
     if not rules:
         return Finding("POLICY_DROP", f"netfilter dropped {_n(dropped)} packets {direction_text} "

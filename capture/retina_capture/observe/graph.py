@@ -71,7 +71,7 @@ def _per_edge(prom: Prometheus, metric: str, window: float, extra: dict[str, str
     by = (*_BY, "direction") if observed_twice else _BY
     totals: dict[tuple[str, str, str], float] = {}
     for key, value in window_delta(prom, metric, extra, by, window, at).items():
-        labels = dict(zip(by, key, strict=True))
+        labels = dict(zip(by, key))
         pair = (workload(labels, "source"), workload(labels, "destination"),
                 labels.get("direction", ""))
         totals[pair] = totals.get(pair, 0.0) + value
@@ -90,7 +90,7 @@ def build_map(prom: Prometheus, window: float, window_text: str, namespace: str 
     dns_errors: dict[tuple[str, str], float] = {}
     for key, value in window_delta(prom, ADV + "dns_response_count", {}, (*_BY, "return_code"),
                                    window, at).items():
-        labels = dict(zip((*_BY, "return_code"), key, strict=True))
+        labels = dict(zip((*_BY, "return_code"), key))
         if labels["return_code"] in ("NOERROR", ""):
             continue
         # the response goes server -> client; the error belongs to the client's edge
@@ -124,7 +124,7 @@ def table(service_map: ServiceMap) -> str:
                         f"{int(e.drops)}", f"{100 * e.drop_ratio:.1f}", f"{int(e.dns_errors)}",
                         f"{int(e.retransmissions)}") for e in service_map.edges]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
                      for r in rows) + "\n"
 
 
