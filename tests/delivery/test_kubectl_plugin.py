@@ -190,18 +190,35 @@ def test_what_the_plugin_imports_needs_nothing_newer_than_python_3_9(plugin_path
     """Every module the plugin loads (its commands, the capture model, diagnose and map) is
     checked by vermin against 3.9: the run above proves only the code paths it took."""
     probe = subprocess.run(
-        ["kubectl-retina"], env={**plugin_path, "PEX_INTERPRETER": "1"},
+        ["kubectl-retina"],
+        env={**plugin_path, "PEX_INTERPRETER": "1"},
         input="import sys, retina_capture.cli.main\n"
-              "print('\\n'.join(m.__file__ for n, m in sys.modules.items()\n"
-              "                 if n.startswith(('retina_capture', 'retina_common')) and getattr(m, '__file__', None)))",
-        capture_output=True, text=True, timeout=120, check=False)
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items()\n"
+        "                 if n.startswith(('retina_capture', 'retina_common')) and getattr(m, '__file__', None)))",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert probe.returncode == 0, probe.stderr
     files = probe.stdout.split()
     assert any(f.endswith("retina_capture/cli/main.py") for f in files), files
-    vermin = subprocess.run([str(Path(sys.executable).with_name("vermin")), "--no-tips", "--violations",
-                             "--eval-annotations", "-t=3.9-", *files],
-                            capture_output=True, text=True, timeout=300, check=False)
+    vermin = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("vermin")),
+            "--no-tips",
+            "--violations",
+            "--eval-annotations",
+            "-t=3.9-",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     # vermin reads float.is_integer as int.is_integer (3.12); every other finding is real.
-    findings = [line for line in vermin.stdout.splitlines()
-                if "requires" in line and "is_integer" not in line]
+    findings = [
+        line for line in vermin.stdout.splitlines() if "requires" in line and "is_integer" not in line
+    ]
     assert not findings, vermin.stdout
