@@ -17,7 +17,8 @@ Why a PEX and not ``zipapp``: ``zipapp`` cannot carry compiled wheels for severa
 resolves them per interpreter at build time and selects at run time.
 
 Why the sources and not the project wheel: the project as a whole needs Python 3.11 (the agent,
-the images); the plugin is ``retina_capture`` without the operator, which runs on 3.9.
+the images); the plugin is ``retina_capture`` without the operator (and the stdlib-only
+``retina_common`` and ``retina_preflight`` it imports), which runs on 3.9.
 
 Dependencies: the ``kubectl`` extra of pyproject.toml, pinned by
 ``delivery/kubectl-plugin-constraints.txt`` to releases that still support Python 3.9 (without
@@ -71,11 +72,15 @@ def plugin_requirements() -> list[str]:
 
 
 def stage_sources(dest: Path) -> Path:
-    """Copy ``retina_capture`` (symlinks resolved, operator left out) and ``retina_common``."""
+    """Copy ``retina_capture`` (symlinks resolved, operator left out), ``retina_common`` and
+    ``retina_preflight`` (its ``core`` holds the one kubeconfig loader every component uses)."""
     dest.mkdir(parents=True, exist_ok=True)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", *EXCLUDED_PACKAGES)
     shutil.copytree(REPO / "capture" / "retina_capture", dest / "retina_capture", symlinks=False, ignore=skip)
     shutil.copytree(REPO / "common" / "retina_common", dest / "retina_common", symlinks=False, ignore=skip)
+    shutil.copytree(
+        REPO / "preflight" / "retina_preflight", dest / "retina_preflight", symlinks=False, ignore=skip
+    )
     return dest
 
 

@@ -194,7 +194,7 @@ def test_what_the_plugin_imports_needs_nothing_newer_than_python_3_9(plugin_path
         env={**plugin_path, "PEX_INTERPRETER": "1"},
         input="import sys, retina_capture.cli.main\n"
         "print('\\n'.join(m.__file__ for n, m in sys.modules.items()\n"
-        "                 if n.startswith(('retina_capture', 'retina_common'))\n"
+        "                 if n.startswith(('retina_capture', 'retina_common', 'retina_preflight'))\n"
         "                 and getattr(m, '__file__', None)))",
         capture_output=True,
         text=True,
