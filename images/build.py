@@ -34,8 +34,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from images.base import BASE_IMAGE, build_base
+from images.deliver import DeliveryError, check_registry, push, save
 from images.names import REPO, image_refs
-from images.podman import ULIMITS, PodmanError, image_size, podman
+from images.podman import ULIMITS, PodmanError, image_exists, image_size, podman
 
 #: Which extras of pyproject.toml each image installs on top of the core dependencies.
 IMAGE_EXTRAS: dict[str, tuple[str, ...]] = {
@@ -216,15 +217,47 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"make {BASE_IMAGE} again with debootstrap even if it exists")
     parser.add_argument("--no-cache", action="store_true",
                         help="rebuild every layer (podman build --no-cache)")
+    # Delivery (images/deliver.py): after the build, or of the images already built (--no-build).
+    parser.add_argument("--push", metavar="REGISTRY",
+                        help="push the images to REGISTRY/<name>:<tag> (host[:port][/path]); credentials "
+                             "from REGISTRY_AUTH_FILE or RETINA_REGISTRY_USERNAME/RETINA_REGISTRY_PASSWORD")
+    parser.add_argument("--insecure-registry", action="store_true",
+                        help="with --push: plain HTTP or an unverified certificate (a lab registry)")
+    parser.add_argument("--save", metavar="DIR", type=Path,
+                        help="write OCI archives, SHA256SUMS and images.json into DIR (for nodes without "
+                             "a registry: the retina.observability.images role imports them)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="skip the build: deliver (--push/--save) the images already built")
     args = parser.parse_args(argv)
+    if args.insecure_registry and not args.push:
+        parser.error("--insecure-registry needs --push REGISTRY")
+    if args.no_build and not (args.push or args.save):
+        parser.error("--no-build needs --push REGISTRY or --save DIR")
     try:
-        report = build_all(rebuild_base=args.rebuild_base, no_cache=args.no_cache)
+        if args.push:
+            check_registry(args.push)  # a typo fails before a long build
+        if args.no_build:
+            refs = image_refs()
+            for kind, ref in refs.items():
+                if not image_exists(ref):
+                    raise DeliveryError(f"--no-build: the {kind} image {ref} is not built; "
+                                        "run build_images.sh without --no-build")
+        else:
+            report = build_all(rebuild_base=args.rebuild_base, no_cache=args.no_cache)
+            print(report.table())
+            for ref in (*report.refs.values(), BASE_IMAGE):
+                print(podman("image", "ls", "--noheading", ref).stdout, end="")
+        if args.save:
+            started = time.monotonic()
+            save(args.save)
+            print(f"saved in {time.monotonic() - started:.0f}s to {args.save}")
+        if args.push:
+            started = time.monotonic()
+            push(args.push, tls_verify=not args.insecure_registry)
+            print(f"pushed in {time.monotonic() - started:.0f}s to {args.push}")
     except (PodmanError, ValueError, subprocess.SubprocessError) as exc:
         print(f"build_images.sh: error: {exc}", file=sys.stderr)
         return 1
-    print(report.table())
-    for ref in (*report.refs.values(), BASE_IMAGE):
-        print(podman("image", "ls", "--noheading", ref).stdout, end="")
     return 0
 
 

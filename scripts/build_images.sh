@@ -2,7 +2,7 @@
 # Builds the container images named in deploy/images.yaml (agent, operator) with rootful Podman,
 # offline: a Debian 12 base from debootstrap (made once, then cached), the project's wheel, and
 # images/<kind>/Containerfile. Prints each image's size and build time.
-#   sudo ./scripts/build_images.sh [--rebuild-base] [--no-cache]
+#   sudo ./scripts/build_images.sh [--rebuild-base] [--no-cache] [--save DIR] [--push REGISTRY [--insecure-registry]] [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

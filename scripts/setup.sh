@@ -18,6 +18,7 @@ APT_PACKAGES=(
   gcc libc6-dev libnetfilter-queue-dev  # builds netfilterqueue (tests' stand-in for netem delay)
   podman runc debootstrap  # container images built offline (scripts/build_images.sh)
   python3-nftables graphviz ipset  # netfilter plugin (libnftables JSON) and its tests; map pictures
+  docker-registry containerd  # image delivery tests: a real registry (--push) and ctr import (images role)
 )
 # Node.js for the Azurite test server: Debian's, unless a node/npm is already installed.
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
