@@ -132,7 +132,7 @@ def _string_list(value: Any) -> tuple[str, ...]:
     """A list of strings, or a comma list in one string (flags, env) -> tuple, blanks dropped."""
     if isinstance(value, str):
         value = value.split(",")
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError("must be a list of strings")
     return tuple(v.strip() for v in value if v.strip())
 

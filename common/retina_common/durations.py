@@ -195,7 +195,7 @@ def bounded_duration(
         bounds += f", or 0 ({zero_means})"
     if isinstance(value, bool) or value is None:
         raise DurationError(f"{_show(value)} is not a duration; write one {_EXAMPLE}")
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         if not numbers_are_seconds:
             raise DurationError(f"{_show(value)} has no unit; write it as a string {_EXAMPLE}")
         if isinstance(value, float) and not math.isfinite(value):

@@ -82,9 +82,8 @@ def test_kubectl_finds_the_plugin_and_runs_it_on_python_3_9(plugin_path: dict[st
     assert version.stdout.startswith(f"kubectl-retina {kubectl_plugin.project_version()}")
     # It really ran on 3.9: the interpreter the plugin chose is the 3.9 on PATH.
     probe = subprocess.run(
-        ["kubectl-retina"],
+        ["kubectl-retina", "-c", "import sys; print(sys.version_info[:2])"],
         env={**plugin_path, "PEX_INTERPRETER": "1"},
-        input="import sys; print(sys.version_info[:2])",
         capture_output=True,
         text=True,
         timeout=120,
@@ -190,12 +189,15 @@ def test_what_the_plugin_imports_needs_nothing_newer_than_python_3_9(plugin_path
     """Every module the plugin loads (its commands, the capture model, diagnose and map) is
     checked by vermin against 3.9: the run above proves only the code paths it took."""
     probe = subprocess.run(
-        ["kubectl-retina"],
+        [
+            "kubectl-retina",
+            "-c",
+            "import sys, retina_capture.cli.main\n"
+            "print('\\n'.join(m.__file__ for n, m in sys.modules.items()\n"
+            "                 if n.startswith(('retina_capture', 'retina_common', 'retina_preflight'))\n"
+            "                 and getattr(m, '__file__', None)))",
+        ],
         env={**plugin_path, "PEX_INTERPRETER": "1"},
-        input="import sys, retina_capture.cli.main\n"
-        "print('\\n'.join(m.__file__ for n, m in sys.modules.items()\n"
-        "                 if n.startswith(('retina_capture', 'retina_common', 'retina_preflight'))\n"
-        "                 and getattr(m, '__file__', None)))",
         capture_output=True,
         text=True,
         timeout=120,
