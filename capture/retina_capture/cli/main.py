@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write <name>-merged.pcapng: every node's packets in time order",
     )
+    dl.add_argument("--pod-start-timeout", type=float, default=180.0, help=argparse.SUPPRESS)
     dl.add_argument(
         "--from-dir",
         default=None,
@@ -483,13 +484,13 @@ def _merge(files: list[Path], name: str, out_dir: Path, from_dir: bool) -> int:
 def _download_one(
     args: argparse.Namespace, client: kubernetes.client.ApiClient, namespace: str, name: str, out_dir: Path
 ) -> int:
-    result = download_mod.download(client, namespace, name, out_dir)
+    result = download_mod.download(client, namespace, name, out_dir, pod_start_timeout=args.pod_start_timeout)
     for f in result.files:
         print(f"downloaded {f}")
     for remote, why in result.refused.items():
         print(f"warning: not downloaded: {remote!r}: {why}", file=sys.stderr)
     if not result.files:
-        print(f"capture {name}: no tarballs uploaded yet", file=sys.stderr)
+        print(f"capture {name}: no tarballs to download yet", file=sys.stderr)
         return 1
     code = _merge(result.files, name, out_dir, from_dir=False) if args.merge else 0
     return code or (1 if result.refused else 0)
