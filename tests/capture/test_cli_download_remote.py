@@ -133,3 +133,59 @@ def test_download_needs_exactly_one_selection(flags, tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and "kubeconfig" not in err
     assert ("--from-dir" if "--from-dir" in flags else "--name") in err
+
+
+@pytest.mark.parametrize("outcome", ["Complete", "Failed"])
+def test_cleanup_after_upload_deletes_jobs_and_secret_only_when_every_node_uploaded(
+        kube_emulator, tmp_path, capsys, monkeypatch, outcome) -> None:
+    import threading
+    import time
+
+    small_cluster(kube_emulator)
+    monkeypatch.setenv("RETINA_CAPTURE_S3_ACCESS_KEY_ID", "testing-id")
+    monkeypatch.setenv("RETINA_CAPTURE_S3_SECRET_ACCESS_KEY", "testing-secret")
+    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
+    codes: list[int] = []
+    run = threading.Thread(target=lambda: codes.append(main([
+        "capture", "create", "--name", "cu", "-n", "web", "--node-names", "node-1,node-2",
+        "--s3-bucket", "caps", "--s3-endpoint", "http://127.0.0.1:9", "--duration", "5s",
+        "--poll-interval", "0.1", "--cleanup-after-upload", "--kubeconfig", kubeconfig])), daemon=True)
+    run.start()
+    deadline = time.monotonic() + 30
+    while len(kube_emulator.objects("Job", "web")) < 2:
+        assert time.monotonic() < deadline and run.is_alive(), capsys.readouterr()
+        time.sleep(0.05)
+    first, second = (j["metadata"]["name"] for j in kube_emulator.objects("Job", "web"))
+    done = {"succeeded": 1, "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:00:05Z",
+            "conditions": [{"type": "Complete", "status": "True"}]}
+    kube_emulator.set_status("Job", "web", first, done)
+    out, err = "", ""
+    while "1 running, 1 succeeded" not in out:  # the CLI has seen one node done ...
+        assert time.monotonic() < deadline and run.is_alive(), (out, err)
+        got = capsys.readouterr()
+        out, err = out + got.out, err + got.err
+        time.sleep(0.05)
+    assert len(kube_emulator.objects("Job", "web")) == 2  # ... and deleted nothing
+    failed = {"failed": 1, "conditions": [{"type": "Failed", "status": "True"}]}
+    last = done if outcome == "Complete" else failed
+    kube_emulator.set_status("Job", "web", second, last)
+    run.join(timeout=30)
+    assert not run.is_alive()
+    got = capsys.readouterr()
+    printed = type(got)(out + got.out, err + got.err)
+    secrets = [s for s in kube_emulator.objects("Secret", "web") if s["metadata"]["name"].startswith("cu")]
+    if outcome == "Complete":
+        assert codes == [0], printed.err
+        assert "every node uploaded; deleted 2 job(s) and 1 secret(s)" in printed.out
+        assert kube_emulator.objects("Job", "web") == [] and secrets == []
+    else:  # a node did not upload: its Job (logs) and the Secret stay for a retry or a look
+        assert codes == [1]
+        assert "not cleaned up: not every node uploaded" in printed.err
+        assert len(kube_emulator.objects("Job", "web")) == 2 and len(secrets) == 1
+    assert refusals_of(kube_emulator, CAPTURE_USER) == []
+
+
+def test_cleanup_after_upload_needs_waiting(tmp_path, capsys) -> None:
+    code = main(["capture", "create", "--name", "cu", "--host-path", "x", "--no-wait",
+                 "--cleanup-after-upload", "-n", "web", "--kubeconfig", str(tmp_path / "none")])
+    assert code == 2 and "--cleanup-after-upload" in capsys.readouterr().err

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"worker image (default $RETINA_CAPTURE_IMAGE or {jobs_mod.DEFAULT_IMAGE})",
     )
     a("--no-wait", action="store_true", help="return once the Jobs are created")
+    a(
+        "--cleanup-after-upload",
+        action="store_true",
+        help="once every node has uploaded (all Jobs succeeded), delete the Jobs and the Secret; "
+        "the tarballs stay in the output (needs waiting: not with --no-wait)",
+    )
     a("--wait-timeout", default=None, help="how long to wait (default: duration + 15m)")
     a("--poll-interval", type=float, default=2.0, help=argparse.SUPPRESS)
     a("--debug", action="store_true", help="print the Jobs that are created")
@@ -304,6 +310,10 @@ def plan_create(args: argparse.Namespace, namespace: str) -> CreatePlan:
             timeout = bounded_duration(args.wait_timeout, minimum=1, maximum=7 * 24 * 3600)
         except ValueError as exc:
             raise spec.SpecError([spec.Problem("--wait-timeout", str(exc))]) from None
+    if args.cleanup_after_upload and args.no_wait:
+        raise spec.SpecError(
+            [spec.Problem("--cleanup-after-upload", "cleans up after waiting for the upload; drop --no-wait")]
+        )
     if not (0 < args.poll_interval <= 60):
         raise spec.SpecError([spec.Problem("--poll-interval", "must be more than 0 and at most 60 seconds")])
     return CreatePlan(capture, secrets, timeout)
@@ -336,7 +346,17 @@ def cmd_create(
     if args.no_wait:
         print(f"not waiting; follow it with: kubectl retina capture list -n {namespace}")
         return 0
-    return _wait(client, namespace, capture.name, plan.wait_timeout, args.poll_interval)
+    code = _wait(client, namespace, capture.name, plan.wait_timeout, args.poll_interval)
+    if args.cleanup_after_upload:
+        if code != 0:
+            print(f"capture {capture.name}: not cleaned up: not every node uploaded", file=sys.stderr)
+            return code
+        jobs, secrets = kube.delete_capture(client, namespace, capture.name)
+        print(
+            f"capture {capture.name}: every node uploaded; deleted {jobs} job(s) and {secrets} secret(s) "
+            "(--cleanup-after-upload)"
+        )
+    return code
 
 
 def _undo_create(client: kubernetes.client.ApiClient, namespace: str, name: str) -> None:
