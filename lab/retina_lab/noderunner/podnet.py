@@ -11,7 +11,7 @@ import ipaddress
 import threading
 from dataclasses import dataclass
 
-from retina_lab.node import run
+from retina_agent.demo.node import run
 
 
 @dataclass(frozen=True)
