@@ -176,9 +176,12 @@ def test_list_and_delete(kube_emulator, capsys) -> None:
     assert code == 0 and "one" in out and "two" not in out
     code, out, _ = cli(kube_emulator, capsys, "capture", "list", "-A")
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["NAMESPACE", "NAME", "STATUS", "JOBS"]
-    assert [line.split()[:4] for line in lines[1:]] == [["db", "two", "Running", "2"],
-                                                         ["web", "one", "Running", "2"]]
+    assert lines[0].split() == ["NAMESPACE", "CAPTURE", "NAME", "JOBS", "COMPLETIONS", "AGE", "STATUS"]
+    rows = [line.split() for line in lines[1:]]  # Retina's columns, then STATUS
+    assert [(r[0], r[1], r[3], r[5]) for r in rows] == [("db", "two", "0/2", "Running"),
+                                                        ("web", "one", "0/2", "Running")]
+    assert [sorted(r[2].split(",")) for r in rows] == [
+        sorted(j["metadata"]["name"] for j in kube_emulator.objects("Job", ns)) for ns in ("db", "web")]
 
     code, out, _ = cli(kube_emulator, capsys, "capture", "delete", "--name", "one", "-n", "web")
     assert code == 0 and "2 job(s)" in out

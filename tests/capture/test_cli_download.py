@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import requests
 from retina_capture.cli.main import main
 from retina_capture.cli.merge import read_merged
 from tests import kube_fixtures
-from tests.kube_fixtures import capture_user_kubeconfig_for, small_cluster
+from tests.kube_fixtures import CAPTURE_USER, capture_user_kubeconfig_for, refusals_of, small_cluster
 
 # pytest fixtures shared from tests/kube_fixtures.py
 kube_emulator = kube_fixtures.kube_emulator
@@ -117,17 +118,94 @@ def test_merge_from_a_directory_without_the_api(tmp_path, capsys) -> None:
         "node-1", "node-2", "node-1", "node-2", "node-1"]
 
 
-def test_download_of_a_host_path_capture_says_where_the_files_are(kube_emulator, capsys) -> None:
+def download_pods(kube) -> list[str]:
+    return [p["metadata"]["name"] for p in kube.objects("Pod", "web")
+            if p["metadata"].get("labels", {}).get("retina.sh/app") == "capture-download"]
+
+
+def test_a_download_pod_that_cannot_start_is_named_and_removed(kube_emulator, tmp_path, capsys) -> None:
+    """No kubelet here: the pod stays Pending. The CLI says which node, gives up, deletes the pod."""
     small_cluster(kube_emulator)
     kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
     assert main(["capture", "create", "--name", "hp", "-n", "web", "--node-names", "node-1", "--host-path",
                  "incidents", "--no-wait", "--kubeconfig", kubeconfig]) == 0
     capsys.readouterr()
-    assert main(["capture", "download", "--name", "hp", "-n", "web", "--kubeconfig", kubeconfig]) == 1
+    code = main(["capture", "download", "--name", "hp", "-n", "web", "-o", str(tmp_path / "out"),
+                 "--pod-start-timeout", "2", "--kubeconfig", kubeconfig])
     err = capsys.readouterr().err
-    assert "/var/lib/retina/captures/incidents" in err and "--from-dir" in err
+    assert code == 1, err
+    assert "node node-1 (/var/lib/retina/captures/incidents)" in err and "did not start within 2s" in err
+    assert "no tarballs to download yet" in err
+    assert download_pods(kube_emulator) == []  # removed although it never ran
+    assert refusals_of(kube_emulator, CAPTURE_USER) == []
     assert main(["capture", "download", "--name", "nope", "-n", "web", "--kubeconfig", kubeconfig]) == 1
     assert "--name: no capture 'nope'" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_waiting_still_removes_the_download_pods(kube_emulator, tmp_path, monkeypatch) -> None:
+    from retina_capture.cli import download_pod
+
+    small_cluster(kube_emulator)
+    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
+    assert main(["capture", "create", "--name", "hp", "-n", "web", "--node-names", "node-1,node-2",
+                 "--host-path", "x", "--no-wait", "--kubeconfig", kubeconfig]) == 0
+    seen: list[int] = []
+
+    def interrupted(*_args, **_kwargs):
+        seen.append(len(download_pods(kube_emulator)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download_pod, "_wait_running", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["capture", "download", "--name", "hp", "-n", "web", "-o", str(tmp_path), "--kubeconfig",
+              kubeconfig])
+    assert seen == [2]  # both pods existed when the user pressed Ctrl-C ...
+    assert download_pods(kube_emulator) == []  # ... and none is left
+
+
+def test_download_pod_is_least_privilege_and_pinned_like_the_job() -> None:
+    from kubernetes_validate import validate
+
+    from retina_capture import jobs as jobs_mod
+    from retina_capture.cli import download_pod
+    from retina_capture.spec import capture_resource, parse_capture
+
+    capture = parse_capture(capture_resource("hp", "web", {
+        "captureConfiguration": {"captureTarget": {"nodeNames": ["node-1"]},
+                                 "captureOption": {"duration": "10s"}},
+        "outputConfiguration": {"hostPath": "incidents/today", "persistentVolumeClaim": "caps"}}))
+    job = jobs_mod.build_job(capture, "node-1", image="registry.example/agent:1")
+    outputs = json.loads(job["metadata"]["annotations"][jobs_mod.ANNOTATION_OUTPUTS])
+    found = download_pod.sources([job], outputs)
+    assert [s.where for s in found] == ["PersistentVolumeClaim caps",
+                                        "node node-1 (/var/lib/retina/captures/incidents/today)"]
+    pvc_pod, host_pod = (download_pod.build_pod("hp", "web", s) for s in found)
+    for pod in (pvc_pod, host_pod):
+        validate(pod, "1.30", strict=True)
+        spec = pod["spec"]
+        (container,) = spec["containers"]
+        assert container["image"] == "registry.example/agent:1"  # the image the capture ran
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["volumeMounts"] == [{"name": "captures", "mountPath": "/captures", "readOnly": True}]
+        assert "hostNetwork" not in spec and "hostPID" not in spec
+    assert host_pod["spec"]["volumes"] == [{"name": "captures", "hostPath": {
+        "path": "/var/lib/retina/captures/incidents/today", "type": "Directory"}}]
+    assert host_pod["spec"]["affinity"] == job["spec"]["template"]["spec"]["affinity"]
+    assert host_pod["spec"]["tolerations"] == job["spec"]["template"]["spec"]["tolerations"]
+    assert pvc_pod["spec"]["volumes"] == [{"name": "captures", "persistentVolumeClaim": {
+        "claimName": "caps", "readOnly": True}}]
+    assert "affinity" not in pvc_pod["spec"]  # the claim is wherever the scheduler finds it
+    # Only this capture's and this node's tarballs are fetched; names are file names, never paths.
+    pattern = download_pod.tarball_pattern("hp", "node-1")
+    assert pattern.fullmatch("hp-node-1-20260101120000UTC.tar.gz")
+    for other in ("hp-node-10-20260101120000UTC.tar.gz", "hpx-node-1-20260101120000UTC.tar.gz",
+                  "hp-node-1-20260101120000UTC.tar.gz\n", ".hp-node-1-20260101120000UTC.tar.gz.part"):
+        assert not pattern.fullmatch(other), other
 
 
 def test_blob_names_cannot_write_outside_the_output_directory(kube_emulator, azurite, tmp_path, capsys,

@@ -147,7 +147,8 @@ def test_capture_create_and_list_through_kubectl_honour_kubeconfig_context_and_n
             "web",
         )
         assert listed.returncode == 0, listed.stderr
-        assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["from-kubectl"]
+        # Retina's columns: NAMESPACE, CAPTURE NAME, JOBS, COMPLETIONS, AGE (+ STATUS)
+        assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [["web", "from-kubectl"]]
 
         # The context's own namespace (db) applies without -n: nothing there.
         listed_db = _kubectl(

@@ -223,7 +223,8 @@ def test_rbac_is_exactly_the_contract(default_render: Rendered) -> None:
 
     capture = {("batch", "jobs", v) for v in ("create", "list", "delete")}
     capture |= {("", "secrets", v) for v in ("create", "get", "delete")}
-    capture |= {("", "pods", v) for v in ("get", "list")} | {("", "pods/log", "get")}
+    capture |= {("", "pods", v) for v in ("get", "list", "create", "delete")} | {("", "pods/log", "get")}
+    capture |= {("", "pods/exec", v) for v in ("get", "create")}  # download of host-path/PVC captures
     capture |= {("retina.sh", "captures", v) for v in ("create", "get", "list", "watch", "delete")}
     assert rules("retina-capture") == capture
     assert rules("retina-capture-cluster") == {("", "nodes", "list"), ("", "namespaces", "list")}

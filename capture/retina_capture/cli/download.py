@@ -1,14 +1,13 @@
 """``kubectl retina capture download``: fetch a capture's tarballs from the outputs it used.
 
 The Jobs of a capture record their outputs (``retina.sh/capture-outputs``: Secret names,
-never secrets). Downloading works from the two remote outputs:
+never secrets). Downloading works from every output:
 
 * Azure Blob: the container SAS URL from the Secret (key ``blob-upload-url``); blobs named
   ``<capture>-<node>-<timestamp>UTC.tar.gz``;
-* S3 / S3-compatible: bucket, region, endpoint and path from the Job, keys from the Secret.
-
-Host path and PVC outputs stay on the nodes / in the claim: this machine cannot reach them
-through the API (no exec or port-forward here), so ``download`` says where they are instead.
+* S3 / S3-compatible: bucket, region, endpoint and path from the Job, keys from the Secret;
+* host path and PVC: a short-lived pod where the files are, streamed back through ``pods/exec``
+  (:mod:`retina_capture.cli.download_pod`), as Retina's download does.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import kubernetes
 
 from retina_capture import jobs as jobs_mod
 from retina_capture import kube
+from retina_capture.cli import download_pod
 from retina_capture.credentials import SECRET_KEY_BLOB, SECRET_KEY_S3_ID, SECRET_KEY_S3_SECRET
 
 
@@ -38,7 +38,7 @@ def _tarball_re(name: str) -> re.Pattern[str]:
 @dataclass
 class DownloadResult:
     files: list[Path] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)  # remote name -> why it was not written
+    refused: dict[str, str] = field(default_factory=dict)  # remote name (or node) -> why not written
 
 
 def local_name(remote: str, pattern: re.Pattern[str], out_dir: Path, result: DownloadResult) -> Path | None:
@@ -72,7 +72,14 @@ def outputs_of(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     return outputs
 
 
-def download(client: kubernetes.client.ApiClient, namespace: str, name: str, out_dir: Path) -> DownloadResult:
+def download(
+    client: kubernetes.client.ApiClient,
+    namespace: str,
+    name: str,
+    out_dir: Path,
+    *,
+    pod_start_timeout: float = download_pod.START_TIMEOUT_SECONDS,
+) -> DownloadResult:
     """Download every tarball of capture ``name`` into ``out_dir``; returns the files and what was refused."""
     jobs = kube.list_jobs(client, namespace, name)
     if not jobs:
@@ -86,17 +93,11 @@ def download(client: kubernetes.client.ApiClient, namespace: str, name: str, out
         return _from_s3(client, namespace, name, outputs["s3Upload"], out_dir)
     if "blobUpload" in outputs:
         return _from_blob(client, namespace, name, outputs["blobUpload"], out_dir)
-    where = []
-    if "hostPath" in outputs:
-        where.append(f"on each node under {jobs_mod.HOST_PATH_BASE}/{outputs['hostPath']}")
-    if "persistentVolumeClaim" in outputs:
-        where.append(f"in the PersistentVolumeClaim {outputs['persistentVolumeClaim']!r}")
-    raise DownloadError(
-        f"capture {name!r} wrote only to local storage ({'; '.join(where)}); download "
-        "supports the blob and S3 outputs. Copy the files from there (e.g. scp from the "
-        "nodes) and merge them with: kubectl retina capture download --name "
-        f"{name} --from-dir DIR --merge"
-    )
+    found = download_pod.sources(jobs, outputs)
+    if not found:
+        raise DownloadError(f"capture {name!r} names no output to download from")
+    fetched = download_pod.fetch(client, namespace, name, found, out_dir, start_timeout=pod_start_timeout)
+    return DownloadResult(files=fetched.files, refused=fetched.problems)
 
 
 def _from_s3(

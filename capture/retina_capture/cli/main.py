@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"worker image (default $RETINA_CAPTURE_IMAGE or {jobs_mod.DEFAULT_IMAGE})",
     )
     a("--no-wait", action="store_true", help="return once the Jobs are created")
+    a(
+        "--cleanup-after-upload",
+        action="store_true",
+        help="once every node has uploaded (all Jobs succeeded), delete the Jobs and the Secret; "
+        "the tarballs stay in the output (needs waiting: not with --no-wait)",
+    )
     a("--wait-timeout", default=None, help="how long to wait (default: duration + 15m)")
     a("--poll-interval", type=float, default=2.0, help=argparse.SUPPRESS)
     a("--debug", action="store_true", help="print the Jobs that are created")
@@ -138,13 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     dl = csub.add_parser("download", help="download a capture's tarballs")
     _kube_flags(dl)
-    dl.add_argument("--name", required=True, help="capture name")
+    dl.add_argument("--name", default=None, help="capture name")
+    dl.add_argument("--all", action="store_true", help="download every capture in --namespace")
+    dl.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="download every capture in every namespace (into <output>/<namespace>/)",
+    )
     dl.add_argument("-o", "--output", default=".", help="directory to write to (default .)")
     dl.add_argument(
         "--merge",
         action="store_true",
         help="also write <name>-merged.pcapng: every node's packets in time order",
     )
+    dl.add_argument("--pod-start-timeout", type=float, default=180.0, help=argparse.SUPPRESS)
     dl.add_argument(
         "--from-dir",
         default=None,
@@ -296,6 +310,10 @@ def plan_create(args: argparse.Namespace, namespace: str) -> CreatePlan:
             timeout = bounded_duration(args.wait_timeout, minimum=1, maximum=7 * 24 * 3600)
         except ValueError as exc:
             raise spec.SpecError([spec.Problem("--wait-timeout", str(exc))]) from None
+    if args.cleanup_after_upload and args.no_wait:
+        raise spec.SpecError(
+            [spec.Problem("--cleanup-after-upload", "cleans up after waiting for the upload; drop --no-wait")]
+        )
     if not (0 < args.poll_interval <= 60):
         raise spec.SpecError([spec.Problem("--poll-interval", "must be more than 0 and at most 60 seconds")])
     return CreatePlan(capture, secrets, timeout)
@@ -328,7 +346,17 @@ def cmd_create(
     if args.no_wait:
         print(f"not waiting; follow it with: kubectl retina capture list -n {namespace}")
         return 0
-    return _wait(client, namespace, capture.name, plan.wait_timeout, args.poll_interval)
+    code = _wait(client, namespace, capture.name, plan.wait_timeout, args.poll_interval)
+    if args.cleanup_after_upload:
+        if code != 0:
+            print(f"capture {capture.name}: not cleaned up: not every node uploaded", file=sys.stderr)
+            return code
+        jobs, secrets = kube.delete_capture(client, namespace, capture.name)
+        print(
+            f"capture {capture.name}: every node uploaded; deleted {jobs} job(s) and {secrets} secret(s) "
+            "(--cleanup-after-upload)"
+        )
+    return code
 
 
 def _undo_create(client: kubernetes.client.ApiClient, namespace: str, name: str) -> None:
@@ -399,34 +427,30 @@ def _age(timestamp: str | None) -> str:
     return f"{max(seconds, 0)}s"
 
 
-def cmd_list(args: argparse.Namespace, client: kubernetes.client.ApiClient, namespace: str) -> int:
-    jobs = kube.list_jobs(client, None if args.all_namespaces else namespace)
+def list_rows(jobs: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Retina's ``capture list`` table: NAMESPACE, CAPTURE NAME, JOBS (the Job names), COMPLETIONS
+    (succeeded/total), AGE; then STATUS, which Retina leaves out (a failed node is easy to miss)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for job in jobs:
         key = (job["metadata"]["namespace"], job["metadata"]["labels"][jobs_mod.LABEL_CAPTURE])
         groups.setdefault(key, []).append(job)
-    if not groups:
-        where = "any namespace" if args.all_namespaces else f"namespace {namespace}"
-        print(f"No captures found in {where}.")
-        return 0
-    rows = [("NAMESPACE", "NAME", "STATUS", "JOBS", "RUNNING", "SUCCEEDED", "FAILED", "AGE")]
+    rows: list[tuple[str, ...]] = [("NAMESPACE", "CAPTURE NAME", "JOBS", "COMPLETIONS", "AGE", "STATUS")]
     for (ns, name), group in sorted(groups.items()):
         s = jobs_mod.summarize_jobs(group)
         created = min(j["metadata"].get("creationTimestamp") or "" for j in group)
-        rows.append(
-            (
-                ns,
-                name,
-                s["phase"],
-                str(s["total"]),
-                str(s["active"]),
-                str(s["succeeded"]),
-                str(s["failed"]),
-                _age(created),
-            )
-        )
+        job_names = ",".join(sorted(j["metadata"]["name"] for j in group))
+        rows.append((ns, name, job_names, f"{s['succeeded']}/{s['total']}", _age(created), s["phase"]))
+    return rows
+
+
+def cmd_list(args: argparse.Namespace, client: kubernetes.client.ApiClient, namespace: str) -> int:
+    rows = list_rows(kube.list_jobs(client, None if args.all_namespaces else namespace))
+    if len(rows) == 1:
+        where = "any namespace" if args.all_namespaces else f"namespace {namespace}"
+        print(f"No captures found in {where}.")
+        return 0
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
+    for row in rows:  # tabwriter-style, three spaces between columns, as Retina prints it
         print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
 
@@ -441,7 +465,17 @@ def cmd_delete(args: argparse.Namespace, client: kubernetes.client.ApiClient, na
 
 
 def check_download_dirs(args: argparse.Namespace) -> None:
-    """``-o`` and ``--from-dir`` must be usable directories; raises ``UsageError`` naming the flag."""
+    """One of --name/--all/-A; ``-o`` and ``--from-dir`` usable directories. Raises ``UsageError``."""
+    chosen = [
+        flag for flag, on in (("--name", args.name), ("--all", args.all), ("-A", args.all_namespaces)) if on
+    ]
+    if len(chosen) != 1:
+        raise UsageError(
+            "--name: give the capture's --name, or --all (every capture in the namespace), "
+            "or -A/--all-namespaces" + (f" (not {' and '.join(chosen)} together)" if chosen else "")
+        )
+    if args.from_dir is not None and not args.name:
+        raise UsageError("--from-dir: merges one capture; give its --name")
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"-o/--output: {args.output!r} is not a directory; give a directory to write to")
@@ -453,6 +487,35 @@ def check_download_dirs(args: argparse.Namespace) -> None:
         )
 
 
+def _merge(files: list[Path], name: str, out_dir: Path, from_dir: bool) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged = out_dir / f"{name}-merged.pcapng"
+    try:
+        counts = merge_mod.merge(files, name, merged)
+    except merge_mod.MergeError as exc:
+        where = "--from-dir: " if from_dir else ""
+        print(f"error: {where}{exc}; nothing was merged", file=sys.stderr)
+        return 2 if from_dir else 1
+    per_node = ", ".join(f"{node}: {n}" for node, n in counts.items())
+    print(f"merged {sum(counts.values())} packets ({per_node}) into {merged}")
+    return 0
+
+
+def _download_one(
+    args: argparse.Namespace, client: kubernetes.client.ApiClient, namespace: str, name: str, out_dir: Path
+) -> int:
+    result = download_mod.download(client, namespace, name, out_dir, pod_start_timeout=args.pod_start_timeout)
+    for f in result.files:
+        print(f"downloaded {f}")
+    for remote, why in result.refused.items():
+        print(f"warning: not downloaded: {remote!r}: {why}", file=sys.stderr)
+    if not result.files:
+        print(f"capture {name}: no tarballs to download yet", file=sys.stderr)
+        return 1
+    code = _merge(result.files, name, out_dir, from_dir=False) if args.merge else 0
+    return code or (1 if result.refused else 0)
+
+
 def cmd_download(args: argparse.Namespace, client: kubernetes.client.ApiClient | None, namespace: str) -> int:
     out_dir = Path(args.output)
     if args.from_dir:
@@ -460,29 +523,31 @@ def cmd_download(args: argparse.Namespace, client: kubernetes.client.ApiClient |
         if not files:
             print(f"--from-dir: no {args.name}-<node>-<time>UTC.tar.gz in {args.from_dir}", file=sys.stderr)
             return 1
-    else:
-        assert client is not None
-        result = download_mod.download(client, namespace, args.name, out_dir)
-        files = result.files
-        for f in files:
-            print(f"downloaded {f}")
-        for remote, why in result.refused.items():
-            print(f"warning: not downloaded: {remote!r}: {why}", file=sys.stderr)
-        if not files:
-            print(f"capture {args.name}: no tarballs uploaded yet", file=sys.stderr)
-            return 1
-    if args.merge:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        merged = out_dir / f"{args.name}-merged.pcapng"
+        return _merge(files, args.name, out_dir, from_dir=True) if args.merge else 0
+    assert client is not None
+    if args.name:
+        return _download_one(args, client, namespace, args.name, out_dir)
+    # --all / -A: every capture that has Jobs; one failing capture does not stop the others.
+    captures = sorted(
+        {
+            (job["metadata"]["namespace"], job["metadata"]["labels"][jobs_mod.LABEL_CAPTURE])
+            for job in kube.list_jobs(client, None if args.all_namespaces else namespace)
+        }
+    )
+    if not captures:
+        where = "any namespace" if args.all_namespaces else f"namespace {namespace}"
+        print(f"No captures found in {where}.", file=sys.stderr)
+        return 1
+    worst = 0
+    for ns, name in captures:
+        target = out_dir / ns if args.all_namespaces else out_dir
         try:
-            counts = merge_mod.merge(files, args.name, merged)
-        except merge_mod.MergeError as exc:
-            where = "--from-dir: " if args.from_dir else ""
-            print(f"error: {where}{exc}; nothing was merged", file=sys.stderr)
-            return 2 if args.from_dir else 1
-        per_node = ", ".join(f"{node}: {n}" for node, n in counts.items())
-        print(f"merged {sum(counts.values())} packets ({per_node}) into {merged}")
-    return 0 if args.from_dir or not result.refused else 1
+            code = _download_one(args, client, ns, name, target)
+        except download_mod.DownloadError as exc:
+            print(f"error: capture {ns}/{name}: {exc}", file=sys.stderr)
+            code = 1
+        worst = max(worst, code)
+    return worst
 
 
 # -- entry point -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -589,7 +590,13 @@ class Kubelet:
                                 "lastTransitionTime": rfc3339(),
                             }
                         ],
+                        # Every field a kubelet reports: clients that parse Nodes strictly (the
+                        # kubernetes client's models) refuse a nodeInfo without them.
                         "nodeInfo": {
+                            "machineID": _host_id("/etc/machine-id"),
+                            "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
+                            "bootID": _host_id("/proc/sys/kernel/random/boot_id"),
+                            "kubeProxyVersion": "",  # deprecated; a kubelet reports it empty
                             "kernelVersion": kernel,
                             "osImage": "Debian GNU/Linux 12 (bookworm)",
                             "containerRuntimeVersion": "podman",
@@ -672,3 +679,11 @@ def leftover_containers(runner_id: str) -> list[str]:
         timeout=60,
     )
     return [n for n in proc.stdout.split() if n]
+
+
+def _host_id(path: str) -> str:
+    """This machine's id from ``path`` (as the kubelet reads it), or '' where there is none."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""

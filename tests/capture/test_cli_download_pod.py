@@ -1,0 +1,144 @@
+"""``kubectl retina capture download`` of a host-path capture, end to end, as the capture user: the
+API emulator (HTTPS, RBAC as rendered), the node runner playing two nodes with the built agent
+image, the real worker capturing real loopback traffic, then a download pod on each node that
+streams the tarballs back over ``pods/exec`` and is removed."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dpkt
+import kubernetes
+import pytest
+
+from images.names import image_refs
+from retina_capture import jobs as jobs_mod
+from retina_capture.cli import download_pod
+from retina_capture.cli.main import main
+from retina_capture.cli.merge import read_merged
+from retina_lab.kube import KubeEmulator
+from retina_lab.noderunner import NodeRunner
+from tests.helpers.capture import free_port
+from tests.kube_fixtures import CAPTURE_USER, capture_user_kubeconfig_for, refusals_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+NODES = ["dl-node-a", "dl-node-b"]
+NS = "web"
+
+
+@pytest.fixture(scope="module")
+def agent_image(request: pytest.FixtureRequest) -> str:
+    """The agent image as scripts/build_images.sh built it (built now only if it is missing)."""
+    if os.geteuid() != 0:
+        pytest.fail("the node runner needs root (rootful podman, network namespaces)")
+    ref = image_refs()["agent"]
+    if subprocess.run(["podman", "image", "exists", ref], check=False).returncode != 0:
+        ref = request.getfixturevalue("built_images")["agent"]
+    return ref
+
+
+@pytest.fixture(scope="module")
+def cluster(agent_image: str) -> Iterator[tuple[KubeEmulator, NodeRunner]]:
+    with KubeEmulator() as kube, NodeRunner.for_emulator(kube, nodes=NODES) as runner:
+        kube.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
+        yield kube, runner
+    assert not runner.containers()
+
+
+def _payloads(pcap_bytes: bytes) -> list[bytes]:
+    """UDP payloads of a pcap (any link type tcpdump writes for 'lo' or 'any')."""
+    out = []
+    for _, buf in dpkt.pcap.Reader(io.BytesIO(pcap_bytes)):
+        start = buf.find(b"retina-dl-")
+        if start >= 0:
+            out.append(buf[start:])
+    return out
+
+
+def _pcaps_in(tarball: Path) -> bytes:
+    with tarfile.open(tarball) as tar:
+        (member,) = [m for m in tar.getmembers() if m.name.endswith(".pcap")]
+        data = tar.extractfile(member)
+        assert data is not None
+        return data.read()
+
+
+def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_image, tmp_path) -> None:
+    kube, runner = cluster
+    kubeconfig = str(capture_user_kubeconfig_for(kube))
+    admin = kubernetes.config.new_client_from_config(config_file=str(kube.kubeconfig_path))
+    name = f"dl{secrets.token_hex(3)}"
+    host_dir = Path(jobs_mod.HOST_PATH_BASE) / name
+    port = free_port()
+    try:
+        assert main(["capture", "create", "--name", name, "-n", NS, "--node-names", ",".join(NODES),
+                     "--host-path", name, "--interfaces", "lo", "--tcpdump-filter", f"udp dst port {port}",
+                     "--duration", "4s", "--image", agent_image, "--no-wait",
+                     "--kubeconfig", kubeconfig]) == 0
+
+        # Numbered datagrams to loopback until both Jobs are done (bounded: 240 s, 20 per second).
+        sent, summary = 0, {}
+        deadline = time.monotonic() + 240
+        batch = kubernetes.client.BatchV1Api(admin)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            while time.monotonic() < deadline:
+                sock.sendto(f"retina-dl-{sent:06d}".encode(), ("127.0.0.1", port))
+                sent += 1
+                if sent % 20 == 0:
+                    jobs = batch.list_namespaced_job(NS, label_selector=jobs_mod.capture_selector(name)).items
+                    summary = jobs_mod.summarize_jobs(admin.sanitize_for_serialization(j) for j in jobs)
+                    if summary["phase"] != "Running":
+                        break
+                time.sleep(0.05)
+        assert summary["phase"] == "Succeeded", summary
+        on_host = sorted(host_dir.glob(f"{name}-*UTC.tar.gz"))
+        assert [len(list(host_dir.glob(f"{name}-{n}-*UTC.tar.gz"))) for n in NODES] == [1, 1], on_host
+
+        out = tmp_path / "out"
+        code = main(["capture", "download", "--name", name, "-n", NS, "-o", str(out), "--merge",
+                     "--kubeconfig", kubeconfig])
+        assert code == 0
+        got = sorted(p.name for p in out.glob("*.tar.gz"))
+        assert got == [p.name for p in on_host]
+        for path in on_host:  # byte for byte what the worker wrote on the node
+            assert (out / path.name).read_bytes() == path.read_bytes()
+
+        # Real packets: each node saw a contiguous run of the numbered datagrams.
+        counts = {}
+        for node in NODES:
+            (tarball,) = out.glob(f"{name}-{node}-*UTC.tar.gz")
+            payloads = _payloads(_pcaps_in(tarball))
+            numbers = [int(p.removeprefix(b"retina-dl-")) for p in payloads]
+            assert numbers and numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
+            counts[node] = len(numbers)
+        merged = read_merged(out / f"{name}-merged.pcapng")
+        assert {node: sum(1 for p in merged if p.node == node) for node in NODES} == counts
+        assert [p.ts for p in merged] == sorted(p.ts for p in merged)
+
+        # The download pods are gone, and the capture user was refused nothing.
+        core = kubernetes.client.CoreV1Api(admin)
+        selector = f"{jobs_mod.LABEL_APP}={download_pod.LABEL_APP_VALUE}"
+        assert core.list_namespaced_pod(NS, label_selector=selector).items == []
+        assert refusals_of(kube, CAPTURE_USER) == []
+        _wait_for(lambda: not [c for c in runner.containers() if "download" in str(c)], 60)
+    finally:
+        admin.close()
+        shutil.rmtree(host_dir, ignore_errors=True)
+        for left in Path("/var/log/retina/captures").glob(f"{name}-*"):
+            shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.5)
