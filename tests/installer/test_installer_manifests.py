@@ -219,6 +219,11 @@ def test_rbac_is_exactly_the_contract(default_render: Rendered) -> None:
     operator |= {("", r, "list") for r in ("nodes", "namespaces")}
     operator |= {("", "events", "create")}
     operator |= {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+    # Alert-triggered capture: Captures made from CaptureTriggers (and deleted when they expire),
+    # decisions in the trigger's status, a node target checked by name.
+    operator |= {("retina.sh", "captures", v) for v in ("create", "delete")}
+    operator |= {("retina.sh", "capturetriggers", v) for v in ("get", "list", "watch", "patch")}
+    operator |= {("retina.sh", "capturetriggers/status", "patch"), ("", "nodes", "get")}
     assert rules("retina-operator") == operator
 
     capture = {("batch", "jobs", v) for v in ("create", "list", "delete")}
@@ -226,6 +231,8 @@ def test_rbac_is_exactly_the_contract(default_render: Rendered) -> None:
     capture |= {("", "pods", v) for v in ("get", "list", "create", "delete")} | {("", "pods/log", "get")}
     capture |= {("", "pods/exec", v) for v in ("get", "create")}  # download of host-path/PVC captures
     capture |= {("retina.sh", "captures", v) for v in ("create", "get", "list", "watch", "delete")}
+    capture |= {("retina.sh", "capturetriggers", v)
+                for v in ("create", "get", "list", "watch", "update", "patch", "delete")}
     assert rules("retina-capture") == capture
     assert rules("retina-capture-cluster") == {("", "nodes", "list"), ("", "namespaces", "list")}
     for name in ("retina-agent", "retina-operator"):
