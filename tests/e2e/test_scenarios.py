@@ -32,10 +32,10 @@ from tests.kube_fixtures import AGENT_USER, OPERATOR_USER, capture_user_kubeconf
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-#: Scenarios written but not yet green in one run (issue 10 stays open until they are): pod level passed once and failed once (the operator pod's
-#: idle kopf watches are not a reliable traffic source: give it traffic of its own); the capture,
-#: upload-failure, Capture-resource and uninstall scenarios never ran to the end (the runner's
-#: Node objects broke kubectl-retina first; fixed in 22d80a9).
+#: Scenarios written but not yet green in one run (issue 10 stays open until they are): pod
+#: level passed once and failed once (the operator pod's idle kopf watches are not a reliable
+#: traffic source: give it traffic of its own); the capture, upload-failure, Capture-resource and
+#: uninstall scenarios never ran to the end (the runner's Node objects broke kubectl-retina first).
 PENDING = pytest.mark.skip(reason="end-to-end scenario not yet green (issue 10 open): see the comment above")
 FORWARD = "networkobservability_forward_count"
 ADV_FORWARD = "networkobservability_adv_forward_count"
