@@ -11,7 +11,7 @@ import ipaddress
 import threading
 from dataclasses import dataclass
 
-from retina_lab.node import run
+from retina_agent.demo.node import run  # moved there by cd2ebec (the demo node is product code)
 
 
 @dataclass(frozen=True)
