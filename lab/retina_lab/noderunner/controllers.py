@@ -63,6 +63,15 @@ def pod_ready(pod: Obj) -> bool:
     )
 
 
+def max_unavailable(ds: Obj, desired: int) -> int:
+    """``spec.updateStrategy.rollingUpdate.maxUnavailable`` as a pod count (default 1; a percentage
+    of the desired pods rounded up, as the DaemonSet controller does; at least 1)."""
+    value = ((ds["spec"].get("updateStrategy") or {}).get("rollingUpdate") or {}).get("maxUnavailable", 1)
+    if isinstance(value, str) and value.endswith("%"):
+        return max(1, -(-desired * int(value[:-1]) // 100))
+    return max(1, int(value))
+
+
 def new_pod(owner: Obj, template: Obj, name_prefix: str, extra_labels: dict[str, str]) -> Obj:
     meta = copy.deepcopy(template.get("metadata") or {})
     meta["labels"] = {**(meta.get("labels") or {}), **extra_labels}
@@ -149,16 +158,24 @@ class Controllers:
             if node_name not in wanted:
                 for pod in node_pods:
                     self.api.delete(f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}")
-        # RollingUpdate with maxUnavailable 1: replace one outdated pod at a time.
-        outdated = [
-            p
-            for n in wanted
-            for p in by_node.get(n, [])
-            if p["metadata"]["labels"].get(DS_HASH_LABEL) != revision
-        ]
+        # RollingUpdate: delete outdated pods (not-ready ones first) while at most maxUnavailable
+        # nodes are without a ready pod; the next pass starts the new revision on a freed node.
+        outdated = sorted(
+            (
+                p
+                for n in wanted
+                for p in by_node.get(n, [])
+                if p["metadata"]["labels"].get(DS_HASH_LABEL) != revision
+            ),
+            key=pod_ready,
+        )
         unavailable = sum(1 for n in wanted if not any(pod_ready(p) for p in by_node.get(n, [])))
-        if outdated and unavailable == 0:
-            self.api.delete(f"/api/v1/namespaces/{ns}/pods/{outdated[0]['metadata']['name']}")
+        budget = max_unavailable(ds, len(wanted)) - unavailable
+        for pod in outdated:
+            if pod_ready(pod) and budget <= 0:
+                break
+            self.api.delete(f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}")
+            budget -= pod_ready(pod)
         for node_name in wanted:
             if by_node.get(node_name):
                 continue
