@@ -94,8 +94,8 @@ class Agent:
                 self._unavailable(name, f"failed to start: {exc}")
                 continue
             self.running[name] = plugin
-            self.states.set(name, RUNNING)
-            log.info("plugin %s running", name)
+            self.states.set(name, RUNNING, plugin.degraded)
+            log.info("plugin %s running%s", name, f" ({plugin.degraded})" if plugin.degraded else "")
 
     def _start_pod_level(self) -> None:
         pl = self.pod_level
@@ -163,7 +163,7 @@ class Agent:
                 log.exception("collect of %s failed", name)
         status = gauge("plugin_status",
                        "1 for each plugin with its current state (running, unavailable, "
-                       "starting, stopped) and the reason when it is not running",
+                       "starting, stopped) and the reason when it is not running or runs degraded",
                        ["plugin", "state", "reason"], prefix=CONTROLPLANE)
         for name, s in self.states.snapshot().items():
             add(status, [name, s.state, s.reason], 1)

@@ -75,8 +75,9 @@ class DropReason(Plugin):
             if last is not None:
                 cflags.append(f"-DLAST_NOT_A_DROP={last}")
         else:
-            log.warning("dropreason: %s has no reason field (kernel before 5.17): drops are "
-                        "counted under reason UNKNOWN", tracepoint)
+            self.degraded = (f"{tracepoint} has no reason field (kernel before 5.17): drops are "
+                             "counted under reason UNKNOWN")
+            log.warning("dropreason: %s", self.degraded)
         maps = ["drop_counts"]
         offsets = [("SKB_LEN_OFFSET", "sk_buff", "len")]
         if self.ctx.pod_level is not None:  # adv_drop_*: attribute drops to pods

@@ -1,0 +1,106 @@
+"""Preflight and the agent on Debian's 6.1 (bookworm) and 5.10 (bullseye) kernels under qemu.
+
+Each kernel boots once (tests/kernels/conftest.py) and runs retina-preflight, the agent with every
+plugin and a lab whose packets are counted on both ends; these tests check what that run showed.
+The same Debian 12 root file system and 6.1 headers serve both kernels: on 6.1 they match, on
+5.10 they do not (the case the agent is designed for: BTF gives it the struct offsets).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+ALL_PLUGINS = {"linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser", "latency"}
+
+
+def _checks(summary: dict) -> dict[str, str]:
+    return summary["preflight"]["checks"]
+
+
+def _exact(summary: dict) -> None:
+    """Every phase's counts equal what the lab sent (report.py derives the expectations)."""
+    wrong = {phase: {q: (row["counted"], row["expected"]) for q, row in rows.items() if not row["ok"]}
+             for phase, rows in summary["phases"].items()}
+    assert not any(wrong.values()), wrong
+
+
+def test_61_preflight_passes_and_predicts_every_plugin(booted) -> None:
+    result, summary = booted("6.1")
+    assert not summary["error"], summary["error"]
+    assert summary["release"] == "6.1.0-50-amd64" or summary["release"].startswith("6.1.")
+    checks = _checks(summary)
+    assert summary["preflight"]["exit"] == 0 and summary["preflight"]["verdict"] == "pass", checks
+    # the guest's 6.1 headers are this kernel's own: matching
+    assert checks["kernel_headers"] == "pass" and checks["btf"] == "pass"
+    assert checks["tracepoint:skb:kfree_skb"] == "pass" and checks["kprobes"] == "pass"
+    assert checks["tc_clsact"] == "pass" and checks["bcc"] == "pass"
+    plugins = summary["plugins"]
+    assert set(plugins) == ALL_PLUGINS
+    assert {n: (p["preflight"], p["agent"]) for n, p in plugins.items()} == {
+        n: ("available", "running") for n in ALL_PLUGINS}
+    assert summary["predicted_all"]
+    assert summary["tc_attach"] == "cls_bpf (clsact)"
+
+
+def test_61_counts_are_exact_and_drops_carry_the_kernels_reasons(booted) -> None:
+    result, summary = booted("6.1")
+    _exact(summary)
+    lab = result["lab"]["phases"]
+    assert lab["udp_delivered"]["received"] == lab["udp_delivered"]["sent"]
+    assert lab["udp_dropped"]["iptables_dropped"] == lab["udp_dropped"]["sent"]
+    assert lab["closed_port"]["refused"] == lab["closed_port"]["connects"]
+    # the names come from this kernel's own enum (tracefs print fmt), not a compiled-in table
+    names = result["kernel"]["drop_reason_names"]
+    assert {"NETFILTER_DROP", "NO_SOCKET", "NOT_SPECIFIED"} <= set(names)
+    assert {"NETFILTER_DROP", "NO_SOCKET"} <= set(summary["drop_reasons_seen"])
+    assert "UNKNOWN" not in lab["udp_dropped"]["drops"]
+
+
+def test_510_dropreason_counts_unknown_and_says_so(booted) -> None:
+    result, summary = booted("5.10")
+    assert not summary["error"], summary["error"]
+    assert summary["release"].startswith("5.10.")
+    checks = _checks(summary)
+    # 5.10: BTF yes, but skb:kfree_skb has no reason field (5.17) and the headers are 6.1's
+    assert checks["btf"] == "pass"
+    assert checks["tracepoint:skb:kfree_skb"] == "warn"
+    assert "no reason field" in summary["preflight"]["values"]["tracepoint:skb:kfree_skb"]
+    assert checks["kernel_headers"] == "warn"
+    assert set(result["preflight"]["report"]["summary"]["warned"]) == {"tracepoint:skb:kfree_skb",
+                                                                       "kernel_headers"}
+    assert summary["preflight"]["exit"] == 2
+    plugins = summary["plugins"]
+    assert plugins["dropreason"]["preflight"] == "degraded"
+    assert plugins["dropreason"]["agent"] == "running"
+    assert "no reason field" in plugins["dropreason"]["agent_reason"]
+    assert "UNKNOWN" in plugins["dropreason"]["agent_reason"]
+    assert summary["predicted_all"], plugins
+    assert result["kernel"]["drop_reason_names"] == []
+    assert summary["tc_attach"] == "cls_bpf (clsact)"  # no TCX before 6.6; cls_bpf everywhere
+
+
+def test_510_counts_are_exact_with_drops_under_unknown(booted) -> None:
+    result, summary = booted("5.10")
+    _exact(summary)
+    phases = result["lab"]["phases"]
+    assert set(phases["udp_dropped"]["drops"]) == {"UNKNOWN"}
+    assert summary["drop_reasons_seen"] == ["UNKNOWN"]
+
+
+@pytest.mark.parametrize("name", ["6.1", "5.10"])
+def test_captured_tree_gives_preflight_the_live_verdicts(booted, name: str, tmp_path: Path) -> None:
+    """The tree the guest captured, read back with --root on this host, agrees with the live run."""
+    result, summary = booted(name)
+    tree = Path(result["host"]["out_dir"]) / "tree"
+    done = subprocess.run([str(Path(sys.executable).parent / "retina-preflight"), "--json", "--root", str(tree)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    offline = {c["id"]: c["verdict"] for c in json.loads(done.stdout)["checks"]}
+    assert offline == _checks(summary)
+    assert done.returncode == summary["preflight"]["exit"]
