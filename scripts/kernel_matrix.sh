@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # images/ (the image build's wheel and base settings)
-exec .venv/bin/retina-kernel-matrix --docs docs/kernels.md "$@"
+exec .venv/bin/retina-kernel-matrix --docs docs/kernels.md --fixtures tests/preflight/hosts "$@"

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   prometheus git ca-certificates
   gcc libc6-dev libnetfilter-queue-dev  # builds netfilterqueue (tests' stand-in for netem delay)
   podman runc debootstrap  # container images built offline (scripts/build_images.sh)
+  qemu-system-x86 e2fsprogs  # the kernel matrix: Debian kernels booted under qemu (tests/kernels)
 )
 # Node.js for the Azurite test server: Debian's, unless a node/npm is already installed.
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)

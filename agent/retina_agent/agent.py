@@ -69,7 +69,8 @@ class Agent:
             if spec is not None:
                 specs[name] = spec
         started = time.monotonic()
-        loaded = load_programs(list(specs.values())) if specs else {}
+        loaded = (load_programs(list(specs.values()), timeout=self.config.bpf_compile_timeout)
+                  if specs else {})
         if specs:
             log.info("compiled and loaded %d BPF programs in %.1fs", len(specs),
                      time.monotonic() - started)

@@ -138,6 +138,9 @@ class AgentConfig(_Strict):
     data_sampling_rate: int = Field(1, ge=1, alias="dataSamplingRate")
     enable_conntrack_metrics: bool = Field(False, alias="enableConntrackMetrics")
     state_dir: str = Field("/var/run/retina", alias="stateDir")
+    # Ours: how long bcc may take to compile every plugin's program at start (slow small nodes,
+    # emulated kernels in the kernel matrix take minutes).
+    bpf_compile_timeout: float = Field(180.0, alias="bpfCompileTimeout")
     plugins: PluginOptions = Field(default_factory=PluginOptions)
     pod_level: PodLevelOptions = Field(default_factory=PodLevelOptions, alias="podLevel")
 
@@ -149,6 +152,14 @@ class AgentConfig(_Strict):
             raise ValueError(f"unknown plugin {', '.join(unknown)}; "
                              f"valid plugins: {', '.join(PLUGIN_NAMES)}")
         return list(dict.fromkeys(names))
+
+    @field_validator("bpf_compile_timeout", mode="before")
+    @classmethod
+    def _compile_timeout(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        if not 10 <= seconds <= 3600:
+            raise ValueError("must be between 10s and 1h, like 180s")
+        return seconds
 
     @field_validator("metrics_interval", mode="before")
     @classmethod

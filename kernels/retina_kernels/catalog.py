@@ -39,6 +39,8 @@ def parse_kernels(text: str) -> list[Kernel]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in KERNELS]
     if unknown or not names:
-        raise ValueError(f"--kernels: unknown kernel(s) {', '.join(unknown) or '(none given)'}; "
-                         f"known: {', '.join(KERNELS)}")
+        raise ValueError(
+            f"--kernels: unknown kernel(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(KERNELS)}"
+        )
     return [KERNELS[n] for n in names]

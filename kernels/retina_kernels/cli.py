@@ -1,6 +1,6 @@
 """``retina-kernel-matrix``: boot each kernel under qemu, run preflight, the agent and a lab, report.
 
-    sudo .venv/bin/retina-kernel-matrix --kernels 5.10,6.1,6.1-cloud,6.12 --docs docs/kernels.md
+sudo .venv/bin/retina-kernel-matrix --kernels 5.10,6.1,6.1-cloud,6.12 --docs docs/kernels.md
 """
 
 from __future__ import annotations
@@ -13,41 +13,82 @@ import time
 from pathlib import Path
 
 from .catalog import KERNELS, parse_kernels
-from .matrix import DEFAULT_CACHE, prepare, run_kernel
+from .fixtures import save_fixture
+from .matrix import DEFAULT_CACHE, prepare, run_kernels
 from .report import markdown, summarize
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retina-kernel-matrix", description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", default=",".join(KERNELS),
-                        help=f"comma-separated kernels (default: all: {','.join(KERNELS)})")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help=f"kernel packages, root file system, disks (default {DEFAULT_CACHE})")
-    parser.add_argument("--out", type=Path, default=Path("kernel-matrix"),
-                        help="where each kernel's results go (default ./kernel-matrix)")
+    parser.add_argument(
+        "--kernels",
+        default=",".join(KERNELS),
+        help=f"comma-separated kernels (default: all: {','.join(KERNELS)})",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"kernel packages, root file system, disks (default {DEFAULT_CACHE})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("kernel-matrix"),
+        help="where each kernel's results go (default ./kernel-matrix)",
+    )
     parser.add_argument("--docs", type=Path, help="write the report table here (e.g. docs/kernels.md)")
     parser.add_argument("--smp", type=int, default=2, help="guest vCPUs (default 2)")
     parser.add_argument("--memory", type=int, default=2048, help="guest memory in MB (default 2048)")
+    parser.add_argument(
+        "--fixtures",
+        type=Path,
+        help="save each guest's host tree as a preflight fixture here (e.g. tests/preflight/hosts)",
+    )
+    parser.add_argument(
+        "--from-results",
+        action="store_true",
+        help="boot nothing: report (and save fixtures) from the result.json files "
+        "already in --out, e.g. after the tests wrote theirs there",
+    )
+    parser.add_argument("--parallel", type=int, default=2, help="guests booted at once (default 2)")
     args = parser.parse_args(argv)
     try:
         kernels = parse_kernels(args.kernels)
     except ValueError as exc:
         parser.error(str(exc))
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not args.from_results:
         print("retina-kernel-matrix: run as root (debootstrap, chroot, depmod)", file=sys.stderr)
         return 2
     started = time.monotonic()
-    prepared = prepare(args.cache, kernels[0])
-    print(f"prepared in {prepared.seconds:.0f}s: root disk {prepared.rootfs.name}, headers {prepared.headers}")
+    if args.from_results:
+        results = {k.name: json.loads((args.out / k.name / "result.json").read_text()) for k in kernels}
+    else:
+        prepared = prepare(args.cache, kernels[0])
+        print(
+            f"prepared in {prepared.seconds:.0f}s: root disk {prepared.rootfs.name}, "
+            f"headers {prepared.headers}"
+        )
+        results = run_kernels(
+            kernels,
+            prepared,
+            args.cache,
+            args.out,
+            parallel=args.parallel,
+            smp=args.smp,
+            memory_mb=args.memory,
+        )
     summaries = []
-    for kernel in kernels:
-        result = run_kernel(kernel, prepared, args.cache, args.out / kernel.name,
-                            smp=args.smp, memory_mb=args.memory)
+    for name, result in results.items():
         summary = summarize(result)
-        (args.out / kernel.name / "summary.json").write_text(json.dumps(summary, indent=1))
+        (args.out / name / "summary.json").write_text(json.dumps(summary, indent=1))
         summaries.append(summary)
-        print(f"{kernel.name}: predicted all plugins: {summary.get('predicted_all')}, "
-              f"counts exact: {summary.get('counts_exact')}, error: {bool(summary.get('error'))}")
+        if args.fixtures and "tree" in result:
+            print(f"{name}: fixture {save_fixture(result, args.out / name, args.fixtures)}")
+        print(
+            f"{name}: predicted all plugins: {summary.get('predicted_all')}, "
+            f"counts exact: {summary.get('counts_exact')}, error: {bool(summary.get('error'))}"
+        )
     command = f"retina-kernel-matrix --kernels {args.kernels}"
     text = markdown(summaries, command)
     if args.docs:

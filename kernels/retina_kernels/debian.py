@@ -37,24 +37,42 @@ class Suite:
 
     def _options(self) -> list[str]:
         return [
-            "-o", f"Dir::Etc::sourcelist={self.sources}",
-            "-o", "Dir::Etc::sourceparts=-",
-            "-o", f"Dir::State::Lists={self.lists}",
-            "-o", f"Dir::State::status={self.status}",
-            "-o", f"Dir::Cache={self.root / 'cache'}",
-            "-o", "Dir::Cache::pkgcache=",
-            "-o", "Dir::Cache::srcpkgcache=",
-            "-o", "APT::Architecture=amd64",
-            "-o", "Acquire::Languages=none",
-            "-o", "Debug::NoLocking=1",
+            "-o",
+            f"Dir::Etc::sourcelist={self.sources}",
+            "-o",
+            "Dir::Etc::sourceparts=-",
+            "-o",
+            f"Dir::State::Lists={self.lists}",
+            "-o",
+            f"Dir::State::status={self.status}",
+            "-o",
+            f"Dir::Cache={self.root / 'cache'}",
+            "-o",
+            "Dir::Cache::pkgcache=",
+            "-o",
+            "Dir::Cache::srcpkgcache=",
+            "-o",
+            "APT::Architecture=amd64",
+            "-o",
+            "Acquire::Languages=none",
+            "-o",
+            "Debug::NoLocking=1",
         ]
 
     def _apt(self, tool: str, *args: str, cwd: Path | None = None, timeout: float = 900) -> str:
-        proc = subprocess.run([tool, *self._options(), *args], capture_output=True, text=True,
-                              cwd=cwd, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [tool, *self._options(), *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+        )
         if proc.returncode != 0:
-            raise FetchError(f"{tool} {' '.join(args)} for {self.name} failed ({proc.returncode}): "
-                             f"{proc.stderr.strip()[-2000:]}")
+            raise FetchError(
+                f"{tool} {' '.join(args)} for {self.name} failed ({proc.returncode}): "
+                f"{proc.stderr.strip()[-2000:]}"
+            )
         return proc.stdout
 
     def update(self, log=print) -> None:
@@ -63,8 +81,12 @@ class Suite:
             d.mkdir(parents=True, exist_ok=True)
         line = f"deb [signed-by={KEYRING}] {MIRROR} {self.name} main\n"
         stamp = self.root / ".updated"
-        fresh = (stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE
-                 and self.sources.exists() and self.sources.read_text() == line)
+        fresh = (
+            stamp.exists()
+            and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE
+            and self.sources.exists()
+            and self.sources.read_text() == line
+        )
         if fresh:
             return
         self.sources.write_text(line)

@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -36,6 +37,15 @@ DNS_FOUND = 5
 DNS_MISSING = 5
 PAYLOAD = 100
 UDP_FRAME = PAYLOAD + 8 + 20 + 14  # payload + UDP + IPv4 + Ethernet
+#: An API server that never answers (the guest has no cluster).
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+current-context: none
+clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
+users: [{{name: none, user: {{token: not-a-secret}}}}]
+contexts: [{{name: none, context: {{cluster: none, user: none}}}}]
+"""
 #: How long the agent may take to compile and load its programs under emulation.
 AGENT_READY_TIMEOUT = 1500.0
 
@@ -54,13 +64,21 @@ def sh(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.Compl
 # -- 1. the node ---------------------------------------------------------------------------------
 def prepare_node() -> dict:
     release = os.uname().release
-    for target, fstype in (("/run", "tmpfs"), ("/tmp", "tmpfs"), ("/sys/fs/cgroup", "cgroup2"),
-                           ("/sys/kernel/debug", "debugfs"), ("/sys/kernel/tracing", "tracefs")):
+    for target, fstype in (
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
+        ("/sys/kernel/debug", "debugfs"),
+        ("/sys/kernel/tracing", "tracefs"),
+    ):
         os.makedirs(target, exist_ok=True)
         sh("mount", "-t", fstype, fstype, target, check=False)
     kernel_disk = Path("/mnt/kernel")
-    modules = next(kernel_disk / base / release for base in ("lib/modules", "usr/lib/modules")
-                   if (kernel_disk / base / release).is_dir())
+    modules = next(
+        kernel_disk / base / release
+        for base in ("lib/modules", "usr/lib/modules")
+        if (kernel_disk / base / release).is_dir()
+    )
     Path(f"/lib/modules/{release}").mkdir(parents=True, exist_ok=True)
     sh("mount", "--bind", str(modules), f"/lib/modules/{release}")
     shutil.copy2(kernel_disk / "boot" / f"config-{release}", f"/boot/config-{release}")
@@ -70,7 +88,9 @@ def prepare_node() -> dict:
         "release": release,
         "version": Path("/proc/version").read_text().strip(),
         "cpus": os.cpu_count(),
-        "memory_kb": int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))),
+        "memory_kb": int(
+            next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+        ),
         "btf": os.path.isfile("/sys/kernel/btf/vmlinux"),
         "headers": os.path.realpath(f"/lib/modules/{release}/build"),
     }
@@ -78,8 +98,9 @@ def prepare_node() -> dict:
 
 # -- 2. preflight and the fixture tree -----------------------------------------------------------
 def run_preflight(*args: str) -> tuple[int, dict]:
-    proc = subprocess.run(["retina-preflight", "--json", *args], capture_output=True, text=True,
-                          timeout=600, check=False)
+    proc = subprocess.run(
+        ["retina-preflight", "--json", *args], capture_output=True, text=True, timeout=600, check=False
+    )
     if not proc.stdout:
         raise RuntimeError(f"retina-preflight printed no report: {proc.stderr[-2000:]}")
     return proc.returncode, json.loads(proc.stdout)
@@ -87,12 +108,22 @@ def run_preflight(*args: str) -> tuple[int, dict]:
 
 #: Files preflight reads from a host (preflight/host.py, kernel.py, tracepoints.py, ...).
 TREE_FILES = (
-    "/etc/os-release", "/proc/sys/kernel/osrelease", "/proc/sys/kernel/hostname",
-    "/proc/sys/kernel/unprivileged_bpf_disabled", "/proc/filesystems", "/proc/self/mounts",
-    "/proc/self/status", "/proc/self/limits",
+    "/etc/os-release",
+    "/proc/sys/kernel/osrelease",
+    "/proc/sys/kernel/hostname",
+    "/proc/sys/kernel/unprivileged_bpf_disabled",
+    "/proc/filesystems",
+    "/proc/self/mounts",
+    "/proc/self/status",
+    "/proc/self/limits",
 )
-TRACEPOINT_FORMATS = ("skb/kfree_skb", "tcp/tcp_retransmit_skb", "sock/inet_sock_set_state",
-                      "tcp/tcp_send_reset", "tcp/tcp_receive_reset")
+TRACEPOINT_FORMATS = (
+    "skb/kfree_skb",
+    "tcp/tcp_retransmit_skb",
+    "sock/inet_sock_set_state",
+    "tcp/tcp_send_reset",
+    "tcp/tcp_receive_reset",
+)
 #: Live-only probes: recorded in the tree from the live run, as retina-preflight.probes.json.
 LIVE_ONLY = ("bpf_syscall", "bcc", "tc_clsact", "capabilities")
 #: BTF is checked for presence and size only; the fixture keeps its first bytes, not 5 MB.
@@ -116,7 +147,9 @@ def capture_tree(tree: Path, live: dict) -> dict:
     for path in TREE_FILES:
         copy(path)
     copy(f"/boot/config-{release}")
-    btf_size = os.path.getsize("/sys/kernel/btf/vmlinux") if os.path.exists("/sys/kernel/btf/vmlinux") else None
+    btf_size = (
+        os.path.getsize("/sys/kernel/btf/vmlinux") if os.path.exists("/sys/kernel/btf/vmlinux") else None
+    )
     copy("/sys/kernel/btf/vmlinux", BTF_HEAD)
     copy("/sys/kernel/tracing/kprobe_events")
     for event in TRACEPOINT_FORMATS:
@@ -130,8 +163,11 @@ def capture_tree(tree: Path, live: dict) -> dict:
     for inner in ("include/generated/utsrelease.h", "include/config/kernel.release"):
         copy(f"{headers}/{inner}")
     checks = {c["id"]: c for c in live["checks"]}
-    probes = {cid: {k: checks[cid][k] for k in ("verdict", "value", "fix") if checks[cid].get(k)}
-              for cid in LIVE_ONLY if cid in checks}
+    probes = {
+        cid: {k: checks[cid][k] for k in ("verdict", "value", "fix") if checks[cid].get(k)}
+        for cid in LIVE_ONLY
+        if cid in checks
+    }
     (tree / "retina-preflight.probes.json").write_text(json.dumps(probes, indent=1) + "\n")
     return {"files": copied, "btf_size": btf_size, "btf_kept_bytes": BTF_HEAD if btf_size else 0}
 
@@ -159,18 +195,81 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
+FORWARD = "networkobservability_forward_count"
+DROPS = "networkobservability_drop_count"
+#: How long a phase's counters may take to show (the emulated agent harvests slowly).
+SETTLE_DEADLINE = 300.0
+
+
+def _counted(m) -> tuple:
+    return (
+        m.value(FORWARD, direction="ingress"),
+        m.value(FORWARD, direction="egress"),
+        m.value("networkobservability_dns_request_count"),
+        m.value("networkobservability_dns_response_count"),
+        tuple(sorted((k, v) for k, v in drops_by_reason(m).items() if k not in ("UNKNOWN", "NOT_SPECIFIED"))),
+    )
+
+
+def settle(agent, before, reached):
+    """Scrape until ``reached(scrape)`` holds and the lab's counters stayed the same over three
+    scrapes a second apart (harvests are 1s apart: nothing of the phase is still in flight);
+    at the deadline, the last scrape (the report then shows what was missing)."""
+    deadline = time.monotonic() + SETTLE_DEADLINE
+    last, same = None, 0
+    while True:
+        m = agent.scrape()
+        key = _counted(m)
+        same = same + 1 if reached(m) and key == last else 0
+        if same >= 2 or time.monotonic() > deadline:
+            return m
+        last = key
+        time.sleep(1)  # the poll interval
+
+
+def _silent_listener() -> socket.socket:
+    """A TCP listener on loopback that accepts connections and never answers them."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server
+
+
+def _tail_to_console(path: Path, stop: threading.Event) -> None:
+    """The agent's log lines on the console while it starts (the host sees progress there)."""
+    offset = 0
+    while not stop.wait(5):
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            for line in chunk.decode(errors="replace").splitlines():
+                if "urllib3" not in line:  # the unreachable API server's retries
+                    say("agent: " + line[:240])
+
+
 def run_lab() -> dict:
     from retina_agent.config import PLUGIN_NAMES
     from retina_agent.demo import _dns
     from retina_lab import LabNode
     from retina_lab.agent import AgentProcess
-    from retina_lab.traffic import connect_refused, send_udp, udp_sink
+    from retina_lab.traffic import TcpServer, connect_refused, send_udp, udp_sink
 
     out: dict = {}
     node = LabNode(pod_names=("web", "db", "dns"))
     agent = None
     dnsmasq = None
     sink = None
+    servers: list = []
     try:
         node.up()
         web, db, dns_pod = node["web"], node["db"], node["dns"]
@@ -178,14 +277,67 @@ def run_lab() -> dict:
         sink = udp_sink(db, 5432)
         sink.settimeout(0.5)
         dnsmasq = dns_pod.popen(
-            ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
-             f"--listen-address={dns_pod.ip}", f"--address=/svc.cluster.local/{db.ip}",
-             "--address=/missing.cluster.local/", "--user=root"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "dnsmasq",
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={dns_pod.ip}",
+                f"--address=/svc.cluster.local/{db.ip}",
+                "--address=/missing.cluster.local/",
+                "--user=root",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Static neighbours: the counted phases then carry no ARP (the emulated clock ages entries).
+        for pod in node.pods.values():
+            for other in node.pods.values():
+                if other is not pod:
+                    pod.run(
+                        [
+                            "ip",
+                            "neigh",
+                            "replace",
+                            other.ip,
+                            "lladdr",
+                            other.mac,
+                            "nud",
+                            "permanent",
+                            "dev",
+                            "eth0",
+                        ]
+                    )
+        # latency measures the handshakes to the API server: a listener in db stands in for it.
+        api = TcpServer(db, 6443)
+        servers.append(api)
+        # Pod-level metrics (packetparser needs them) with no API server in the guest: a listener
+        # on loopback that accepts and never answers stands in, so the pod cache never syncs
+        # (the agent waits 30s, then runs without pod labels). Not a closed port: the watch's
+        # retries would be NO_SOCKET drops, and not in a pod: its packets would be forwarded.
+        silent = _silent_listener()
+        servers.append(silent)
+        kubeconfig = Path("/tmp/kubeconfig")
+        kubeconfig.write_text(KUBECONFIG.format(port=silent.getsockname()[1]))
         say("lab up; starting retina-agent with every plugin (compiling under emulation)")
-        agent = AgentProcess({"enabledPlugin": list(PLUGIN_NAMES)}, interval="1s")
+        agent = AgentProcess(
+            {
+                "enabledPlugin": list(PLUGIN_NAMES),
+                "enablePodLevel": True,
+                "podLevel": {"kubeconfig": str(kubeconfig), "nodeName": "retina-guest"},
+                "plugins": {"latency": {"apiServer": [f"{db.ip}:6443"]}},
+                "bpfCompileTimeout": "40m",
+            },
+            interval="1s",
+        )
         started = time.monotonic()
-        agent.start(ready_timeout=AGENT_READY_TIMEOUT)
+        stop_tail = threading.Event()
+        threading.Thread(target=_tail_to_console, args=(agent.log_path, stop_tail), daemon=True).start()
+        try:
+            agent.start(ready_timeout=AGENT_READY_TIMEOUT)
+        finally:
+            stop_tail.set()
         out["agent_ready_seconds"] = round(time.monotonic() - started, 1)
         log = agent.log()
         compiled = [line for line in log.splitlines() if "compiled and loaded" in line]
@@ -194,31 +346,39 @@ def run_lab() -> dict:
         say(f"agent ready in {out['agent_ready_seconds']}s: {out['compile_line']}")
         out["readyz"] = agent.readyz()
         first = agent.scrape()
-        out["plugins"] = {lab["plugin"]: {"state": lab["state"], "reason": lab["reason"]}
-                          for n, lab, v in first.samples
-                          if n == "controlplane_networkobservability_plugin_status" and v}
+        out["plugins"] = {
+            lab["plugin"]: {"state": lab["state"], "reason": lab["reason"]}
+            for n, lab, v in first.samples
+            if n == "controlplane_networkobservability_plugin_status" and v
+        }
         out["tc_filters"] = {pod.host_veth: tc_filters(pod.host_veth) for pod in node.pods.values()}
         # Warm-up: neighbours resolved, so the counted phases below carry no ARP of their own.
         _dns(web, dns_pod.ip, ["warmup.svc.cluster.local"])
         send_udp(web, db.ip, 5432, 1, PAYLOAD)
         with contextlib.suppress(OSError):
             sink.recv(65536)
-        time.sleep(2.5)
+        settle(agent, agent.scrape(), lambda m: True)
         out["phases"] = {}
 
-        def phase(name: str, drive) -> None:
+        def phase(name: str, drive, reached) -> None:
             before = agent.scrape()
             facts = drive() or {}
-            time.sleep(3)  # at least two harvest intervals of 1s (a sleep, not a wait: counters settle)
-            after = agent.scrape()
-            fwd = {d: after.value("networkobservability_forward_count", direction=d)
-                   - before.value("networkobservability_forward_count", direction=d)
-                   for d in ("ingress", "egress")}
-            fwd_bytes = {d: after.value("networkobservability_forward_bytes", direction=d)
-                         - before.value("networkobservability_forward_bytes", direction=d)
-                         for d in ("ingress", "egress")}
-            dns = {k: after.value(f"networkobservability_dns_{k}_count")
-                   - before.value(f"networkobservability_dns_{k}_count") for k in ("request", "response")}
+            after = settle(agent, before, lambda m: reached(before, m, facts))
+            fwd = {
+                d: after.value("networkobservability_forward_count", direction=d)
+                - before.value("networkobservability_forward_count", direction=d)
+                for d in ("ingress", "egress")
+            }
+            fwd_bytes = {
+                d: after.value("networkobservability_forward_bytes", direction=d)
+                - before.value("networkobservability_forward_bytes", direction=d)
+                for d in ("ingress", "egress")
+            }
+            dns = {
+                k: after.value(f"networkobservability_dns_{k}_count")
+                - before.value(f"networkobservability_dns_{k}_count")
+                for k in ("request", "response")
+            }
             rcodes = {}
             for n, lab, v in after.samples:
                 if n == "networkobservability_dns_responses_total":
@@ -226,9 +386,14 @@ def run_lab() -> dict:
                     prev = before.value(n, **lab)
                     if v - prev:
                         rcodes[key] = rcodes.get(key, 0) + v - prev
-            out["phases"][name] = {**facts, "forward": fwd, "forward_bytes": fwd_bytes,
-                                   "drops": delta(drops_by_reason(after), drops_by_reason(before)),
-                                   "dns": dns, "dns_rcodes": rcodes}
+            out["phases"][name] = {
+                **facts,
+                "forward": fwd,
+                "forward_bytes": fwd_bytes,
+                "drops": delta(drops_by_reason(after), drops_by_reason(before)),
+                "dns": dns,
+                "dns_rcodes": rcodes,
+            }
             say(f"phase {name}: {out['phases'][name]}")
 
         def udp_delivered() -> dict:
@@ -242,22 +407,43 @@ def run_lab() -> dict:
 
         def udp_dropped() -> dict:
             send_udp(web, db.ip, 5433, UDP_DROPPED, PAYLOAD)
-            line = db.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout.splitlines()[2]
-            return {"sent": UDP_DROPPED, "iptables_dropped": int(line.split()[0])}
+            return {"sent": UDP_DROPPED}
 
         def closed_port() -> dict:
             refused = connect_refused(web, db.ip, 6000, CLOSED_PORT_CONNECTS)
             return {"connects": CLOSED_PORT_CONNECTS, "refused": refused}
 
         def dns_queries() -> dict:
-            _dns(web, dns_pod.ip, [f"q{i}.svc.cluster.local" for i in range(DNS_FOUND)]
-                 + [f"q{i}.missing.cluster.local" for i in range(DNS_MISSING)])
+            _dns(
+                web,
+                dns_pod.ip,
+                [f"q{i}.svc.cluster.local" for i in range(DNS_FOUND)]
+                + [f"q{i}.missing.cluster.local" for i in range(DNS_MISSING)],
+            )
             return {"queries": DNS_FOUND + DNS_MISSING, "noerror": DNS_FOUND, "nxdomain": DNS_MISSING}
 
-        phase("udp_delivered", udp_delivered)
-        phase("udp_dropped", udp_dropped)
-        phase("closed_port", closed_port)
-        phase("dns", dns_queries)
+        def grew(before, m, name: str, **labels) -> float:
+            return m.value(name, **labels) - before.value(name, **labels)
+
+        def forwarded(n: int):
+            return lambda b, m, f: all(grew(b, m, FORWARD, direction=d) >= n for d in ("ingress", "egress"))
+
+        phase("udp_delivered", udp_delivered, forwarded(UDP_DELIVERED))
+        phase(
+            "udp_dropped",
+            udp_dropped,
+            lambda b, m, f: forwarded(UDP_DROPPED)(b, m, f) and grew(b, m, DROPS) >= UDP_DROPPED,
+        )
+        # read after the phase: iptables' own netlink buffers are not the lab's drops
+        line = db.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout.splitlines()[2]
+        out["phases"]["udp_dropped"]["iptables_dropped"] = int(line.split()[0])
+        phase("closed_port", closed_port, forwarded(2 * CLOSED_PORT_CONNECTS))
+        queries = DNS_FOUND + DNS_MISSING
+        phase(
+            "dns",
+            dns_queries,
+            lambda b, m, f: grew(b, m, "networkobservability_dns_response_count") >= queries,
+        )
         last = agent.scrape()
         out["drop_reasons_seen"] = sorted(drops_by_reason(last))
         out["rss_kb"], out["peak_rss_kb"] = rss_peak_kb(agent.proc.pid)
@@ -272,6 +458,8 @@ def run_lab() -> dict:
             dnsmasq.wait(10)
         if sink is not None:
             sink.close()
+        for server in servers:
+            server.close()
         node.down()
     return out
 
@@ -295,7 +483,10 @@ def main() -> int:
         started = time.monotonic()
         code, live = run_preflight()
         result["preflight"] = {"exit": code, "report": live, "seconds": round(time.monotonic() - started, 1)}
-        say(f"preflight: exit {code}, {live['summary'].get('verdict')}")
+        say(
+            f"preflight: exit {code}, {live['summary'].get('verdict')}, "
+            f"failed {live['summary'].get('failed')}, warned {live['summary'].get('warned')}"
+        )
         tree = RESULTS / "tree"
         result["tree"] = capture_tree(tree, live)
         code, offline = run_preflight("--root", str(tree))

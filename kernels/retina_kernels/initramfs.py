@@ -3,9 +3,9 @@
 Debian's kernels build virtio_pci (not in 6.12), virtio_blk and (except -cloud) ext4 as
 modules, so the guest needs them before it can mount its root file system. This initramfs
 loads exactly those (with their dependencies, in modules.dep order), mounts the root file
-system (vda, written to a throw-away qemu snapshot), the kernel package
-(vdb, read-only, at /mnt/kernel: the guest binds its modules to /lib/modules/<release>) and the results disk (vdc, at /results), and switches root into the
-guest program.
+system (vda, written to a throw-away qemu snapshot), the kernel package (vdb, read-only, at
+/mnt/kernel: the guest binds its modules to /lib/modules/<release>) and the results disk (vdc,
+at /results), and switches root into the guest program.
 """
 
 from __future__ import annotations
@@ -94,6 +94,13 @@ def build_initramfs(tree: KernelTree, busybox: Path, out: Path) -> Path:
         (root / "init").chmod(0o755)
         files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
         with open(out, "wb") as f:
-            subprocess.run([str(busybox), "cpio", "-o", "-H", "newc"], input="\n".join(files).encode(),
-                           stdout=f, cwd=root, check=True, timeout=60, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [str(busybox), "cpio", "-o", "-H", "newc"],
+                input="\n".join(files).encode(),
+                stdout=f,
+                cwd=root,
+                check=True,
+                timeout=60,
+                stderr=subprocess.DEVNULL,
+            )
     return out

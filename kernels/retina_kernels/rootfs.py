@@ -9,7 +9,8 @@ Built in two cached layers under ``<cache>/rootfs``:
    every kernel booted, which is the mismatched-headers case the agent is designed for.
    Keyed by that package list; minutes, done once per machine.
 2. the project: a venv at /opt/retina with the agent image's dependency wheels (images/build.py
-   wheelhouse, the versions the tests ran with), dnspython for the lab's DNS queries, and this
+   wheelhouse, the versions the tests ran with), the ``podlevel`` extra (the agent image has no
+   Kubernetes client, so pod-level metrics and packetparser need it added) and this
    repository's wheel; bcc linked in as the Containerfile does. Redone (seconds) when the wheel
    changes.
 
@@ -33,11 +34,22 @@ from .debian import MIRROR, Suite
 #: Debian packages of the guest, beyond debootstrap's minbase (the agent image's runtime
 #: packages plus what the lab and the guest program use).
 PACKAGES = (
-    "python3", "python3-venv", "python3-bpfcc", "libbpf1", "iproute2", "iptables", "nftables",
-    "dnsmasq-base", "kmod", "procps", "ca-certificates",
+    "python3",
+    "python3-venv",
+    "python3-bpfcc",
+    "libbpf1",
+    "iproute2",
+    "iptables",
+    "nftables",
+    "dnsmasq-base",
+    "kmod",
+    "procps",
+    "ca-certificates",
 )
 #: mke2fs features every kernel in the matrix mounts (5.10 knows neither of these).
-EXT4_OPTIONS = ("-O", "^orphan_file,^metadata_csum_seed")
+#: Inode tables and journal written at mke2fs time: the guest's ext4 then starts no lazy
+#: init writes, which crawl under emulation on a loaded host.
+EXT4_OPTIONS = ("-O", "^orphan_file,^metadata_csum_seed", "-E", "lazy_itable_init=0,lazy_journal_init=0")
 
 
 class RootfsError(RuntimeError):
@@ -47,8 +59,9 @@ class RootfsError(RuntimeError):
 def _run(argv: list[str], *, timeout: float = 1800, what: str = "") -> str:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
-        raise RootfsError(f"{what or argv[0]} failed ({proc.returncode}):\n"
-                          f"{(proc.stdout + proc.stderr).strip()[-3000:]}")
+        raise RootfsError(
+            f"{what or argv[0]} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr).strip()[-3000:]}"
+        )
     return proc.stdout
 
 
@@ -56,8 +69,11 @@ def _chroot(rootfs: Path, script: str, *, timeout: float = 1800, what: str = "")
     """``sh -c script`` chrooted in ``rootfs``, with /proc mounted in a private mount namespace
     (the mount goes away with the namespace, also when the script fails)."""
     inner = f'mount -t proc proc "{rootfs}/proc" && exec chroot "{rootfs}" /bin/sh -ec "$0"'
-    return _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner, script],
-                timeout=timeout, what=what)
+    return _run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner, script],
+        timeout=timeout,
+        what=what,
+    )
 
 
 def headers_package(cache: Path, log=print) -> str:
@@ -83,10 +99,13 @@ def build_system(cache: Path, headers: str, log=print) -> Path:
     _configure(root)
     shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
     log(f"rootfs: apt-get install {' '.join(PACKAGES)} {headers}")
-    _chroot(root, "export DEBIAN_FRONTEND=noninteractive; apt-get update -q; "
-                  f"apt-get install -y -q --no-install-recommends {' '.join(PACKAGES)} {headers}; "
-                  "rm -rf /var/lib/apt/lists/* /var/cache/apt/*",
-            what="apt-get install in the guest root")
+    _chroot(
+        root,
+        "export DEBIAN_FRONTEND=noninteractive; apt-get update -q; "
+        f"apt-get install -y -q --no-install-recommends {' '.join(PACKAGES)} {headers}; "
+        "rm -rf /var/lib/apt/lists/* /var/cache/apt/*",
+        what="apt-get install in the guest root",
+    )
     (root / "etc" / "resolv.conf").write_text("")  # the guest has no network beyond its own
     (root / "etc" / "hostname").write_text("retina-guest\n")
     (root / ".complete").write_text(f"{headers}\n")
@@ -94,16 +113,37 @@ def build_system(cache: Path, headers: str, log=print) -> Path:
     return root
 
 
-def _lab_wheels(cache: Path) -> Path:
-    """dnspython at the version the tests use (the lab's DNS queries), as a wheel."""
-    from importlib import metadata
+def _podlevel_wheels(cache: Path) -> Path:
+    """Wheels of the ``podlevel`` extra (kubernetes, ijson, dnspython) at the tested versions:
+    the agent runs with pod-level metrics (packetparser needs them), the lab queries DNS."""
+    from images.build import pinned_closure, requirements
 
-    version = metadata.version("dnspython")
-    house = cache / "wheels" / f"lab-dnspython-{version}"
+    reqs = requirements(("podlevel",))
+    pins = pinned_closure(reqs)
+    key = hashlib.sha256("\n".join([sys.version, *reqs, "--", *pins]).encode()).hexdigest()[:12]
+    house = cache / "wheels" / f"podlevel-{key}"
     if not (house / ".complete").exists():
-        house.mkdir(parents=True, exist_ok=True)
-        _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(house),
-              f"dnspython=={version}"], timeout=600, what="pip wheel dnspython")
+        shutil.rmtree(house, ignore_errors=True)
+        house.mkdir(parents=True)
+        (house / "requirements.txt").write_text("\n".join(reqs) + "\n")
+        (house / "constraints.txt").write_text("\n".join(pins) + "\n")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "-w",
+                str(house / "wheels"),
+                "-r",
+                str(house / "requirements.txt"),
+                "-c",
+                str(house / "constraints.txt"),
+            ],
+            timeout=1200,
+            what="pip wheel of the podlevel extra",
+        )
         (house / ".complete").touch()
     return house
 
@@ -115,29 +155,44 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
     with tempfile.TemporaryDirectory(prefix="retina-kernels-wheel-") as tmp:
         wheel = build_wheel(Path(tmp))
         house = wheelhouse("agent", log=log)
-        lab = _lab_wheels(cache)
+        lab = _podlevel_wheels(cache)
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()[:12]
-        key = f"{system.name.removeprefix('system-')}-{house.name}-{lab.name}-{digest}"
+        deps_key = f"{system.name.removeprefix('system-')}-{house.name}-{lab.name}"
+        key = f"{deps_key}-{digest}"
         stamp = system / "opt" / "retina" / ".installed"
-        if stamp.exists() and stamp.read_text() == key:
+        installed = stamp.read_text() if stamp.exists() else ""
+        if installed == key:
             return system, key
-        log(f"rootfs: installing {wheel.name} and its dependencies into /opt/retina")
         staging = system / "tmp" / "retina-wheels"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(house / "wheels", staging / "deps")
-        shutil.copytree(lab, staging / "lab")
-        shutil.copy2(house / "requirements.txt", staging / "requirements.txt")
+        staging.mkdir(parents=True)
         shutil.copy2(wheel, staging / wheel.name)
-        shutil.rmtree(system / "opt" / "retina", ignore_errors=True)
-        _chroot(system,
+        script = ""
+        if not installed.startswith(deps_key + "-"):  # dependencies changed: a new venv
+            log("rootfs: a new /opt/retina venv with the agent image's and the podlevel dependencies")
+            shutil.copytree(house / "wheels", staging / "deps")
+            shutil.copytree(lab / "wheels", staging / "lab")
+            shutil.copy2(lab / "requirements.txt", staging / "podlevel.txt")
+            shutil.copy2(house / "requirements.txt", staging / "requirements.txt")
+            shutil.rmtree(system / "opt" / "retina", ignore_errors=True)
+            script = (
                 "python3 -m venv /opt/retina; "
                 "/opt/retina/bin/pip install -q --no-index --find-links /tmp/retina-wheels/deps "
-                "--find-links /tmp/retina-wheels/lab -r /tmp/retina-wheels/requirements.txt dnspython; "
-                f"/opt/retina/bin/pip install -q --no-deps /tmp/retina-wheels/{wheel.name}; "
-                "ln -s /usr/lib/python3/dist-packages/bcc "
-                "\"$(/opt/retina/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')/bcc\"; "
-                "/opt/retina/bin/python -c 'import bcc, retina_agent, retina_lab, retina_kernels.guest'",
-                timeout=900, what="pip install in the guest root")
+                "--find-links /tmp/retina-wheels/lab -r /tmp/retina-wheels/requirements.txt "
+                "-r /tmp/retina-wheels/podlevel.txt; "
+                "SITE=$(/opt/retina/bin/python -c "
+                "'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
+                'ln -s /usr/lib/python3/dist-packages/bcc "$SITE/bcc"; '
+            )
+        log(f"rootfs: installing {wheel.name} ({digest}) into /opt/retina")
+        _chroot(
+            system,
+            script
+            + f"/opt/retina/bin/pip install -q --no-deps --force-reinstall /tmp/retina-wheels/{wheel.name}; "
+            "/opt/retina/bin/python -c 'import bcc, retina_agent, retina_lab, retina_kernels.guest'",
+            timeout=900,
+            what="pip install in the guest root",
+        )
         shutil.rmtree(staging)
         stamp.write_text(key)
     return system, key
@@ -153,8 +208,24 @@ def make_ext4(source: Path, image: Path, *, label: str, spare: int = 256 << 20) 
     size = (_size_of(source) * 13 // 10 + spare) // (1 << 20)
     tmp = image.with_suffix(".partial")
     tmp.unlink(missing_ok=True)
-    _run(["mke2fs", "-q", "-F", "-t", "ext4", *EXT4_OPTIONS, "-L", label, "-d", str(source),
-          str(tmp), f"{size}M"], timeout=900, what=f"mke2fs {image.name}")
+    _run(
+        [
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            *EXT4_OPTIONS,
+            "-L",
+            label,
+            "-d",
+            str(source),
+            str(tmp),
+            f"{size}M",
+        ],
+        timeout=900,
+        what=f"mke2fs {image.name}",
+    )
     tmp.rename(image)
     return image
 

@@ -72,13 +72,22 @@ def test_this_machine_report(tracefs_mounted: None) -> None:
     assert checks["kernel_headers"]["detail"]["headers_release"] == facts["headers"]
     assert checks["kernel_headers"]["detail"]["matching"] is facts["headers_match"]
     assert checks["kernel_headers"]["verdict"] == ("pass" if facts["headers_match"] else "warn")
-    warned = {cid for cid, ok in (("kprobes", facts["kprobes"]), ("kernel_headers", facts["headers_match"]),
-                                  ("tracepoint:skb:kfree_skb", facts["reason_field"]), ("btf", facts["btf"]))
-              if not ok}
+    warned = {
+        cid
+        for cid, ok in (
+            ("kprobes", facts["kprobes"]),
+            ("kernel_headers", facts["headers_match"]),
+            ("tracepoint:skb:kfree_skb", facts["reason_field"]),
+            ("btf", facts["btf"]),
+        )
+        if not ok
+    }
     assert set(report["summary"]["warned"]) == warned
     assert code == (2 if warned else 0)
     statuses = {name: p["status"] for name, p in plugins(report).items()}
-    assert statuses.pop("dropreason") == ("available" if facts["reason_field"] and facts["btf"] else "degraded")
+    assert statuses.pop("dropreason") == (
+        "available" if facts["reason_field"] and facts["btf"] else "degraded"
+    )
     if facts["btf"]:  # without BTF packetparser cannot run (tests/preflight/hosts cover that)
         assert set(statuses.values()) == {"available"}, statuses
 
@@ -100,3 +109,20 @@ def test_this_machine_as_control_host_without_helm(k8s_api: str, tmp_path) -> No
     assert checks["kube_prometheus_stack"]["detail"]["missing"] == ["prometheuses.monitoring.coreos.com"]
     assert checks["grafana"]["verdict"] == "skip"
     assert code == 1
+
+
+def test_bcc_import_past_its_deadline_is_a_warning_not_a_failure(monkeypatch, tmp_path) -> None:
+    """On a slow node (Debian's kernels under qemu took over 20s) importing bcc can outlast the
+    probe: that says nothing about bcc, so the eBPF plugins must not be marked unavailable."""
+    from retina_preflight.core import live_probes
+    from retina_preflight.core.context import NodeContext
+    from retina_preflight.core.host import HostView
+
+    slow = tmp_path / "python"
+    slow.write_text("#!/bin/sh\nsleep 5\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(live_probes.sys, "executable", str(slow))
+    monkeypatch.setattr(live_probes, "BCC_IMPORT_TIMEOUT", 0.5)
+    result = live_probes.check_bcc(NodeContext(HostView("/")))
+    assert result.verdict == "warn" and "did not finish in 0.5s" in result.value
+    assert "bpfCompileTimeout" in result.fix
