@@ -244,8 +244,9 @@ def _silent_listener() -> socket.socket:
 
 
 def _tail_to_console(path: Path, stop: threading.Event) -> None:
-    """The agent's log lines on the console while it starts (the host sees progress there)."""
-    offset = 0
+    """The agent's log lines on the console while it starts, and a heartbeat each minute when it
+    logs nothing (bcc compiling): the host takes a console silent for long as a hung guest."""
+    offset, started, last = 0, time.monotonic(), time.monotonic()
     while not stop.wait(5):
         with contextlib.suppress(OSError):
             with open(path, "rb") as f:
@@ -253,8 +254,12 @@ def _tail_to_console(path: Path, stop: threading.Event) -> None:
                 chunk = f.read()
             offset += len(chunk)
             for line in chunk.decode(errors="replace").splitlines():
-                if "urllib3" not in line:  # the unreachable API server's retries
+                if "urllib3" not in line:  # the silent API server's retries
                     say("agent: " + line[:240])
+                    last = time.monotonic()
+        if time.monotonic() - last > 60:
+            say(f"agent: still starting after {time.monotonic() - started:.0f}s")
+            last = time.monotonic()
 
 
 def run_lab() -> dict:

@@ -27,9 +27,10 @@ from .rootfs import EXT4_OPTIONS, make_ext4, rootfs_image
 DEFAULT_CACHE = Path("/var/cache/retina-kernels")
 #: How long one guest may run (boot, preflight, bcc compiling every plugin under TCG, the lab).
 BOOT_TIMEOUT = 3600.0
-#: A guest whose console stays silent this long is hung (it prints the agent's log every 5s
-#: while the agent compiles; preflight's own bcc compile is the longest quiet stretch).
-STALL = 600.0
+#: A guest whose console stays silent this long is hung (while the agent starts it prints the
+#: agent's log or a heartbeat each minute; preflight, bcc import included, is the longest quiet
+#: stretch).
+STALL = 900.0
 
 
 @dataclass
