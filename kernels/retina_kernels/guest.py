@@ -47,7 +47,7 @@ users: [{{name: none, user: {{token: not-a-secret}}}}]
 contexts: [{{name: none, context: {{cluster: none, user: none}}}}]
 """
 #: How long the agent may take to compile and load its programs under emulation.
-AGENT_READY_TIMEOUT = 1500.0
+AGENT_READY_TIMEOUT = 3600.0
 
 
 def say(message: str) -> None:
@@ -332,7 +332,7 @@ def run_lab() -> dict:
                 "enablePodLevel": True,
                 "podLevel": {"kubeconfig": str(kubeconfig), "nodeName": "retina-guest"},
                 "plugins": {"latency": {"apiServer": [f"{db.ip}:6443"]}},
-                "bpfCompileTimeout": "40m",
+                "bpfCompileTimeout": "55m",
             },
             interval="1s",
         )

@@ -26,7 +26,7 @@ from .rootfs import EXT4_OPTIONS, make_ext4, rootfs_image
 #: Outside any clone, so CI's fresh clones on this machine reuse it.
 DEFAULT_CACHE = Path("/var/cache/retina-kernels")
 #: How long one guest may run (boot, preflight, bcc compiling every plugin under TCG, the lab).
-BOOT_TIMEOUT = 3600.0
+BOOT_TIMEOUT = 5400.0
 #: A guest whose console stays silent this long is hung (while the agent starts it prints the
 #: agent's log or a heartbeat each minute; preflight, bcc import included, is the longest quiet
 #: stretch).

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(6000)]
 
 ALL_PLUGINS = {"linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser", "latency"}
 
