@@ -80,7 +80,8 @@ class Agent:
             elif spec is not None:
                 specs.append(spec)
         started = time.monotonic()
-        self.datapath, loaded = datapath.load(features, bpf_source("datapath.c"), specs)
+        self.datapath, loaded = datapath.load(features, bpf_source("datapath.c"), specs,
+                                              timeout=self.config.bpf_compile_timeout)
         if specs or features:
             log.info("compiled and loaded %d BPF objects in %.1fs",
                      len(specs) + (1 if features else 0), time.monotonic() - started)
@@ -113,8 +114,10 @@ class Agent:
                 continue
             self.running[name] = plugin
             attach = self.tc.mode if isinstance(plugin, TcPlugin) else ""
-            self.states.set(name, RUNNING, attach=attach)
-            log.info("plugin %s running%s", name, f" (attached with {attach})" if attach else "")
+            # A plugin that runs degraded (dropreason without the reason field) says so.
+            self.states.set(name, RUNNING, plugin.degraded, attach=attach)
+            log.info("plugin %s running%s%s", name, f" (attached with {attach})" if attach else "",
+                     f" ({plugin.degraded})" if plugin.degraded else "")
         self.budget.start(self._program_fds())
 
     def _program_fds(self) -> list[int]:
@@ -209,7 +212,7 @@ class Agent:
                 log.exception("collect of %s failed", name)
         status = gauge("plugin_status",
                        "1 for each plugin with its current state (running, unavailable, "
-                       "starting, stopped), the reason when it is not running, and how a "
+                       "starting, stopped), the reason when it is not running or runs degraded, and how a "
                        "TC plugin's data path is attached (tcx or cls_bpf)",
                        ["plugin", "state", "reason", "attach"], prefix=CONTROLPLANE)
         for name, s in self.states.snapshot().items():

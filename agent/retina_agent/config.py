@@ -146,6 +146,9 @@ class AgentConfig(_Strict):
     data_path_attach: Literal["auto", "tcx", "cls_bpf"] = Field("auto", alias="dataPathAttach")
     enable_conntrack_metrics: bool = Field(False, alias="enableConntrackMetrics")
     state_dir: str = Field("/var/run/retina", alias="stateDir")
+    # Ours: how long bcc may take to compile every plugin's program at start (slow small nodes,
+    # emulated kernels in the kernel matrix take minutes).
+    bpf_compile_timeout: float = Field(180.0, alias="bpfCompileTimeout")
     plugins: PluginOptions = Field(default_factory=PluginOptions)
     pod_level: PodLevelOptions = Field(default_factory=PodLevelOptions, alias="podLevel")
 
@@ -171,6 +174,11 @@ class AgentConfig(_Strict):
         if not 0 < percent <= 100:
             raise ValueError("must be between 0% and 100% of one core, like 2%")
         return percent
+
+    @field_validator("bpf_compile_timeout", mode="before")
+    @classmethod
+    def _compile_timeout(cls, value: Any) -> float:
+        return bounded_duration(value, minimum=10, maximum=3600)
 
     @field_validator("metrics_interval", mode="before")
     @classmethod

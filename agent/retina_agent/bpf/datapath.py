@@ -86,21 +86,22 @@ class Loaded:
         self.all_fds.clear()
 
 
-def load(features: list[Feature], source: str, others: list[ProgramSpec] | None = None
-         ) -> tuple[Loaded | None, dict[str, LoadedProgram | LoadError]]:
+def load(features: list[Feature], source: str, others: list[ProgramSpec] | None = None,
+         timeout: float = 180.0) -> tuple[Loaded | None, dict[str, LoadedProgram | LoadError]]:
     """Compile and load one object for ``features`` (and ``others``, the tracepoint plugins'
-    objects, in the same loader run); isolate a feature that fails to build."""
+    objects, in the same loader run); isolate a feature that fails to build. ``timeout`` bounds
+    each loader run (``bpfCompileTimeout``: bcc on a small node or an emulated kernel is slow)."""
     specs = list(others or [])
     if features:
         specs.append(_spec(features, source))
-    results = load_programs(specs) if specs else {}
+    results = load_programs(specs, timeout=timeout) if specs else {}
     if not features:
         return None, results
     failed: dict[str, LoadError] = {}
     result = results.pop("datapath", None)
     if isinstance(result, LoadError) and len(features) > 1:
         # Which feature breaks the build? Each alone, in one loader run.
-        alone = load_programs([_spec([f], source, name=f.plugin) for f in features])
+        alone = load_programs([_spec([f], source, name=f.plugin) for f in features], timeout=timeout)
         for f in features:
             r = alone.get(f.plugin)
             if isinstance(r, LoadError):
@@ -109,7 +110,7 @@ def load(features: list[Feature], source: str, others: list[ProgramSpec] | None 
                 r.close()
         good = [f for f in features if f.plugin not in failed]
         if good and len(good) < len(features):
-            result = load_programs([_spec(good, source)]).get("datapath")
+            result = load_programs([_spec(good, source)], timeout=timeout).get("datapath")
     if not isinstance(result, LoadedProgram):
         error = result if isinstance(result, LoadError) else LoadError("BPF loader gave nothing")
         return Loaded(programs={}, maps={}, all_fds=[],

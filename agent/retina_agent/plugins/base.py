@@ -54,6 +54,8 @@ class Plugin(ABC):
         self.ctx = ctx
         self.loaded: LoadedProgram | None = None
         self._lock = threading.Lock()
+        #: Set by a plugin that runs with less than it should (the status metric's reason).
+        self.degraded = ""
 
     def prepare(self) -> ProgramSpec | Feature | None:
         return None

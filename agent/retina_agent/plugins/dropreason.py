@@ -82,8 +82,9 @@ class DropReason(Plugin):
             if last is not None:
                 cflags.append(f"-DLAST_NOT_A_DROP={last}")
         else:
-            log.warning("dropreason: %s has no reason field (kernel before 5.17): drops are "
-                        "counted under reason UNKNOWN", tracepoint)
+            self.degraded = (f"{tracepoint} has no reason field (kernel before 5.17): drops are "
+                             "counted under reason UNKNOWN")
+            log.warning("dropreason: %s", self.degraded)
         maps = ["drop_counts"]
         cflags += [f"-DDROP_DIR_{d.upper()}={i}" for i, d in enumerate(DIRECTIONS)]
         offsets = [("SKB_LEN_OFFSET", "sk_buff", "len"), ("SKB_IIF_OFFSET", "sk_buff", "skb_iif")]

@@ -32,7 +32,9 @@ TRACEPOINTS = (
         ("reason",),
         "drops are counted, all under reason UNKNOWN (the reason field arrived in 5.17)",
     ),
-    TracepointNeed("tcp", "tcp_retransmit_skb", "tcpretrans", ("skbaddr",), (), ""),
+    # tcpretrans counts by address family: the field arrived after 5.10 (Debian 11's 5.10 lacks it,
+    # found by the kernel matrix, docs/kernels.md)
+    TracepointNeed("tcp", "tcp_retransmit_skb", "tcpretrans", ("skbaddr", "family"), (), ""),
 )
 
 _FIELD = re.compile(r"^\s*field:(?P<decl>[^;]+);")

@@ -1,0 +1,518 @@
+"""The program the guest runs as its init: preflight, the agent with every plugin, a small lab.
+
+Runs as PID 1 of a qemu guest (see initramfs.py), writes everything to the results disk
+(/results) and powers the guest off. What it does, in order:
+
+1. mounts what a node has (/run, /tmp, cgroup2, debugfs and tracefs as systemd mounts them;
+   bpffs is left to the agent, as on a stock Debian node), the kernel's modules (the second
+   disk) at /lib/modules/<release> and its config at /boot, as the kernel package installs them;
+2. ``retina-preflight --json`` (live), then captures the host tree preflight reads (kernel
+   config, BTF, tracefs formats, ...) as a fixture for ``retina-preflight --root``;
+3. a lab node (retina_lab: a bridge, pods web/db/dns, an iptables DROP in db, a dnsmasq pod),
+   the real ``retina-agent`` with every plugin, then traffic whose packets are counted on the
+   sending and receiving side: UDP delivered, UDP dropped by iptables, connects to a closed
+   port, DNS queries answered NOERROR and NXDOMAIN; then the agent's counters and plugin states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+RESULTS = Path("/results")
+#: Traffic of the lab, per kind (small: the guest is emulated).
+UDP_DELIVERED = 100
+UDP_DROPPED = 40
+CLOSED_PORT_CONNECTS = 3
+DNS_FOUND = 5
+DNS_MISSING = 5
+PAYLOAD = 100
+UDP_FRAME = PAYLOAD + 8 + 20 + 14  # payload + UDP + IPv4 + Ethernet
+#: An API server that never answers (the guest has no cluster).
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+current-context: none
+clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
+users: [{{name: none, user: {{token: not-a-secret}}}}]
+contexts: [{{name: none, context: {{cluster: none, user: none}}}}]
+"""
+#: How long the agent may take to compile and load its programs under emulation.
+AGENT_READY_TIMEOUT = 3600.0
+
+
+def say(message: str) -> None:
+    line = f"[guest {time.monotonic():8.1f}s] {message}"
+    print(line, flush=True)
+    with open(RESULTS / "guest.log", "a") as f:
+        f.write(line + "\n")
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+# -- 1. the node ---------------------------------------------------------------------------------
+def prepare_node() -> dict:
+    release = os.uname().release
+    for target, fstype in (
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
+        ("/sys/kernel/debug", "debugfs"),
+        ("/sys/kernel/tracing", "tracefs"),
+    ):
+        os.makedirs(target, exist_ok=True)
+        sh("mount", "-t", fstype, fstype, target, check=False)
+    kernel_disk = Path("/mnt/kernel")
+    modules = next(
+        kernel_disk / base / release
+        for base in ("lib/modules", "usr/lib/modules")
+        if (kernel_disk / base / release).is_dir()
+    )
+    Path(f"/lib/modules/{release}").mkdir(parents=True, exist_ok=True)
+    sh("mount", "--bind", str(modules), f"/lib/modules/{release}")
+    shutil.copy2(kernel_disk / "boot" / f"config-{release}", f"/boot/config-{release}")
+    sh("ip", "link", "set", "lo", "up")
+    sh("hostname", "retina-guest", check=False)
+    return {
+        "release": release,
+        "version": Path("/proc/version").read_text().strip(),
+        "cpus": os.cpu_count(),
+        "memory_kb": int(
+            next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+        ),
+        "btf": os.path.isfile("/sys/kernel/btf/vmlinux"),
+        "headers": os.path.realpath(f"/lib/modules/{release}/build"),
+    }
+
+
+# -- 2. preflight and the fixture tree -----------------------------------------------------------
+def run_preflight(*args: str) -> tuple[int, dict]:
+    proc = subprocess.run(
+        ["retina-preflight", "--json", *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    if not proc.stdout:
+        raise RuntimeError(f"retina-preflight printed no report: {proc.stderr[-2000:]}")
+    return proc.returncode, json.loads(proc.stdout)
+
+
+#: Files preflight reads from a host (preflight/host.py, kernel.py, tracepoints.py, ...).
+TREE_FILES = (
+    "/etc/os-release",
+    "/proc/sys/kernel/osrelease",
+    "/proc/sys/kernel/hostname",
+    "/proc/sys/kernel/unprivileged_bpf_disabled",
+    "/proc/filesystems",
+    "/proc/self/mounts",
+    "/proc/self/status",
+    "/proc/self/limits",
+)
+TRACEPOINT_FORMATS = (
+    "skb/kfree_skb",
+    "tcp/tcp_retransmit_skb",
+    "sock/inet_sock_set_state",
+    "tcp/tcp_send_reset",
+    "tcp/tcp_receive_reset",
+)
+#: Live-only probes: recorded in the tree from the live run, as retina-preflight.probes.json.
+LIVE_ONLY = ("bpf_syscall", "bcc", "tc_clsact", "capabilities")
+#: BTF is checked for presence and size only; the fixture keeps its first bytes, not 5 MB.
+BTF_HEAD = 4096
+
+
+def capture_tree(tree: Path, live: dict) -> dict:
+    """The files preflight reads, copied from this guest into ``tree`` (a --root fixture)."""
+    release = os.uname().release
+    copied: list[str] = []
+
+    def copy(path: str, limit: int | None = None) -> None:
+        if not os.path.exists(path):
+            return
+        target = tree / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as f:
+            target.write_bytes(f.read(limit) if limit else f.read())
+        copied.append(path)
+
+    for path in TREE_FILES:
+        copy(path)
+    copy(f"/boot/config-{release}")
+    btf_size = (
+        os.path.getsize("/sys/kernel/btf/vmlinux") if os.path.exists("/sys/kernel/btf/vmlinux") else None
+    )
+    copy("/sys/kernel/btf/vmlinux", BTF_HEAD)
+    copy("/sys/kernel/tracing/kprobe_events")
+    for event in TRACEPOINT_FORMATS:
+        copy(f"/sys/kernel/tracing/events/{event}/format")
+    for d in ("sys/fs/bpf", "sys/kernel/tracing", "sys/kernel/debug"):
+        (tree / d).mkdir(parents=True, exist_ok=True)
+        (tree / d / ".keep").touch()
+    headers = os.readlink(f"/lib/modules/{release}/build")
+    (tree / f"lib/modules/{release}").mkdir(parents=True, exist_ok=True)
+    (tree / f"lib/modules/{release}/build").symlink_to(headers)
+    for inner in ("include/generated/utsrelease.h", "include/config/kernel.release"):
+        copy(f"{headers}/{inner}")
+    checks = {c["id"]: c for c in live["checks"]}
+    probes = {
+        cid: {k: checks[cid][k] for k in ("verdict", "value", "fix") if checks[cid].get(k)}
+        for cid in LIVE_ONLY
+        if cid in checks
+    }
+    (tree / "retina-preflight.probes.json").write_text(json.dumps(probes, indent=1) + "\n")
+    return {"files": copied, "btf_size": btf_size, "btf_kept_bytes": BTF_HEAD if btf_size else 0}
+
+
+# -- 3. the lab ----------------------------------------------------------------------------------
+def rss_peak_kb(pid: int) -> tuple[int, int]:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def tc_filters(dev: str) -> list[str]:
+    out = sh("tc", "filter", "show", "dev", dev, "ingress", check=False).stdout
+    return [w for w in out.split() if w.startswith("retina_")]
+
+
+def drops_by_reason(m) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for name, labels, value in m.samples:
+        if name == "networkobservability_drop_count":
+            found[labels["reason"]] = found.get(labels["reason"], 0) + value
+    return found
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+FORWARD = "networkobservability_forward_count"
+DROPS = "networkobservability_drop_count"
+#: How long a phase's counters may take to show (the emulated agent harvests slowly).
+SETTLE_DEADLINE = 300.0
+
+
+def _counted(m) -> tuple:
+    return (
+        m.value(FORWARD, direction="ingress"),
+        m.value(FORWARD, direction="egress"),
+        m.value("networkobservability_dns_request_count"),
+        m.value("networkobservability_dns_response_count"),
+        tuple(sorted((k, v) for k, v in drops_by_reason(m).items() if k not in ("UNKNOWN", "NOT_SPECIFIED"))),
+    )
+
+
+def settle(agent, before, reached):
+    """Scrape until ``reached(scrape)`` holds and the lab's counters stayed the same over three
+    scrapes a second apart (harvests are 1s apart: nothing of the phase is still in flight);
+    at the deadline, the last scrape (the report then shows what was missing)."""
+    deadline = time.monotonic() + SETTLE_DEADLINE
+    last, same = None, 0
+    while True:
+        m = agent.scrape()
+        key = _counted(m)
+        same = same + 1 if reached(m) and key == last else 0
+        if same >= 2 or time.monotonic() > deadline:
+            return m
+        last = key
+        time.sleep(1)  # the poll interval
+
+
+def _silent_listener() -> socket.socket:
+    """A TCP listener on loopback that accepts connections and never answers them."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server
+
+
+def _tail_to_console(path: Path, stop: threading.Event) -> None:
+    """The agent's log lines on the console while it starts, and a heartbeat each minute when it
+    logs nothing (bcc compiling): the host takes a console silent for long as a hung guest."""
+    offset, started, last = 0, time.monotonic(), time.monotonic()
+    while not stop.wait(5):
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            for line in chunk.decode(errors="replace").splitlines():
+                if "urllib3" not in line:  # the silent API server's retries
+                    say("agent: " + line[:240])
+                    last = time.monotonic()
+        if time.monotonic() - last > 60:
+            say(f"agent: still starting after {time.monotonic() - started:.0f}s")
+            last = time.monotonic()
+
+
+def run_lab() -> dict:
+    from retina_agent.config import PLUGIN_NAMES
+    from retina_agent.demo import _dns
+    from retina_lab import LabNode
+    from retina_lab.agent import AgentProcess
+    from retina_lab.traffic import TcpServer, connect_refused, send_udp, udp_sink
+
+    out: dict = {}
+    node = LabNode(pod_names=("web", "db", "dns"))
+    agent = None
+    dnsmasq = None
+    sink = None
+    servers: list = []
+    try:
+        node.up()
+        web, db, dns_pod = node["web"], node["db"], node["dns"]
+        db.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "5433", "-j", "DROP"])
+        sink = udp_sink(db, 5432)
+        sink.settimeout(0.5)
+        dnsmasq = dns_pod.popen(
+            [
+                "dnsmasq",
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={dns_pod.ip}",
+                f"--address=/svc.cluster.local/{db.ip}",
+                "--address=/missing.cluster.local/",
+                "--user=root",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Static neighbours: the counted phases then carry no ARP (the emulated clock ages entries).
+        for pod in node.pods.values():
+            for other in node.pods.values():
+                if other is not pod:
+                    pod.run(
+                        [
+                            "ip",
+                            "neigh",
+                            "replace",
+                            other.ip,
+                            "lladdr",
+                            other.mac,
+                            "nud",
+                            "permanent",
+                            "dev",
+                            "eth0",
+                        ]
+                    )
+        # latency measures the handshakes to the API server: a listener in db stands in for it.
+        api = TcpServer(db, 6443)
+        servers.append(api)
+        # Pod-level metrics (packetparser needs them) with no API server in the guest: a listener
+        # on loopback that accepts and never answers stands in, so the pod cache never syncs
+        # (the agent waits 30s, then runs without pod labels). Not a closed port: the watch's
+        # retries would be NO_SOCKET drops, and not in a pod: its packets would be forwarded.
+        silent = _silent_listener()
+        servers.append(silent)
+        kubeconfig = Path("/tmp/kubeconfig")
+        kubeconfig.write_text(KUBECONFIG.format(port=silent.getsockname()[1]))
+        say("lab up; starting retina-agent with every plugin (compiling under emulation)")
+        agent = AgentProcess(
+            {
+                "enabledPlugin": list(PLUGIN_NAMES),
+                "enablePodLevel": True,
+                "podLevel": {"kubeconfig": str(kubeconfig), "nodeName": "retina-guest"},
+                "plugins": {"latency": {"apiServer": [f"{db.ip}:6443"]}},
+                "bpfCompileTimeout": "55m",
+            },
+            interval="1s",
+        )
+        started = time.monotonic()
+        stop_tail = threading.Event()
+        threading.Thread(target=_tail_to_console, args=(agent.log_path, stop_tail), daemon=True).start()
+        try:
+            agent.start(ready_timeout=AGENT_READY_TIMEOUT)
+        finally:
+            stop_tail.set()
+        out["agent_ready_seconds"] = round(time.monotonic() - started, 1)
+        log = agent.log()
+        compiled = [line for line in log.splitlines() if "compiled and loaded" in line]
+        out["compile_line"] = compiled[-1].split("] ", 1)[-1] if compiled else None
+        out["rss_kb_after_start"], out["peak_rss_kb_after_start"] = rss_peak_kb(agent.proc.pid)
+        say(f"agent ready in {out['agent_ready_seconds']}s: {out['compile_line']}")
+        out["readyz"] = agent.readyz()
+        first = agent.scrape()
+        out["plugins"] = {
+            lab["plugin"]: {"state": lab["state"], "reason": lab["reason"]}
+            for n, lab, v in first.samples
+            if n == "controlplane_networkobservability_plugin_status" and v
+        }
+        out["tc_filters"] = {pod.host_veth: tc_filters(pod.host_veth) for pod in node.pods.values()}
+        # Warm-up: neighbours resolved, so the counted phases below carry no ARP of their own.
+        _dns(web, dns_pod.ip, ["warmup.svc.cluster.local"])
+        send_udp(web, db.ip, 5432, 1, PAYLOAD)
+        with contextlib.suppress(OSError):
+            sink.recv(65536)
+        settle(agent, agent.scrape(), lambda m: True)
+        out["phases"] = {}
+
+        def phase(name: str, drive, reached) -> None:
+            before = agent.scrape()
+            facts = drive() or {}
+            after = settle(agent, before, lambda m: reached(before, m, facts))
+            fwd = {
+                d: after.value("networkobservability_forward_count", direction=d)
+                - before.value("networkobservability_forward_count", direction=d)
+                for d in ("ingress", "egress")
+            }
+            fwd_bytes = {
+                d: after.value("networkobservability_forward_bytes", direction=d)
+                - before.value("networkobservability_forward_bytes", direction=d)
+                for d in ("ingress", "egress")
+            }
+            dns = {
+                k: after.value(f"networkobservability_dns_{k}_count")
+                - before.value(f"networkobservability_dns_{k}_count")
+                for k in ("request", "response")
+            }
+            rcodes = {}
+            for n, lab, v in after.samples:
+                if n == "networkobservability_dns_responses_total":
+                    key = lab["rcode"]
+                    prev = before.value(n, **lab)
+                    if v - prev:
+                        rcodes[key] = rcodes.get(key, 0) + v - prev
+            out["phases"][name] = {
+                **facts,
+                "forward": fwd,
+                "forward_bytes": fwd_bytes,
+                "drops": delta(drops_by_reason(after), drops_by_reason(before)),
+                "dns": dns,
+                "dns_rcodes": rcodes,
+            }
+            say(f"phase {name}: {out['phases'][name]}")
+
+        def udp_delivered() -> dict:
+            send_udp(web, db.ip, 5432, UDP_DELIVERED, PAYLOAD)
+            got = 0
+            with contextlib.suppress(OSError):
+                while got < UDP_DELIVERED:
+                    sink.recv(65536)
+                    got += 1
+            return {"sent": UDP_DELIVERED, "received": got, "frame_bytes": UDP_FRAME}
+
+        def udp_dropped() -> dict:
+            send_udp(web, db.ip, 5433, UDP_DROPPED, PAYLOAD)
+            return {"sent": UDP_DROPPED}
+
+        def closed_port() -> dict:
+            refused = connect_refused(web, db.ip, 6000, CLOSED_PORT_CONNECTS)
+            return {"connects": CLOSED_PORT_CONNECTS, "refused": refused}
+
+        def dns_queries() -> dict:
+            _dns(
+                web,
+                dns_pod.ip,
+                [f"q{i}.svc.cluster.local" for i in range(DNS_FOUND)]
+                + [f"q{i}.missing.cluster.local" for i in range(DNS_MISSING)],
+            )
+            return {"queries": DNS_FOUND + DNS_MISSING, "noerror": DNS_FOUND, "nxdomain": DNS_MISSING}
+
+        def grew(before, m, name: str, **labels) -> float:
+            return m.value(name, **labels) - before.value(name, **labels)
+
+        def forwarded(n: int):
+            return lambda b, m, f: all(grew(b, m, FORWARD, direction=d) >= n for d in ("ingress", "egress"))
+
+        phase("udp_delivered", udp_delivered, forwarded(UDP_DELIVERED))
+        phase(
+            "udp_dropped",
+            udp_dropped,
+            lambda b, m, f: forwarded(UDP_DROPPED)(b, m, f) and grew(b, m, DROPS) >= UDP_DROPPED,
+        )
+        # read after the phase: iptables' own netlink buffers are not the lab's drops
+        line = db.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout.splitlines()[2]
+        out["phases"]["udp_dropped"]["iptables_dropped"] = int(line.split()[0])
+        phase("closed_port", closed_port, forwarded(2 * CLOSED_PORT_CONNECTS))
+        queries = DNS_FOUND + DNS_MISSING
+        phase(
+            "dns",
+            dns_queries,
+            lambda b, m, f: grew(b, m, "networkobservability_dns_response_count") >= queries,
+        )
+        last = agent.scrape()
+        out["drop_reasons_seen"] = sorted(drops_by_reason(last))
+        out["rss_kb"], out["peak_rss_kb"] = rss_peak_kb(agent.proc.pid)
+        out["agent_log_tail"] = agent.log()[-6000:]
+    finally:
+        if agent is not None:
+            with contextlib.suppress(Exception):
+                (RESULTS / "agent.log").write_text(agent.log())
+            agent.cleanup()
+        if dnsmasq is not None:
+            dnsmasq.terminate()
+            dnsmasq.wait(10)
+        if sink is not None:
+            sink.close()
+        for server in servers:
+            server.close()
+        node.down()
+    return out
+
+
+def kfree_skb_reasons() -> list[str]:
+    """The drop reason names in this kernel's skb:kfree_skb format (none before 5.17)."""
+    from retina_agent.bpf.tracefs import read_format  # the agent's own parser
+
+    fmt = read_format("skb:kfree_skb")
+    if "reason" not in fmt.fields:
+        return []
+    return sorted(fmt.symbols("reason").values())
+
+
+def main() -> int:
+    os.environ.setdefault("PATH", "/opt/retina/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    result: dict = {"started": time.time()}
+    try:
+        result["kernel"] = prepare_node()
+        say(f"kernel {result['kernel']['release']}, {result['kernel']['cpus']} CPUs")
+        started = time.monotonic()
+        code, live = run_preflight()
+        result["preflight"] = {"exit": code, "report": live, "seconds": round(time.monotonic() - started, 1)}
+        say(
+            f"preflight: exit {code}, {live['summary'].get('verdict')}, "
+            f"failed {live['summary'].get('failed')}, warned {live['summary'].get('warned')}"
+        )
+        tree = RESULTS / "tree"
+        result["tree"] = capture_tree(tree, live)
+        code, offline = run_preflight("--root", str(tree))
+        result["preflight_root"] = {"exit": code, "report": offline}
+        with contextlib.suppress(Exception):
+            result["kernel"]["drop_reason_names"] = kfree_skb_reasons()
+        result["lab"] = run_lab()
+    except BaseException:
+        result["error"] = traceback.format_exc()
+        say(f"error: {result['error']}")
+    finally:
+        result["finished"] = time.time()
+        (RESULTS / "result.json").write_text(json.dumps(result, indent=1, default=str))
+        say("done; powering off")
+        os.sync()
+        subprocess.run(["umount", "/results"], check=False)
+        with open("/proc/sysrq-trigger", "w") as f:
+            f.write("o")
+        time.sleep(60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
