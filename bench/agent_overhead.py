@@ -64,13 +64,14 @@ def main() -> int:
         "agent_startup_seconds": round(startup, 2),
     }
     rows = [
-        ("agent CPU share idle", f"{report['agent_idle_cpu_share'] * 100:.3f}% of a core",
-         "< 0.5%"),
+        ("agent CPU share idle", f"{report['agent_idle_cpu_share'] * 100:.3f}% of a core", "< 0.5%"),
         ("agent RSS steady (idle)", f"{report['agent_rss_mib_idle']} MiB", "<= 64 MiB"),
-        ("agent RSS after idle period", f"{report['agent_rss_mib_after_idle']} MiB",
-         "<= 64 MiB"),
-        ("/metrics render (median of 20)",
-         f"{report['metrics_render_ms_median']} ms ({report['metrics_bytes']:,} bytes)", ""),
+        ("agent RSS after idle period", f"{report['agent_rss_mib_after_idle']} MiB", "<= 64 MiB"),
+        (
+            "/metrics render (median of 20)",
+            f"{report['metrics_render_ms_median']} ms ({report['metrics_bytes']:,} bytes)",
+            "",
+        ),
         ("agent start-up (compile + attach)", f"{report['agent_startup_seconds']} s", ""),
     ]
     width = max(len(r[0]) for r in rows)

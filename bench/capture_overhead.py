@@ -61,8 +61,20 @@ print(sent, time.monotonic() - t0)
 
 
 def flood(pod, dst: str, count: int, size: int, seconds: float, random_payload: bool = False):
-    out = pod.run(["python3", "-c", FLOOD, dst, "9999", str(count), str(size), str(seconds),
-                   "1" if random_payload else "0"], timeout=seconds + 30)
+    out = pod.run(
+        [
+            "python3",
+            "-c",
+            FLOOD,
+            dst,
+            "9999",
+            str(count),
+            str(size),
+            str(seconds),
+            "1" if random_payload else "0",
+        ],
+        timeout=seconds + 30,
+    )
     sent, elapsed = out.stdout.split()
     return int(sent), float(elapsed)
 
@@ -71,8 +83,15 @@ class Proc:
     """A background process whose stderr lines are kept with arrival times."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None):
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         self.lines: list[tuple[float, str]] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -114,8 +133,10 @@ class Proc:
 
 def tcpdump_counters(text: str) -> dict[str, int]:
     out = {}
-    for key, pattern in (("captured", r"(\d+) packets captured"),
-                         ("dropped_by_kernel", r"(\d+)\s+(?:packets )?dropped by kernel")):
+    for key, pattern in (
+        ("captured", r"(\d+) packets captured"),
+        ("dropped_by_kernel", r"(\d+)\s+(?:packets )?dropped by kernel"),
+    ):
         m = re.findall(pattern, text)
         out[key] = int(m[-1]) if m else -1
     return out
@@ -149,19 +170,43 @@ def part1(node, packets: int, size: int, work: Path) -> list[dict]:
             procs["tcpdump"] = Proc(["tcpdump", "-i", a.host_veth, "-w", str(d / "plain.pcap"), "-Z", "root"])
             procs["tcpdump"].wait_for("listening on", 30)
         if mode != "tcpdump alone":
-            procs["worker"] = Proc([str(BIN / "retina-capture"), "--name", "bench", "--interfaces",
-                                    a.host_veth, "--duration", "10m", "--max-size", "2000",
-                                    "--host-path", "out", "--host-path-base", str(d / "base"),
-                                    "--output-dir-tmp", str(d / "tmp")], worker_env())
+            procs["worker"] = Proc(
+                [
+                    str(BIN / "retina-capture"),
+                    "--name",
+                    "bench",
+                    "--interfaces",
+                    a.host_veth,
+                    "--duration",
+                    "10m",
+                    "--max-size",
+                    "2000",
+                    "--host-path",
+                    "out",
+                    "--host-path-base",
+                    str(d / "base"),
+                    "--output-dir-tmp",
+                    str(d / "tmp"),
+                ],
+                worker_env(),
+            )
             procs["worker"].wait_for("capture started", 30)
         sent, elapsed = flood(a, b.ip, packets, size, 30)
         settle(d)
         for name, proc in procs.items():
             rc = proc.stop(signal.SIGINT)
             counters = tcpdump_counters(proc.text())
-            rows.append({"mode": mode, "capturer": name, "sent": sent, "flood_seconds": round(elapsed, 2),
-                         "captured": counters["captured"], "dropped_by_kernel": counters["dropped_by_kernel"],
-                         "exit_code": rc})
+            rows.append(
+                {
+                    "mode": mode,
+                    "capturer": name,
+                    "sent": sent,
+                    "flood_seconds": round(elapsed, 2),
+                    "captured": counters["captured"],
+                    "dropped_by_kernel": counters["dropped_by_kernel"],
+                    "exit_code": rc,
+                }
+            )
     return rows
 
 
@@ -192,14 +237,37 @@ def part2(node, mb: int, work: Path) -> dict:
                 raise TimeoutError("moto_server did not start")
             time.sleep(0.05)
         keys = {"RETINA_CAPTURE_S3_ACCESS_KEY_ID": "bench", "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": "bench"}
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
         s3.create_bucket(Bucket="bench")
         d = work / "upload"
-        worker = Proc([str(BIN / "retina-capture"), "--name", "big", "--interfaces", a.host_veth,
-                       "--duration", "5m", "--max-size", str(mb), "--s3-bucket", "bench",
-                       "--s3-endpoint", f"http://127.0.0.1:{port}", "--s3-region", "us-east-1",
-                       "--output-dir-tmp", str(d / "tmp")], worker_env(keys))
+        worker = Proc(
+            [
+                str(BIN / "retina-capture"),
+                "--name",
+                "big",
+                "--interfaces",
+                a.host_veth,
+                "--duration",
+                "5m",
+                "--max-size",
+                str(mb),
+                "--s3-bucket",
+                "bench",
+                "--s3-endpoint",
+                f"http://127.0.0.1:{port}",
+                "--s3-region",
+                "us-east-1",
+                "--output-dir-tmp",
+                str(d / "tmp"),
+            ],
+            worker_env(keys),
+        )
         worker.wait_for("capture started", 30)
         # 1400-byte random payloads; enough to pass the size limit, bounded in count and time
         count = int(mb * 1_000_000 / 1400 * 1.5)
@@ -221,8 +289,19 @@ def part2(node, mb: int, work: Path) -> dict:
         # By hand: plain tcpdump -w the same amount, then tar -czf and boto3 upload_file.
         h = work / "by-hand"
         h.mkdir()
-        plain = Proc(["tcpdump", "-i", a.host_veth, "-w", str(h / "plain.pcap"), "-Z", "root",
-                      "-c", str(int(size / (1400 + 42 + 16)))])
+        plain = Proc(
+            [
+                "tcpdump",
+                "-i",
+                a.host_veth,
+                "-w",
+                str(h / "plain.pcap"),
+                "-Z",
+                "root",
+                "-c",
+                str(int(size / (1400 + 42 + 16))),
+            ]
+        )
         plain.wait_for("listening on", 30)
         flood(a, b.ip, count, 1400, 60, random_payload=True)
         plain.stop(timeout=60)
@@ -232,14 +311,22 @@ def part2(node, mb: int, work: Path) -> dict:
         s3.upload_file(str(h / "plain.tar.gz"), "bench", "by-hand/plain.tar.gz")
         t2 = time.monotonic()
         return {
-            "worker": {"capture_bytes": size, "tarball_bytes": tar_size, "object_bytes": obj["Size"],
-                       "metadata_s": round(t_meta - t_stop, 2), "pack_s": round(t_pack - t_meta, 2),
-                       "upload_s": round(t_up - t_pack, 2),
-                       "end_of_capture_to_uploaded_s": round(t_up - t_stop, 2)},
-            "by_hand": {"capture_bytes": (h / "plain.pcap").stat().st_size,
-                        "tarball_bytes": (h / "plain.tar.gz").stat().st_size,
-                        "pack_s": round(t1 - t0, 2), "upload_s": round(t2 - t1, 2),
-                        "end_of_capture_to_uploaded_s": round(t2 - t0, 2)},
+            "worker": {
+                "capture_bytes": size,
+                "tarball_bytes": tar_size,
+                "object_bytes": obj["Size"],
+                "metadata_s": round(t_meta - t_stop, 2),
+                "pack_s": round(t_pack - t_meta, 2),
+                "upload_s": round(t_up - t_pack, 2),
+                "end_of_capture_to_uploaded_s": round(t_up - t_stop, 2),
+            },
+            "by_hand": {
+                "capture_bytes": (h / "plain.pcap").stat().st_size,
+                "tarball_bytes": (h / "plain.tar.gz").stat().st_size,
+                "pack_s": round(t1 - t0, 2),
+                "upload_s": round(t2 - t1, 2),
+                "end_of_capture_to_uploaded_s": round(t2 - t0, 2),
+            },
         }
     finally:
         moto.stop(signal.SIGTERM, timeout=20)
@@ -265,13 +352,20 @@ def main() -> int:
     print(f"\nUDP flood pod a -> pod b, {args.size}-byte payloads, captured on pod a's host veth")
     print(f"{'mode':<15} {'capturer':<8} {'sent':>8} {'captured':>9} {'dropped':>8} {'flood s':>8}")
     for r in rows:
-        print(f"{r['mode']:<15} {r['capturer']:<8} {r['sent']:>8} {r['captured']:>9} "
-              f"{r['dropped_by_kernel']:>8} {r['flood_seconds']:>8}")
+        print(
+            f"{r['mode']:<15} {r['capturer']:<8} {r['sent']:>8} {r['captured']:>9} "
+            f"{r['dropped_by_kernel']:>8} {r['flood_seconds']:>8}"
+        )
     w, h = delivery["worker"], delivery["by_hand"]
     print(f"\n{args.mb} MB capture to local moto S3   {'worker':>10} {'by hand':>10}")
-    for key, label in (("capture_bytes", "capture bytes"), ("tarball_bytes", "tarball bytes"),
-                       ("metadata_s", "metadata s"), ("pack_s", "pack s"), ("upload_s", "upload s"),
-                       ("end_of_capture_to_uploaded_s", "end of capture -> uploaded s")):
+    for key, label in (
+        ("capture_bytes", "capture bytes"),
+        ("tarball_bytes", "tarball bytes"),
+        ("metadata_s", "metadata s"),
+        ("pack_s", "pack s"),
+        ("upload_s", "upload s"),
+        ("end_of_capture_to_uploaded_s", "end of capture -> uploaded s"),
+    ):
         print(f"{label:<34} {w.get(key, '-'):>10} {h.get(key, '-'):>10}")
     write_report("capture_overhead", {"args": vars(args), "drops": rows, "delivery": delivery})
     return 0

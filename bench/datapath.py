@@ -93,8 +93,11 @@ class Stream:
         a, b = node["a"], node["b"]
         self.port = 5201 + int(node.lab_id, 16) % 1000 + (0 if udp else 1)
         self.stats = Path(f"/sys/class/net/{b.host_veth}/statistics")
-        self.server = b.popen(["iperf3", "-s", "-B", b.ip, "-p", str(self.port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.server = b.popen(
+            ["iperf3", "-s", "-B", b.ip, "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while b.run(["ss", "-ltn", f"sport = :{self.port}"]).stdout.count("\n") < 2:
             if time.monotonic() > deadline:
@@ -107,8 +110,11 @@ class Stream:
 
     def counters(self) -> tuple[int, int, float]:
         """(packets, bytes, monotonic time) delivered to pod b so far."""
-        return (int((self.stats / "tx_packets").read_text()),
-                int((self.stats / "tx_bytes").read_text()), time.monotonic())
+        return (
+            int((self.stats / "tx_packets").read_text()),
+            int((self.stats / "tx_bytes").read_text()),
+            time.monotonic(),
+        )
 
     def cpu_ns(self) -> int:
         """CPU time of the sender and the receiver (their threads' scheduler run time, ns).
@@ -214,9 +220,14 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def alternate(states: dict[str, tuple[Callable[[], None], Callable[[], None]]],
-              stream: Stream, rounds: int, window: float, settle: float = 0.05,
-              extra: Callable[[], dict] | None = None) -> dict[str, list[dict]]:
+def alternate(
+    states: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+    stream: Stream,
+    rounds: int,
+    window: float,
+    settle: float = 0.05,
+    extra: Callable[[], dict] | None = None,
+) -> dict[str, list[dict]]:
     """Every round measures each state once (enter, settle, window, leave); the order is
     rotated by round and reversed every other cycle (ABC CAB BCA, then backwards), so a
     drift in the machine's load hits every state alike."""
@@ -243,33 +254,51 @@ def alternate(states: dict[str, tuple[Callable[[], None], Callable[[], None]]],
                 leave()
             dt = t1 - t0
             cpu = (c1 - c0) / 1e9
-            results[name].append({"pps": (p1 - p0) / dt, "bps": (b1 - b0) * 8 / dt,
-                                  "packets": p1 - p0, "seconds": dt,
-                                  # per CPU second of the traffic's own tasks: the rate a
-                                  # CPU-bound path would reach, whatever else the VM runs
-                                  "pkt_per_cpu": (p1 - p0) / cpu if cpu else 0,
-                                  "bytes_per_cpu": (b1 - b0) / cpu if cpu else 0,
-                                  "before": before, "after": after})
+            results[name].append(
+                {
+                    "pps": (p1 - p0) / dt,
+                    "bps": (b1 - b0) * 8 / dt,
+                    "packets": p1 - p0,
+                    "seconds": dt,
+                    # per CPU second of the traffic's own tasks: the rate a
+                    # CPU-bound path would reach, whatever else the VM runs
+                    "pkt_per_cpu": (p1 - p0) / cpu if cpu else 0,
+                    "bytes_per_cpu": (b1 - b0) / cpu if cpu else 0,
+                    "before": before,
+                    "after": after,
+                }
+            )
     return results
 
 
 def paired(results: dict[str, list[dict]], num: str, den: str, key: str = "pps") -> dict:
-    ratios = [a[key] / b[key] for a, b in zip(results[num], results[den], strict=True)
-              if b[key]]
+    ratios = [a[key] / b[key] for a, b in zip(results[num], results[den], strict=True) if b[key]]
     q1, med, q3 = quartiles(ratios)
-    return {"median": round(med, 4), "q1": round(q1, 4), "q3": round(q3, 4),
-            "iqr": round(q3 - q1, 4), "n": len(ratios)}
+    return {
+        "median": round(med, 4),
+        "q1": round(q1, 4),
+        "q3": round(q3, 4),
+        "iqr": round(q3 - q1, 4),
+        "n": len(ratios),
+    }
 
 
 # -- one plugin set ----------------------------------------------------------------------------
 def agent_config(node: LabNode, plugins: list[str], extra: dict) -> AgentConfig:
     lab_veths = [f"{node.bridge.replace('br', 'v', 1)}*"]  # this lab's pod veths only
     options = {"interfaces": lab_veths}
-    data = {"apiServer": {"host": "127.0.0.1", "port": free_port()},
-            "metricsIntervalDuration": "10s", "enabledPlugin": plugins,
-            "stateDir": tempfile.mkdtemp(prefix="retina-bench-"),
-            "plugins": {"packetforward": options, "dns": options,
-                        "packetparser": options, "latency": dict(options)}}
+    data = {
+        "apiServer": {"host": "127.0.0.1", "port": free_port()},
+        "metricsIntervalDuration": "10s",
+        "enabledPlugin": plugins,
+        "stateDir": tempfile.mkdtemp(prefix="retina-bench-"),
+        "plugins": {
+            "packetforward": options,
+            "dns": options,
+            "packetparser": options,
+            "latency": dict(options),
+        },
+    }
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             for k, v in value.items():
@@ -279,9 +308,16 @@ def agent_config(node: LabNode, plugins: list[str], extra: dict) -> AgentConfig:
     return AgentConfig.model_validate(data)
 
 
-def measure_set(node: LabNode, label: str, config: AgentConfig, rounds: int, window: float,
-                retina: RetinaDesign | None, stats_rounds: int,
-                empty: EmptyProgram | None = None) -> dict:
+def measure_set(
+    node: LabNode,
+    label: str,
+    config: AgentConfig,
+    rounds: int,
+    window: float,
+    retina: RetinaDesign | None,
+    stats_rounds: int,
+    empty: EmptyProgram | None = None,
+) -> dict:
     agent = Agent(config)
     main_tid = threading.get_native_id()
     t0 = time.monotonic()
@@ -303,8 +339,10 @@ def measure_set(node: LabNode, label: str, config: AgentConfig, rounds: int, win
 
     nothing = (lambda: None, lambda: None)
     ours = (agent.resume_datapath, agent.pause_datapath)
-    ours_stats = (lambda: (agent.resume_datapath(), stats(True)),
-                  lambda: (stats(False), agent.pause_datapath()))
+    ours_stats = (
+        lambda: (agent.resume_datapath(), stats(True)),
+        lambda: (stats(False), agent.pause_datapath()),
+    )
 
     def kernel_time() -> dict:
         out = {"ours": prog_times(our_fds)}
@@ -328,11 +366,15 @@ def measure_set(node: LabNode, label: str, config: AgentConfig, rounds: int, win
             # Kernel cost per packet: accounting on only in these windows.
             costs = {"on": ours, "on+stats": ours_stats}
             if retina is not None:
-                costs["retina+stats"] = (lambda: (retina.attach(), stats(True)),
-                                         lambda: (stats(False), retina.detach()))
+                costs["retina+stats"] = (
+                    lambda: (retina.attach(), stats(True)),
+                    lambda: (stats(False), retina.detach()),
+                )
             if empty is not None and syscall.tcx_supported():
-                costs["empty+stats"] = (lambda: (empty.attach(), stats(True)),
-                                        lambda: (stats(False), empty.detach()))
+                costs["empty+stats"] = (
+                    lambda: (empty.attach(), stats(True)),
+                    lambda: (stats(False), empty.detach()),
+                )
             timed = alternate(costs, udp_stream, stats_rounds, window, extra=kernel_time)
         finally:
             udp_stream.close()
@@ -363,9 +405,11 @@ def measure_set(node: LabNode, label: str, config: AgentConfig, rounds: int, win
         "agent_cpu_s_per_mpkt": round(cpu_s / (cpu_packets / 1e6), 5) if cpu_packets else None,
         "agent_startup_s": round(startup, 1),
         "plugins_not_running": not_ready,
-        "windows": {f"{kind}.{state}": [[round(w["pps"]), round(w["pkt_per_cpu"])]
-                                        for w in ws]
-                    for kind, res in (("udp", udp), ("tcp", tcp)) for state, ws in res.items()},
+        "windows": {
+            f"{kind}.{state}": [[round(w["pps"]), round(w["pkt_per_cpu"])] for w in ws]
+            for kind, res in (("udp", udp), ("tcp", tcp))
+            for state, ws in res.items()
+        },
     }
     if retina is not None:
         out["retina_udp"] = paired(udp, "retina", "off")
@@ -376,9 +420,14 @@ def measure_set(node: LabNode, label: str, config: AgentConfig, rounds: int, win
         out["empty_program_ns_per_run"] = floor
         if floor:
             bpf = out["bpf"]
-            bpf["tc_ns_per_packet_above_floor"] = round(sum(
-                (ns - floor) * bpf["runs_per_packet"][k] for k, ns in bpf["ns_per_run"].items()
-                if not k.split(".")[-1].startswith("on_")), 1)
+            bpf["tc_ns_per_packet_above_floor"] = round(
+                sum(
+                    (ns - floor) * bpf["runs_per_packet"][k]
+                    for k, ns in bpf["ns_per_run"].items()
+                    if not k.split(".")[-1].startswith("on_")
+                ),
+                1,
+            )
     return out
 
 
@@ -407,66 +456,91 @@ def kernel_cost(windows: list[dict], who: str) -> dict:
             acc[1] += ns - b_ns
     ran = {k: v for k, v in runs.items() if v[0]}
     tc = {k: v for k, v in ran.items() if not k.split(".")[-1].startswith("on_")}
-    return {"ns_per_packet": round(sum(ns for _, ns in tc.values()) / packets, 1)
-            if packets else None,
-            "note": "ns_per_packet: TC (and socket filter) programs per packet delivered; "
-                    "tracepoint programs (on_*) run per event and are listed per run only",
-            "ns_per_run": {k: round(ns / cnt, 1) for k, (cnt, ns) in sorted(ran.items())},
-            "runs_per_packet": {k: round(cnt / packets, 3) for k, (cnt, _) in sorted(ran.items())}
-            if packets else {}}
+    return {
+        "ns_per_packet": round(sum(ns for _, ns in tc.values()) / packets, 1) if packets else None,
+        "note": "ns_per_packet: TC (and socket filter) programs per packet delivered; "
+        "tracepoint programs (on_*) run per event and are listed per run only",
+        "ns_per_run": {k: round(ns / cnt, 1) for k, (cnt, ns) in sorted(ran.items())},
+        "runs_per_packet": {k: round(cnt / packets, 3) for k, (cnt, _) in sorted(ran.items())}
+        if packets
+        else {},
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=100, help="alternation rounds per comparison")
     p.add_argument("--window", type=float, default=0.3, help="seconds measured per state")
-    p.add_argument("--stats-rounds", type=int, default=30,
-                   help="rounds with run-time accounting on (kernel cost per packet)")
+    p.add_argument(
+        "--stats-rounds",
+        type=int,
+        default=30,
+        help="rounds with run-time accounting on (kernel cost per packet)",
+    )
     p.add_argument("--only", choices=("basic", "pod_level"), help="one plugin set only")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    report: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "rounds": args.rounds, "window_s": args.window,
-                    "kernel": os.uname().release}
-    with LabNode(pod_names=("a", "b")) as node, \
-            KubeEmulator(workdir=Path(tempfile.mkdtemp())) as kube:
+    report: dict = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rounds": args.rounds,
+        "window_s": args.window,
+        "kernel": os.uname().release,
+    }
+    with LabNode(pod_names=("a", "b")) as node, KubeEmulator(workdir=Path(tempfile.mkdtemp())) as kube:
         seed_lab(kube, node)
         retina = RetinaDesign(node.host_veths)
         empty = EmptyProgram(node.host_veths)
         try:
             if args.only in (None, "basic"):
                 report["basic"] = measure_set(
-                    node, "basic", agent_config(node, BASIC, {}), args.rounds, args.window,
-                    retina, args.stats_rounds, empty)
+                    node,
+                    "basic",
+                    agent_config(node, BASIC, {}),
+                    args.rounds,
+                    args.window,
+                    retina,
+                    args.stats_rounds,
+                    empty,
+                )
             if args.only in (None, "pod_level"):
                 # latency times the API server the kubeconfig names (the emulator)
-                extra = {"enablePodLevel": True, "remoteContext": True,
-                         "podLevel": {"kubeconfig": str(kube.kubeconfig_path),
-                                      "nodeName": "lab-node"}}
+                extra = {
+                    "enablePodLevel": True,
+                    "remoteContext": True,
+                    "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": "lab-node"},
+                }
                 report["pod_level"] = measure_set(
-                    node, "pod_level", agent_config(node, POD_LEVEL, extra), args.rounds,
-                    args.window, None, args.stats_rounds)
+                    node,
+                    "pod_level",
+                    agent_config(node, POD_LEVEL, extra),
+                    args.rounds,
+                    args.window,
+                    None,
+                    args.stats_rounds,
+                )
         finally:
             retina.detach()
             empty.detach()
     basic, pod = report.get("basic", {}), report.get("pod_level", {})
-    report.update({
-        "ratio_udp_basic": basic.get("udp", {}).get("median"),
-        "ratio_tcp_basic": basic.get("tcp", {}).get("median"),
-        "ratio_udp_pod_level": pod.get("udp", {}).get("median"),
-        "ratio_tcp_pod_level": pod.get("tcp", {}).get("median"),
-        "ratio_udp_retina_design": basic.get("retina_udp", {}).get("median"),
-        "cpu_ratio_udp_basic": basic.get("udp_per_cpu", {}).get("median"),
-        "cpu_ratio_udp_pod_level": pod.get("udp_per_cpu", {}).get("median"),
-        "cpu_ratio_tcp_basic": basic.get("tcp_per_cpu", {}).get("median"),
-        "cpu_ratio_tcp_pod_level": pod.get("tcp_per_cpu", {}).get("median"),
-        "cpu_ratio_udp_retina_design": basic.get("retina_udp_per_cpu", {}).get("median"),
-        "bpf_ns_per_packet_basic": basic.get("bpf", {}).get("ns_per_packet"),
-        "bpf_ns_per_packet_pod_level": pod.get("bpf", {}).get("ns_per_packet"),
-        "bpf_ns_per_packet_retina_design": basic.get("retina_bpf", {}).get("ns_per_packet"),
-        "empty_program_ns_per_run": basic.get("empty_program_ns_per_run"),
-    })
+    report.update(
+        {
+            "ratio_udp_basic": basic.get("udp", {}).get("median"),
+            "ratio_tcp_basic": basic.get("tcp", {}).get("median"),
+            "ratio_udp_pod_level": pod.get("udp", {}).get("median"),
+            "ratio_tcp_pod_level": pod.get("tcp", {}).get("median"),
+            "ratio_udp_retina_design": basic.get("retina_udp", {}).get("median"),
+            "cpu_ratio_udp_basic": basic.get("udp_per_cpu", {}).get("median"),
+            "cpu_ratio_udp_pod_level": pod.get("udp_per_cpu", {}).get("median"),
+            "cpu_ratio_tcp_basic": basic.get("tcp_per_cpu", {}).get("median"),
+            "cpu_ratio_tcp_pod_level": pod.get("tcp_per_cpu", {}).get("median"),
+            "cpu_ratio_udp_retina_design": basic.get("retina_udp_per_cpu", {}).get("median"),
+            "bpf_ns_per_packet_basic": basic.get("bpf", {}).get("ns_per_packet"),
+            "bpf_ns_per_packet_pod_level": pod.get("bpf", {}).get("ns_per_packet"),
+            "bpf_ns_per_packet_retina_design": basic.get("retina_bpf", {}).get("ns_per_packet"),
+            "empty_program_ns_per_run": basic.get("empty_program_ns_per_run"),
+        }
+    )
     print_table(report)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"datapath-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
@@ -482,39 +556,84 @@ def print_table(report: dict) -> None:
         if not r:
             continue
         u, t = r["udp"], r["tcp"]
-        rows.append((f"{label}: UDP 64 B pps ratio", f"{u['median']:.3f}",
-                     f"[{u['q1']:.3f}, {u['q3']:.3f}]",
-                     f"{r['udp_pps_on_median']:,} / {r['udp_pps_off_median']:,} pps"))
-        rows.append((f"{label}: TCP Gbit/s ratio", f"{t['median']:.3f}",
-                     f"[{t['q1']:.3f}, {t['q3']:.3f}]",
-                     f"{r['tcp_gbps_on_median']} / {r['tcp_gbps_off_median']} Gbit/s"))
-        for key, what in (("udp_per_cpu", "UDP packets per CPU-second ratio"),
-                          ("tcp_per_cpu", "TCP bytes per CPU-second ratio")):
+        rows.append(
+            (
+                f"{label}: UDP 64 B pps ratio",
+                f"{u['median']:.3f}",
+                f"[{u['q1']:.3f}, {u['q3']:.3f}]",
+                f"{r['udp_pps_on_median']:,} / {r['udp_pps_off_median']:,} pps",
+            )
+        )
+        rows.append(
+            (
+                f"{label}: TCP Gbit/s ratio",
+                f"{t['median']:.3f}",
+                f"[{t['q1']:.3f}, {t['q3']:.3f}]",
+                f"{r['tcp_gbps_on_median']} / {r['tcp_gbps_off_median']} Gbit/s",
+            )
+        )
+        for key, what in (
+            ("udp_per_cpu", "UDP packets per CPU-second ratio"),
+            ("tcp_per_cpu", "TCP bytes per CPU-second ratio"),
+        ):
             c = r[key]
-            rows.append((f"{label}: {what}", f"{c['median']:.3f}",
-                         f"[{c['q1']:.3f}, {c['q3']:.3f}]", "sender+receiver tasks' CPU"))
-        rows.append((f"{label}: BPF ns per packet (TC hooks)",
-                     str(r["bpf"]["ns_per_packet"]), "",
-                     "ns per run: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in
-                                                r["bpf"]["ns_per_run"].items())))
+            rows.append(
+                (
+                    f"{label}: {what}",
+                    f"{c['median']:.3f}",
+                    f"[{c['q1']:.3f}, {c['q3']:.3f}]",
+                    "sender+receiver tasks' CPU",
+                )
+            )
+        rows.append(
+            (
+                f"{label}: BPF ns per packet (TC hooks)",
+                str(r["bpf"]["ns_per_packet"]),
+                "",
+                "ns per run: "
+                + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in r["bpf"]["ns_per_run"].items()),
+            )
+        )
         if "empty_program_ns_per_run" in r:
-            rows.append((f"{label}: empty TC program, ns per run", str(
-                r["empty_program_ns_per_run"]), "", "the accounting floor; above it: "
-                f"{r['bpf'].get('tc_ns_per_packet_above_floor')} ns per packet"))
+            rows.append(
+                (
+                    f"{label}: empty TC program, ns per run",
+                    str(r["empty_program_ns_per_run"]),
+                    "",
+                    "the accounting floor; above it: "
+                    f"{r['bpf'].get('tc_ns_per_packet_above_floor')} ns per packet",
+                )
+            )
         s = r["stats_cost"]
-        rows.append((f"{label}: run-time accounting on/off", f"{s['median']:.3f}",
-                     f"[{s['q1']:.3f}, {s['q3']:.3f}]", "pps ratio, programs attached"))
-        rows.append((f"{label}: agent user CPU s per Mpkt", str(r["agent_cpu_s_per_mpkt"]),
-                     "", ""))
+        rows.append(
+            (
+                f"{label}: run-time accounting on/off",
+                f"{s['median']:.3f}",
+                f"[{s['q1']:.3f}, {s['q3']:.3f}]",
+                "pps ratio, programs attached",
+            )
+        )
+        rows.append((f"{label}: agent user CPU s per Mpkt", str(r["agent_cpu_s_per_mpkt"]), "", ""))
         if "retina_udp" in r:
             ru = r["retina_udp"]
-            rows.append(("Retina design: UDP 64 B pps ratio", f"{ru['median']:.3f}",
-                         f"[{ru['q1']:.3f}, {ru['q3']:.3f}]", "AF_PACKET socket filter"))
+            rows.append(
+                (
+                    "Retina design: UDP 64 B pps ratio",
+                    f"{ru['median']:.3f}",
+                    f"[{ru['q1']:.3f}, {ru['q3']:.3f}]",
+                    "AF_PACKET socket filter",
+                )
+            )
             rc = r["retina_udp_per_cpu"]
-            rows.append(("Retina design: UDP packets per CPU-second", f"{rc['median']:.3f}",
-                         f"[{rc['q1']:.3f}, {rc['q3']:.3f}]", ""))
-            rows.append(("Retina design: BPF ns per packet",
-                         str(r["retina_bpf"]["ns_per_packet"]), "", ""))
+            rows.append(
+                (
+                    "Retina design: UDP packets per CPU-second",
+                    f"{rc['median']:.3f}",
+                    f"[{rc['q1']:.3f}, {rc['q3']:.3f}]",
+                    "",
+                )
+            )
+            rows.append(("Retina design: BPF ns per packet", str(r["retina_bpf"]["ns_per_packet"]), "", ""))
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':{width}}  {'median':>8}  {'IQR':>16}  detail")
     for name, med, iqr, detail in rows:

@@ -29,55 +29,138 @@ ROOT = Path(__file__).resolve().parents[1]
 def realistic_pod(n: int, deployment: dict, rs: dict, node: str) -> dict:
     """A pod about the size of a real one (~2.5 KB of JSON)."""
     name = f"{rs['metadata']['name']}-{n:05x}"
-    labels = {"app": deployment["metadata"]["name"], "pod-template-hash": rs["metadata"]["name"][-6:],
-              "team": "shop"}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": name, "namespace": rs["metadata"]["namespace"], "labels": labels,
-        "annotations": {"kubectl.kubernetes.io/restartedAt": "2024-05-01T00:00:00Z"},
-        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"],
-                             "uid": rs["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]},
-        "spec": {"nodeName": node, "serviceAccountName": "default", "containers": [{
-            "name": "app", "image": "registry.example.com/shop/app:1.2.3",
-            "ports": [{"containerPort": 8080, "protocol": "TCP"}],
-            "env": [{"name": f"SETTING_{i}", "value": f"value-{i}"} for i in range(6)],
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-            "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io",
-                              "readOnly": True}]}],
-            "volumes": [{"name": "kube-api-access", "projected": {"sources": [{"serviceAccountToken": {
-                "path": "token", "expirationSeconds": 3607}}]}}]},
-        "status": {"phase": "Running", "hostIP": "192.168.0.1",
-                   "podIP": f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}",
-                   "podIPs": [{"ip": f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"}],
-                   "conditions": [{"type": t, "status": "True", "lastTransitionTime": "2024-05-01T00:00:00Z"}
-                                  for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
-                   "containerStatuses": [{"name": "app", "ready": True, "restartCount": 0,
-                                          "image": "registry.example.com/shop/app:1.2.3",
-                                          "imageID": "registry.example.com/shop/app@sha256:" + "0" * 64,
-                                          "containerID": "containerd://" + "1" * 64,
-                                          "state": {"running": {"startedAt": "2024-05-01T00:00:00Z"}}}]}}
+    labels = {
+        "app": deployment["metadata"]["name"],
+        "pod-template-hash": rs["metadata"]["name"][-6:],
+        "team": "shop",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": rs["metadata"]["namespace"],
+            "labels": labels,
+            "annotations": {"kubectl.kubernetes.io/restartedAt": "2024-05-01T00:00:00Z"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": rs["metadata"]["name"],
+                    "uid": rs["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": "default",
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.example.com/shop/app:1.2.3",
+                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                    "env": [{"name": f"SETTING_{i}", "value": f"value-{i}"} for i in range(6)],
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "128Mi"},
+                        "limits": {"memory": "256Mi"},
+                    },
+                    "volumeMounts": [
+                        {
+                            "name": "kube-api-access",
+                            "mountPath": "/var/run/secrets/kubernetes.io",
+                            "readOnly": True,
+                        }
+                    ],
+                }
+            ],
+            "volumes": [
+                {
+                    "name": "kube-api-access",
+                    "projected": {
+                        "sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]
+                    },
+                }
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "hostIP": "192.168.0.1",
+            "podIP": f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}",
+            "podIPs": [{"ip": f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"}],
+            "conditions": [
+                {"type": t, "status": "True", "lastTransitionTime": "2024-05-01T00:00:00Z"}
+                for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+            ],
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "ready": True,
+                    "restartCount": 0,
+                    "image": "registry.example.com/shop/app:1.2.3",
+                    "imageID": "registry.example.com/shop/app@sha256:" + "0" * 64,
+                    "containerID": "containerd://" + "1" * 64,
+                    "state": {"running": {"startedAt": "2024-05-01T00:00:00Z"}},
+                }
+            ],
+        },
+    }
 
 
 def cluster(pods: int) -> list[dict]:
     """Nodes, namespaces, Deployments of 20 pods with their ReplicaSets and Services."""
     objects: list[dict] = []
     nodes = [f"node-{i}" for i in range(50)]
-    objects += [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n, "labels": {
-        "topology.kubernetes.io/zone": f"zone-{i % 3}"}}} for i, n in enumerate(nodes)]
+    objects += [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": n, "labels": {"topology.kubernetes.io/zone": f"zone-{i % 3}"}},
+        }
+        for i, n in enumerate(nodes)
+    ]
     namespaces = [f"team-{i}" for i in range(20)]
     objects += [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces]
     for n in range(pods):
         if n % 20 == 0:
             ns = namespaces[(n // 20) % len(namespaces)]
             name = f"app{n // 20}"
-            deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
-                          "metadata": {"name": name, "namespace": ns, "uid": str(uuid.uuid4())}, "spec": {}}
-            rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {
-                "name": f"{name}-{n:06x}", "namespace": ns, "uid": str(uuid.uuid4()),
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
-                                     "uid": deployment["metadata"]["uid"], "controller": True}]}, "spec": {}}
-            service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
-                       "spec": {"selector": {"app": name}, "ports": [{"port": 80}],
-                                "clusterIP": f"172.20.{n // 5120}.{(n // 20) % 256}"}}
+            deployment = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": ns, "uid": str(uuid.uuid4())},
+                "spec": {},
+            }
+            rs = {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": f"{name}-{n:06x}",
+                    "namespace": ns,
+                    "uid": str(uuid.uuid4()),
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "name": name,
+                            "uid": deployment["metadata"]["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": {},
+            }
+            service = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "selector": {"app": name},
+                    "ports": [{"port": 80}],
+                    "clusterIP": f"172.20.{n // 5120}.{(n // 20) % 256}",
+                },
+            }
             objects += [deployment, rs, service]
         objects.append(realistic_pod(n, deployment, rs, nodes[n % len(nodes)]))
     return objects
@@ -89,8 +172,15 @@ def serve(pods: int) -> None:
 
     with KubeEmulator(history_limit=100) as kube:
         kube.seed(cluster(pods))
-        print(json.dumps({"kubeconfig": str(kube.kubeconfig_path),
-                          "pod_json_bytes": len(json.dumps(kube.objects("Pod")))}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "kubeconfig": str(kube.kubeconfig_path),
+                    "pod_json_bytes": len(json.dumps(kube.objects("Pod"))),
+                }
+            ),
+            flush=True,
+        )
         sys.stdin.read()
 
 
@@ -106,8 +196,12 @@ def measure(pods: int) -> dict:
 
     from retina_agent.enrichment import EndpointCache
 
-    child = subprocess.Popen([sys.executable, __file__, "--serve", "--pods", str(pods)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--pods", str(pods)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         info = json.loads(child.stdout.readline())
         client = kubernetes.config.new_client_from_config(config_file=info["kubeconfig"])
@@ -136,12 +230,18 @@ def measure(pods: int) -> dict:
     finally:
         child.stdin.close()
         child.wait(30)
-    return {"pods": pods, "pods_in_cache": cached, "list_json_mib": round(info["pod_json_bytes"] / 2**20, 1),
-            "rss_before_mib": round(before / 1024, 1), "rss_synced_mib": round(after / 1024, 1),
-            "rss_after_malloc_trim_mib": round(trimmed / 1024, 1),
-            "peak_rss_mib": round(rss_kib("VmHWM") / 1024, 1),
-            "cache_bytes_per_pod": round((trimmed - before) * 1024 / max(1, pods)),
-            "sync_seconds": round(synced_s, 2), "lookup_ns": round(lookup_ns)}
+    return {
+        "pods": pods,
+        "pods_in_cache": cached,
+        "list_json_mib": round(info["pod_json_bytes"] / 2**20, 1),
+        "rss_before_mib": round(before / 1024, 1),
+        "rss_synced_mib": round(after / 1024, 1),
+        "rss_after_malloc_trim_mib": round(trimmed / 1024, 1),
+        "peak_rss_mib": round(rss_kib("VmHWM") / 1024, 1),
+        "cache_bytes_per_pod": round((trimmed - before) * 1024 / max(1, pods)),
+        "sync_seconds": round(synced_s, 2),
+        "lookup_ns": round(lookup_ns),
+    }
 
 
 def main() -> None:

@@ -53,12 +53,18 @@ def calico_ruleset(rules: int) -> tuple[str, int]:
     for p in range(policies):
         chain = f"cali-pi-_{p:019d}"
         chains.append(chain)
-        rule(chain, f'-m comment --comment "Policy ns{p % 50}/knp.default.policy-{p} ingress" '
-                    f"-s 10.{p % 250}.0.0/16 -j MARK --set-xmark 0x10000/0x10000")
+        rule(
+            chain,
+            f'-m comment --comment "Policy ns{p % 50}/knp.default.policy-{p} ingress" '
+            f"-s 10.{p % 250}.0.0/16 -j MARK --set-xmark 0x10000/0x10000",
+        )
         rule(chain, "-m mark --mark 0x10000/0x10000 -j RETURN")
         for k in range(RULES_PER_POLICY - 2):
-            rule(chain, f"-p tcp -s 10.{k}.{p % 250}.0/24 -m multiport --dports 80,443,{8000 + k} "
-                        "-j MARK --set-xmark 0x10000/0x10000")
+            rule(
+                chain,
+                f"-p tcp -s 10.{k}.{p % 250}.0/24 -m multiport --dports 80,443,{8000 + k} "
+                "-j MARK --set-xmark 0x10000/0x10000",
+            )
     for e in range(endpoints):
         iface = f"cali{e:011x}"
         tw, fw = f"cali-tw-{iface}", f"cali-fw-{iface}"
@@ -69,21 +75,25 @@ def calico_ruleset(rules: int) -> tuple[str, int]:
             rule(chain, "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
             rule(chain, "-m conntrack --ctstate INVALID -j DROP")
             rule(chain, "-j MARK --set-xmark 0x0/0x10000")
-        rule(fw, '-p udp -m comment --comment "Drop VXLAN encapped packets originating in '
-                 'workloads" -m multiport --dports 4789 -j DROP')
-        rule(fw, '-p ipencap -m comment --comment "Drop IPinIP encapped packets originating in '
-                 'workloads" -j DROP')
+        rule(
+            fw,
+            '-p udp -m comment --comment "Drop VXLAN encapped packets originating in '
+            'workloads" -m multiport --dports 4789 -j DROP',
+        )
+        rule(
+            fw,
+            '-p ipencap -m comment --comment "Drop IPinIP encapped packets originating in workloads" -j DROP',
+        )
         rule(fw, "-j cali-pro-kns.bench")
-        rule(fw, '-m comment --comment "Return if profile accepted" -m mark --mark '
-                 "0x10000/0x10000 -j RETURN")
+        rule(fw, '-m comment --comment "Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN')
         rule(fw, '-m comment --comment "Drop if no profiles matched" -j DROP')
         rule(tw, '-m comment --comment "Start of policies" -j MARK --set-xmark 0x0/0x20000')
         for k in range(2):
             rule(tw, f"-m mark --mark 0x0/0x20000 -j cali-pi-_{(e + k) % policies:019d}")
-        rule(tw, '-m comment --comment "Return if policy accepted" -m mark --mark '
-                 "0x10000/0x10000 -j RETURN")
-        rule(tw, '-m comment --comment "Drop if no policies passed packet" -m mark --mark '
-                 "0x0/0x20000 -j DROP")
+        rule(tw, '-m comment --comment "Return if policy accepted" -m mark --mark 0x10000/0x10000 -j RETURN')
+        rule(
+            tw, '-m comment --comment "Drop if no policies passed packet" -m mark --mark 0x0/0x20000 -j DROP'
+        )
         rule(tw, "-j cali-pri-kns.bench")
         rule(tw, '-m comment --comment "Drop if no profiles matched" -j DROP')
     chains += ["cali-pro-kns.bench", "cali-pri-kns.bench"]
@@ -104,8 +114,12 @@ def harvest(path: Path) -> tuple[float, float, int]:
     ruleset = reader.read_netns(path)
     counters = drops.drop_counters(ruleset.tables, path.name)
     c1 = os.times()
-    cpu = (c1.user - c0.user) + (c1.system - c0.system) + (
-        c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    cpu = (
+        (c1.user - c0.user)
+        + (c1.system - c0.system)
+        + (c1.children_user - c0.children_user)
+        + (c1.children_system - c0.children_system)
+    )
     return time.perf_counter() - t0, cpu, len(counters)
 
 
@@ -122,8 +136,14 @@ def main() -> int:
     try:
         for backend, ns in spaces.items():
             subprocess.run(["ip", "netns", "add", ns], check=True)
-            subprocess.run(["ip", "netns", "exec", ns, f"{backend}-restore"], input=text,
-                           text=True, check=True, capture_output=True, timeout=300)
+            subprocess.run(
+                ["ip", "netns", "exec", ns, f"{backend}-restore"],
+                input=text,
+                text=True,
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
         rss_before = rss()
         samples: dict[str, list[tuple[float, float, int]]] = {b: [] for b in spaces}
         for ns in spaces.values():  # warm-up: imports, the first libnftables context
@@ -136,20 +156,22 @@ def main() -> int:
     finally:
         for ns in spaces.values():
             subprocess.run(["ip", "netns", "del", ns], check=False)
-    print(f"ruleset: {count} rules (Calico v3.26 layout), {args.rounds} harvests per backend, "
-          "alternating")
-    print(f"{'backend':<16} {'wall median':>12} {'p10':>8} {'p90':>8} {'CPU/harvest':>12} "
-          f"{'drop rules':>12}")
+    print(f"ruleset: {count} rules (Calico v3.26 layout), {args.rounds} harvests per backend, alternating")
+    print(f"{'backend':<16} {'wall median':>12} {'p10':>8} {'p90':>8} {'CPU/harvest':>12} {'drop rules':>12}")
     for backend, values in samples.items():
         walls = sorted(v[0] for v in values)
         cpus = [v[1] for v in values]
         q = statistics.quantiles(walls, n=10)
-        print(f"{backend:<16} {statistics.median(walls) * 1000:>10.0f}ms {q[0] * 1000:>6.0f}ms "
-              f"{q[-1] * 1000:>6.0f}ms {statistics.median(cpus) * 1000:>10.0f}ms "
-              f"{values[0][2]:>12}")
-    print(f"RSS of the harvesting process: {rss_before / 2**20:.1f} MiB before, "
-          f"{rss_after / 2**20:.1f} MiB after {2 * args.rounds} harvests; "
-          f"peak RSS of an iptables-save child: {child_peak / 2**20:.1f} MiB")
+        print(
+            f"{backend:<16} {statistics.median(walls) * 1000:>10.0f}ms {q[0] * 1000:>6.0f}ms "
+            f"{q[-1] * 1000:>6.0f}ms {statistics.median(cpus) * 1000:>10.0f}ms "
+            f"{values[0][2]:>12}"
+        )
+    print(
+        f"RSS of the harvesting process: {rss_before / 2**20:.1f} MiB before, "
+        f"{rss_after / 2**20:.1f} MiB after {2 * args.rounds} harvests; "
+        f"peak RSS of an iptables-save child: {child_peak / 2**20:.1f} MiB"
+    )
     return 0
 
 

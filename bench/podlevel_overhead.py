@@ -34,8 +34,7 @@ from retina_lab.agent import AgentProcess, process_stats, wait_for  # noqa: E402
 from retina_lab.cluster import apply_crds, metrics_configuration, seed_lab  # noqa: E402
 from retina_lab.kube import KubeEmulator  # noqa: E402
 
-POD_LEVEL_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans",
-                     "packetparser"]
+POD_LEVEL_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser"]
 
 
 def memory(node: LabNode, pods: int, ports: int) -> dict:
@@ -44,16 +43,39 @@ def memory(node: LabNode, pods: int, ports: int) -> dict:
         kube.seed(cluster(pods))
         seed_lab(kube, node)
         apply_crds(kube)
-        kube.seed([metrics_configuration("bench", exclude=[], options=[
-            {"metricName": "forward_count", "sourceLabels": ["podname"],
-             "destinationLabels": ["podname", "port"], "additionalLabels": ["direction"]},
-            {"metricName": "forward_bytes", "sourceLabels": ["podname"],
-             "destinationLabels": ["podname"], "additionalLabels": ["direction"]}])])
-        config = {"enablePodLevel": True, "remoteContext": True,
-                  "enabledPlugin": POD_LEVEL_PLUGINS,
-                  "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": "lab-node",
-                               "maxSeries": 4 * ports},
-                  "plugins": {"packetparser": {"maxFlows": 4 * ports}}}
+        kube.seed(
+            [
+                metrics_configuration(
+                    "bench",
+                    exclude=[],
+                    options=[
+                        {
+                            "metricName": "forward_count",
+                            "sourceLabels": ["podname"],
+                            "destinationLabels": ["podname", "port"],
+                            "additionalLabels": ["direction"],
+                        },
+                        {
+                            "metricName": "forward_bytes",
+                            "sourceLabels": ["podname"],
+                            "destinationLabels": ["podname"],
+                            "additionalLabels": ["direction"],
+                        },
+                    ],
+                )
+            ]
+        )
+        config = {
+            "enablePodLevel": True,
+            "remoteContext": True,
+            "enabledPlugin": POD_LEVEL_PLUGINS,
+            "podLevel": {
+                "kubeconfig": str(kube.kubeconfig_path),
+                "nodeName": "lab-node",
+                "maxSeries": 4 * ports,
+            },
+            "plugins": {"packetparser": {"maxFlows": 4 * ports}},
+        }
         agent = AgentProcess(config, interval="5s")
         try:
             started = time.monotonic()
@@ -65,8 +87,12 @@ def memory(node: LabNode, pods: int, ports: int) -> dict:
                 for port in range(10000, 10000 + ports):
                     s.sendto(b"x" * 32, (b.ip, port))
             series = "controlplane_networkobservability_series"
-            m = wait_for(lambda: (lambda m: m if m.value(series) >= 2 * ports else None)(
-                agent.scrape()), 120, 1, "the flow series")
+            m = wait_for(
+                lambda: (lambda m: m if m.value(series) >= 2 * ports else None)(agent.scrape()),
+                120,
+                1,
+                "the flow series",
+            )
             adv = "networkobservability_adv_forward_count"
             port_series = len(m.series(adv))
             time.sleep(11)  # two more harvests with every flow present
@@ -74,12 +100,17 @@ def memory(node: LabNode, pods: int, ports: int) -> dict:
             t = time.perf_counter()
             body = agent.scrape_text()
             render = time.perf_counter() - t
-            return {"pods_in_cluster": pods, "series": int(m.value(series)),
-                    "adv_forward_count_series": port_series,
-                    "agent_ready_s": round(ready_s, 1), "rss_ready_mib": round(rss_ready / 2**20, 1),
-                    "rss_with_series_mib": round(rss / 2**20, 1),
-                    "metrics_render_s": round(render, 2), "metrics_mib": round(len(body) / 2**20, 1),
-                    "agent_cpu_s_total": round(cpu, 1)}
+            return {
+                "pods_in_cluster": pods,
+                "series": int(m.value(series)),
+                "adv_forward_count_series": port_series,
+                "agent_ready_s": round(ready_s, 1),
+                "rss_ready_mib": round(rss_ready / 2**20, 1),
+                "rss_with_series_mib": round(rss / 2**20, 1),
+                "metrics_render_s": round(render, 2),
+                "metrics_mib": round(len(body) / 2**20, 1),
+                "agent_cpu_s_total": round(cpu, 1),
+            }
         finally:
             agent.cleanup()
 
@@ -90,8 +121,10 @@ def main() -> int:
     p.add_argument("--ports", type=int, default=50_000)
     args = p.parse_args()
     with LabNode(pod_names=("a", "b")) as node:
-        report = {"when": datetime.now(UTC).isoformat(timespec="seconds"),
-                  "memory": memory(node, args.pods, args.ports)}
+        report = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "memory": memory(node, args.pods, args.ports),
+        }
     print(json.dumps(report, indent=2))
     write_report("podlevel_overhead", report)
     return 0

@@ -61,10 +61,14 @@ MC = ("retina.sh", "v1alpha1", "metricsconfigurations")
 FWD = "networkobservability_adv_forward_count"
 #: Node-level counters: these never go down while the agent runs.
 NODE_COUNTERS = (
-    "networkobservability_forward_count", "networkobservability_forward_bytes",
-    "networkobservability_drop_count", "networkobservability_drop_bytes",
-    "networkobservability_dns_request_count", "networkobservability_dns_response_count",
-    "networkobservability_dns_responses_total", "networkobservability_dns_latency_seconds_count",
+    "networkobservability_forward_count",
+    "networkobservability_forward_bytes",
+    "networkobservability_drop_count",
+    "networkobservability_drop_bytes",
+    "networkobservability_dns_request_count",
+    "networkobservability_dns_response_count",
+    "networkobservability_dns_responses_total",
+    "networkobservability_dns_latency_seconds_count",
     "networkobservability_tcpretrans_count",
     "controlplane_networkobservability_harvest_failures_total",
     "controlplane_networkobservability_lost_events_counter",
@@ -72,18 +76,28 @@ NODE_COUNTERS = (
 
 
 def _pod(name: str, namespace: str, ip: str, app: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}},
-            "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}]},
-            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }
 
 
 def _mc_spec(variant: int) -> dict:
     """Two MetricsConfigurations to alternate: every namespace, or only ``data`` (both keep the
     traffic to b counted, so churn pods stay visible). Series expire after 30s without traffic."""
-    options = [{"metricName": m, "sourceLabels": ["ip", "namespace", "podname", "workload"],
-                "destinationLabels": ["ip", "namespace", "podname"], "additionalLabels": ["direction"],
-                "ttl": "30s"} for m in ("forward_count", "forward_bytes", "drop_count")]
+    options = [
+        {
+            "metricName": m,
+            "sourceLabels": ["ip", "namespace", "podname", "workload"],
+            "destinationLabels": ["ip", "namespace", "podname"],
+            "additionalLabels": ["direction"],
+            "ttl": "30s",
+        }
+        for m in ("forward_count", "forward_bytes", "drop_count")
+    ]
     namespaces = {"exclude": []} if variant == 0 else {"include": ["data"]}
     return {"contextOptions": options, "namespaces": namespaces}
 
@@ -130,14 +144,21 @@ class Soak:
             node.up()
             stack.callback(node.down)
             pa, pb = node["a"], node["b"]
-            kube.seed([
-                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}},
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "data"}},
-                _pod("web-0", "shop", pa.ip, "web"), _pod("db-0", "data", pb.ip, "db"),
-                {"apiVersion": "retina.sh/v1alpha1", "kind": "MetricsConfiguration",
-                 "metadata": {"name": "soak"}, "spec": _mc_spec(0)},
-            ])
+            kube.seed(
+                [
+                    {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}},
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "data"}},
+                    _pod("web-0", "shop", pa.ip, "web"),
+                    _pod("db-0", "data", pb.ip, "db"),
+                    {
+                        "apiVersion": "retina.sh/v1alpha1",
+                        "kind": "MetricsConfiguration",
+                        "metadata": {"name": "soak"},
+                        "spec": _mc_spec(0),
+                    },
+                ]
+            )
             api = kubernetes.config.new_client_from_config(config_file=str(kube.kubeconfig_path))
             core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
             self._custom = custom
@@ -152,26 +173,51 @@ class Soak:
             sinks = [udp_sink(pb, 7301)]
             stack.callback(lambda: [s.close() for s in sinks])
             pb.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "7302", "-j", "DROP"])
-            dnsmasq = pb.popen(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
-                                f"--listen-address={pb.ip}", "--address=/svc.local/10.96.0.10",
-                                "--address=/nx.local/"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            dnsmasq = pb.popen(
+                [
+                    "dnsmasq",
+                    "--no-daemon",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    f"--listen-address={pb.ip}",
+                    "--address=/svc.local/10.96.0.10",
+                    "--address=/nx.local/",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             stack.callback(lambda: (dnsmasq.terminate(), dnsmasq.wait(5)))
 
             lab_veths = f"rlv{node.lab_id}*"
-            agent = AgentProcess({
-                "enablePodLevel": True, "remoteContext": True,
-                "enabledPlugin": ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans",
-                                  "packetparser"],
-                "plugins": {"packetforward": {"interfaces": [lab_veths]},
-                            "dns": {"interfaces": [lab_veths]}},
-                "podLevel": {"kubeconfig": str(agent_kubeconfig), "nodeName": NODE},
-            }, interval=a.interval)
+            agent = AgentProcess(
+                {
+                    "enablePodLevel": True,
+                    "remoteContext": True,
+                    "enabledPlugin": [
+                        "linuxutil",
+                        "packetforward",
+                        "dropreason",
+                        "dns",
+                        "tcpretrans",
+                        "packetparser",
+                    ],
+                    "plugins": {
+                        "packetforward": {"interfaces": [lab_veths]},
+                        "dns": {"interfaces": [lab_veths]},
+                    },
+                    "podLevel": {"kubeconfig": str(agent_kubeconfig), "nodeName": NODE},
+                },
+                interval=a.interval,
+            )
             agent.start()
             stack.callback(agent.cleanup)
             pid = agent.proc.pid
-            print(f"soak: agent pid {pid}, {a.minutes} min, samples every {a.sample_every}s, "
-                  f"warm-up {a.warmup_minutes} min", flush=True)
+            print(
+                f"soak: agent pid {pid}, {a.minutes} min, samples every {a.sample_every}s, "
+                f"warm-up {a.warmup_minutes} min",
+                flush=True,
+            )
             self._loop(node, kube, core, custom, proxy, agent, pid)
             self._final_check(node, kube, core, agent)
             return self._report(pid)
@@ -269,9 +315,15 @@ class Soak:
         for name, labels, value in m.samples:
             if name in NODE_COUNTERS or name == FWD:
                 counters[name + json.dumps(labels, sort_keys=True)] = value
-        sample = {"t": round(t, 1), "rss": rss, "threads": threads, "fds": fds, "cpu": cpu,
-                  "series": m.value("controlplane_networkobservability_series"),
-                  "connected": m.value("controlplane_networkobservability_kubernetes_connected")}
+        sample = {
+            "t": round(t, 1),
+            "rss": rss,
+            "threads": threads,
+            "fds": fds,
+            "cpu": cpu,
+            "series": m.value("controlplane_networkobservability_series"),
+            "connected": m.value("controlplane_networkobservability_kubernetes_connected"),
+        }
         if self.samples:
             prev = self.samples[-1]
             for key, value in counters.items():
@@ -296,10 +348,13 @@ class Soak:
         to_check[:] = still
         sample["_counters"], sample["_now"] = counters, now
         self.samples.append(sample)
-        print(f"soak: t={t:6.0f}s rss={rss / 2**20:6.1f}MiB threads={threads} fds={fds} "
-              f"series={sample['series']:.0f} connected={sample['connected']:.0f} "
-              f"regressions={len(self.regressions)} churn={self.pods_churned} "
-              f"missing={len(self.churn_missing)}/{self.churn_checked}", flush=True)
+        print(
+            f"soak: t={t:6.0f}s rss={rss / 2**20:6.1f}MiB threads={threads} fds={fds} "
+            f"series={sample['series']:.0f} connected={sample['connected']:.0f} "
+            f"regressions={len(self.regressions)} churn={self.pods_churned} "
+            f"missing={len(self.churn_missing)}/{self.churn_checked}",
+            flush=True,
+        )
 
     def _final_check(self, node, kube, core, agent) -> None:
         """After the run, with the API restored: a new pod is labeled within 30s."""
@@ -310,6 +365,7 @@ class Soak:
         def labeled() -> bool:
             send_udp(pod, pb.ip, 7301, 5)
             return any(s.get("source_podname") == "final" for s in agent.scrape().series(FWD))
+
         try:
             wait_for(labeled, 30, 1.0, "the final pod in the series")
             self.final_pod_labeled = True
@@ -321,11 +377,16 @@ class Soak:
         a = self.args
         result = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "minutes": a.minutes, "warmup_minutes": a.warmup_minutes, "interval": a.interval,
+            "minutes": a.minutes,
+            "warmup_minutes": a.warmup_minutes,
+            "interval": a.interval,
             "counter_regressions": self.regressions,
-            "pods_churned": self.pods_churned, "churn_pods_checked": self.churn_checked,
-            "churn_pods_missing": self.churn_missing, "final_pod_labeled": self.final_pod_labeled,
-            "cuts": self.cuts, "mc_changes": self.mc_changes,
+            "pods_churned": self.pods_churned,
+            "churn_pods_checked": self.churn_checked,
+            "churn_pods_missing": self.churn_missing,
+            "final_pod_labeled": self.final_pod_labeled,
+            "cuts": self.cuts,
+            "mc_changes": self.mc_changes,
             "agent_cpu_seconds": round(self.samples[-1]["cpu"], 1),
             "trace": [{k: v for k, v in s.items() if not k.startswith("_")} for s in self.samples],
         }
@@ -339,8 +400,12 @@ def summarize(result: dict) -> dict:
     the agent was connected (a cut closes its API connections, so fds dip during cuts): the
     medians, so one sample caught mid-request does not decide.
     """
-    for stale in ("threads_first_last_max", "fds_first_last_max", "threads_growth_per_hour",
-                  "fds_growth_per_hour"):  # an earlier version's figures
+    for stale in (
+        "threads_first_last_max",
+        "fds_first_last_max",
+        "threads_growth_per_hour",
+        "fds_growth_per_hour",
+    ):  # an earlier version's figures
         result.pop(stale, None)
     trace = result["trace"]
     warm = [s for s in trace if s["t"] >= result["warmup_minutes"] * 60] or trace[-2:]
@@ -352,18 +417,24 @@ def summarize(result: dict) -> dict:
 
     def medians(key: str) -> list[float]:
         return [statistics.median(s[key] for s in early), statistics.median(s[key] for s in late)]
-    result.update({
-        "samples": len(trace), "samples_after_warmup": len(warm),
-        "rss_mib_first_last": [round(rss0 / 2**20, 2), round(rss1 / 2**20, 2)],
-        "rss_growth_pct": round((rss1 - rss0) / rss0 * 100, 2),
-        "rss_growth_pct_per_hour_fit": round(slope / rss0 * 100, 2),
-        "rss_mib_min_max": [round(min(s["rss"] for s in warm) / 2**20, 2),
-                            round(max(s["rss"] for s in warm) / 2**20, 2)],
-        "threads_median_first_last_third": medians("threads"),
-        "fds_median_first_last_third_connected": medians("fds"),
-        "threads_min_max": [min(s["threads"] for s in warm), max(s["threads"] for s in warm)],
-        "fds_min_max": [min(s["fds"] for s in warm), max(s["fds"] for s in warm)],
-    })
+
+    result.update(
+        {
+            "samples": len(trace),
+            "samples_after_warmup": len(warm),
+            "rss_mib_first_last": [round(rss0 / 2**20, 2), round(rss1 / 2**20, 2)],
+            "rss_growth_pct": round((rss1 - rss0) / rss0 * 100, 2),
+            "rss_growth_pct_per_hour_fit": round(slope / rss0 * 100, 2),
+            "rss_mib_min_max": [
+                round(min(s["rss"] for s in warm) / 2**20, 2),
+                round(max(s["rss"] for s in warm) / 2**20, 2),
+            ],
+            "threads_median_first_last_third": medians("threads"),
+            "fds_median_first_last_third_connected": medians("fds"),
+            "threads_min_max": [min(s["threads"] for s in warm), max(s["threads"] for s in warm)],
+            "fds_min_max": [min(s["fds"] for s in warm), max(s["fds"] for s in warm)],
+        }
+    )
     threads, fds = result["threads_median_first_last_third"], result["fds_median_first_last_third_connected"]
     result["targets"] = {
         "rss_growth_le_5pct_after_warmup": result["rss_growth_pct"] <= 5,
@@ -384,15 +455,20 @@ def _seconds(interval: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=30.0, help="how long to soak (default 30)")
-    p.add_argument("--warmup-minutes", type=float, default=None,
-                   help="samples before this are left out of the growth figures (default: a fifth "
-                        "of the run, at most 5)")
+    p.add_argument(
+        "--warmup-minutes",
+        type=float,
+        default=None,
+        help="samples before this are left out of the growth figures (default: a fifth "
+        "of the run, at most 5)",
+    )
     p.add_argument("--sample-every", type=float, default=10.0, help="seconds between samples")
     p.add_argument("--churn-every", type=float, default=5.0, help="seconds between pod churns")
     p.add_argument("--cut-every", type=float, default=60.0, help="seconds between API cuts")
     p.add_argument("--cut-seconds", type=float, default=10.0, help="how long each cut lasts")
-    p.add_argument("--mc-every", type=float, default=90.0,
-                   help="seconds between MetricsConfiguration changes")
+    p.add_argument(
+        "--mc-every", type=float, default=90.0, help="seconds between MetricsConfiguration changes"
+    )
     p.add_argument("--interval", default="2s", help="the agent's metricsIntervalDuration")
     p.add_argument("--report", type=Path, help="only recompute the summary of a saved run's JSON")
     args = p.parse_args(argv)

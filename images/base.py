@@ -67,9 +67,16 @@ def _configure(rootfs: Path) -> None:
     (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
     (rootfs / "etc/apt/sources.list.d/debian.sources").write_text(SOURCES)
     # What debootstrap leaves behind: downloaded packages, apt lists, logs, documentation.
-    for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*_*",
-                    "var/log/*.log", "usr/share/man/*", "usr/share/info/*", "usr/share/locale/*",
-                    "usr/share/doc/*/*"):
+    for pattern in (
+        "var/cache/apt/archives/*.deb",
+        "var/cache/apt/*.bin",
+        "var/lib/apt/lists/*_*",
+        "var/log/*.log",
+        "usr/share/man/*",
+        "usr/share/info/*",
+        "usr/share/locale/*",
+        "usr/share/doc/*/*",
+    ):
         for path in rootfs.glob(pattern):
             if path.name == "copyright":
                 continue
@@ -89,18 +96,36 @@ def build_base(*, rebuild: bool = False, log=print) -> float:
     with tempfile.TemporaryDirectory(prefix="retina-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
         log(f"base image {BASE_IMAGE}: debootstrap --variant=minbase {SUITE} (a few minutes)")
-        proc = subprocess.run([debootstrap, "--variant=minbase", SUITE, str(rootfs), MIRROR],
-                              capture_output=True, text=True, timeout=1800, check=False)
+        proc = subprocess.run(
+            [debootstrap, "--variant=minbase", SUITE, str(rootfs), MIRROR],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip()[-3000:]
             raise PodmanError(f"debootstrap failed ({proc.returncode}):\n{tail}")
         _configure(rootfs)
-        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
-                               stdout=subprocess.PIPE)
+        tar = subprocess.Popen(
+            ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE
+        )
         imported = subprocess.run(
-            podman_argv("import", "--change", "CMD=/bin/bash", "--message", f"debootstrap {SUITE} minbase",
-                        "-", BASE_IMAGE),
-            stdin=tar.stdout, capture_output=True, text=True, timeout=900, check=False)
+            podman_argv(
+                "import",
+                "--change",
+                "CMD=/bin/bash",
+                "--message",
+                f"debootstrap {SUITE} minbase",
+                "-",
+                BASE_IMAGE,
+            ),
+            stdin=tar.stdout,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         assert tar.stdout is not None
         tar.stdout.close()
         if tar.wait() != 0 or imported.returncode != 0:

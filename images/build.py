@@ -61,10 +61,14 @@ class BuildReport:
         lines = [f"{'image':<44} {'size':>10} {'build':>8}"]
         for kind, ref in self.refs.items():
             lines.append(f"{ref:<44} {self.sizes[kind] / 1e6:>7.0f} MB {self.seconds[kind]:>7.0f}s")
-        lines.append(f"{'base ' + BASE_IMAGE:<44} {image_size(BASE_IMAGE) / 1e6:>7.0f} MB "
-                     f"{self.seconds['base']:>7.0f}s")
-        lines.append(f"project wheel {self.seconds['wheel']:.0f}s, dependency wheelhouses "
-                     f"{self.seconds['wheelhouses']:.0f}s; total build time {self.seconds['total']:.0f}s")
+        lines.append(
+            f"{'base ' + BASE_IMAGE:<44} {image_size(BASE_IMAGE) / 1e6:>7.0f} MB "
+            f"{self.seconds['base']:>7.0f}s"
+        )
+        lines.append(
+            f"project wheel {self.seconds['wheel']:.0f}s, dependency wheelhouses "
+            f"{self.seconds['wheelhouses']:.0f}s; total build time {self.seconds['total']:.0f}s"
+        )
         return "\n".join(lines)
 
 
@@ -85,12 +89,14 @@ def requirements(extras: tuple[str, ...], pyproject: dict | None = None) -> list
         if extra in seen:
             continue
         if extra not in optional:
-            raise ValueError(f"pyproject.toml has no optional-dependencies extra {extra!r} "
-                             f"(images.build.IMAGE_EXTRAS names it); known: {sorted(optional)}")
+            raise ValueError(
+                f"pyproject.toml has no optional-dependencies extra {extra!r} "
+                f"(images.build.IMAGE_EXTRAS names it); known: {sorted(optional)}"
+            )
         seen.add(extra)
         for req in optional[extra]:
             if req.startswith(f"{self_name}["):
-                pending += [e.strip() for e in req[len(self_name) + 1:].split("]")[0].split(",")]
+                pending += [e.strip() for e in req[len(self_name) + 1 :].split("]")[0].split(",")]
             else:
                 found.append(req)
     return list(dict.fromkeys(found))
@@ -110,8 +116,9 @@ def pinned_closure(reqs: list[str]) -> list[str]:
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
-            raise ValueError(f"{req.name} (needed by an image) is not installed in {sys.prefix}: "
-                             "run ./scripts/setup.sh") from None
+            raise ValueError(
+                f"{req.name} (needed by an image) is not installed in {sys.prefix}: run ./scripts/setup.sh"
+            ) from None
         pins[name] = f"{name}=={dist.version}"
         for text in dist.requires or []:
             dep = Requirement(text)
@@ -131,11 +138,20 @@ def build_wheel(out_dir: Path) -> Path:
         shutil.copy2(REPO / "pyproject.toml", src / "pyproject.toml")
         for name in package_dirs:
             if (REPO / name).is_dir():
-                shutil.copytree(REPO / name, src / name,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+                shutil.copytree(
+                    REPO / name,
+                    src / name,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+                )
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out_dir),
-                               str(src)], capture_output=True, text=True, env=env, timeout=600, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out_dir), str(src)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+            check=False,
+        )
         if proc.returncode != 0:
             raise PodmanError(f"pip wheel failed: {proc.stderr.strip()[-3000:]}")
     wheels = sorted(out_dir.glob("*.whl"))
@@ -157,12 +173,29 @@ def wheelhouse(kind: str, log=print) -> Path:
     house.mkdir(parents=True)
     (house / "requirements.txt").write_text("\n".join(reqs) + "\n")
     (house / "constraints.txt").write_text("\n".join(pins) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(house / "wheels"),
-                           "-r", str(house / "requirements.txt"), "-c", str(house / "constraints.txt")],
-                          capture_output=True, text=True, timeout=1200, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "-w",
+            str(house / "wheels"),
+            "-r",
+            str(house / "requirements.txt"),
+            "-c",
+            str(house / "constraints.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     if proc.returncode != 0:
-        raise PodmanError(f"pip wheel of the {kind} image's dependencies failed: "
-                          f"{proc.stderr.strip()[-3000:]}")
+        raise PodmanError(
+            f"pip wheel of the {kind} image's dependencies failed: {proc.stderr.strip()[-3000:]}"
+        )
     (house / ".complete").touch()
     for old in WHEEL_CACHE.glob(f"{kind}-*"):  # keep only the current wheelhouse of this image
         if old != house:
@@ -171,16 +204,26 @@ def wheelhouse(kind: str, log=print) -> Path:
     return house
 
 
-def build_image(kind: str, ref: str, wheel: Path, house: Path, *, no_cache: bool = False,
-                log=print) -> float:
+def build_image(kind: str, ref: str, wheel: Path, house: Path, *, no_cache: bool = False, log=print) -> float:
     """``podman build`` one image from its Containerfile; returns the seconds it took."""
     with tempfile.TemporaryDirectory(prefix=f"retina-{kind}-context-") as tmp:
         context = Path(tmp)
         shutil.copy2(wheel, context / wheel.name)
         shutil.copy2(house / "requirements.txt", context / "requirements.txt")
         shutil.copytree(house / "wheels", context / "wheels")
-        argv = ["build", "--pull=never", "--network", "host", *ULIMITS,
-                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-f", str(CONTAINERFILES[kind]), "-t", ref]
+        argv = [
+            "build",
+            "--pull=never",
+            "--network",
+            "host",
+            *ULIMITS,
+            "--build-arg",
+            f"BASE_IMAGE={BASE_IMAGE}",
+            "-f",
+            str(CONTAINERFILES[kind]),
+            "-t",
+            ref,
+        ]
         if no_cache:
             argv.append("--no-cache")
         log(f"building {ref} ...")
@@ -213,21 +256,38 @@ def build_all(*, rebuild_base: bool = False, no_cache: bool = False, log=print) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="build_images.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rebuild-base", action="store_true",
-                        help=f"make {BASE_IMAGE} again with debootstrap even if it exists")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="rebuild every layer (podman build --no-cache)")
+    parser.add_argument(
+        "--rebuild-base",
+        action="store_true",
+        help=f"make {BASE_IMAGE} again with debootstrap even if it exists",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="rebuild every layer (podman build --no-cache)"
+    )
     # Delivery (images/deliver.py): after the build, or of the images already built (--no-build).
-    parser.add_argument("--push", metavar="REGISTRY",
-                        help="push the images to REGISTRY/<name>:<tag> (host[:port][/path]); credentials "
-                             "from REGISTRY_AUTH_FILE or RETINA_REGISTRY_USERNAME/RETINA_REGISTRY_PASSWORD")
-    parser.add_argument("--insecure-registry", action="store_true",
-                        help="with --push: plain HTTP or an unverified certificate (a lab registry)")
-    parser.add_argument("--save", metavar="DIR", type=Path,
-                        help="write OCI archives, SHA256SUMS and images.json into DIR (for nodes without "
-                             "a registry: the retina.observability.images role imports them)")
-    parser.add_argument("--no-build", action="store_true",
-                        help="skip the build: deliver (--push/--save) the images already built")
+    parser.add_argument(
+        "--push",
+        metavar="REGISTRY",
+        help="push the images to REGISTRY/<name>:<tag> (host[:port][/path]); credentials "
+        "from REGISTRY_AUTH_FILE or RETINA_REGISTRY_USERNAME/RETINA_REGISTRY_PASSWORD",
+    )
+    parser.add_argument(
+        "--insecure-registry",
+        action="store_true",
+        help="with --push: plain HTTP or an unverified certificate (a lab registry)",
+    )
+    parser.add_argument(
+        "--save",
+        metavar="DIR",
+        type=Path,
+        help="write OCI archives, SHA256SUMS and images.json into DIR (for nodes without "
+        "a registry: the retina.observability.images role imports them)",
+    )
+    parser.add_argument(
+        "--no-build",
+        action="store_true",
+        help="skip the build: deliver (--push/--save) the images already built",
+    )
     args = parser.parse_args(argv)
     if args.insecure_registry and not args.push:
         parser.error("--insecure-registry needs --push REGISTRY")
@@ -240,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             refs = image_refs()
             for kind, ref in refs.items():
                 if not image_exists(ref):
-                    raise DeliveryError(f"--no-build: the {kind} image {ref} is not built; "
-                                        "run build_images.sh without --no-build")
+                    raise DeliveryError(
+                        f"--no-build: the {kind} image {ref} is not built; "
+                        "run build_images.sh without --no-build"
+                    )
         else:
             report = build_all(rebuild_base=args.rebuild_base, no_cache=args.no_cache)
             print(report.table())

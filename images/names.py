@@ -28,8 +28,10 @@ def _field(data: dict, dotted: str, path: Path) -> str:
     value: object = data
     for key in dotted.split("."):
         if not isinstance(value, dict) or key not in value:
-            raise ImagesFileError(f"{path}: field {dotted!r} is missing (it names the images; "
-                                  "see the comment at the top of the file)")
+            raise ImagesFileError(
+                f"{path}: field {dotted!r} is missing (it names the images; "
+                "see the comment at the top of the file)"
+            )
         value = value[key]
     if not isinstance(value, str | int | float) or not str(value).strip():
         raise ImagesFileError(f"{path}: field {dotted!r} must be a non-empty string, got {value!r}")
@@ -47,15 +49,19 @@ def image_refs(path: Path = IMAGES_FILE) -> dict[str, str]:
     registry = _field(data, "registry", path).rstrip("/")
     tag = _field(data, "tag", path)
     if not _TAG.match(tag):
-        raise ImagesFileError(f"{path}: field 'tag' {tag!r} is not a valid image tag "
-                              "(letters, digits, '_', '.', '-'; at most 128)")
+        raise ImagesFileError(
+            f"{path}: field 'tag' {tag!r} is not a valid image tag "
+            "(letters, digits, '_', '.', '-'; at most 128)"
+        )
     refs = {}
     for kind in KINDS:
         name = _field(data, f"images.{kind}", path)
         repository = f"{registry}/{name}"
         if not all(_REPO_PART.match(part) for part in repository.split("/")):
-            raise ImagesFileError(f"{path}: registry/images.{kind} gives {repository!r}, not a valid "
-                                  "image name (lowercase letters, digits and . _ - between '/')")
+            raise ImagesFileError(
+                f"{path}: registry/images.{kind} gives {repository!r}, not a valid "
+                "image name (lowercase letters, digits and . _ - between '/')"
+            )
         refs[kind] = f"{repository}:{tag}"
     return refs
 

@@ -58,8 +58,18 @@ RULES = REPO / "deploy" / "prometheus" / "retina-alerts.rules.yml"
 CRD = REPO / "collections/retina/roles/agent/files/crds/retina.sh_metricsconfigurations.yaml"
 UNIT_PX = 0.30  # inches per Grafana grid row
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
-COLORS = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9",
-          "#fade2a", "#37872d", "#c4162a"]
+COLORS = [
+    "#73bf69",
+    "#f2cc0c",
+    "#8ab8ff",
+    "#ff780a",
+    "#f2495c",
+    "#5794f2",
+    "#b877d9",
+    "#fade2a",
+    "#37872d",
+    "#c4162a",
+]
 
 
 class Prometheus:
@@ -80,8 +90,7 @@ class Prometheus:
         return self._get("/api/v1/query", query=promql)["result"]
 
     def range(self, promql: str, start: float, end: float, step: float) -> list[dict]:
-        return self._get("/api/v1/query_range", query=promql, start=start, end=end,
-                         step=step)["result"]
+        return self._get("/api/v1/query_range", query=promql, start=start, end=end, step=step)["result"]
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -117,8 +126,12 @@ def draw_panel(ax, panel: dict, prom: Prometheus, start: float, end: float) -> N
     if kind == "heatmap":
         unit = (panel.get("options") or {}).get("yAxis", {}).get("unit", unit)
     try:
-        drawn = {"timeseries": draw_timeseries, "stat": draw_stat, "table": draw_table,
-                 "heatmap": draw_heatmap}[kind](ax, panel, prom, start, end, unit)
+        drawn = {
+            "timeseries": draw_timeseries,
+            "stat": draw_stat,
+            "table": draw_table,
+            "heatmap": draw_heatmap,
+        }[kind](ax, panel, prom, start, end, unit)
     except Exception as exc:  # one failing panel must not lose the picture
         drawn, note = False, f"error: {exc}"[:80]
     else:
@@ -134,8 +147,16 @@ def draw_panel(ax, panel: dict, prom: Prometheus, start: float, end: float) -> N
             reason = "\n(needs pod-level metrics)"
         elif EMPTY_WHEN_HEALTHY in description:
             reason = "\n(empty on a healthy node)"
-        ax.text(0.5, 0.5, note + reason, color="#8e8e8e", ha="center", va="center",
-                fontsize=7, transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            note + reason,
+            color="#8e8e8e",
+            ha="center",
+            va="center",
+            fontsize=7,
+            transform=ax.transAxes,
+        )
 
 
 def draw_timeseries(ax, panel, prom, start, end, unit) -> bool:
@@ -145,16 +166,28 @@ def draw_timeseries(ax, panel, prom, start, end, unit) -> bool:
         for series in prom.range(substitute(target["expr"]), start, end, step)[:8]:
             xs = [float(t) - end for t, _ in series["values"]]
             ys = [float(v) for _, v in series["values"]]
-            ax.plot([x / 60 for x in xs], ys, lw=1, color=COLORS[n % len(COLORS)],
-                    label=legend(target.get("legendFormat", ""), series["metric"])[:48])
+            ax.plot(
+                [x / 60 for x in xs],
+                ys,
+                lw=1,
+                color=COLORS[n % len(COLORS)],
+                label=legend(target.get("legendFormat", ""), series["metric"])[:48],
+            )
             n += 1
     if not n:
         return False
     ax.grid(color=GRID, lw=0.5)
     ax.set_xlabel("minutes", color=TEXT, fontsize=6, labelpad=1)
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human(v, unit)))
-    ax.legend(fontsize=5, loc="upper left", facecolor=PANEL, edgecolor=GRID, labelcolor=TEXT,
-              ncol=2 if n > 4 else 1, framealpha=0.8)
+    ax.legend(
+        fontsize=5,
+        loc="upper left",
+        facecolor=PANEL,
+        edgecolor=GRID,
+        labelcolor=TEXT,
+        ncol=2 if n > 4 else 1,
+        framealpha=0.8,
+    )
     return True
 
 
@@ -165,8 +198,17 @@ def draw_stat(ax, panel, prom, start, end, unit) -> bool:
     if not result:
         return False
     value = sum(float(s["value"][1]) for s in result)
-    ax.text(0.5, 0.42, human(value, unit), color="#73bf69", ha="center", va="center",
-            fontsize=16, weight="bold", transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.42,
+        human(value, unit),
+        color="#73bf69",
+        ha="center",
+        va="center",
+        fontsize=16,
+        weight="bold",
+        transform=ax.transAxes,
+    )
     return True
 
 
@@ -177,12 +219,16 @@ def draw_table(ax, panel, prom, start, end, unit) -> bool:
     if not result:
         return False
     result.sort(key=lambda s: -float(s["value"][1]))
-    columns = [k for k in dict.fromkeys(k for s in result for k in s["metric"])
-               if k not in ("__name__", "job")]
-    rows = [[s["metric"].get(c, "")[:28] for c in columns] + [human(float(s["value"][1]), unit)]
-            for s in result[:8]]
-    table = ax.table(cellText=rows, colLabels=[*columns, "Value"], loc="upper center",
-                     cellLoc="left", colLoc="left")
+    columns = [
+        k for k in dict.fromkeys(k for s in result for k in s["metric"]) if k not in ("__name__", "job")
+    ]
+    rows = [
+        [s["metric"].get(c, "")[:28] for c in columns] + [human(float(s["value"][1]), unit)]
+        for s in result[:8]
+    ]
+    table = ax.table(
+        cellText=rows, colLabels=[*columns, "Value"], loc="upper center", cellLoc="left", colLoc="left"
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(5.5)
     for cell in table.get_celld().values():
@@ -205,18 +251,26 @@ def draw_heatmap(ax, panel, prom, start, end, unit) -> bool:
     for row, (_, s) in enumerate(buckets):
         for t, v in s["values"]:
             cumulative[row][index[float(t)]] = float(v)
-    counts = [[cumulative[r][c] - (cumulative[r - 1][c] if r else 0.0) for c in range(len(times))]
-              for r in range(len(buckets))]
+    counts = [
+        [cumulative[r][c] - (cumulative[r - 1][c] if r else 0.0) for c in range(len(times))]
+        for r in range(len(buckets))
+    ]
     used = [r for r in range(len(buckets)) if any(v > 0 for v in counts[r])]
     if not used:
         return False
     lo, hi = max(0, used[0] - 1), min(len(buckets), used[-1] + 2)
     grid = counts[lo:hi]
-    ax.imshow(grid, aspect="auto", origin="lower", cmap="Oranges", interpolation="nearest",
-              extent=(-(end - times[0]) / 60, 0, 0, len(grid)))
+    ax.imshow(
+        grid,
+        aspect="auto",
+        origin="lower",
+        cmap="Oranges",
+        interpolation="nearest",
+        extent=(-(end - times[0]) / 60, 0, 0, len(grid)),
+    )
     labels = [human(b, unit) if not math.isinf(b) else "+Inf" for b, _ in buckets[lo:hi]]
-    ax.set_yticks([i + 0.5 for i in range(len(grid))][::max(1, len(grid) // 6)])
-    ax.set_yticklabels(labels[::max(1, len(grid) // 6)])
+    ax.set_yticks([i + 0.5 for i in range(len(grid))][:: max(1, len(grid) // 6)])
+    ax.set_yticklabels(labels[:: max(1, len(grid) // 6)])
     ax.set_xlabel("minutes", color=TEXT, fontsize=6, labelpad=1)
     return True
 
@@ -239,11 +293,18 @@ def render(model: dict, prom: Prometheus, out: Path, minutes: float) -> Path:
         height = (pos["h"] - 1.6) / height_units
         return left, bottom, width, height
 
-    fig.text(0.01, 1 - 0.6 / height_units, model["title"], color=TEXT, fontsize=13,
-             weight="bold", va="center")
-    fig.text(0.99, 1 - 0.6 / height_units,
-             f"live Prometheus, last {minutes:g} min, all variables = All", color="#8e8e8e",
-             fontsize=7, ha="right", va="center")
+    fig.text(
+        0.01, 1 - 0.6 / height_units, model["title"], color=TEXT, fontsize=13, weight="bold", va="center"
+    )
+    fig.text(
+        0.99,
+        1 - 0.6 / height_units,
+        f"live Prometheus, last {minutes:g} min, all variables = All",
+        color="#8e8e8e",
+        fontsize=7,
+        ha="right",
+        va="center",
+    )
     for panel in every:
         if panel["type"] == "row":
             y = 1 - (panel["gridPos"]["y"] + top + 0.5) / height_units
@@ -276,20 +337,30 @@ def lab_prometheus(seconds: float, pod_level: bool) -> Iterator[Prometheus]:
             kube = stack.enter_context(KubeEmulator(workdir=workdir))
             kube.seed(lab_cluster_objects(node, "lab-node", yaml.safe_load(CRD.read_text())))
             os.environ.update(KUBECONFIG=str(kube.kubeconfig_path), NODE_NAME="lab-node")
-            config = {"enablePodLevel": True,
-                      "enabledPlugin": ["linuxutil", "packetforward", "dropreason", "dns",
-                                        "tcpretrans", "packetparser", "latency"],
-                      "plugins": {"latency": {"apiServer": [f"{node['b'].ip}:{API_SERVER}"]}}}
+            config = {
+                "enablePodLevel": True,
+                "enabledPlugin": [
+                    "linuxutil",
+                    "packetforward",
+                    "dropreason",
+                    "dns",
+                    "tcpretrans",
+                    "packetparser",
+                    "latency",
+                ],
+                "plugins": {"latency": {"apiServer": [f"{node['b'].ip}:{API_SERVER}"]}},
+            }
         agent = stack.enter_context(AgentProcess(config))
 
         def on_veths() -> list[str]:
             filters = our_tc_filters(agent.proc.pid)
             return [v for v in node.host_veths if any(f.startswith(f"{v}/") for f in filters)]
+
         # the pods exist before the agent starts: it attaches to their veths at once
-        wait_for(lambda: len(on_veths()) == len(node.host_veths), 60,
-                 message="TC programs on the lab veths")
-        server = stack.enter_context(PrometheusServer(
-            [f"127.0.0.1:{agent.port}"], scrape_interval="2s", rule_files=[str(RULES)]))
+        wait_for(lambda: len(on_veths()) == len(node.host_veths), 60, message="TC programs on the lab veths")
+        server = stack.enter_context(
+            PrometheusServer([f"127.0.0.1:{agent.port}"], scrape_interval="2s", rule_files=[str(RULES)])
+        )
         work = stack.enter_context(LabWorkload(node, api_server=pod_level))
         wait_for(lambda: server.query("up == 1"), 60, message="the first scrape")
         print(f"lab running; workload for {seconds:.0f} s", file=sys.stderr)
@@ -297,8 +368,11 @@ def lab_prometheus(seconds: float, pod_level: bool) -> Iterator[Prometheus]:
         if work.errors:
             print(f"workload errors: {work.errors[:3]}", file=sys.stderr)
         if len(on_veths()) != len(node.host_veths):
-            print("warning: the agent's TC programs left the lab veths during the run: "
-                  "forward and DNS panels stop there", file=sys.stderr)
+            print(
+                "warning: the agent's TC programs left the lab veths during the run: "
+                "forward and DNS panels stop there",
+                file=sys.stderr,
+            )
         yield Prometheus(server.url)
 
 
@@ -306,13 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prometheus", metavar="URL", help="a Prometheus that scrapes agents")
-    source.add_argument("--lab", metavar="SECONDS", type=float,
-                        help="start the lab and run the workload this long first (root)")
-    parser.add_argument("--pod-level", action="store_true",
-                        help="with --lab: pod-level agent (packetparser, latency) and pod names")
+    source.add_argument(
+        "--lab",
+        metavar="SECONDS",
+        type=float,
+        help="start the lab and run the workload this long first (root)",
+    )
+    parser.add_argument(
+        "--pod-level",
+        action="store_true",
+        help="with --lab: pod-level agent (packetparser, latency) and pod names",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="time range to draw (default: 10, or the lab's run time)")
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="time range to draw (default: 10, or the lab's run time)"
+    )
     args = parser.parse_args(argv)
     if args.lab is not None and not 30 <= args.lab <= 3600:
         parser.error("--lab: give between 30 and 3600 seconds")

@@ -34,14 +34,20 @@ def agent() -> Iterator[AgentProcess]:
 @pytest.fixture
 def watched_lab(agent, lab_node) -> LabNode:
     """``lab_node`` once the agent's TC programs sit on every pod veth (attach follows netlink)."""
+
     def attached() -> bool:
         filters = our_tc_filters(agent.proc.pid)
-        return all(any(f.startswith(f"{veth}/ingress/retina_") for f in filters)
-                   and any(f.startswith(f"{veth}/egress/retina_") for f in filters)
-                   for veth in lab_node.host_veths)
+        return all(
+            any(f.startswith(f"{veth}/ingress/retina_") for f in filters)
+            and any(f.startswith(f"{veth}/egress/retina_") for f in filters)
+            for veth in lab_node.host_veths
+        )
+
     try:
         wait_for(attached, 20, message="the agent's TC programs on the pod veths")
     except TimeoutError as exc:
-        raise AssertionError(f"{exc}: veths {lab_node.host_veths}, this agent's filters "
-                             f"{our_tc_filters(agent.proc.pid)}\n{agent.log()[-3000:]}") from None
+        raise AssertionError(
+            f"{exc}: veths {lab_node.host_veths}, this agent's filters "
+            f"{our_tc_filters(agent.proc.pid)}\n{agent.log()[-3000:]}"
+        ) from None
     return lab_node

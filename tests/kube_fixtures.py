@@ -50,19 +50,40 @@ def kube_api_client(kube_emulator: KubeEmulator) -> Iterator[kubernetes.client.A
 def small_cluster(kube: KubeEmulator) -> None:
     """Seed three Linux nodes, one Windows node, namespaces ``web`` (labelled ``team=web``) and
     ``db``, and running pods with IPs: web/a on node-1, web/b on node-2, db/c on node-3."""
-    nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
-        "kubernetes.io/os": os_name, "kubernetes.io/hostname": name}}}
-        for name, os_name in (("node-1", "linux"), ("node-2", "linux"), ("node-3", "linux"),
-                              ("win-1", "windows"))]
-    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"team": ns}}}
-                  for ns in ("web", "db")]
-    pods = [{"apiVersion": "v1", "kind": "Pod",
-             "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
-             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
-             "status": {"phase": "Running", "podIP": ip}}
-            for name, ns, app, node, ip in (("a", "web", "frontend", "node-1", "10.244.1.10"),
-                                            ("b", "web", "frontend", "node-2", "10.244.2.10"),
-                                            ("c", "db", "postgres", "node-3", "10.244.3.10"))]
+    nodes = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/os": os_name, "kubernetes.io/hostname": name},
+            },
+        }
+        for name, os_name in (
+            ("node-1", "linux"),
+            ("node-2", "linux"),
+            ("node-3", "linux"),
+            ("win-1", "windows"),
+        )
+    ]
+    namespaces = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"team": ns}}}
+        for ns in ("web", "db")
+    ]
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Running", "podIP": ip},
+        }
+        for name, ns, app, node, ip in (
+            ("a", "web", "frontend", "node-1", "10.244.1.10"),
+            ("b", "web", "frontend", "node-2", "10.244.2.10"),
+            ("c", "db", "postgres", "node-3", "10.244.3.10"),
+        )
+    ]
     kube.seed(nodes + namespaces + pods)
 
 
@@ -90,8 +111,11 @@ def apply_rendered_rbac(kube: KubeEmulator, *, crds: bool = False, **options: An
     """Apply the rendered namespace, ServiceAccounts and RBAC of the agent role (operator and
     capture-user roles included) to ``kube`` -- and its CRDs when ``crds`` -- as the installer would.
     Returns the objects applied."""
-    objects = [o for o in rendered_agent_objects(**options)
-               if o["kind"] in RBAC_KINDS or (crds and o["kind"] == "CustomResourceDefinition")]
+    objects = [
+        o
+        for o in rendered_agent_objects(**options)
+        if o["kind"] in RBAC_KINDS or (crds and o["kind"] == "CustomResourceDefinition")
+    ]
     objects.sort(key=lambda o: o["kind"] not in ("CustomResourceDefinition", "Namespace"))
     kube.apply(objects)
     return objects
@@ -115,8 +139,9 @@ def operator_kubeconfig_for(kube: KubeEmulator) -> Path:
     return kube.kubeconfig_for_service_account(AGENT_NAMESPACE, "retina-operator")
 
 
-def capture_user_kubeconfig_for(kube: KubeEmulator, namespaces: tuple[str, ...] | None = None,
-                                user: str = CAPTURE_USER) -> Path:
+def capture_user_kubeconfig_for(
+    kube: KubeEmulator, namespaces: tuple[str, ...] | None = None, user: str = CAPTURE_USER
+) -> Path:
     """A user bound only as collections/retina/README.md tells a cluster admin to bind capture users:
     ClusterRole ``retina-capture`` (in ``namespaces`` through RoleBindings, or everywhere through a
     ClusterRoleBinding when None) plus ClusterRole ``retina-capture-cluster`` cluster-wide."""
@@ -124,18 +149,36 @@ def capture_user_kubeconfig_for(kube: KubeEmulator, namespaces: tuple[str, ...] 
     subject = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
     ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole"}
     tag = user.split("@")[0]
-    bindings: list[dict[str, Any]] = [{
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": f"retina-capture-cluster-{tag}"},
-        "roleRef": {**ref, "name": "retina-capture-cluster"}, "subjects": subject}]
+    bindings: list[dict[str, Any]] = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"retina-capture-cluster-{tag}"},
+            "roleRef": {**ref, "name": "retina-capture-cluster"},
+            "subjects": subject,
+        }
+    ]
     if namespaces is None:
-        bindings.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                         "metadata": {"name": f"retina-capture-{tag}"},
-                         "roleRef": {**ref, "name": "retina-capture"}, "subjects": subject})
+        bindings.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": f"retina-capture-{tag}"},
+                "roleRef": {**ref, "name": "retina-capture"},
+                "subjects": subject,
+            }
+        )
     else:
-        bindings += [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                      "metadata": {"name": f"retina-capture-{tag}", "namespace": ns},
-                      "roleRef": {**ref, "name": "retina-capture"}, "subjects": subject} for ns in namespaces]
+        bindings += [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": f"retina-capture-{tag}", "namespace": ns},
+                "roleRef": {**ref, "name": "retina-capture"},
+                "subjects": subject,
+            }
+            for ns in namespaces
+        ]
     kube.apply(bindings)
     return kube.kubeconfig_for_user(user)
 
@@ -146,8 +189,9 @@ def agent_kubeconfig(kube_emulator: KubeEmulator) -> Path:
 
 
 @pytest.fixture
-def agent_api_client(kube_emulator: KubeEmulator, agent_kubeconfig: Path
-                     ) -> Iterator[kubernetes.client.ApiClient]:
+def agent_api_client(
+    kube_emulator: KubeEmulator, agent_kubeconfig: Path
+) -> Iterator[kubernetes.client.ApiClient]:
     """A client with the agent's production identity (``retina-agent`` token, rendered RBAC).
     The test fails when RBAC refused the agent anything: the role must grant what the code uses."""
     client = kubernetes.config.new_client_from_config(config_file=str(agent_kubeconfig))

@@ -40,29 +40,37 @@ class Agent:
             from retina_agent.podlevel.cluster import build_pod_level
 
             self.pod_level = build_pod_level(config)
-        self.ctx = PluginContext(config=config, tc=self.tc, state_dir=self.state_dir,
-                                 pod_level=self.pod_level)
-        self.plugins: dict[str, Plugin] = {n: REGISTRY[n](self.ctx)
-                                           for n in config.enabled_plugin}
+        self.ctx = PluginContext(
+            config=config, tc=self.tc, state_dir=self.state_dir, pod_level=self.pod_level
+        )
+        self.plugins: dict[str, Plugin] = {n: REGISTRY[n](self.ctx) for n in config.enabled_plugin}
         self.states = PluginStates(list(self.plugins))
         self.running: dict[str, Plugin] = {}
         self.harvest_failures: dict[str, int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         api = config.api_server
-        self.server = MetricsServer(api.host, api.port, self.registry, self.states,
-                                    self.pod_level.render if self.pod_level else None,
-                                    ServerLimits(read_timeout=api.read_timeout,
-                                                 write_timeout=api.write_timeout,
-                                                 max_connections=api.max_connections,
-                                                 workers=api.workers))
+        self.server = MetricsServer(
+            api.host,
+            api.port,
+            self.registry,
+            self.states,
+            self.pod_level.render if self.pod_level else None,
+            ServerLimits(
+                read_timeout=api.read_timeout,
+                write_timeout=api.write_timeout,
+                max_connections=api.max_connections,
+                workers=api.workers,
+            ),
+        )
         self.stopping = threading.Event()
 
     # -- start -------------------------------------------------------------------------------
     def start(self) -> None:
         self.server.start()
-        log.info("serving /metrics, /healthz and /readyz on %s:%d",
-                 self.config.api_server.host, self.server.port)
+        log.info(
+            "serving /metrics, /healthz and /readyz on %s:%d", self.config.api_server.host, self.server.port
+        )
         stale = self.tc.cleanup_stale()
         if stale:
             log.warning("removed stale TC state left by an earlier agent: %s", ", ".join(stale))
@@ -80,16 +88,24 @@ class Agent:
             elif spec is not None:
                 specs.append(spec)
         started = time.monotonic()
-        self.datapath, loaded = datapath.load(features, bpf_source("datapath.c"), specs,
-                                              timeout=self.config.bpf_compile_timeout)
+        self.datapath, loaded = datapath.load(
+            features, bpf_source("datapath.c"), specs, timeout=self.config.bpf_compile_timeout
+        )
         if specs or features:
-            log.info("compiled and loaded %d BPF objects in %.1fs",
-                     len(specs) + (1 if features else 0), time.monotonic() - started)
+            log.info(
+                "compiled and loaded %d BPF objects in %.1fs",
+                len(specs) + (1 if features else 0),
+                time.monotonic() - started,
+            )
         if self.datapath is not None:
             loaded.update(self.datapath.plugins)
             if self.datapath.programs:
-                self.tc.set_datapath(self.datapath.programs, datapath.InterfaceBits(
-                    self.datapath.maps["dp_ifaces"], self.datapath.maps["dp_ifaces_hi"]))
+                self.tc.set_datapath(
+                    self.datapath.programs,
+                    datapath.InterfaceBits(
+                        self.datapath.maps["dp_ifaces"], self.datapath.maps["dp_ifaces_hi"]
+                    ),
+                )
                 self.ctx.datapath = Settings(self.datapath.maps["dp_settings"])
                 self.ctx.datapath.set_sample_rate(self.budget.rate)
         self.tc.start()
@@ -116,8 +132,12 @@ class Agent:
             attach = self.tc.mode if isinstance(plugin, TcPlugin) else ""
             # A plugin that runs degraded (dropreason without the reason field) says so.
             self.states.set(name, RUNNING, plugin.degraded, attach=attach)
-            log.info("plugin %s running%s%s", name, f" (attached with {attach})" if attach else "",
-                     f" ({plugin.degraded})" if plugin.degraded else "")
+            log.info(
+                "plugin %s running%s%s",
+                name,
+                f" (attached with {attach})" if attach else "",
+                f" ({plugin.degraded})" if plugin.degraded else "",
+            )
         self.budget.start(self._program_fds())
 
     def _program_fds(self) -> list[int]:
@@ -210,21 +230,28 @@ class Agent:
                 yield from plugin.collect()
             except Exception:
                 log.exception("collect of %s failed", name)
-        status = gauge("plugin_status",
-                       "1 for each plugin with its current state (running, unavailable, "
-                       "starting, stopped), the reason when it is not running or runs degraded, and how a "
-                       "TC plugin's data path is attached (tcx or cls_bpf)",
-                       ["plugin", "state", "reason", "attach"], prefix=CONTROLPLANE)
+        status = gauge(
+            "plugin_status",
+            "1 for each plugin with its current state (running, unavailable, "
+            "starting, stopped), the reason when it is not running or runs degraded, and how a "
+            "TC plugin's data path is attached (tcx or cls_bpf)",
+            ["plugin", "state", "reason", "attach"],
+            prefix=CONTROLPLANE,
+        )
         for name, s in self.states.snapshot().items():
             add(status, [name, s.state, s.reason, s.attach], 1)
         yield status
         yield from self.budget.metrics()
-        stale = counter("stale_tc_removed", "Stale TC filters and clsact qdiscs of an earlier "
-                        "agent removed at start", prefix=CONTROLPLANE)
+        stale = counter(
+            "stale_tc_removed",
+            "Stale TC filters and clsact qdiscs of an earlier agent removed at start",
+            prefix=CONTROLPLANE,
+        )
         add(stale, [], self.tc.stale_removed)
         yield stale
-        failures = counter("harvest_failures", "Failed harvests of a plugin's kernel maps",
-                           ["plugin"], prefix=CONTROLPLANE)
+        failures = counter(
+            "harvest_failures", "Failed harvests of a plugin's kernel maps", ["plugin"], prefix=CONTROLPLANE
+        )
         for name, n in self.harvest_failures.items():
             add(failures, [name], n)
         yield failures
@@ -235,22 +262,33 @@ class Agent:
         store = self.pod_level.series
         count = gauge("series", "Pod-level series held by the agent", prefix=CONTROLPLANE)
         add(count, [], store.count)
-        cap = gauge("series_cap_reached", "1 when the pod-level series cap (podLevel.maxSeries) "
-                    "is reached and new series are refused", prefix=CONTROLPLANE)
+        cap = gauge(
+            "series_cap_reached",
+            "1 when the pod-level series cap (podLevel.maxSeries) is reached and new series are refused",
+            prefix=CONTROLPLANE,
+        )
         add(cap, [], 1 if store.cap_reached else 0)
-        overflow = counter("series_overflow", "Pod-level series refused because the cap was "
-                           "reached, by metric", ["metric"], prefix=CONTROLPLANE)
+        overflow = counter(
+            "series_overflow",
+            "Pod-level series refused because the cap was reached, by metric",
+            ["metric"],
+            prefix=CONTROLPLANE,
+        )
         for metric, n in store.overflow.items():
             add(overflow, [metric], n)
-        expired = retina_counter("expired_metrics_counter",
-                                 "Pod-level series expired after their ttl", ["metric"])
+        expired = retina_counter(
+            "expired_metrics_counter", "Pod-level series expired after their ttl", ["metric"]
+        )
         for metric, n in store.expired.items():
             add(expired, [metric], n)
         yield from (count, cap, overflow, expired)
         cache = self.pod_level.cache
         if cache is not None:
-            connected = gauge("kubernetes_connected", "1 while the pod cache's watches are "
-                              "connected to the API server", prefix=CONTROLPLANE)
+            connected = gauge(
+                "kubernetes_connected",
+                "1 while the pod cache's watches are connected to the API server",
+                prefix=CONTROLPLANE,
+            )
             add(connected, [], 1 if cache.connected else 0)
             yield connected
 
@@ -282,8 +320,11 @@ class SamplingBudget:
         try:
             self._stats_fd = syscall.enable_stats()
         except OSError as exc:
-            log.warning("dataPathBudget: cannot turn on BPF run-time accounting (%s); the "
-                        "sampling rate stays at %d", exc, self.rate)
+            log.warning(
+                "dataPathBudget: cannot turn on BPF run-time accounting (%s); the sampling rate stays at %d",
+                exc,
+                self.rate,
+            )
             self.budget = None
             return
         self._last = (self._run_time(), time.monotonic_ns())
@@ -311,9 +352,14 @@ class SamplingBudget:
         elif self.share < self.budget / 2 and self.rate > self.configured:
             self.rate = max(self.rate // 2, self.configured)
         if self.rate != old:
-            log.warning("data path used %.2f%% of a core (budget %.2f%%): sampling 1 in %d "
-                        "pod-level flow and DNS events (was 1 in %d)", self.share * 100,
-                        self.budget * 100, self.rate, old)
+            log.warning(
+                "data path used %.2f%% of a core (budget %.2f%%): sampling 1 in %d "
+                "pod-level flow and DNS events (was 1 in %d)",
+                self.share * 100,
+                self.budget * 100,
+                self.rate,
+                old,
+            )
         return self.rate
 
     def stop(self) -> None:
@@ -322,19 +368,28 @@ class SamplingBudget:
             self._stats_fd = None
 
     def metrics(self) -> Iterable[Metric]:
-        rate = gauge("data_sampling_rate", "Pod-level flow and DNS events are sampled 1 in "
-                     "this many (dataSamplingRate, raised by dataPathBudget under load)",
-                     prefix=CONTROLPLANE)
+        rate = gauge(
+            "data_sampling_rate",
+            "Pod-level flow and DNS events are sampled 1 in "
+            "this many (dataSamplingRate, raised by dataPathBudget under load)",
+            prefix=CONTROLPLANE,
+        )
         add(rate, [], self.rate)
         yield rate
         if self.budget is not None:
-            budget = gauge("datapath_budget_ratio", "dataPathBudget: the share of one core "
-                           "the BPF programs may use", prefix=CONTROLPLANE)
+            budget = gauge(
+                "datapath_budget_ratio",
+                "dataPathBudget: the share of one core the BPF programs may use",
+                prefix=CONTROLPLANE,
+            )
             add(budget, [], self.budget)
             yield budget
             if self.share is not None:
-                share = gauge("datapath_cpu_ratio", "Share of one core the agent's BPF "
-                              "programs used in the last interval", prefix=CONTROLPLANE)
+                share = gauge(
+                    "datapath_cpu_ratio",
+                    "Share of one core the agent's BPF programs used in the last interval",
+                    prefix=CONTROLPLANE,
+                )
                 add(share, [], self.share)
                 yield share
 

@@ -128,9 +128,9 @@ class AgentConfig(_Strict):
 
     api_server: ApiServer = Field(default_factory=ApiServer, alias="apiServer")
     log_level: Literal["debug", "info", "warn", "warning", "error", "panic", "fatal"] = Field(
-        "info", alias="logLevel")
-    enabled_plugin: list[str] = Field(default_factory=lambda: list(DEFAULT_PLUGINS),
-                                      alias="enabledPlugin")
+        "info", alias="logLevel"
+    )
+    enabled_plugin: list[str] = Field(default_factory=lambda: list(DEFAULT_PLUGINS), alias="enabledPlugin")
     metrics_interval: float = Field(10.0, alias="metricsIntervalDuration")
     enable_telemetry: bool = Field(False, alias="enableTelemetry")
     enable_pod_level: bool = Field(False, alias="enablePodLevel")
@@ -157,8 +157,7 @@ class AgentConfig(_Strict):
     def _known_plugins(cls, names: list[str]) -> list[str]:
         unknown = [n for n in names if n not in PLUGIN_NAMES]
         if unknown:
-            raise ValueError(f"unknown plugin {', '.join(unknown)}; "
-                             f"valid plugins: {', '.join(PLUGIN_NAMES)}")
+            raise ValueError(f"unknown plugin {', '.join(unknown)}; valid plugins: {', '.join(PLUGIN_NAMES)}")
         return list(dict.fromkeys(names))
 
     @field_validator("data_path_budget", mode="before")
@@ -191,8 +190,9 @@ class AgentConfig(_Strict):
 def _key_path(loc: tuple) -> str:
     """Pydantic's error location as the user wrote it: ``apiServer.port``; odd keys (spaces,
     newlines, non-strings) quoted so the message stays one line."""
-    return ".".join(part if isinstance(part, str) and re.fullmatch(r"[\w-]+", part) else repr(part)
-                    for part in loc)
+    return ".".join(
+        part if isinstance(part, str) and re.fullmatch(r"[\w-]+", part) else repr(part) for part in loc
+    )
 
 
 #: A config larger than this is not an agent config (a wrong path, /dev/zero...): refused unread.
@@ -202,18 +202,20 @@ MAX_CONFIG_BYTES = 1024 * 1024
 def _read_config_text(path: Path) -> str:
     """The file's text; a device, FIFO or huge file is refused without reading it whole."""
     if path.exists() and not path.is_dir() and not path.is_file():
-        raise ConfigError(f"config file {path} is not a regular file; give --config the path of "
-                          "the agent config YAML file")
+        raise ConfigError(
+            f"config file {path} is not a regular file; give --config the path of the agent config YAML file"
+        )
     with path.open("rb") as f:
         data = f.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB: is it the right "
-                          "file? give --config the path of the agent config YAML file")
+        raise ConfigError(
+            f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB: is it the right "
+            "file? give --config the path of the agent config YAML file"
+        )
     return data.decode("utf-8")
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
-                ) -> AgentConfig:
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AgentConfig:
     """Read ``path`` (YAML, Retina's keys), apply flat dotted ``overrides`` and validate."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -227,8 +229,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except OSError as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc.strerror}; {fix}") from None
         except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not text (not UTF-8): is it the right file? "
-                              f"{fix}") from None
+            raise ConfigError(
+                f"config file {path} is not text (not UTF-8): is it the right file? {fix}"
+            ) from None
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -237,8 +240,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, "
-                              f"not a {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping of keys, not a {type(loaded).__name__}"
+            )
         data = loaded
     for dotted, value in (overrides or {}).items():
         node = data
@@ -247,9 +251,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 key = ".".join(parents[: n + 1])
-                raise ConfigError(f"invalid agent configuration: {key}: is {node!r} in the config file "
-                                  f"but a command-line flag sets {dotted}; make {key} a mapping "
-                                  f"(like {key}: {{{last}: ...}}) or remove it")
+                raise ConfigError(
+                    f"invalid agent configuration: {key}: is {node!r} in the config file "
+                    f"but a command-line flag sets {dotted}; make {key} a mapping "
+                    f"(like {key}: {{{last}: ...}}) or remove it"
+                )
         node[last] = value
     try:
         return AgentConfig.model_validate(data)

@@ -31,8 +31,13 @@ class Link:
         info = msg.get_attr("IFLA_LINKINFO")
         kind = info.get_attr("IFLA_INFO_KIND") if info else None
         slave_kind = info.get_attr("IFLA_INFO_SLAVE_KIND") if info else None
-        return cls(index=msg["index"], name=msg.get_attr("IFLA_IFNAME") or "", kind=kind,
-                   ether=msg["ifi_type"] == ARPHRD_ETHER, enslaved_to_bond=slave_kind == "bond")
+        return cls(
+            index=msg["index"],
+            name=msg.get_attr("IFLA_IFNAME") or "",
+            kind=kind,
+            ether=msg["ifi_type"] == ARPHRD_ETHER,
+            enslaved_to_bond=slave_kind == "bond",
+        )
 
 
 class LinkSelector:
@@ -46,8 +51,7 @@ class LinkSelector:
         self.patterns = list(patterns) or ["auto"]
 
     def matches(self, link: Link) -> bool:
-        nic = (link.kind == "bond"
-               or (link.kind is None and link.ether and not link.enslaved_to_bond))
+        nic = link.kind == "bond" or (link.kind is None and link.ether and not link.enslaved_to_bond)
         for pattern in self.patterns:
             if pattern == "auto" and (nic or link.kind == "veth"):
                 return True

@@ -32,25 +32,33 @@ def retina_gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> M
     return GaugeMetricFamily(full, documentation, labels=list(labels))
 
 
-def retina_counter(name: str, documentation: str, labels: Sequence[str] = (),
-                   prefix: str = CONTROLPLANE) -> Metric:
+def retina_counter(
+    name: str, documentation: str, labels: Sequence[str] = (), prefix: str = CONTROLPLANE
+) -> Metric:
     """A Retina counter by its exact name (Retina's Go client adds no ``_total``): untyped."""
     return UnknownMetricFamily(prefix + name, documentation, labels=list(labels))
 
 
-def counter(name: str, documentation: str, labels: Sequence[str] = (),
-            prefix: str = DATAPLANE) -> CounterMetricFamily:
+def counter(
+    name: str, documentation: str, labels: Sequence[str] = (), prefix: str = DATAPLANE
+) -> CounterMetricFamily:
     """A counter we add (exposed as ``<name>_total``)."""
     return CounterMetricFamily(prefix + name, documentation, labels=list(labels))
 
 
-def gauge(name: str, documentation: str, labels: Sequence[str] = (),
-          prefix: str = DATAPLANE) -> GaugeMetricFamily:
+def gauge(
+    name: str, documentation: str, labels: Sequence[str] = (), prefix: str = DATAPLANE
+) -> GaugeMetricFamily:
     return GaugeMetricFamily(prefix + name, documentation, labels=list(labels))
 
 
-def histogram(name: str, documentation: str, buckets: Iterable[tuple[str, float]],
-              sum_value: float, labels: Sequence[str] = ()) -> HistogramMetricFamily:
+def histogram(
+    name: str,
+    documentation: str,
+    buckets: Iterable[tuple[str, float]],
+    sum_value: float,
+    labels: Sequence[str] = (),
+) -> HistogramMetricFamily:
     family = HistogramMetricFamily(DATAPLANE + name, documentation, labels=list(labels))
     family.add_metric([], list(buckets), sum_value)
     return family

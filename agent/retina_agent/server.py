@@ -67,9 +67,10 @@ def make_app(
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
         if path == "/readyz":
-            body = {n: {"state": s.state, "reason": s.reason, **({"attach": s.attach}
-                                                                 if s.attach else {})}
-                    for n, s in states.snapshot().items()}
+            body = {
+                n: {"state": s.state, "reason": s.reason, **({"attach": s.attach} if s.attach else {})}
+                for n, s in states.snapshot().items()
+            }
             status = "200 OK" if states.ready() else "503 Service Unavailable"
             start_response(status, [("Content-Type", "application/json")])
             return [json.dumps({"ready": states.ready(), "plugins": body}).encode()]

@@ -163,8 +163,11 @@ class TcManager:
                         continue
                     if self._del_filter(ipr, link.index, direction, prio, handle):
                         removed.append(f"{link.name}/{direction}/{name}")
-                if (link.name in created.values() and not _other_filters(ipr, link.index)
-                        and self._del_clsact(ipr, link.index)):
+                if (
+                    link.name in created.values()
+                    and not _other_filters(ipr, link.index)
+                    and self._del_clsact(ipr, link.index)
+                ):
                     removed.append(f"{link.name}/clsact")
         self._write_state()
         self.stale_removed += len(removed)
@@ -223,8 +226,7 @@ class TcManager:
             out = {}
             for index, bits in self._bits.items():
                 if index in self._attached and index in self._links:
-                    out[self._links[index].name] = sorted(
-                        p for p, b in FEATURE_BITS.items() if bits & b)
+                    out[self._links[index].name] = sorted(p for p, b in FEATURE_BITS.items() if bits & b)
             return out
 
     def stop(self) -> None:
@@ -296,7 +298,8 @@ class TcManager:
                 continue
             if self.mode == TCX:
                 held.links[direction] = syscall.link_create_tcx(
-                    self._programs[direction], link.index, direction)
+                    self._programs[direction], link.index, direction
+                )
             else:
                 self._ensure_clsact(ipr, link)
                 self._add_filter(ipr, link, direction)
@@ -318,10 +321,18 @@ class TcManager:
         """Add our filter at its priority, or the next slot where another live agent is."""
         for slot in range(PRIO_SLOTS):
             try:
-                ipr.tc("add-filter", "bpf", index=link.index, handle=":1",
-                       fd=self._programs[direction], name=f"retina_dp_{direction}@{OWNER}",
-                       parent=PARENTS[direction], classid=1, direct_action=True,
-                       prio=PRIO_BASE + slot * PRIO_SLOT_STEP)
+                ipr.tc(
+                    "add-filter",
+                    "bpf",
+                    index=link.index,
+                    handle=":1",
+                    fd=self._programs[direction],
+                    name=f"retina_dp_{direction}@{OWNER}",
+                    parent=PARENTS[direction],
+                    classid=1,
+                    direct_action=True,
+                    prio=PRIO_BASE + slot * PRIO_SLOT_STEP,
+                )
                 return
             except NetlinkError as exc:
                 if exc.code != EEXIST:
@@ -338,11 +349,9 @@ class TcManager:
         self._created_clsact[link.index] = link.name
         self._write_state()
 
-    def _del_filter(self, ipr: IPRoute, index: int, direction: str, prio: int,
-                    handle: int) -> bool:
+    def _del_filter(self, ipr: IPRoute, index: int, direction: str, prio: int, handle: int) -> bool:
         try:
-            ipr.tc("del-filter", "bpf", index=index, handle=handle, prio=prio,
-                   parent=PARENTS[direction])
+            ipr.tc("del-filter", "bpf", index=index, handle=handle, prio=prio, parent=PARENTS[direction])
             return True
         except NetlinkError as exc:
             if exc.code not in (ENODEV, ENOENT):
@@ -370,8 +379,11 @@ class TcManager:
             log.warning("ignoring %s: %s", self.state_file, exc)
             return {}
         if not isinstance(data, dict):
-            log.warning("ignoring %s: expected an object of ifindex -> interface name, got %s",
-                        self.state_file, type(data).__name__)
+            log.warning(
+                "ignoring %s: expected an object of ifindex -> interface name, got %s",
+                self.state_file,
+                type(data).__name__,
+            )
             return {}
         state = {}
         for k, v in data.items():

@@ -83,7 +83,7 @@ def parse_endpoint(item: str, flag: str = "--include-filter") -> Endpoint:
         close = item.find("]")
         if close < 0:
             raise FilterError(f"{flag}: {item!r} opens '[' without ']'; write [fd00::1]:80")
-        ip, rest = item[1:close], item[close + 1:]
+        ip, rest = item[1:close], item[close + 1 :]
         if rest and not rest.startswith(":"):
             raise FilterError(f"{flag}: {item!r}: after ']' only ':port' may follow")
         port = _parse_port(rest[1:], item, flag) if rest else None

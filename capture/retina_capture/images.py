@@ -14,5 +14,6 @@ def default_image(kind: str = "agent") -> str:
     try:
         return f"{data['registry']}/{data['images'][kind]}:{data['tag']}"
     except KeyError as exc:
-        raise ValueError(f"images.yaml has no {exc.args[0]!r}: it needs registry, tag and "
-                         f"images.{kind}") from None
+        raise ValueError(
+            f"images.yaml has no {exc.args[0]!r}: it needs registry, tag and images.{kind}"
+        ) from None

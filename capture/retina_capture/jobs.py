@@ -52,6 +52,7 @@ CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]
 #: What a capture pod may use: tcpdump's ring (8 MiB per interface), gzip, the upload clients.
 WORKER_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 
+
 def capture_labels(name: str) -> dict[str, str]:
     return {LABEL_APP: LABEL_APP_VALUE, LABEL_CAPTURE: name}
 
@@ -80,9 +81,12 @@ def worker_settings(spec: CaptureSpec, node: str, pod_ips: Iterable[str]) -> Cap
     """
     shared = spec.model_dump(include=set(CaptureSettings.model_fields))
     return CaptureSettings.model_construct(
-        **{**shared, "tcpdump_filter": spec.filter_text, "pcap_filter": ""}, node_name=node,
-        pod_ips=tuple(pod_ips), pvc_mount_path=PVC_MOUNT_PATH if spec.pvc else None,
-        output_dir_tmp=NODE_KEEP_DIR)
+        **{**shared, "tcpdump_filter": spec.filter_text, "pcap_filter": ""},
+        node_name=node,
+        pod_ips=tuple(pod_ips),
+        pvc_mount_path=PVC_MOUNT_PATH if spec.pvc else None,
+        output_dir_tmp=NODE_KEEP_DIR,
+    )
 
 
 def outputs_annotation(spec: CaptureSpec) -> str:
@@ -95,9 +99,17 @@ def outputs_annotation(spec: CaptureSpec) -> str:
     if spec.blob_secret is not None:
         outputs["blobUpload"] = spec.blob_secret
     if spec.s3 is not None:
-        outputs["s3Upload"] = {k: v for k, v in {
-            "bucket": spec.s3.bucket, "region": spec.s3.region, "endpoint": spec.s3.endpoint,
-            "path": spec.s3.path, "secretName": spec.s3.secret_name}.items() if v is not None}
+        outputs["s3Upload"] = {
+            k: v
+            for k, v in {
+                "bucket": spec.s3.bucket,
+                "region": spec.s3.region,
+                "endpoint": spec.s3.endpoint,
+                "path": spec.s3.path,
+                "secretName": spec.s3.secret_name,
+            }.items()
+            if v is not None
+        }
     return json.dumps(outputs, sort_keys=True)
 
 
@@ -108,28 +120,41 @@ def _env(spec: CaptureSpec, node: str, pod_ips: Iterable[str]) -> list[dict[str,
     env.append({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
     by_key = {key: env_name for env_name, key in SECRET_ENV.items()}
     if spec.blob_secret:
-        env.append({"name": by_key[SECRET_KEY_BLOB],
-                    "valueFrom": {"secretKeyRef": {"name": spec.blob_secret, "key": SECRET_KEY_BLOB}}})
+        env.append(
+            {
+                "name": by_key[SECRET_KEY_BLOB],
+                "valueFrom": {"secretKeyRef": {"name": spec.blob_secret, "key": SECRET_KEY_BLOB}},
+            }
+        )
     if spec.s3:
         for key in (SECRET_KEY_S3_ID, SECRET_KEY_S3_SECRET):
-            env.append({"name": by_key[key],
-                        "valueFrom": {"secretKeyRef": {"name": spec.s3.secret_name, "key": key}}})
+            env.append(
+                {
+                    "name": by_key[key],
+                    "valueFrom": {"secretKeyRef": {"name": spec.s3.secret_name, "key": key}},
+                }
+            )
     return env
 
 
-def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
-              image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+def build_job(
+    spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *, image: str = DEFAULT_IMAGE
+) -> dict[str, Any]:
     """The Job that captures on ``node`` (restricted to ``pod_ips`` when pods were targeted)."""
     labels = capture_labels(spec.name)
-    mounts: list[dict[str, Any]] = [{"name": "keep", "mountPath": NODE_KEEP_DIR},
-                                    {"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "keep", "mountPath": NODE_KEEP_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
     volumes: list[dict[str, Any]] = [
         {"name": "keep", "hostPath": {"path": NODE_KEEP_DIR, "type": "DirectoryOrCreate"}},
-        {"name": "tmp", "emptyDir": {}}]
+        {"name": "tmp", "emptyDir": {}},
+    ]
     if spec.host_path is not None:
         mounts.append({"name": "host-path", "mountPath": HOST_PATH_BASE})
-        volumes.append({"name": "host-path",
-                        "hostPath": {"path": HOST_PATH_BASE, "type": "DirectoryOrCreate"}})
+        volumes.append(
+            {"name": "host-path", "hostPath": {"path": HOST_PATH_BASE, "type": "DirectoryOrCreate"}}
+        )
     if spec.pvc is not None:
         mounts.append({"name": "pvc", "mountPath": PVC_MOUNT_PATH})
         volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": spec.pvc}})
@@ -139,19 +164,29 @@ def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
         "imagePullPolicy": "IfNotPresent",
         "command": ["retina-capture"],
         "env": _env(spec, node, pod_ips),
-        "securityContext": {"privileged": False, "allowPrivilegeEscalation": False,
-                            "readOnlyRootFilesystem": True, "runAsUser": 0,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                            "capabilities": {"drop": ["ALL"], "add": CAPABILITIES}},
+        "securityContext": {
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsUser": 0,
+            "seccompProfile": {"type": "RuntimeDefault"},
+            "capabilities": {"drop": ["ALL"], "add": CAPABILITIES},
+        },
         "resources": WORKER_RESOURCES,
         # The worker writes its last error (where the capture was kept) to /dev/termination-log.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchFields": [
-                {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+                    ]
+                }
+            }
+        },
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         "restartPolicy": "Never",
@@ -177,20 +212,31 @@ def build_job(spec: CaptureSpec, node: str, pod_ips: Iterable[str] = (), *,
     }
 
 
-def build_jobs(spec: CaptureSpec, targets: Mapping[str, Iterable[str]], *,
-               image: str = DEFAULT_IMAGE) -> list[dict[str, Any]]:
+def build_jobs(
+    spec: CaptureSpec, targets: Mapping[str, Iterable[str]], *, image: str = DEFAULT_IMAGE
+) -> list[dict[str, Any]]:
     """One Job per node of ``targets`` (node -> pod IPs, empty for the whole node), by node name."""
     return [build_job(spec, node, targets[node], image=image) for node in sorted(targets)]
 
 
-def build_secret(capture: str, namespace: str, *, blob_upload_url: str | None = None,
-                 s3_access_key_id: str | None = None, s3_secret_access_key: str | None = None,
-                 ) -> dict[str, Any]:
+def build_secret(
+    capture: str,
+    namespace: str,
+    *,
+    blob_upload_url: str | None = None,
+    s3_access_key_id: str | None = None,
+    s3_secret_access_key: str | None = None,
+) -> dict[str, Any]:
     """The Secret holding a capture's upload credentials (keys as the Jobs reference them)."""
-    data = {SECRET_KEY_BLOB: blob_upload_url, SECRET_KEY_S3_ID: s3_access_key_id,
-            SECRET_KEY_S3_SECRET: s3_secret_access_key}
+    data = {
+        SECRET_KEY_BLOB: blob_upload_url,
+        SECRET_KEY_S3_ID: s3_access_key_id,
+        SECRET_KEY_S3_SECRET: s3_secret_access_key,
+    }
     return {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
         "metadata": {"name": secret_name(capture), "namespace": namespace, "labels": capture_labels(capture)},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items() if v is not None},
     }
@@ -211,8 +257,11 @@ def summarize_jobs(jobs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
         if "Complete" in conditions or (status.get("succeeded") or 0) > 0:
             succeeded += 1
-            ends.append(_rfc3339(status.get("completionTime")
-                                 or conditions.get("Complete", {}).get("lastTransitionTime")))
+            ends.append(
+                _rfc3339(
+                    status.get("completionTime") or conditions.get("Complete", {}).get("lastTransitionTime")
+                )
+            )
         elif "Failed" in conditions or (status.get("failed") or 0) > 0:
             failed += 1
             ends.append(_rfc3339(conditions.get("Failed", {}).get("lastTransitionTime")))
@@ -222,7 +271,10 @@ def summarize_jobs(jobs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             starts.append(_rfc3339(status["startTime"]))
     done = bool(jobs) and active == 0
     return {
-        "total": len(jobs), "active": active, "succeeded": succeeded, "failed": failed,
+        "total": len(jobs),
+        "active": active,
+        "succeeded": succeeded,
+        "failed": failed,
         "startTime": min(starts) if starts else None,
         "completionTime": (max(e for e in ends if e) if any(ends) else _now()) if done else None,
         "phase": "Running" if not done else "Failed" if failed else "Succeeded",

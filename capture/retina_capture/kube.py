@@ -40,14 +40,27 @@ def connection_settings(kubeconfig: str | None = None) -> dict[str, Any]:
     """The loader's choice as ``kopf.ConnectionInfo`` arguments, so that kopf logs in exactly
     where and as whom the handlers' client does (kopf's own login tries in-cluster first)."""
     config = api_client(kubeconfig).configuration
-    auth = next((a.get("value") or "" for a in config.auth_settings().values()
-                 if str(a.get("key", "")).lower() == "authorization"), "")
+    auth = next(
+        (
+            a.get("value") or ""
+            for a in config.auth_settings().values()
+            if str(a.get("key", "")).lower() == "authorization"
+        ),
+        "",
+    )
     token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else None
-    return {"server": config.host, "ca_path": config.ssl_ca_cert, "insecure": not config.verify_ssl,
-            "scheme": "Bearer" if token else None, "token": token,
-            "username": config.username or None, "password": config.password or None,
-            "certificate_path": config.cert_file, "private_key_path": config.key_file,
-            "default_namespace": default_namespace(kubeconfig)}
+    return {
+        "server": config.host,
+        "ca_path": config.ssl_ca_cert,
+        "insecure": not config.verify_ssl,
+        "scheme": "Bearer" if token else None,
+        "token": token,
+        "username": config.username or None,
+        "password": config.password or None,
+        "certificate_path": config.cert_file,
+        "private_key_path": config.key_file,
+        "default_namespace": default_namespace(kubeconfig),
+    }
 
 
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
@@ -65,8 +78,14 @@ def resolve_targets(client: kubernetes.client.ApiClient, spec: CaptureSpec) -> d
         known = {n.metadata.name for n in core.list_node().items}
         missing = [n for n in spec.node_names if n not in known]
         if missing:
-            raise SpecError([Problem(f"{_TGT}.nodeNames", f"no such node: {', '.join(missing)} "
-                                                          "(kubectl get nodes lists them)")])
+            raise SpecError(
+                [
+                    Problem(
+                        f"{_TGT}.nodeNames",
+                        f"no such node: {', '.join(missing)} (kubectl get nodes lists them)",
+                    )
+                ]
+            )
         return {n: () for n in spec.node_names}
     if spec.node_selector is not None:
         selector = selector_to_string(spec.node_selector)
@@ -82,8 +101,9 @@ def resolve_targets(client: kubernetes.client.ApiClient, spec: CaptureSpec) -> d
                 pods.append(core.read_namespaced_pod(name, spec.namespace))
             except ApiException as exc:
                 if exc.status == 404:
-                    raise SpecError([Problem(f"{_TGT}.podNames",
-                                             f"no pod {name!r} in namespace {spec.namespace!r}")]) from None
+                    raise SpecError(
+                        [Problem(f"{_TGT}.podNames", f"no pod {name!r} in namespace {spec.namespace!r}")]
+                    ) from None
                 raise
     else:
         assert spec.pod_selector is not None
@@ -92,8 +112,9 @@ def resolve_targets(client: kubernetes.client.ApiClient, spec: CaptureSpec) -> d
             ns_selector = selector_to_string(spec.namespace_selector)
             namespaces = [n.metadata.name for n in core.list_namespace(label_selector=ns_selector).items]
             if not namespaces:
-                raise SpecError([Problem(f"{_TGT}.namespaceSelector",
-                                         f"no namespace matches {ns_selector!r}")])
+                raise SpecError(
+                    [Problem(f"{_TGT}.namespaceSelector", f"no namespace matches {ns_selector!r}")]
+                )
         else:
             namespaces = [spec.namespace]
         for ns in namespaces:
@@ -114,8 +135,15 @@ def resolve_targets(client: kubernetes.client.ApiClient, spec: CaptureSpec) -> d
             nodes[node].append(ip)
     if not nodes:
         field = f"{_TGT}.podNames" if spec.pod_names else f"{_TGT}.podSelector"
-        raise SpecError([Problem(field, f"the selected pods ({', '.join(unscheduled)}) have no node or IP "
-                                        "yet; wait until they run")])
+        raise SpecError(
+            [
+                Problem(
+                    field,
+                    f"the selected pods ({', '.join(unscheduled)}) have no node or IP "
+                    "yet; wait until they run",
+                )
+            ]
+        )
     return {n: tuple(ips) for n, ips in nodes.items()}
 
 
@@ -124,19 +152,29 @@ def check_job_limit(count: int, limit: int) -> None:
         raise JobLimitExceeded(count, limit)
 
 
-def list_jobs(client: kubernetes.client.ApiClient, namespace: str | None,
-              name: str | None = None) -> list[dict[str, Any]]:
+def list_jobs(
+    client: kubernetes.client.ApiClient, namespace: str | None, name: str | None = None
+) -> list[dict[str, Any]]:
     """The capture Jobs (as dicts) in a namespace, or in all namespaces when it is None."""
     batch = kubernetes.client.BatchV1Api(client)
     selector = jobs_mod.capture_selector(name)
-    result = (batch.list_job_for_all_namespaces(label_selector=selector) if namespace is None
-              else batch.list_namespaced_job(namespace, label_selector=selector))
+    result = (
+        batch.list_job_for_all_namespaces(label_selector=selector)
+        if namespace is None
+        else batch.list_namespaced_job(namespace, label_selector=selector)
+    )
     return [client.sanitize_for_serialization(j) for j in result.items]
 
 
-def create_objects(client: kubernetes.client.ApiClient, namespace: str, name: str,
-                   jobs: list[dict[str, Any]], secret: dict[str, Any] | None = None,
-                   *, exist_ok: bool = False) -> list[str]:
+def create_objects(
+    client: kubernetes.client.ApiClient,
+    namespace: str,
+    name: str,
+    jobs: list[dict[str, Any]],
+    secret: dict[str, Any] | None = None,
+    *,
+    exist_ok: bool = False,
+) -> list[str]:
     """Create the Secret (if any) and the Jobs; returns the Job names.
 
     Refuses (``CaptureExists``) when the capture already has objects, unless ``exist_ok``
@@ -145,9 +183,11 @@ def create_objects(client: kubernetes.client.ApiClient, namespace: str, name: st
     core = kubernetes.client.CoreV1Api(client)
     batch = kubernetes.client.BatchV1Api(client)
     if not exist_ok and list_jobs(client, namespace, name):
-        raise CaptureExists(f"capture {name!r} already exists in namespace {namespace!r}; "
-                            f"delete it first (kubectl retina capture delete --name {name} -n {namespace}) "
-                            "or choose another --name")
+        raise CaptureExists(
+            f"capture {name!r} already exists in namespace {namespace!r}; "
+            f"delete it first (kubectl retina capture delete --name {name} -n {namespace}) "
+            "or choose another --name"
+        )
     if secret is not None:
         try:
             core.create_namespaced_secret(namespace, secret)
@@ -155,8 +195,10 @@ def create_objects(client: kubernetes.client.ApiClient, namespace: str, name: st
             if exc.status != 409:
                 raise
             if not exist_ok:
-                raise CaptureExists(f"secret {secret['metadata']['name']!r} already exists in namespace "
-                                    f"{namespace!r}; delete the old capture first") from None
+                raise CaptureExists(
+                    f"secret {secret['metadata']['name']!r} already exists in namespace "
+                    f"{namespace!r}; delete the old capture first"
+                ) from None
     created = []
     for job in jobs:
         try:
@@ -180,8 +222,9 @@ def delete_capture(client: kubernetes.client.ApiClient, namespace: str, name: st
     batch = kubernetes.client.BatchV1Api(client)
     jobs = batch.list_namespaced_job(namespace, label_selector=jobs_mod.capture_selector(name)).items
     for job in jobs:
-        _ignore_404(batch.delete_namespaced_job, job.metadata.name, namespace,
-                    propagation_policy="Background")
+        _ignore_404(
+            batch.delete_namespaced_job, job.metadata.name, namespace, propagation_policy="Background"
+        )
     try:
         secret = core.read_namespaced_secret(jobs_mod.secret_name(name), namespace)
     except ApiException as exc:

@@ -43,38 +43,72 @@ def _pod(text: str, *more: str) -> str:
 
 def build() -> dict:
     summary = [
-        stat_panel("p50 latency", _pod("Median time from request to first response byte."),
-                   query(_quantile(0.5, LATENCY)), unit="ms"),
-        stat_panel("p99 latency", _pod("99th percentile; 63.5 ms means at or above the "
-                                       "largest bucket."),
-                   query(_quantile(0.99, LATENCY)), unit="ms"),
-        stat_panel("p99 TCP handshake", _pod("SYN to SYN-ACK, measured in the kernel."),
-                   query(_quantile(0.99, HANDSHAKE)), unit="ms"),
-        stat_panel("Requests without response/s", _pod("Requests the API server did not "
-                                                       "answer in time.", EMPTY_WHEN_HEALTHY),
-                   query(f"sum({rate(NO_RESPONSE)})"), unit="reqps"),
+        stat_panel(
+            "p50 latency",
+            _pod("Median time from request to first response byte."),
+            query(_quantile(0.5, LATENCY)),
+            unit="ms",
+        ),
+        stat_panel(
+            "p99 latency",
+            _pod("99th percentile; 63.5 ms means at or above the largest bucket."),
+            query(_quantile(0.99, LATENCY)),
+            unit="ms",
+        ),
+        stat_panel(
+            "p99 TCP handshake",
+            _pod("SYN to SYN-ACK, measured in the kernel."),
+            query(_quantile(0.99, HANDSHAKE)),
+            unit="ms",
+        ),
+        stat_panel(
+            "Requests without response/s",
+            _pod("Requests the API server did not answer in time.", EMPTY_WHEN_HEALTHY),
+            query(f"sum({rate(NO_RESPONSE)})"),
+            unit="reqps",
+        ),
     ]
     by_node = "instance, le"
     latency = [
-        timeseries_panel("Latency percentiles by node", _pod("Request to first response byte."),
-                         [query(_quantile(0.5, LATENCY, by_node), "{{instance}} p50"),
-                          query(_quantile(0.99, LATENCY, by_node), "{{instance}} p99")],
-                         unit="ms"),
-        heatmap_panel("Latency distribution", _pod("Requests per latency bucket."),
-                      query(f"sum by (le) (increase({LATENCY}{{{NODE}}}[$__rate_interval]))",
-                            "{{le}}", fmt=HEATMAP), unit="ms"),
-        timeseries_panel("TCP handshake percentiles by node", _pod("SYN to SYN-ACK."),
-                         [query(_quantile(0.5, HANDSHAKE, by_node), "{{instance}} p50"),
-                          query(_quantile(0.99, HANDSHAKE, by_node), "{{instance}} p99")],
-                         unit="ms"),
-        timeseries_panel("Requests without response/s by node",
-                         _pod("Requests the API server did not answer in time.",
-                              EMPTY_WHEN_HEALTHY),
-                         [query(f"sum by (instance) ({rate(NO_RESPONSE)})", "{{instance}}")],
-                         unit="reqps"),
+        timeseries_panel(
+            "Latency percentiles by node",
+            _pod("Request to first response byte."),
+            [
+                query(_quantile(0.5, LATENCY, by_node), "{{instance}} p50"),
+                query(_quantile(0.99, LATENCY, by_node), "{{instance}} p99"),
+            ],
+            unit="ms",
+        ),
+        heatmap_panel(
+            "Latency distribution",
+            _pod("Requests per latency bucket."),
+            query(f"sum by (le) (increase({LATENCY}{{{NODE}}}[$__rate_interval]))", "{{le}}", fmt=HEATMAP),
+            unit="ms",
+        ),
+        timeseries_panel(
+            "TCP handshake percentiles by node",
+            _pod("SYN to SYN-ACK."),
+            [
+                query(_quantile(0.5, HANDSHAKE, by_node), "{{instance}} p50"),
+                query(_quantile(0.99, HANDSHAKE, by_node), "{{instance}} p99"),
+            ],
+            unit="ms",
+        ),
+        timeseries_panel(
+            "Requests without response/s by node",
+            _pod("Requests the API server did not answer in time.", EMPTY_WHEN_HEALTHY),
+            [query(f"sum by (instance) ({rate(NO_RESPONSE)})", "{{instance}}")],
+            unit="reqps",
+        ),
     ]
     return make_dashboard(
-        UID, TITLE, "Latency from each node to the Kubernetes API server, seen by the agent.",
-        [datasource_variable(), cluster_variable(ADV + "node_apiserver_latency_count"),
-         node_variable(ADV + "node_apiserver_latency_count")],
-        [("Summary", summary), ("Latency", latency)])
+        UID,
+        TITLE,
+        "Latency from each node to the Kubernetes API server, seen by the agent.",
+        [
+            datasource_variable(),
+            cluster_variable(ADV + "node_apiserver_latency_count"),
+            node_variable(ADV + "node_apiserver_latency_count"),
+        ],
+        [("Summary", summary), ("Latency", latency)],
+    )

@@ -1,7 +1,7 @@
 """Write (or check) the dashboards' JSON files for the installer's ``dashboards`` role.
 
-    python -m retina_dashboards.build            # write the files
-    python -m retina_dashboards.build --check    # exit 1 if a file is missing or out of date
+python -m retina_dashboards.build            # write the files
+python -m retina_dashboards.build --check    # exit 1 if a file is missing or out of date
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ def render(builder: Callable[[], dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_DIR,
-                        help=f"folder for the JSON files (default: {DEFAULT_DIR})")
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; fail if a file differs from what the code builds")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_DIR, help=f"folder for the JSON files (default: {DEFAULT_DIR})"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; fail if a file differs from what the code builds"
+    )
     args = parser.parse_args(argv)
     if not args.out.is_dir():
         parser.error(f"--out {args.out}: not a folder; create it or pass an existing one")
@@ -50,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
             print(f"wrote {path}")
     if stale:
-        print("out of date (run python -m retina_dashboards.build):\n  " + "\n  ".join(stale),
-              file=sys.stderr)
+        print(
+            "out of date (run python -m retina_dashboards.build):\n  " + "\n  ".join(stale), file=sys.stderr
+        )
         return 1
     return 0
 

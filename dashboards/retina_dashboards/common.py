@@ -53,30 +53,38 @@ def datasource_variable() -> db.DatasourceVariable:
     return db.DatasourceVariable("datasource").label("Data source").type("prometheus")
 
 
-def label_variable(name: str, label: str, metric: str, matchers: str = "",
-                   ) -> db.QueryVariable:
+def label_variable(
+    name: str,
+    label: str,
+    metric: str,
+    matchers: str = "",
+) -> db.QueryVariable:
     """A multi-select variable over the values of ``label`` on ``metric``, with "All" = ``.*``."""
     selector = f"{metric}{{{matchers}}}" if matchers else metric
-    return (db.QueryVariable(name)
-            .label(name.capitalize())
-            .datasource(DATASOURCE)
-            .query({"query": f"label_values({selector}, {label})", "refId": f"{name}-values"})
-            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(dm.VariableSort.ALPHABETICAL_ASC)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
-            .current(dm.VariableOption(selected=True, text="All", value="$__all")))
+    return (
+        db.QueryVariable(name)
+        .label(name.capitalize())
+        .datasource(DATASOURCE)
+        .query({"query": f"label_values({selector}, {label})", "refId": f"{name}-values"})
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(dm.VariableOption(selected=True, text="All", value="$__all"))
+    )
 
 
 def cluster_variable(metric: str) -> db.QueryVariable:
     return label_variable("cluster", "cluster", metric).description(
-        "Values of a cluster label, if your Prometheus adds one; All matches series without it.")
+        "Values of a cluster label, if your Prometheus adds one; All matches series without it."
+    )
 
 
 def node_variable(metric: str) -> db.QueryVariable:
     return label_variable("node", "instance", metric, 'cluster=~"$cluster"').description(
-        "Node name (the scrape config sets instance to the node name).")
+        "Node name (the scrape config sets instance to the node name)."
+    )
 
 
 def namespace_variable(metric: str) -> db.QueryVariable:
@@ -97,8 +105,14 @@ def rate(metric: str, matchers: str = NODE, window: str = "$__rate_interval") ->
     return f"rate({metric}{{{matchers}}}[{window}])"
 
 
-def query(expr: str, legend: str = "", *, instant: bool = False,
-          fmt: pm.PromQueryFormat | None = None, ref: str = "A") -> prom.Dataquery:
+def query(
+    expr: str,
+    legend: str = "",
+    *,
+    instant: bool = False,
+    fmt: pm.PromQueryFormat | None = None,
+    ref: str = "A",
+) -> prom.Dataquery:
     q = prom.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
     if legend:
         q = q.legend_format(legend)
@@ -113,8 +127,9 @@ def describe(text: str, *markers: str) -> str:
     return " ".join([text, *markers])
 
 
-def _common(panel: Builder, title: str, description: str, targets: Sequence[prom.Dataquery],
-            width: int, height: int) -> Builder:
+def _common(
+    panel: Builder, title: str, description: str, targets: Sequence[prom.Dataquery], width: int, height: int
+) -> Builder:
     panel = panel.title(title).description(description).datasource(DATASOURCE)
     panel = panel.span(width).height(height)
     for ref, target in zip("ABCDEFGH", targets, strict=False):
@@ -123,75 +138,131 @@ def _common(panel: Builder, title: str, description: str, targets: Sequence[prom
 
 
 # -- panels -----------------------------------------------------------------------------------
-def timeseries_panel(title: str, description: str, targets: Sequence[prom.Dataquery],
-                     unit: str = "short", width: int = 12, height: int = 8,
-                     stacked: bool = False) -> timeseries.Panel:
+def timeseries_panel(
+    title: str,
+    description: str,
+    targets: Sequence[prom.Dataquery],
+    unit: str = "short",
+    width: int = 12,
+    height: int = 8,
+    stacked: bool = False,
+) -> timeseries.Panel:
     panel = timeseries.Panel().unit(unit).fill_opacity(10).line_width(1)
-    panel = panel.legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.TABLE)
-                         .placement(cm.LegendPlacement.BOTTOM).show_legend(True)
-                         .calcs(["mean", "max", "lastNotNull"]))
-    panel = panel.tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
-                          .sort(cm.SortOrder.DESCENDING))
+    panel = panel.legend(
+        cb.VizLegendOptions()
+        .display_mode(cm.LegendDisplayMode.TABLE)
+        .placement(cm.LegendPlacement.BOTTOM)
+        .show_legend(True)
+        .calcs(["mean", "max", "lastNotNull"])
+    )
+    panel = panel.tooltip(
+        cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING)
+    )
     if stacked:
         panel = panel.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
     return _common(panel, title, description, targets, width, height)
 
 
-def stat_panel(title: str, description: str, target: prom.Dataquery, unit: str = "short",
-               width: int = 6, height: int = 4) -> stat.Panel:
-    panel = (stat.Panel().unit(unit)
-             .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
-             .graph_mode(cm.BigValueGraphMode.AREA)
-             .color_mode(cm.BigValueColorMode.VALUE))
+def stat_panel(
+    title: str, description: str, target: prom.Dataquery, unit: str = "short", width: int = 6, height: int = 4
+) -> stat.Panel:
+    panel = (
+        stat.Panel()
+        .unit(unit)
+        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .graph_mode(cm.BigValueGraphMode.AREA)
+        .color_mode(cm.BigValueColorMode.VALUE)
+    )
     return _common(panel, title, description, [target], width, height)
 
 
-def table_panel(title: str, description: str, target: prom.Dataquery, unit: str = "short",
-                width: int = 12, height: int = 8) -> table.Panel:
+def table_panel(
+    title: str,
+    description: str,
+    target: prom.Dataquery,
+    unit: str = "short",
+    width: int = 12,
+    height: int = 8,
+) -> table.Panel:
     """An instant query shown as a table, the Time column hidden, largest value first."""
-    panel = (table.Panel().unit(unit).show_header(True)
-             .sort_by([cb.TableSortByFieldState().display_name("Value").desc(True)])
-             .with_transformation(dm.DataTransformerConfig(
-                 id_val="organize", options={"excludeByName": {"Time": True}})))
+    panel = (
+        table.Panel()
+        .unit(unit)
+        .show_header(True)
+        .sort_by([cb.TableSortByFieldState().display_name("Value").desc(True)])
+        .with_transformation(
+            dm.DataTransformerConfig(id_val="organize", options={"excludeByName": {"Time": True}})
+        )
+    )
     return _common(panel, title, description, [target], width, height)
 
 
-def heatmap_panel(title: str, description: str, target: prom.Dataquery, unit: str = "s",
-                  width: int = 12, height: int = 8) -> heatmap.Panel:
+def heatmap_panel(
+    title: str, description: str, target: prom.Dataquery, unit: str = "s", width: int = 12, height: int = 8
+) -> heatmap.Panel:
     """Prometheus histogram buckets (``format: heatmap``) drawn as they are (no recalculation)."""
-    panel = (heatmap.Panel().calculate(False)
-             .y_axis(heatmap.YAxisConfig().unit(unit))
-             .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME)
-                    .scheme("Oranges").steps(64))
-             .cell_values(heatmap.CellValues().unit("short")))
+    panel = (
+        heatmap.Panel()
+        .calculate(False)
+        .y_axis(heatmap.YAxisConfig().unit(unit))
+        .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("Oranges").steps(64))
+        .cell_values(heatmap.CellValues().unit("short"))
+    )
     return _common(panel, title, description, [target], width, height)
 
 
-def node_graph_panel(title: str, description: str, nodes: prom.Dataquery, edges: prom.Dataquery,
-                     unit: str = "Bps", width: int = 24, height: int = 12) -> nodegraph.Panel:
+def node_graph_panel(
+    title: str,
+    description: str,
+    nodes: prom.Dataquery,
+    edges: prom.Dataquery,
+    unit: str = "Bps",
+    width: int = 24,
+    height: int = 12,
+) -> nodegraph.Panel:
     """Grafana's node graph from two instant table queries: ``nodes`` (refId ``nodes``) returns
     an ``id`` label per node, ``edges`` (refId ``edges``) ``id``, ``source`` and ``target``
     labels per edge; their values become each frame's ``mainstat`` (the panel tells node and
     edge frames apart by the ``source`` field)."""
-    panel = (nodegraph.Panel()
-             .nodes(nodegraph.NodeOptions().main_stat_unit(unit))
-             .edges(nodegraph.EdgeOptions().main_stat_unit(unit))
-             .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
-                 "excludeByName": {"Time": True},
-                 "renameByName": {"Value #nodes": "mainstat", "Value #edges": "mainstat"}})))
+    panel = (
+        nodegraph.Panel()
+        .nodes(nodegraph.NodeOptions().main_stat_unit(unit))
+        .edges(nodegraph.EdgeOptions().main_stat_unit(unit))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "renameByName": {"Value #nodes": "mainstat", "Value #edges": "mainstat"},
+                },
+            )
+        )
+    )
     panel = panel.title(title).description(description).datasource(DATASOURCE)
     panel = panel.span(width).height(height)
     return panel.with_target(nodes.ref_id("nodes")).with_target(edges.ref_id("edges"))
 
 
 # -- dashboards -------------------------------------------------------------------------------
-def dashboard(uid: str, title: str, description: str, variables: Sequence[Builder],
-              rows: Sequence[tuple[str, Sequence[Builder]]]) -> dict:
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    variables: Sequence[Builder],
+    rows: Sequence[tuple[str, Sequence[Builder]]],
+) -> dict:
     """Lay out ``rows`` of panels top to bottom, number them, return the Grafana JSON model."""
-    board = (db.Dashboard(title).uid(uid).description(description)
-             .tags(["retina", "networking", "ebpf"])
-             .timezone("browser").editable().refresh("30s").time("now-1h", "now")
-             .tooltip(dm.DashboardCursorSync.CROSSHAIR))
+    board = (
+        db.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["retina", "networking", "ebpf"])
+        .timezone("browser")
+        .editable()
+        .refresh("30s")
+        .time("now-1h", "now")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+    )
     for variable in variables:
         board = board.with_variable(variable)
     panel_id = 0

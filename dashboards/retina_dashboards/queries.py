@@ -61,12 +61,20 @@ def panel_queries(model: dict) -> list[PanelQuery]:
     found = []
     for panel in panels(model):
         for target in panel.get("targets", []):
-            found.append(PanelQuery(
-                dashboard=model["uid"], panel_id=panel["id"], panel_type=panel["type"],
-                title=panel.get("title", ""), description=panel.get("description", ""),
-                ref=target.get("refId", ""), expr=target["expr"],
-                legend=target.get("legendFormat", ""), instant=bool(target.get("instant")),
-                fmt=target.get("format", "time_series")))
+            found.append(
+                PanelQuery(
+                    dashboard=model["uid"],
+                    panel_id=panel["id"],
+                    panel_type=panel["type"],
+                    title=panel.get("title", ""),
+                    description=panel.get("description", ""),
+                    ref=target.get("refId", ""),
+                    expr=target["expr"],
+                    legend=target.get("legendFormat", ""),
+                    instant=bool(target.get("instant")),
+                    fmt=target.get("format", "time_series"),
+                )
+            )
     return found
 
 
@@ -81,6 +89,7 @@ def substitute(expr: str, values: Mapping[str, str] | None = None) -> str:
     def one(match: re.Match) -> str:
         name = next(g for g in match.groups() if g)
         return values.get(name, ".*")
+
     return _VARIABLE.sub(one, expr)
 
 

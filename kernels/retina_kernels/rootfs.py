@@ -176,8 +176,10 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         shutil.copy2(wheel, staging / wheel.name)
-        for name, package in (("retina_lab", REPO / "lab" / "retina_lab"),
-                              ("retina_kernels", REPO / "kernels" / "retina_kernels")):
+        for name, package in (
+            ("retina_lab", REPO / "lab" / "retina_lab"),
+            ("retina_kernels", REPO / "kernels" / "retina_kernels"),
+        ):
             shutil.copytree(package, staging / "src" / name, ignore=shutil.ignore_patterns("__pycache__"))
         script = ""
         if not installed.startswith(deps_key + "-"):  # dependencies changed: a new venv
@@ -201,7 +203,8 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
             system,
             script
             + f"/opt/retina/bin/pip install -q --no-deps --force-reinstall /tmp/retina-wheels/{wheel.name}; "
-            "SITE=$(/opt/retina/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
+            "SITE=$(/opt/retina/bin/python -c "
+            "'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
             'rm -rf "$SITE/retina_lab" "$SITE/retina_kernels"; cp -r /tmp/retina-wheels/src/* "$SITE/"; '
             "/opt/retina/bin/python -c 'import bcc, retina_agent, retina_lab, retina_kernels.guest'",
             timeout=900,

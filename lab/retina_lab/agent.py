@@ -30,15 +30,16 @@ def our_tc_filters(pid: int | None = None) -> list[str]:
         index, dev = line.split(": ")[0], line.split(": ")[1].split("@")[0]
         names[int(index)] = dev
         for direction in ("ingress", "egress"):
-            out = subprocess.run(["tc", "filter", "show", "dev", dev, direction],
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["tc", "filter", "show", "dev", dev, direction], capture_output=True, text=True
+            ).stdout
             for filt in out.split("\nfilter "):
                 words = filt.split()
                 for w in words:
                     if w.startswith("retina_") and (pid is None or f"@{pid}." in w):
                         prog_id = int(words[words.index("id") + 1]) if "id" in words else 0
                         found += _expand(dev, int(index), direction, w, prog_id)
-    for owner_pid in ([pid] if pid is not None else _retina_pids()):
+    for owner_pid in [pid] if pid is not None else _retina_pids():
         for ifindex, direction, prog_id in _tcx_links(owner_pid):
             dev = names.get(ifindex, str(ifindex))
             from retina_agent.tc import process_tag
@@ -57,8 +58,11 @@ def _expand(dev: str, ifindex: int, direction: str, name: str, prog_id: int) -> 
     from retina_agent.bpf.datapath import FEATURE_BITS, FEATURE_SHORT
 
     bits = _iface_bits(syscall, prog_id, ifindex)
-    return [f"{dev}/{direction}/retina_{FEATURE_SHORT[p]}_{direction}@{owner}"
-            for p, bit in FEATURE_BITS.items() if bits & bit]
+    return [
+        f"{dev}/{direction}/retina_{FEATURE_SHORT[p]}_{direction}@{owner}"
+        for p, bit in FEATURE_BITS.items()
+        if bits & bit
+    ]
 
 
 def _iface_bits(syscall, prog_id: int, ifindex: int) -> int:

@@ -16,8 +16,9 @@ from retina_agent.demo.node import LabPod
 
 
 class PacketDelay:
-    def __init__(self, pod: LabPod, match: Sequence[str], delay: float,
-                 chain: str = "OUTPUT", queue: int = 7) -> None:
+    def __init__(
+        self, pod: LabPod, match: Sequence[str], delay: float, chain: str = "OUTPUT", queue: int = 7
+    ) -> None:
         """``match``: iptables match arguments, e.g. ``["-p", "tcp", "--sport", "6443"]``."""
         self.pod = pod
         self.rule = [chain, *match, "-j", "NFQUEUE", "--queue-num", str(queue)]

@@ -74,9 +74,17 @@ from retina_lab import kube_auth, kube_tls
 Obj = dict[str, Any]
 
 #: Kubernetes version that ``/version`` reports (the newest one we claim to support).
-SERVER_VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-retina-emulator",
-                  "gitCommit": "0" * 40, "gitTreeState": "clean", "buildDate": "2024-08-13T00:00:00Z",
-                  "goVersion": "go1.22.5", "compiler": "gc", "platform": "linux/amd64"}
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "31",
+    "gitVersion": "v1.31.0-retina-emulator",
+    "gitCommit": "0" * 40,
+    "gitTreeState": "clean",
+    "buildDate": "2024-08-13T00:00:00Z",
+    "goVersion": "go1.22.5",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -105,8 +113,14 @@ class ResourceType:
 
 
 def _builtin_types() -> list[ResourceType]:
-    def rt(gv: str, plural: str, kind: str, namespaced: bool = True, short: Iterable[str] = (),
-           status: bool = False) -> ResourceType:
+    def rt(
+        gv: str,
+        plural: str,
+        kind: str,
+        namespaced: bool = True,
+        short: Iterable[str] = (),
+        status: bool = False,
+    ) -> ResourceType:
         group, _, version = gv.rpartition("/")
         return ResourceType(group, version, plural, kind, namespaced, tuple(short), status)
 
@@ -131,8 +145,14 @@ def _builtin_types() -> list[ResourceType]:
         rt("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
         rt("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", namespaced=False),
         rt("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
-        rt("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition",
-           namespaced=False, short=["crd", "crds"], status=True),
+        rt(
+            "apiextensions.k8s.io/v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            namespaced=False,
+            short=["crd", "crds"],
+            status=True,
+        ),
         rt("coordination.k8s.io/v1", "leases", "Lease"),
         rt("events.k8s.io/v1", "events", "Event", short=["ev"]),
     ]
@@ -157,13 +177,25 @@ class ApiError(Exception):
         self.code, self.reason, self.message, self.details = code, reason, message, details or {}
 
     def status(self) -> Obj:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "details": self.details, "code": self.code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": self.details,
+            "code": self.code,
+        }
 
 
 def _not_found(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{rt.plural}{"." + rt.group if rt.group else ""} "{name}" not found',
-                    {"name": name, "group": rt.group, "kind": rt.plural})
+    return ApiError(
+        404,
+        "NotFound",
+        f'{rt.plural}{"." + rt.group if rt.group else ""} "{name}" not found',
+        {"name": name, "group": rt.group, "kind": rt.plural},
+    )
 
 
 def _now() -> str:
@@ -236,6 +268,7 @@ def field_selector_matches(selector: str | None, obj: Obj) -> bool:
 # Patches
 # ---------------------------------------------------------------------------------------------
 
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -301,8 +334,9 @@ def _merge_list(old: list[Any], new: list[Any]) -> list[Any]:
 # ---------------------------------------------------------------------------------------------
 
 Key = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
-SubresourceHandler = Callable[[aiohttp.web.Request, str, str, kube_auth.UserInfo],
-                              Awaitable[aiohttp.web.StreamResponse]]
+SubresourceHandler = Callable[
+    [aiohttp.web.Request, str, str, kube_auth.UserInfo], Awaitable[aiohttp.web.StreamResponse]
+]
 
 
 @dataclass
@@ -317,9 +351,16 @@ class _Event:
 class KubeEmulator:
     """An in-memory Kubernetes API server on ``127.0.0.1`` served from a background thread."""
 
-    def __init__(self, *, port: int = 0, history_limit: int = 2000,
-                 namespaces: Iterable[str] = ("default", "kube-system", "kube-public"),
-                 workdir: str | Path | None = None, anonymous_auth: bool = True, tls: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        history_limit: int = 2000,
+        namespaces: Iterable[str] = ("default", "kube-system", "kube-public"),
+        workdir: str | Path | None = None,
+        anonymous_auth: bool = True,
+        tls: bool = True,
+    ) -> None:
         self._types: dict[tuple[str, str, str], ResourceType] = {}
         for t in _builtin_types():
             self._register(t)
@@ -347,8 +388,15 @@ class KubeEmulator:
         self.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces])
         self.seed(kube_auth.bootstrap_rbac())
         for ns in namespaces:  # the ServiceAccount controller's "default" in every namespace
-            self.seed([{"apiVersion": "v1", "kind": "ServiceAccount",
-                        "metadata": {"name": "default", "namespace": ns}}])
+            self.seed(
+                [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ServiceAccount",
+                        "metadata": {"name": "default", "namespace": ns},
+                    }
+                ]
+            )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -429,12 +477,12 @@ class KubeEmulator:
         self._changed = asyncio.Event()
         app = aiohttp.web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = aiohttp.web.AppRunner(app, shutdown_timeout=1, handle_signals=False,
-                                             access_log=None)
+        self._runner = aiohttp.web.AppRunner(app, shutdown_timeout=1, handle_signals=False, access_log=None)
         await self._runner.setup()
         ssl_context = self._certs.server_context() if self._certs else None
-        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", self._port, reuse_address=True,
-                                   ssl_context=ssl_context)
+        site = aiohttp.web.TCPSite(
+            self._runner, "127.0.0.1", self._port, reuse_address=True, ssl_context=ssl_context
+        )
         await site.start()
         sock: socket.socket = site._server.sockets[0]  # type: ignore[union-attr]
         self._port = sock.getsockname()[1]
@@ -449,8 +497,9 @@ class KubeEmulator:
         for path, token, namespace in self._kubeconfigs:  # the port may have changed
             self.write_kubeconfig(path, token, namespace=namespace)
 
-    def write_kubeconfig(self, path: str | Path, token: str, *, namespace: str = "default",
-                         user: str = "emulator") -> Path:
+    def write_kubeconfig(
+        self, path: str | Path, token: str, *, namespace: str = "default", user: str = "emulator"
+    ) -> Path:
         """Write a kubeconfig for this server that logs in with ``token``; returns its path."""
         path = Path(path)
         cluster: Obj = {"server": self.url}
@@ -458,11 +507,14 @@ class KubeEmulator:
             ca = self._certs.ca_path.read_bytes()
             cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
         config = {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
             "clusters": [{"name": "emulator", "cluster": cluster}],
             "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "emulator",
-                          "context": {"cluster": "emulator", "user": user, "namespace": namespace}}],
+            "contexts": [
+                {"name": "emulator", "context": {"cluster": "emulator", "user": user, "namespace": namespace}}
+            ],
             "current-context": "emulator",
         }
         path.write_text(yaml.safe_dump(config))
@@ -475,8 +527,15 @@ class KubeEmulator:
         """A static bearer token for user ``name`` in ``groups`` (plus ``system:authenticated``)."""
         return self.auth.add_static_token(kube_auth.UserInfo(name, tuple(groups)))
 
-    def service_account_token(self, namespace: str, name: str, *, expiration_seconds: int = 3600,
-                              audiences: Iterable[str] = (), bound_pod: str | None = None) -> str:
+    def service_account_token(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        expiration_seconds: int = 3600,
+        audiences: Iterable[str] = (),
+        bound_pod: str | None = None,
+    ) -> str:
         """A token for ServiceAccount ``namespace/name`` as the TokenRequest API issues it (the
         ServiceAccount must exist; the token dies with it, or with the pod it is bound to)."""
         with self._lock:
@@ -485,20 +544,26 @@ class KubeEmulator:
             if bound_pod is not None:
                 pod = self._get(self._types[("", "v1", "pods")], namespace, bound_pod)
                 bound = {"kind": "Pod", "name": bound_pod, "uid": pod["metadata"]["uid"]}
-        token, _ = self.auth.issue_service_account_token(sa, audiences=audiences,
-                                                         expiration_seconds=expiration_seconds,
-                                                         bound_object=bound)
+        token, _ = self.auth.issue_service_account_token(
+            sa, audiences=audiences, expiration_seconds=expiration_seconds, bound_object=bound
+        )
         return token
 
-    def kubeconfig_for_user(self, name: str, groups: Iterable[str] = (), *, namespace: str = "default",
-                            path: str | Path | None = None) -> Path:
+    def kubeconfig_for_user(
+        self,
+        name: str,
+        groups: Iterable[str] = (),
+        *,
+        namespace: str = "default",
+        path: str | Path | None = None,
+    ) -> Path:
         """A kubeconfig (kept up to date across restarts) that logs in as user ``name``."""
         path = Path(path or self._dir / f"kubeconfig-user-{_file_safe(name)}-{secrets.token_hex(3)}")
         return self._remember_kubeconfig(path, self.user_token(name, groups), namespace)
 
-    def kubeconfig_for_service_account(self, namespace: str, name: str, *,
-                                       path: str | Path | None = None, expiration_seconds: int = 86400
-                                       ) -> Path:
+    def kubeconfig_for_service_account(
+        self, namespace: str, name: str, *, path: str | Path | None = None, expiration_seconds: int = 86400
+    ) -> Path:
         """A kubeconfig that logs in with a TokenRequest token of ServiceAccount ``namespace/name``
         (its context's namespace is the ServiceAccount's, as in a pod)."""
         path = Path(path) if path else self._dir / f"kubeconfig-sa-{namespace}-{name}-{secrets.token_hex(3)}"
@@ -509,8 +574,17 @@ class KubeEmulator:
         self._kubeconfigs.append((path, token, namespace))
         return self.write_kubeconfig(path, token, namespace=namespace)
 
-    def can(self, user: kube_auth.UserInfo, verb: str, resource: str, *, group: str = "",
-            namespace: str = "", name: str = "", subresource: str = "") -> bool:
+    def can(
+        self,
+        user: kube_auth.UserInfo,
+        verb: str,
+        resource: str,
+        *,
+        group: str = "",
+        namespace: str = "",
+        name: str = "",
+        subresource: str = "",
+    ) -> bool:
         """Would RBAC allow this (a SubjectAccessReview without HTTP)?"""
         info = kube_auth.RequestInfo(verb, "", True, group, "", resource, subresource, namespace, name)
         with self._lock:
@@ -553,14 +627,20 @@ class KubeEmulator:
 
     def objects(self, kind: str, namespace: str | None = None) -> list[Obj]:
         """Copies of the stored objects of a kind (``"Job"``, ``"jobs"`` or ``"batch/v1/jobs"``)."""
-        types = [t for t in self._types.values()
-                 if kind in (t.kind, t.plural, f"{t.api_version}/{t.plural}", f"{t.api_version}/{t.kind}")]
+        types = [
+            t
+            for t in self._types.values()
+            if kind in (t.kind, t.plural, f"{t.api_version}/{t.plural}", f"{t.api_version}/{t.kind}")
+        ]
         if not types:
             raise KeyError(f"unknown kind {kind!r}")
         keys = {(t.group, t.plural) for t in types}
         with self._lock:
-            found = [copy.deepcopy(o) for (g, p, ns, _), o in sorted(self._objects.items())
-                     if (g, p) in keys and (namespace is None or ns == namespace)]
+            found = [
+                copy.deepcopy(o)
+                for (g, p, ns, _), o in sorted(self._objects.items())
+                if (g, p) in keys and (namespace is None or ns == namespace)
+            ]
         return found
 
     def resource_for(self, api_version: str, kind: str) -> ResourceType:
@@ -623,12 +703,19 @@ class KubeEmulator:
                 continue
             if not ver.get("served", True):
                 continue
-            self._register(ResourceType(
-                group, ver["name"], names["plural"], names["kind"],
-                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                short_names=tuple(names.get("shortNames", [])),
-                status="status" in (ver.get("subresources") or {}), builtin=False,
-                schema=(ver.get("schema") or {}).get("openAPIV3Schema")))
+            self._register(
+                ResourceType(
+                    group,
+                    ver["name"],
+                    names["plural"],
+                    names["kind"],
+                    namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                    short_names=tuple(names.get("shortNames", [])),
+                    status="status" in (ver.get("subresources") or {}),
+                    builtin=False,
+                    schema=(ver.get("schema") or {}).get("openAPIV3Schema"),
+                )
+            )
         if deleted:
             plural = names.get("plural", "")
             for key in [k for k in self._objects if k[0] == group and k[1] == plural]:
@@ -649,8 +736,15 @@ class KubeEmulator:
             self._objects.pop(key, None)
         else:
             self._objects[key] = obj
-        self._history.append(_Event(int(meta["resourceVersion"]), event, (t.group, t.plural),
-                                    copy.deepcopy(obj), copy.deepcopy(old or previous)))
+        self._history.append(
+            _Event(
+                int(meta["resourceVersion"]),
+                event,
+                (t.group, t.plural),
+                copy.deepcopy(obj),
+                copy.deepcopy(old or previous),
+            )
+        )
         if t.plural == "customresourcedefinitions" and t.group == "apiextensions.k8s.io":
             self._crd_changed(obj, deleted=event == "DELETED")
         self._notify()
@@ -669,8 +763,9 @@ class KubeEmulator:
 
     def _check_namespace(self, t: ResourceType, ns: str) -> None:
         if t.namespaced and ("", "namespaces", "", ns) not in self._objects:
-            raise ApiError(404, "NotFound", f'namespaces "{ns}" not found',
-                           {"name": ns, "kind": "namespaces"})
+            raise ApiError(
+                404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"}
+            )
 
     def _validate(self, t: ResourceType, obj: Obj) -> None:
         name = obj.get("metadata", {}).get("name", "")
@@ -679,45 +774,69 @@ class KubeEmulator:
         else:
             valid = bool(re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name or ""))
         if not valid:
-            raise ApiError(422, "Invalid", f'{t.kind} "{name}" is invalid: metadata.name: Invalid value: '
-                           f'"{name}": a lowercase RFC 1123 subdomain must consist of lower case '
-                           "alphanumeric characters, '-' or '.'",
-                           {"name": name, "kind": t.kind, "causes": [{"field": "metadata.name"}]})
+            raise ApiError(
+                422,
+                "Invalid",
+                f'{t.kind} "{name}" is invalid: metadata.name: Invalid value: '
+                f'"{name}": a lowercase RFC 1123 subdomain must consist of lower case '
+                "alphanumeric characters, '-' or '.'",
+                {"name": name, "kind": t.kind, "causes": [{"field": "metadata.name"}]},
+            )
         if t.schema:
             from retina_lab.manifests import schema_errors  # local import: optional dependency
 
             errors = schema_errors(obj, t.schema)
             if errors:
                 message = f'{t.kind}.{t.group} "{name}" is invalid: ' + "; ".join(errors)
-                raise ApiError(422, "Invalid", message,
-                               {"name": name, "group": t.group, "kind": t.kind,
-                                "causes": [{"message": e} for e in errors]})
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    message,
+                    {
+                        "name": name,
+                        "group": t.group,
+                        "kind": t.kind,
+                        "causes": [{"message": e} for e in errors],
+                    },
+                )
 
-    def _create(self, t: ResourceType, ns: str, obj: Obj, *, keep_status: bool = False,
-                dry_run: bool = False) -> Obj:
+    def _create(
+        self, t: ResourceType, ns: str, obj: Obj, *, keep_status: bool = False, dry_run: bool = False
+    ) -> Obj:
         with self._lock:
             meta = obj.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
             if t.namespaced:
                 if meta.get("namespace") and meta["namespace"] != ns:
-                    raise ApiError(400, "BadRequest", "the namespace of the provided object does not "
-                                   "match the namespace sent on the request")
+                    raise ApiError(
+                        400,
+                        "BadRequest",
+                        "the namespace of the provided object does not "
+                        "match the namespace sent on the request",
+                    )
                 meta["namespace"] = ns
                 self._check_namespace(t, ns)
             else:
                 meta.pop("namespace", None)
             obj["apiVersion"], obj["kind"] = t.api_version, t.kind
             if not t.builtin and self._terminating_crd(t):
-                raise ApiError(405, "MethodNotAllowed",
-                               "create not allowed while custom resource definition is terminating")
+                raise ApiError(
+                    405,
+                    "MethodNotAllowed",
+                    "create not allowed while custom resource definition is terminating",
+                )
             if t.status and not keep_status:
                 obj.pop("status", None)
             self._validate(t, obj)
             key = (t.group, t.plural, ns if t.namespaced else "", meta["name"])
             if key in self._objects:
-                raise ApiError(409, "AlreadyExists", f'{t.plural} "{meta["name"]}" already exists',
-                               {"name": meta["name"], "group": t.group, "kind": t.plural})
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{t.plural} "{meta["name"]}" already exists',
+                    {"name": meta["name"], "group": t.group, "kind": t.plural},
+                )
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", _now())
             meta["generation"] = 1
@@ -731,15 +850,28 @@ class KubeEmulator:
             raise _not_found(t, name)
         return obj
 
-    def _update(self, t: ResourceType, ns: str, name: str, new: Obj, sub: str | None,
-                check_rv: bool = True, dry_run: bool = False) -> Obj:
+    def _update(
+        self,
+        t: ResourceType,
+        ns: str,
+        name: str,
+        new: Obj,
+        sub: str | None,
+        check_rv: bool = True,
+        dry_run: bool = False,
+    ) -> Obj:
         with self._lock:
             old = self._get(t, ns, name)
             rv = new.get("metadata", {}).get("resourceVersion")
             if check_rv and rv and rv != old["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {t.plural} "{name}": '
-                               "the object has been modified; please apply your changes to the latest "
-                               "version and try again", {"name": name, "kind": t.plural})
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {t.plural} "{name}": '
+                    "the object has been modified; please apply your changes to the latest "
+                    "version and try again",
+                    {"name": name, "kind": t.plural},
+                )
             if sub == "status":
                 result = copy.deepcopy(old)
                 if "status" in new:
@@ -771,8 +903,9 @@ class KubeEmulator:
                 return self._delete_now(t, result)
             return self._store(t, result, "MODIFIED", old=old)
 
-    def _delete(self, t: ResourceType, ns: str, name: str, orphan: bool = False,
-                dry_run: bool = False) -> Obj:
+    def _delete(
+        self, t: ResourceType, ns: str, name: str, orphan: bool = False, dry_run: bool = False
+    ) -> Obj:
         with self._lock:
             obj = copy.deepcopy(self._get(t, ns, name))
             if dry_run:
@@ -797,14 +930,22 @@ class KubeEmulator:
                 meta["finalizers"].append(_CRD_FINALIZER)
             status = crd.setdefault("status", {})
             conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Terminating"]
-            status["conditions"] = [*conditions, {
-                "type": "Terminating", "status": "True", "lastTransitionTime": _now(),
-                "reason": "InstanceDeletionInProgress", "message": "CustomResource deletion is in progress"}]
+            status["conditions"] = [
+                *conditions,
+                {
+                    "type": "Terminating",
+                    "status": "True",
+                    "lastTransitionTime": _now(),
+                    "reason": "InstanceDeletionInProgress",
+                    "message": "CustomResource deletion is in progress",
+                },
+            ]
             crd = self._store(crd_type, crd, "MODIFIED")
             spec = crd.get("spec", {})
             group, plural = spec.get("group", ""), spec.get("names", {}).get("plural", "")
-            instance_type = next((x for x in self._types.values() if (x.group, x.plural) == (group, plural)),
-                                 None)
+            instance_type = next(
+                (x for x in self._types.values() if (x.group, x.plural) == (group, plural)), None
+            )
             if instance_type is not None:
                 for key in [k for k in self._objects if k[:2] == (group, plural)]:
                     with contextlib.suppress(ApiError):
@@ -843,8 +984,11 @@ class KubeEmulator:
         elif orphan:
             dependents = []
         else:  # the garbage collector: objects owned by the deleted one
-            dependents = [k for k, o in self._objects.items()
-                          if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences", []))]
+            dependents = [
+                k
+                for k, o in self._objects.items()
+                if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences", []))
+            ]
         for key in dependents:
             dep = self._objects.get(key)
             dep_type = next((x for x in self._types.values() if (x.group, x.plural) == key[:2]), None)
@@ -855,10 +999,14 @@ class KubeEmulator:
 
     def _list(self, t: ResourceType, ns: str | None, labels: str | None, fields: str | None) -> list[Obj]:
         with self._lock:
-            return [copy.deepcopy(o) for (g, p, ons, _), o in sorted(self._objects.items())
-                    if (g, p) == (t.group, t.plural) and (ns is None or ons == ns)
-                    and label_selector_matches(labels, o["metadata"].get("labels"))
-                    and field_selector_matches(fields, o)]
+            return [
+                copy.deepcopy(o)
+                for (g, p, ons, _), o in sorted(self._objects.items())
+                if (g, p) == (t.group, t.plural)
+                and (ns is None or ons == ns)
+                and label_selector_matches(labels, o["metadata"].get("labels"))
+                and field_selector_matches(fields, o)
+            ]
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -881,8 +1029,14 @@ class KubeEmulator:
             allowed = kube_auth.authorize(user, info, self._rbac_state())
         if not allowed:
             status = kube_auth.forbidden_status(user, info)
-            self.refusals.append({"user": user.name, "method": request.method, "path": request.path_qs,
-                                  "message": status["message"]})
+            self.refusals.append(
+                {
+                    "user": user.name,
+                    "method": request.method,
+                    "path": request.path_qs,
+                    "message": status["message"],
+                }
+            )
             return aiohttp.web.json_response(status, status=403)
         try:
             return await self._route(request, user)
@@ -891,8 +1045,9 @@ class KubeEmulator:
         except (json.JSONDecodeError, yaml.YAMLError, jsonpatch.JsonPatchException) as exc:
             return aiohttp.web.json_response(ApiError(400, "BadRequest", str(exc)).status(), status=400)
 
-    async def _route(self, request: aiohttp.web.Request, user: kube_auth.UserInfo
-                     ) -> aiohttp.web.StreamResponse:
+    async def _route(
+        self, request: aiohttp.web.Request, user: kube_auth.UserInfo
+    ) -> aiohttp.web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
         method = request.method
         if method == "GET" and parts in (["version"], ["version", ""]):
@@ -900,10 +1055,15 @@ class KubeEmulator:
         if method == "GET" and parts in (["healthz"], ["readyz"], ["livez"]):
             return aiohttp.web.Response(text="ok")
         if parts == ["api"]:
-            return aiohttp.web.json_response({
-                "kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
-                                                "serverAddress": f"127.0.0.1:{self._port}"}]})
+            return aiohttp.web.json_response(
+                {
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self._port}"}
+                    ],
+                }
+            )
         if parts == ["apis"]:
             return aiohttp.web.json_response(self._group_list())
         if len(parts) == 2 and parts[0] == "apis":
@@ -926,8 +1086,12 @@ class KubeEmulator:
             return aiohttp.web.json_response(review, status=201)
 
         ns: str | None = None
-        if (len(rest) >= 3 and rest[0] == "namespaces"
-                and (t0 := self._types.get((group, version, rest[2]))) is not None and t0.namespaced):
+        if (
+            len(rest) >= 3
+            and rest[0] == "namespaces"
+            and (t0 := self._types.get((group, version, rest[2]))) is not None
+            and t0.namespaced
+        ):
             ns, rest = rest[1], rest[2:]
         t = self._types.get((group, version, rest[0]))
         if t is None or len(rest) > 3 or (ns is not None) != t.namespaced and len(rest) > 1:
@@ -939,8 +1103,9 @@ class KubeEmulator:
                 self._get(t, ns or "", name or "")  # 404 for a missing object, as for any subresource
             return await self._subresources[(t.group, t.plural, sub)](request, ns or "", name or "", user)
         if sub == "token" and (t.group, t.plural) == ("", "serviceaccounts") and method == "POST":
-            return aiohttp.web.json_response(self._token_request(ns or "", name or "", await request.json()),
-                                             status=201)
+            return aiohttp.web.json_response(
+                self._token_request(ns or "", name or "", await request.json()), status=201
+            )
         if sub is not None and (sub != "status" or not t.status):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return await self._resource_request(request, t, ns, name, sub)
@@ -950,10 +1115,14 @@ class KubeEmulator:
         spec = body.get("spec") or {}
         expiration = int(spec.get("expirationSeconds") or 3600)
         if expiration < 600:
-            raise ApiError(422, "Invalid", f'TokenRequest.authentication.k8s.io "{name}" is invalid: '
-                           "spec.expirationSeconds: Invalid value: %d: may not specify a duration less "
-                           "than 10 minutes" % expiration,
-                           {"name": name, "group": "authentication.k8s.io", "kind": "TokenRequest"})
+            raise ApiError(
+                422,
+                "Invalid",
+                f'TokenRequest.authentication.k8s.io "{name}" is invalid: '
+                "spec.expirationSeconds: Invalid value: %d: may not specify a duration less "
+                "than 10 minutes" % expiration,
+                {"name": name, "group": "authentication.k8s.io", "kind": "TokenRequest"},
+            )
         with self._lock:
             sa = copy.deepcopy(self._get(self._types[("", "v1", "serviceaccounts")], namespace, name))
             ref = spec.get("boundObjectRef")
@@ -961,54 +1130,87 @@ class KubeEmulator:
             if ref:
                 plural = {"Pod": "pods", "Secret": "secrets"}.get(ref.get("kind", ""))
                 if plural is None:
-                    raise ApiError(422, "Invalid", "spec.boundObjectRef.kind: Unsupported value: "
-                                   f"{ref.get('kind')!r}: supported values: \"Pod\", \"Secret\"")
+                    raise ApiError(
+                        422,
+                        "Invalid",
+                        "spec.boundObjectRef.kind: Unsupported value: "
+                        f'{ref.get("kind")!r}: supported values: "Pod", "Secret"',
+                    )
                 target = self._get(self._types[("", "v1", plural)], namespace, ref.get("name", ""))
                 if ref.get("uid") and ref["uid"] != target["metadata"]["uid"]:
-                    raise ApiError(409, "Conflict", f'the UID in the bound object reference ({ref["uid"]}) '
-                                   f'does not match the UID in record ({target["metadata"]["uid"]})')
+                    raise ApiError(
+                        409,
+                        "Conflict",
+                        f"the UID in the bound object reference ({ref['uid']}) "
+                        f"does not match the UID in record ({target['metadata']['uid']})",
+                    )
                 bound = {"kind": ref["kind"], "name": ref["name"], "uid": target["metadata"]["uid"]}
         audiences = list(spec.get("audiences") or [kube_auth.DEFAULT_AUDIENCE])
         token, expiry = self.auth.issue_service_account_token(
-            sa, audiences=audiences, expiration_seconds=expiration, bound_object=bound)
+            sa, audiences=audiences, expiration_seconds=expiration, bound_object=bound
+        )
         stamp = datetime.datetime.fromtimestamp(expiry, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
-                "spec": {"audiences": audiences, "expirationSeconds": expiration, "boundObjectRef": ref},
-                "status": {"token": token, "expirationTimestamp": stamp}}
+        return {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
+            "spec": {"audiences": audiences, "expirationSeconds": expiration, "boundObjectRef": ref},
+            "status": {"token": token, "expirationTimestamp": stamp},
+        }
 
     def _review(self, group: str, version: str, plural: str, body: Obj, user: kube_auth.UserInfo) -> Obj:
         """SelfSubjectAccessReview, SubjectAccessReview (``kubectl auth can-i``), SelfSubjectReview."""
         kind = _REVIEWS[(group, plural)]
-        answer: Obj = {"apiVersion": f"{group}/{version}", "kind": kind,
-                       "metadata": {"creationTimestamp": None}, "spec": body.get("spec") or {}}
+        answer: Obj = {
+            "apiVersion": f"{group}/{version}",
+            "kind": kind,
+            "metadata": {"creationTimestamp": None},
+            "spec": body.get("spec") or {},
+        }
         if kind == "SelfSubjectReview":
             answer.pop("spec")
-            answer["status"] = {"userInfo": {"username": user.name, "uid": user.uid,
-                                             "groups": list(user.groups)}}
+            answer["status"] = {
+                "userInfo": {"username": user.name, "uid": user.uid, "groups": list(user.groups)}
+            }
             return answer
         spec = body.get("spec") or {}
         subject = user
         if kind == "SubjectAccessReview":
             if not spec.get("user") and not spec.get("groups"):
-                raise ApiError(422, "Invalid", 'SubjectAccessReview.authorization.k8s.io "" is invalid: '
-                               'spec.user: Invalid value: "": at least one of user or group must be '
-                               "specified")
-            subject = kube_auth.UserInfo(spec.get("user", ""), tuple(spec.get("groups") or []),
-                                         spec.get("uid", ""))
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    'SubjectAccessReview.authorization.k8s.io "" is invalid: '
+                    'spec.user: Invalid value: "": at least one of user or group must be '
+                    "specified",
+                )
+            subject = kube_auth.UserInfo(
+                spec.get("user", ""), tuple(spec.get("groups") or []), spec.get("uid", "")
+            )
         attrs, path_attrs = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
         if attrs:
-            info = kube_auth.RequestInfo(attrs.get("verb", ""), "", True, attrs.get("group", ""),
-                                         attrs.get("version", ""), attrs.get("resource", ""),
-                                         attrs.get("subresource", ""), attrs.get("namespace", ""),
-                                         attrs.get("name", ""))
+            info = kube_auth.RequestInfo(
+                attrs.get("verb", ""),
+                "",
+                True,
+                attrs.get("group", ""),
+                attrs.get("version", ""),
+                attrs.get("resource", ""),
+                attrs.get("subresource", ""),
+                attrs.get("namespace", ""),
+                attrs.get("name", ""),
+            )
         elif path_attrs:
             info = kube_auth.RequestInfo(path_attrs.get("verb", ""), path_attrs.get("path", ""))
         else:
-            raise ApiError(422, "Invalid", f"{kind}.authorization.k8s.io is invalid: "
-                           "spec.resourceAttributes: "
-                           "Invalid value: \"null\": exactly one of nonResourceAttributes or "
-                           "resourceAttributes must be specified")
+            raise ApiError(
+                422,
+                "Invalid",
+                f"{kind}.authorization.k8s.io is invalid: "
+                "spec.resourceAttributes: "
+                'Invalid value: "null": exactly one of nonResourceAttributes or '
+                "resourceAttributes must be specified",
+            )
         with self._lock:
             allowed = kube_auth.authorize(subject, info, self._rbac_state())
         answer["status"] = {"allowed": allowed}
@@ -1016,8 +1218,9 @@ class KubeEmulator:
             answer["status"]["reason"] = "RBAC: allowed"
         return answer
 
-    async def _resource_request(self, request: aiohttp.web.Request, t: ResourceType, ns: str | None,
-                                name: str | None, sub: str | None) -> aiohttp.web.StreamResponse:
+    async def _resource_request(
+        self, request: aiohttp.web.Request, t: ResourceType, ns: str | None, name: str | None, sub: str | None
+    ) -> aiohttp.web.StreamResponse:
         q = request.query
         dry_run = "All" in q.getall("dryRun", [])
         ns_key = ns or ""
@@ -1030,21 +1233,34 @@ class KubeEmulator:
                 for item in items:
                     item.setdefault("apiVersion", t.api_version)
                     item.setdefault("kind", t.kind)
-                return aiohttp.web.json_response({
-                    "apiVersion": t.api_version, "kind": f"{t.kind}List",
-                    "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+                return aiohttp.web.json_response(
+                    {
+                        "apiVersion": t.api_version,
+                        "kind": f"{t.kind}List",
+                        "metadata": {"resourceVersion": str(self._rv)},
+                        "items": items,
+                    }
+                )
             if method == "POST":
                 if t.namespaced and ns is None:
                     raise ApiError(405, "MethodNotAllowed", "create needs a namespace in the URL")
                 body = await request.json()
                 return aiohttp.web.json_response(self._create(t, ns_key, body, dry_run=dry_run), status=201)
             if method == "DELETE":
-                deleted = [self._delete(t, o["metadata"].get("namespace", ""), o["metadata"]["name"],
-                                        dry_run=dry_run)
-                           for o in self._list(t, ns, q.get("labelSelector"), q.get("fieldSelector"))]
-                return aiohttp.web.json_response({"apiVersion": t.api_version, "kind": f"{t.kind}List",
-                                                  "metadata": {"resourceVersion": str(self._rv)},
-                                                  "items": deleted})
+                deleted = [
+                    self._delete(
+                        t, o["metadata"].get("namespace", ""), o["metadata"]["name"], dry_run=dry_run
+                    )
+                    for o in self._list(t, ns, q.get("labelSelector"), q.get("fieldSelector"))
+                ]
+                return aiohttp.web.json_response(
+                    {
+                        "apiVersion": t.api_version,
+                        "kind": f"{t.kind}List",
+                        "metadata": {"resourceVersion": str(self._rv)},
+                        "items": deleted,
+                    }
+                )
             raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on a collection")
 
         if method == "GET" and q.get("watch", "").lower() in ("true", "1"):
@@ -1063,12 +1279,20 @@ class KubeEmulator:
                 with contextlib.suppress(json.JSONDecodeError):
                     body = await request.json() or {}
             policy = q.get("propagationPolicy") or body.get("propagationPolicy")
-            return aiohttp.web.json_response(self._delete(t, ns_key, name, orphan=policy == "Orphan",
-                                                          dry_run=dry_run))
+            return aiohttp.web.json_response(
+                self._delete(t, ns_key, name, orphan=policy == "Orphan", dry_run=dry_run)
+            )
         raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on an object")
 
-    async def _patch(self, request: aiohttp.web.Request, t: ResourceType, ns: str, name: str,
-                     sub: str | None, dry_run: bool) -> aiohttp.web.Response:
+    async def _patch(
+        self,
+        request: aiohttp.web.Request,
+        t: ResourceType,
+        ns: str,
+        name: str,
+        sub: str | None,
+        dry_run: bool,
+    ) -> aiohttp.web.Response:
         ctype = request.content_type
         raw = await request.text()
         if ctype == "application/apply-patch+yaml":
@@ -1084,9 +1308,13 @@ class KubeEmulator:
             patcher = lambda target, ops: jsonpatch.apply_patch(target, ops)  # noqa: E731
         elif ctype == "application/strategic-merge-patch+json":
             if not t.builtin:
-                raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown "
-                               "format - accepted media types include: application/json-patch+json, "
-                               "application/merge-patch+json, application/apply-patch+yaml")
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown "
+                    "format - accepted media types include: application/json-patch+json, "
+                    "application/merge-patch+json, application/apply-patch+yaml",
+                )
             body, patcher = json.loads(raw), strategic_merge_patch
         elif ctype == "application/merge-patch+json":
             body, patcher = json.loads(raw), merge_patch
@@ -1095,11 +1323,13 @@ class KubeEmulator:
         with self._lock:
             current = copy.deepcopy(self._get(t, ns, name))
             patched = patcher(current, body)
-            return aiohttp.web.json_response(self._update(t, ns, name, patched, sub, check_rv=True,
-                                                          dry_run=dry_run))
+            return aiohttp.web.json_response(
+                self._update(t, ns, name, patched, sub, check_rv=True, dry_run=dry_run)
+            )
 
-    async def _watch(self, request: aiohttp.web.Request, t: ResourceType, ns: str | None,
-                     name: str | None = None) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self, request: aiohttp.web.Request, t: ResourceType, ns: str | None, name: str | None = None
+    ) -> aiohttp.web.StreamResponse:
         q = request.query
         labels, fields = q.get("labelSelector"), q.get("fieldSelector")
         if name is not None:
@@ -1118,9 +1348,12 @@ class KubeEmulator:
             await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
 
         def matches(obj: Obj | None) -> bool:
-            return (obj is not None and (ns is None or obj["metadata"].get("namespace", "") == ns)
-                    and label_selector_matches(labels, obj["metadata"].get("labels"))
-                    and field_selector_matches(fields, obj))
+            return (
+                obj is not None
+                and (ns is None or obj["metadata"].get("namespace", "") == ns)
+                and label_selector_matches(labels, obj["metadata"].get("labels"))
+                and field_selector_matches(fields, obj)
+            )
 
         with self._lock:
             if since == "0":
@@ -1131,9 +1364,20 @@ class KubeEmulator:
                 oldest = self._history[0].rv if self._history else self._rv + 1
                 initial = []
                 if position < oldest - 1 or position > self._rv:
-                    initial = [("ERROR", {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                          "status": "Failure", "reason": "Expired", "code": 410,
-                                          "message": f"too old resource version: {since} ({oldest - 1})"})]
+                    initial = [
+                        (
+                            "ERROR",
+                            {
+                                "kind": "Status",
+                                "apiVersion": "v1",
+                                "metadata": {},
+                                "status": "Failure",
+                                "reason": "Expired",
+                                "code": 410,
+                                "message": f"too old resource version: {since} ({oldest - 1})",
+                            },
+                        )
+                    ]
                     position = -1
         for kind, obj in initial:
             await send(kind, obj)
@@ -1165,35 +1409,84 @@ class KubeEmulator:
         for t in self._types.values():
             if t.group and t.version not in groups.setdefault(t.group, []):
                 groups[t.group].append(t.version)
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-            {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
-             "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}}
-            for g, vs in sorted(groups.items())]}
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": g,
+                    "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+                    "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]},
+                }
+                for g, vs in sorted(groups.items())
+            ],
+        }
 
     def _resource_list(self, group: str, version: str) -> Obj:
         types = [t for t in self._types.values() if (t.group, t.version) == (group, version)]
         reviews = [(plural, kind) for (g, plural), kind in _REVIEWS.items() if g == group and version == "v1"]
         if not types and not reviews:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        resources: list[Obj] = [{"name": plural, "singularName": kind.lower(), "namespaced": False,
-                                 "kind": kind, "verbs": ["create"]} for plural, kind in reviews]
+        resources: list[Obj] = [
+            {
+                "name": plural,
+                "singularName": kind.lower(),
+                "namespaced": False,
+                "kind": kind,
+                "verbs": ["create"],
+            }
+            for plural, kind in reviews
+        ]
         for t in sorted(types, key=lambda x: x.plural):
-            resources.append({"name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
-                              "kind": t.kind, "verbs": _ALL_VERBS, "shortNames": list(t.short_names)})
+            resources.append(
+                {
+                    "name": t.plural,
+                    "singularName": t.singular,
+                    "namespaced": t.namespaced,
+                    "kind": t.kind,
+                    "verbs": _ALL_VERBS,
+                    "shortNames": list(t.short_names),
+                }
+            )
             if (t.group, t.plural) == ("", "serviceaccounts"):
-                resources.append({"name": "serviceaccounts/token", "singularName": "", "namespaced": True,
-                                  "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
-                                  "verbs": ["create"]})
-            for (g, plural, sub) in sorted(self._subresources):
+                resources.append(
+                    {
+                        "name": "serviceaccounts/token",
+                        "singularName": "",
+                        "namespaced": True,
+                        "group": "authentication.k8s.io",
+                        "version": "v1",
+                        "kind": "TokenRequest",
+                        "verbs": ["create"],
+                    }
+                )
+            for g, plural, sub in sorted(self._subresources):
                 if (g, plural) == (t.group, t.plural):
-                    resources.append({"name": f"{plural}/{sub}", "singularName": "", "kind": t.kind,
-                                      "namespaced": t.namespaced, "verbs": ["get", "create"]})
+                    resources.append(
+                        {
+                            "name": f"{plural}/{sub}",
+                            "singularName": "",
+                            "kind": t.kind,
+                            "namespaced": t.namespaced,
+                            "verbs": ["get", "create"],
+                        }
+                    )
             if t.status:
-                resources.append({"name": f"{t.plural}/status", "singularName": "",
-                                  "namespaced": t.namespaced, "kind": t.kind,
-                                  "verbs": ["get", "patch", "update"]})
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+                resources.append(
+                    {
+                        "name": f"{t.plural}/status",
+                        "singularName": "",
+                        "namespaced": t.namespaced,
+                        "kind": t.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
 
 
 def _file_safe(text: str) -> str:
@@ -1202,5 +1495,3 @@ def _file_safe(text: str) -> str:
 
 def _spec_part(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
-
-

@@ -561,13 +561,16 @@ def impersonation_requests(user: UserInfo, headers: Any) -> tuple[UserInfo, list
     checks = []
     prefix = "system:serviceaccount:"
     if name.startswith(prefix) and name.count(":") == 3:
-        namespace, sa = name[len(prefix):].split(":")
+        namespace, sa = name[len(prefix) :].split(":")
         checks.append(RequestInfo("impersonate", "", True, "", "v1", "serviceaccounts", "", namespace, sa))
         groups = [*groups, "system:serviceaccounts", f"system:serviceaccounts:{namespace}"]
     else:
         checks.append(RequestInfo("impersonate", "", True, "", "v1", "users", "", "", name))
-    checks += [RequestInfo("impersonate", "", True, "", "v1", "groups", "", "", g) for g in groups
-               if not g.startswith("system:serviceaccounts")]
+    checks += [
+        RequestInfo("impersonate", "", True, "", "v1", "groups", "", "", g)
+        for g in groups
+        if not g.startswith("system:serviceaccounts")
+    ]
     if name != ANONYMOUS and AUTHENTICATED not in groups:
         groups.append(AUTHENTICATED)
     return UserInfo(name, tuple(dict.fromkeys(groups))), checks

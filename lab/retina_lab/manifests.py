@@ -41,16 +41,23 @@ def _to_json_schema(schema: Any, strict: bool) -> Any:
         return [_to_json_schema(s, strict) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: _to_json_schema(v, strict) for k, v in schema.items()
-           if not k.startswith("x-kubernetes-") and k not in ("nullable", "format", "example")}
+    out = {
+        k: _to_json_schema(v, strict)
+        for k, v in schema.items()
+        if not k.startswith("x-kubernetes-") and k not in ("nullable", "format", "example")
+    }
     if schema.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if schema.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
-    if (strict and schema.get("type") == "object" and "properties" in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")
-            and "additionalProperties" not in schema):
+    if (
+        strict
+        and schema.get("type") == "object"
+        and "properties" in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+        and "additionalProperties" not in schema
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -98,8 +105,13 @@ def crd_schema(obj: Mapping[str, Any], crds: Iterable[Mapping[str, Any]]) -> Map
     return None
 
 
-def validate_manifest(obj: Mapping[str, Any], *, crds: Iterable[Mapping[str, Any]] = (),
-                      versions: Iterable[str] = SUPPORTED_VERSIONS, strict: bool = True) -> None:
+def validate_manifest(
+    obj: Mapping[str, Any],
+    *,
+    crds: Iterable[Mapping[str, Any]] = (),
+    versions: Iterable[str] = SUPPORTED_VERSIONS,
+    strict: bool = True,
+) -> None:
     """Raise :class:`ManifestError` unless ``obj`` is valid for every version (or its CRD)."""
     data = dict(obj)
     what = f'{data.get("kind", "?")} "{data.get("metadata", {}).get("name", "?")}"'

@@ -16,9 +16,13 @@ from retina_lab.agent import free_port, wait_for
 
 
 class PrometheusServer:
-    def __init__(self, targets: list[str], scrape_interval: str = "1s",
-                 rule_files: list[str] | None = None,
-                 other_nodes: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        targets: list[str],
+        scrape_interval: str = "1s",
+        rule_files: list[str] | None = None,
+        other_nodes: dict[str, list[str]] | None = None,
+    ) -> None:
         """``targets`` are scraped as node ``lab-node``; ``other_nodes`` maps more node names
         (the ``instance`` label, as the installer's scrape job sets it) to their targets."""
         self.binary = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -26,12 +30,16 @@ class PrometheusServer:
         self.port = free_port()
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-            "scrape_configs": [{
-                "job_name": "retina-agent",
-                "static_configs": [{"targets": targets, "labels": {"instance": "lab-node"}}] + [
-                    {"targets": more, "labels": {"instance": node}}
-                    for node, more in (other_nodes or {}).items()],
-            }],
+            "scrape_configs": [
+                {
+                    "job_name": "retina-agent",
+                    "static_configs": [{"targets": targets, "labels": {"instance": "lab-node"}}]
+                    + [
+                        {"targets": more, "labels": {"instance": node}}
+                        for node, more in (other_nodes or {}).items()
+                    ],
+                }
+            ],
         }
         if rule_files:
             config["rule_files"] = rule_files
@@ -45,17 +53,21 @@ class PrometheusServer:
     def start(self, timeout: float = 60) -> PrometheusServer:
         self._log = open(self.workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop
         self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                self.binary,
+                f"--config.file={self.workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(self._ready, timeout, 0.3, "Prometheus /-/ready")
         return self
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError("prometheus exited: "
-                               + (self.workdir / "prometheus.log").read_text()[-2000:])
+            raise RuntimeError("prometheus exited: " + (self.workdir / "prometheus.log").read_text()[-2000:])
         with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
             return r.status == 200
 

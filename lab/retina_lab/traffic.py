@@ -48,8 +48,7 @@ class TcpServer:
     """Accepts connections in a pod and reads everything sent; ``reply`` (optional) maps each
     chunk received to bytes sent back (None: stay silent)."""
 
-    def __init__(self, pod: LabPod, port: int,
-                 reply: Callable[[bytes], bytes | None] | None = None) -> None:
+    def __init__(self, pod: LabPod, port: int, reply: Callable[[bytes], bytes | None] | None = None) -> None:
         with pod.entered():
             self.sock = socket.socket()
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,8 +90,11 @@ IPERF3_PORT = 5201
 def iperf3(client: LabPod, server: LabPod, seconds: float, *options: str) -> dict:
     """One iperf3 run from ``client`` to ``server`` (extra client ``options``, e.g. ``-u``); the
     ``end`` section of its JSON report. The one-shot server is waited for by its listening socket."""
-    proc = server.popen(["iperf3", "-s", "-1", "-B", server.ip, "-p", str(IPERF3_PORT)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = server.popen(
+        ["iperf3", "-s", "-1", "-B", server.ip, "-p", str(IPERF3_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not server.run(["ss", "-Hltn", f"sport = :{IPERF3_PORT}"]).stdout.strip():

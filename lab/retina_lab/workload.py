@@ -32,8 +32,21 @@ from retina_lab.traffic import TcpServer
 UDP_OPEN, UDP_DROPPED, TCP_CLOSED, TCP_HELD, TCP_LOSSY = 7101, 7102, 7103, 7104, 7105
 API_SERVER = 6443
 DROP_RULE = ["INPUT", "-p", "udp", "--dport", str(UDP_DROPPED), "-j", "DROP"]
-LOSS_RULE = ["INPUT", "-p", "tcp", "--dport", str(TCP_LOSSY), "-m", "statistic", "--mode",
-             "random", "--probability", "0.3", "-j", "DROP"]
+LOSS_RULE = [
+    "INPUT",
+    "-p",
+    "tcp",
+    "--dport",
+    str(TCP_LOSSY),
+    "-m",
+    "statistic",
+    "--mode",
+    "random",
+    "--probability",
+    "0.3",
+    "-j",
+    "DROP",
+]
 
 
 #: The API-server stand-in: its own process (no GIL shared with the workload), answering the
@@ -56,8 +69,9 @@ asyncio.run(main())
 
 
 class LabWorkload:
-    def __init__(self, node: Any, tick: float = 0.5, udp_drops_per_tick: int = 200,
-                 api_server: bool = False) -> None:
+    def __init__(
+        self, node: Any, tick: float = 0.5, udp_drops_per_tick: int = 200, api_server: bool = False
+    ) -> None:
         self.a, self.b = node["a"], node["b"]
         self.api_server = api_server
         self.api_requests = 0
@@ -82,11 +96,22 @@ class LabWorkload:
 
     def _setup(self) -> None:
         a, b = self.a, self.b
-        dnsmasq = b.popen(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
-                           "--bind-interfaces", f"--listen-address={b.ip}",
-                           "--address=/svc.local/10.96.0.10", "--address=/nx.local/",
-                           "--log-facility=-"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dnsmasq = b.popen(
+            [
+                "dnsmasq",
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=53",
+                "--bind-interfaces",
+                f"--listen-address={b.ip}",
+                "--address=/svc.local/10.96.0.10",
+                "--address=/nx.local/",
+                "--log-facility=-",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self._cleanups.append(lambda: (dnsmasq.terminate(), dnsmasq.wait(5)))
         for rule in (DROP_RULE, LOSS_RULE):
             b.run(["iptables", "-A", *rule])
@@ -99,11 +124,16 @@ class LabWorkload:
             server = TcpServer(b, port)
             self._cleanups.append(server.close)
         if self.api_server:
-            responder = b.popen([sys.executable, "-c", _RESPONDER, str(API_SERVER)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            responder = b.popen(
+                [sys.executable, "-c", _RESPONDER, str(API_SERVER)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             self._cleanups.append(lambda: (responder.terminate(), responder.wait(5)))
-            self._wait_until(lambda: socket.create_connection((b.ip, API_SERVER), 1).close()
-                             is None, "the API-server stand-in in pod b")
+            self._wait_until(
+                lambda: socket.create_connection((b.ip, API_SERVER), 1).close() is None,
+                "the API-server stand-in in pod b",
+            )
         held = [socket.create_connection((b.ip, TCP_HELD), timeout=5) for _ in range(5)]
         self._cleanups.append(lambda: [c.close() for c in held])
         with a.entered():
@@ -144,6 +174,7 @@ class LabWorkload:
     def _dns(self, name: str) -> int:
         import dns.message
         import dns.query
+
         with self.a.entered():
             return dns.query.udp(dns.message.make_query(name, "A"), self.b.ip, timeout=1).rcode()
 
@@ -185,19 +216,32 @@ class LabWorkload:
 
 
 # -- the Kubernetes objects a pod-level agent needs to name the lab pods ------------------------
-POD_METRICS = ("forward_count", "forward_bytes", "drop_count", "drop_bytes", "tcpflags_count",
-               "tcpretrans_count", "dns_request_count", "dns_response_count")
+POD_METRICS = (
+    "forward_count",
+    "forward_bytes",
+    "drop_count",
+    "drop_bytes",
+    "tcpflags_count",
+    "tcpretrans_count",
+    "dns_request_count",
+    "dns_response_count",
+)
 
 
-def _meta(name: str, namespace: str | None = None, owner: dict | None = None,
-          **extra: Any) -> dict:
+def _meta(name: str, namespace: str | None = None, owner: dict | None = None, **extra: Any) -> dict:
     meta: dict = {"name": name, "uid": str(uuid.uuid4()), **extra}
     if namespace:
         meta["namespace"] = namespace
     if owner is not None:
-        meta["ownerReferences"] = [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
-                                    "name": owner["metadata"]["name"],
-                                    "uid": owner["metadata"]["uid"], "controller": True}]
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": owner["apiVersion"],
+                "kind": owner["kind"],
+                "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"],
+                "controller": True,
+            }
+        ]
     return meta
 
 
@@ -205,32 +249,59 @@ def lab_cluster_objects(node: Any, node_name: str, crd: dict) -> list[dict]:
     """Objects for a Kubernetes API emulator: pod a is ``shop/web-7d4b9c-x2k8f`` of Deployment
     ``web``, pod b is ``shop/db-0`` of StatefulSet ``db``, both on ``node_name``, with their lab
     IPs; plus the MetricsConfiguration CRD (``crd``) and one MetricsConfiguration for ``shop``."""
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {},
-                  "metadata": _meta("web", "shop")}
-    replicaset = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "spec": {},
-                  "metadata": _meta("web-7d4b9c", "shop", deployment)}
-    statefulset = {"apiVersion": "apps/v1", "kind": "StatefulSet", "spec": {},
-                   "metadata": _meta("db", "shop")}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {}, "metadata": _meta("web", "shop")}
+    replicaset = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "spec": {},
+        "metadata": _meta("web-7d4b9c", "shop", deployment),
+    }
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "spec": {},
+        "metadata": _meta("db", "shop"),
+    }
 
     def pod(name: str, ip: str, owner: dict, app: str) -> dict:
-        return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": _meta(name, "shop", owner, labels={"app": app}),
-                "spec": {"nodeName": node_name, "containers": [{"name": app, "image": app}]},
-                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": _meta(name, "shop", owner, labels={"app": app}),
+            "spec": {"nodeName": node_name, "containers": [{"name": app, "image": app}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        }
 
     labels = ["ip", "namespace", "podname", "workload"]
-    config = {"apiVersion": "retina.sh/v1alpha1", "kind": "MetricsConfiguration",
-              "metadata": {"name": "lab"},
-              "spec": {"namespaces": {"include": ["shop"]},
-                       "contextOptions": [{"metricName": m, "sourceLabels": labels,
-                                           "destinationLabels": labels,
-                                           "additionalLabels": ["direction"]}
-                                          for m in POD_METRICS]}}
-    return [crd,
-            {"apiVersion": "v1", "kind": "Node", "metadata": _meta(
-                node_name, labels={"kubernetes.io/hostname": node_name})},
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta("shop")},
-            deployment, replicaset, statefulset,
-            pod("web-7d4b9c-x2k8f", node["a"].ip, replicaset, "web"),
-            pod("db-0", node["b"].ip, statefulset, "db"),
-            config]
+    config = {
+        "apiVersion": "retina.sh/v1alpha1",
+        "kind": "MetricsConfiguration",
+        "metadata": {"name": "lab"},
+        "spec": {
+            "namespaces": {"include": ["shop"]},
+            "contextOptions": [
+                {
+                    "metricName": m,
+                    "sourceLabels": labels,
+                    "destinationLabels": labels,
+                    "additionalLabels": ["direction"],
+                }
+                for m in POD_METRICS
+            ],
+        },
+    }
+    return [
+        crd,
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": _meta(node_name, labels={"kubernetes.io/hostname": node_name}),
+        },
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta("shop")},
+        deployment,
+        replicaset,
+        statefulset,
+        pod("web-7d4b9c-x2k8f", node["a"].ip, replicaset, "web"),
+        pod("db-0", node["b"].ip, statefulset, "db"),
+        config,
+    ]

@@ -48,7 +48,8 @@ def _answers(kubeconfig: Path) -> bool:
     context = None
     if "certificate-authority-data" in cluster:  # the emulator serves HTTPS with its own CA
         context = ssl.create_default_context(
-            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+        )
     request = urllib.request.Request(f"{server}/version", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=5, context=context) as response:  # noqa: S310 - loopback URL
         return response.status == 200
@@ -62,8 +63,13 @@ def start(workdir: Path) -> None:
         return
     (workdir / "ready").unlink(missing_ok=True)
     log = (workdir / "emulator.log").open("ab")
-    proc = subprocess.Popen([sys.executable, __file__, "serve", str(workdir)], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "serve", str(workdir)],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

@@ -26,12 +26,22 @@ def test_udp_between_pods_raises_forward_counters(lab_node):
     exact but for ARP/ND frames of the pods themselves (at most a few; ARP is warmed first)."""
     a, b = lab_node["a"], lab_node["b"]
     sink = udp_sink(b, 7001)
-    agent = AgentProcess({"enabledPlugin": ["packetforward"],
-                          "plugins": {"packetforward": {"interfaces": lab_node.host_veths}}})
+    agent = AgentProcess(
+        {
+            "enabledPlugin": ["packetforward"],
+            "plugins": {"packetforward": {"interfaces": lab_node.host_veths}},
+        }
+    )
     try:
         agent.start()
-        wait_for(lambda: all(any(f.startswith(f"{v}/ingress/retina_") for f in our_tc_filters(agent.proc.pid))
-                             for v in lab_node.host_veths), 20, message="packetforward on the lab veths")
+        wait_for(
+            lambda: all(
+                any(f.startswith(f"{v}/ingress/retina_") for f in our_tc_filters(agent.proc.pid))
+                for v in lab_node.host_veths
+            ),
+            20,
+            message="packetforward on the lab veths",
+        )
         send_udp(a, b.ip, 7001, 1)  # ARP resolved before counting starts
         fc, fb = "networkobservability_forward_count", "networkobservability_forward_bytes"
         before = agent.wait_metric(lambda m: m.value(fc, direction="egress") >= 1, message="warm-up")
@@ -42,6 +52,7 @@ def test_udp_between_pods_raises_forward_counters(lab_node):
 
         def delta(m, name, d):
             return m.value(name, direction=d) - before.value(name, direction=d)
+
         # a's veth sees each packet come in from the pod (ingress), b's veth sends it to the pod
         # (egress): n each way; a double count would be 2n.
         m = agent.scrape_until(lambda m: all(delta(m, fc, d) >= n for d in ("ingress", "egress")))
@@ -68,8 +79,8 @@ def test_iptables_drop_counted_exactly_under_netfilter_reason(agent, lab_node):
 
         def delta(m, name):
             return m.value(name, reason="NETFILTER_DROP") - before.value(name, reason="NETFILTER_DROP")
-        after = agent.wait_metric(lambda m: delta(m, DROP) >= dropped,
-                                  message="NETFILTER_DROP drops")
+
+        after = agent.wait_metric(lambda m: delta(m, DROP) >= dropped, message="NETFILTER_DROP drops")
         assert delta(after, DROP) == dropped
         assert delta(after, DROP_BYTES) == dropped_bytes  # sk_buff.len via BTF = IP length
     finally:
@@ -98,15 +109,18 @@ def test_drop_direction_ingress_for_received_egress_for_generated(agent, lab_nod
             for _ in range(11):
                 with contextlib.suppress(OSError):  # EPERM: netfilter refused the send
                     s.sendto(b"x" * 100, (b.ip, 7007))
-        received = int(b.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout
-                       .splitlines()[2].split()[0])
-        generated = int(a.run(["iptables", "-L", "OUTPUT", "-v", "-n", "-x"]).stdout
-                        .splitlines()[2].split()[0])
+        received = int(b.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout.splitlines()[2].split()[0])
+        generated = int(
+            a.run(["iptables", "-L", "OUTPUT", "-v", "-n", "-x"]).stdout.splitlines()[2].split()[0]
+        )
         assert (received, generated) == (17, 11)
 
         def seen(m):
-            return (_drops(m, "ingress") - _drops(before, "ingress") >= received
-                    and _drops(m, "egress") - _drops(before, "egress") >= generated)
+            return (
+                _drops(m, "ingress") - _drops(before, "ingress") >= received
+                and _drops(m, "egress") - _drops(before, "egress") >= generated
+            )
+
         after = agent.scrape_until(seen)
         assert _drops(after, "ingress") - _drops(before, "ingress") == received
         assert _drops(after, "egress") - _drops(before, "egress") == generated
@@ -122,24 +136,40 @@ def test_tcp_to_closed_port_counted_under_no_socket(agent, lab_node):
     assert connect_refused(a, b.ip, 7003, 5) == 5
     # A lower bound: drops are counted node-wide by a tracepoint, so any other refused
     # connection on the node (other tests, the machine's own traffic) adds NO_SOCKET drops.
-    agent.wait_metric(lambda m: m.value(DROP, reason="NO_SOCKET")
-                      - before.value(DROP, reason="NO_SOCKET") >= 5, message="NO_SOCKET drops")
+    agent.wait_metric(
+        lambda m: m.value(DROP, reason="NO_SOCKET") - before.value(DROP, reason="NO_SOCKET") >= 5,
+        message="NO_SOCKET drops",
+    )
 
 
 @pytest.fixture
 def dnsmasq(watched_lab):
     lab_node = watched_lab
     b = lab_node["b"]
-    proc = b.popen(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
-                    "--bind-interfaces", f"--listen-address={b.ip}",
-                    f"--listen-address={b.ip6}", "--address=/svc.local/10.96.0.10",
-                    "--address=/nx.local/", "--log-facility=-"],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = b.popen(
+        [
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--port=53",
+            "--bind-interfaces",
+            f"--listen-address={b.ip}",
+            f"--listen-address={b.ip6}",
+            "--address=/svc.local/10.96.0.10",
+            "--address=/nx.local/",
+            "--log-facility=-",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def answers():
             with lab_node["a"].entered():
                 q = dns.message.make_query("ready.svc.local", "A")
                 return dns.query.udp(q, b.ip, timeout=0.5).answer
+
         wait_for(answers, 10, message="dnsmasq answering")
         yield b
     finally:
@@ -154,8 +184,14 @@ def test_dns_requests_responses_rcodes_latency_udp_tcp_ipv6(lab_node, dnsmasq):
     agent = AgentProcess({"enabledPlugin": ["dns"], "plugins": {"dns": {"interfaces": lab_node.host_veths}}})
     try:
         agent.start()
-        wait_for(lambda: all(any(f.startswith(f"{v}/") for f in our_tc_filters(agent.proc.pid))
-                             for v in lab_node.host_veths), 20, message="the dns plugin on the lab veths")
+        wait_for(
+            lambda: all(
+                any(f.startswith(f"{v}/") for f in our_tc_filters(agent.proc.pid))
+                for v in lab_node.host_veths
+            ),
+            20,
+            message="the dns plugin on the lab veths",
+        )
         _dns_exactly(agent, a, b)
     finally:
         agent.cleanup()
@@ -181,21 +217,36 @@ def _dns_exactly(agent, a, b) -> None:
         return m.value(name, **labels) - before.value(name, **labels)
 
     def seen(m):
-        return (d(m, "networkobservability_dns_request_count") >= total
-                and d(m, "networkobservability_dns_response_count") >= total
-                and d(m, "networkobservability_dns_latency_seconds_count") >= total)
+        return (
+            d(m, "networkobservability_dns_request_count") >= total
+            and d(m, "networkobservability_dns_response_count") >= total
+            and d(m, "networkobservability_dns_latency_seconds_count") >= total
+        )
+
     responses = "networkobservability_dns_responses_total"
     # Exact: each query and each answer once (the plugin watches the node's interfaces; no
     # other DNS crosses them during the test).
-    after = wait_exact(agent, lambda m: {
-        "requests": d(m, "networkobservability_dns_request_count"),
-        "responses": d(m, "networkobservability_dns_response_count"),
-        "NOERROR A": d(m, responses, rcode="NOERROR", qtype="A"),
-        "NXDOMAIN A": d(m, responses, rcode="NXDOMAIN", qtype="A"),
-        "AAAA (TCP)": d(m, responses, qtype="AAAA"), "MX (IPv6)": d(m, responses, qtype="MX"),
-        "latencies": d(m, "networkobservability_dns_latency_seconds_count")},
-        {"requests": total, "responses": total, "NOERROR A": ok, "NXDOMAIN A": nx, "AAAA (TCP)": over_tcp,
-         "MX (IPv6)": over_v6, "latencies": total})
+    after = wait_exact(
+        agent,
+        lambda m: {
+            "requests": d(m, "networkobservability_dns_request_count"),
+            "responses": d(m, "networkobservability_dns_response_count"),
+            "NOERROR A": d(m, responses, rcode="NOERROR", qtype="A"),
+            "NXDOMAIN A": d(m, responses, rcode="NXDOMAIN", qtype="A"),
+            "AAAA (TCP)": d(m, responses, qtype="AAAA"),
+            "MX (IPv6)": d(m, responses, qtype="MX"),
+            "latencies": d(m, "networkobservability_dns_latency_seconds_count"),
+        },
+        {
+            "requests": total,
+            "responses": total,
+            "NOERROR A": ok,
+            "NXDOMAIN A": nx,
+            "AAAA (TCP)": over_tcp,
+            "MX (IPv6)": over_v6,
+            "latencies": total,
+        },
+    )
     assert seen(after)
     assert d(after, "networkobservability_dns_latency_seconds_sum") > 0
     # every answer took under a second here: all of them are in the 1.05 s bucket
@@ -212,9 +263,13 @@ def test_tcp_state_counts_established_connections(agent, lab_node):
         for _ in range(k):  # from the node's own namespace, where the agent reads /proc/net
             clients.append(socket.create_connection((b.ip, 7004), timeout=5))
         agent.wait_metric(
-            lambda m: m.value("networkobservability_tcp_state", state="ESTABLISHED")
-            - before.value("networkobservability_tcp_state", state="ESTABLISHED") >= k,
-            message=f"{k} more ESTABLISHED")
+            lambda m: (
+                m.value("networkobservability_tcp_state", state="ESTABLISHED")
+                - before.value("networkobservability_tcp_state", state="ESTABLISHED")
+                >= k
+            ),
+            message=f"{k} more ESTABLISHED",
+        )
         for c in clients:
             c.close()
         clients.clear()
@@ -228,8 +283,21 @@ def test_retransmissions_under_random_loss(agent, lab_node):
     """30% of the segments to pod b are dropped (this kernel has no netem: iptables statistic)."""
     a, b = lab_node["a"], lab_node["b"]
     server = TcpServer(b, 7005)
-    rule = ["INPUT", "-p", "tcp", "--dport", "7005", "-m", "statistic", "--mode", "random",
-            "--probability", "0.3", "-j", "DROP"]
+    rule = [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "7005",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.3",
+        "-j",
+        "DROP",
+    ]
     b.run(["iptables", "-A", *rule])
     try:
         before = agent.scrape()
@@ -238,8 +306,7 @@ def test_retransmissions_under_random_loss(agent, lab_node):
             for _ in range(300):
                 c.sendall(b"r" * 200)
                 time.sleep(0.002)
-            wait_for(lambda: server.received >= 300 * 200, 60,
-                     message="data through a lossy link")
+            wait_for(lambda: server.received >= 300 * 200, 60, message="data through a lossy link")
         retrans_segments = int(a.run(["nstat", "-az", "TcpRetransSegs"]).stdout.split()[-2])
         assert retrans_segments > 0
         name = "networkobservability_tcpretrans_count"

@@ -22,8 +22,7 @@ def test_missing_tracepoint_makes_one_plugin_unavailable_others_run(lab_node):
         tcpretrans = ready["plugins"]["tcpretrans"]
         assert tcpretrans["state"] == "unavailable"
         assert "tcp:no_such_tracepoint does not exist" in tcpretrans["reason"]
-        assert all(p["state"] == "running" for name, p in ready["plugins"].items()
-                   if name != "tcpretrans")
+        assert all(p["state"] == "running" for name, p in ready["plugins"].items() if name != "tcpretrans")
         metrics = agent.scrape()
         status = "controlplane_networkobservability_plugin_status"
         assert metrics.value(status, plugin="tcpretrans", state="unavailable") == 1
@@ -33,8 +32,9 @@ def test_missing_tracepoint_makes_one_plugin_unavailable_others_run(lab_node):
         # the others work: drops are still counted
         before = metrics.value("networkobservability_drop_count", reason="NO_SOCKET")
         connect_refused(lab_node["a"], lab_node["b"].ip, 7020, 3)
-        agent.wait_metric(lambda m: m.value("networkobservability_drop_count",
-                                            reason="NO_SOCKET") >= before + 3)
+        agent.wait_metric(
+            lambda m: m.value("networkobservability_drop_count", reason="NO_SOCKET") >= before + 3
+        )
 
 
 @pytest.mark.parametrize("attach", ["tcx", "cls_bpf"])
@@ -44,8 +44,11 @@ def test_sigterm_removes_every_tc_filter_and_qdisc(lab_node, attach):
     try:
         agent.start()
         pid = agent.proc.pid
-        wait_for(lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters(pid)), 10,
-                 message="filters on the pod veth")
+        wait_for(
+            lambda: any(f.startswith(f"{veth}/") for f in our_tc_filters(pid)),
+            10,
+            message="filters on the pod veth",
+        )
         state = Path(agent.config["stateDir"]) / "tc-state.json"
         created = veth in json.loads(state.read_text()).values()
         if attach == "tcx":
@@ -57,8 +60,9 @@ def test_sigterm_removes_every_tc_filter_and_qdisc(lab_node, attach):
         assert our_tc_filters(pid) == []
         assert json.loads(state.read_text()) == {}
         if created:  # we created it, so we removed it (unless another agent now uses it)
-            wait_for(lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 5,
-                     message="our clsact removed")
+            wait_for(
+                lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 5, message="our clsact removed"
+            )
         assert "stopped; TC filters and programs removed" in agent.log()
     finally:
         agent.cleanup()
@@ -73,14 +77,18 @@ def test_tcx_links_die_with_a_killed_agent(lab_node):
         agent.start()
         pid = agent.proc.pid
         assert agent.readyz()["plugins"]["packetforward"]["attach"] == "tcx"
-        wait_for(lambda: any(f.startswith(f"{veth}/ingress/retina_pf") for f in our_tc_filters(pid)),
-                 10, message="the data path on the pod veth")
+        wait_for(
+            lambda: any(f.startswith(f"{veth}/ingress/retina_pf") for f in our_tc_filters(pid)),
+            10,
+            message="the data path on the pod veth",
+        )
         ours = set(_tcx_programs(index))
         assert ours, "no TCX program on the veth"
         agent.signal(signal.SIGKILL)
         agent.proc.wait(10)
-        wait_for(lambda: not (ours & set(_tcx_programs(index))), 10,
-                 message="the killed agent's TCX programs gone")
+        wait_for(
+            lambda: not (ours & set(_tcx_programs(index))), 10, message="the killed agent's TCX programs gone"
+        )
         assert our_tc_filters(pid) == []
     finally:
         agent.cleanup()
@@ -89,8 +97,9 @@ def test_tcx_links_die_with_a_killed_agent(lab_node):
 def _tcx_programs(index: int) -> list[int]:
     from retina_agent.bpf import syscall
 
-    return (syscall.prog_query(index, syscall.BPF_TCX_INGRESS)
-            + syscall.prog_query(index, syscall.BPF_TCX_EGRESS))
+    return syscall.prog_query(index, syscall.BPF_TCX_INGRESS) + syscall.prog_query(
+        index, syscall.BPF_TCX_EGRESS
+    )
 
 
 def test_restart_after_crash_comes_up_clean(lab_node):
@@ -105,8 +114,7 @@ def test_restart_after_crash_comes_up_clean(lab_node):
         first.proc.wait(10)
         stale = [f for f in our_tc_filters(dead) if f.startswith(f"{veth}/")]
         assert stale, "a killed agent leaves its filters behind"
-        second = AgentProcess(config={"stateDir": first.config["stateDir"],
-                                      "dataPathAttach": "cls_bpf"})
+        second = AgentProcess(config={"stateDir": first.config["stateDir"], "dataPathAttach": "cls_bpf"})
         with second:
             pid = second.proc.pid
             # the dead agent's filters are gone, and the new one has exactly one set
@@ -115,27 +123,29 @@ def test_restart_after_crash_comes_up_clean(lab_node):
             assert sorted(fresh) == sorted(f.split("@")[0] for f in stale)
             # every removal is logged and counted, filters as well as qdiscs (other agents on
             # a shared host may have removed some of the dead one's filters first)
-            logged = [line.split(": ", 1)[1].split(", ") for line in second.log().splitlines()
-                      if "removed stale TC state" in line]
-            removed = second.scrape().value(
-                "controlplane_networkobservability_stale_tc_removed_total")
+            logged = [
+                line.split(": ", 1)[1].split(", ")
+                for line in second.log().splitlines()
+                if "removed stale TC state" in line
+            ]
+            removed = second.scrape().value("controlplane_networkobservability_stale_tc_removed_total")
             assert removed == (len(logged[0]) if logged else 0)
         assert our_tc_filters(pid) == []
         # gone, unless another agent on a shared machine holds it (made it, filters follow)
-        wait_for(lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 5,
-                 message="our clsact removed")
+        wait_for(lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 5, message="our clsact removed")
     finally:
         first.cleanup()
 
 
 def _qdiscs(dev: str) -> str:
-    return subprocess.run(["tc", "qdisc", "show", "dev", dev], capture_output=True,
-                          text=True).stdout
+    return subprocess.run(["tc", "qdisc", "show", "dev", dev], capture_output=True, text=True).stdout
 
 
 def _any_filters(dev: str) -> bool:
-    return any(subprocess.run(["tc", "filter", "show", "dev", dev, d], capture_output=True,
-                              text=True).stdout.strip() for d in ("ingress", "egress"))
+    return any(
+        subprocess.run(["tc", "filter", "show", "dev", dev, d], capture_output=True, text=True).stdout.strip()
+        for d in ("ingress", "egress")
+    )
 
 
 def _agent_cli(*args: str) -> subprocess.CompletedProcess[str]:

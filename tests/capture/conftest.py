@@ -22,9 +22,22 @@ def azurite(tmp_path: Path) -> Iterator[Server]:
     port = free_port()
     location = tmp_path / "azurite"
     location.mkdir()
-    server = Server("azurite", [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-                                "--location", str(location), "--skipApiVersionCheck",
-                                "--disableTelemetry", "--silent"], port)
+    server = Server(
+        "azurite",
+        [
+            str(AZURITE),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(location),
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+            "--silent",
+        ],
+        port,
+    )
     try:
         yield server.start()
     finally:

@@ -38,7 +38,8 @@ def env_of(job: dict) -> dict[str, object]:
 
 def pinned_node(job: dict) -> str:
     terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
     [expr] = terms[0]["matchFields"]
     assert expr["key"] == "metadata.name" and expr["operator"] == "In"
     [node] = expr["values"]
@@ -47,9 +48,25 @@ def pinned_node(job: dict) -> str:
 
 def test_create_makes_one_pinned_job_per_linux_node(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    code, out, err = cli(kube_emulator, capsys, "capture", "create", "--name", "cap1", "-n", "web",
-                         "--host-path", "incident/42", "--duration", "30s", "--packet-size", "96",
-                         "--include-filter", "10.244.1.10:80,*:53", "--no-wait")
+    code, out, err = cli(
+        kube_emulator,
+        capsys,
+        "capture",
+        "create",
+        "--name",
+        "cap1",
+        "-n",
+        "web",
+        "--host-path",
+        "incident/42",
+        "--duration",
+        "30s",
+        "--packet-size",
+        "96",
+        "--include-filter",
+        "10.244.1.10:80,*:53",
+        "--no-wait",
+    )
     assert code == 0, err
     assert "created 3 job(s)" in out
 
@@ -63,7 +80,9 @@ def test_create_makes_one_pinned_job_per_linux_node(kube_emulator, capsys) -> No
         assert pod["hostNetwork"] is True
         sc = pod["containers"][0]["securityContext"]
         assert sc["privileged"] is False and sc["capabilities"] == {
-            "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]}
+            "drop": ["ALL"],
+            "add": ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"],
+        }
         env = env_of(job)
         assert env["RETINA_CAPTURE_NAME"] == "cap1"
         assert env["RETINA_CAPTURE_DURATION"] == "30s"
@@ -77,12 +96,16 @@ def test_create_makes_one_pinned_job_per_linux_node(kube_emulator, capsys) -> No
         assert pod["volumes"] == [
             {"name": "keep", "hostPath": {"path": "/var/log/retina/captures", "type": "DirectoryOrCreate"}},
             {"name": "tmp", "emptyDir": {}},
-            {"name": "host-path",
-             "hostPath": {"path": "/var/lib/retina/captures", "type": "DirectoryOrCreate"}}]
+            {
+                "name": "host-path",
+                "hostPath": {"path": "/var/lib/retina/captures", "type": "DirectoryOrCreate"},
+            },
+        ]
         assert pod["containers"][0]["volumeMounts"] == [
             {"name": "keep", "mountPath": "/var/log/retina/captures"},
             {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "host-path", "mountPath": "/var/lib/retina/captures"}]
+            {"name": "host-path", "mountPath": "/var/lib/retina/captures"},
+        ]
     assert kube_emulator.objects("Secret", "web") == []  # no credentials needed
 
 
@@ -91,8 +114,24 @@ def test_the_worker_accepts_the_job_env(kube_emulator, capsys) -> None:
     from retina_capture.worker.settings import settings_from_env_and_argv
 
     small_cluster(kube_emulator)
-    assert cli(kube_emulator, capsys, "capture", "create", "--name", "w", "-n", "web", "--pod-selectors",
-               "app=frontend", "--pvc", "captures", "--no-wait")[0] == 0
+    assert (
+        cli(
+            kube_emulator,
+            capsys,
+            "capture",
+            "create",
+            "--name",
+            "w",
+            "-n",
+            "web",
+            "--pod-selectors",
+            "app=frontend",
+            "--pvc",
+            "captures",
+            "--no-wait",
+        )[0]
+        == 0
+    )
     for job in kube_emulator.objects("Job", "web"):
         env = {k: v for k, v in env_of(job).items() if isinstance(v, str)}
         settings = settings_from_env_and_argv([], {**env, "NODE_NAME": pinned_node(job)})
@@ -103,41 +142,74 @@ def test_the_worker_accepts_the_job_env(kube_emulator, capsys) -> None:
 
 def test_pod_selectors_with_namespace_selectors(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    code, out, err = cli(kube_emulator, capsys, "capture", "create", "--name", "pods", "-n", "default",
-                         "--pod-selectors", "app=postgres", "--namespace-selectors", "team=db",
-                         "--host-path", "x", "--no-wait")
+    code, out, err = cli(
+        kube_emulator,
+        capsys,
+        "capture",
+        "create",
+        "--name",
+        "pods",
+        "-n",
+        "default",
+        "--pod-selectors",
+        "app=postgres",
+        "--namespace-selectors",
+        "team=db",
+        "--host-path",
+        "x",
+        "--no-wait",
+    )
     assert code == 0, err
     [job] = kube_emulator.objects("Job", "default")
     assert pinned_node(job) == "node-3"
     assert env_of(job)["RETINA_CAPTURE_POD_IPS"] == "10.244.3.10"
 
-    code, out, err = cli(kube_emulator, capsys, "capture", "create", "--name", "named", "-n", "web",
-                         "--pod-names", "b", "--host-path", "x", "--no-wait")
+    code, out, err = cli(
+        kube_emulator,
+        capsys,
+        "capture",
+        "create",
+        "--name",
+        "named",
+        "-n",
+        "web",
+        "--pod-names",
+        "b",
+        "--host-path",
+        "x",
+        "--no-wait",
+    )
     assert code == 0, err
     [job] = kube_emulator.objects("Job", "web")
     assert pinned_node(job) == "node-2" and env_of(job)["RETINA_CAPTURE_POD_IPS"] == "10.244.2.10"
 
 
-@pytest.mark.parametrize(("argv", "flag"), [
-    (["--host-path", "../etc"], "--host-path"),
-    (["--host-path", "/etc"], "--host-path"),
-    (["--host-path", "x", "--duration", "-5s"], "--duration"),
-    (["--host-path", "x", "--max-size", "0"], "--max-size"),
-    ([], "--host-path/--pvc/--blob-upload/--s3-bucket"),  # no output at all
-    (["--host-path", "x", "--pod-selectors", "app=nothing"], "--pod-selectors"),
-    (["--host-path", "x", "--node-names", "node-9"], "--node-names"),
-    (["--host-path", "x", "--tcpdump-filter", "port 80; rm -rf /"], "--tcpdump-filter"),
-    (["--host-path", "x", "--tcpdump-filter", "-w /etc/passwd"], "--tcpdump-filter"),
-    (["--host-path", "x", "--include-filter", "10.0.0.300", "--exclude-filter", "nope:x"],
-     "--include-filter"),
-    (["--host-path", "x", "--s3-bucket", "b"], "--s3-access-key-id/--s3-secret-access-key"),
-])
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--host-path", "../etc"], "--host-path"),
+        (["--host-path", "/etc"], "--host-path"),
+        (["--host-path", "x", "--duration", "-5s"], "--duration"),
+        (["--host-path", "x", "--max-size", "0"], "--max-size"),
+        ([], "--host-path/--pvc/--blob-upload/--s3-bucket"),  # no output at all
+        (["--host-path", "x", "--pod-selectors", "app=nothing"], "--pod-selectors"),
+        (["--host-path", "x", "--node-names", "node-9"], "--node-names"),
+        (["--host-path", "x", "--tcpdump-filter", "port 80; rm -rf /"], "--tcpdump-filter"),
+        (["--host-path", "x", "--tcpdump-filter", "-w /etc/passwd"], "--tcpdump-filter"),
+        (
+            ["--host-path", "x", "--include-filter", "10.0.0.300", "--exclude-filter", "nope:x"],
+            "--include-filter",
+        ),
+        (["--host-path", "x", "--s3-bucket", "b"], "--s3-access-key-id/--s3-secret-access-key"),
+    ],
+)
 def test_bad_input_names_the_flag_and_creates_nothing(kube_emulator, capsys, argv, flag) -> None:
     small_cluster(kube_emulator)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert key not in os.environ
-    code, out, err = cli(kube_emulator, capsys, "capture", "create", "--name", "bad", "-n", "web",
-                         "--no-wait", *argv)
+    code, out, err = cli(
+        kube_emulator, capsys, "capture", "create", "--name", "bad", "-n", "web", "--no-wait", *argv
+    )
     assert code == 2
     assert f"{flag}:" in err and "nothing was created" in err
     assert kube_emulator.objects("Job") == [] and kube_emulator.objects("Secret") == []
@@ -145,8 +217,20 @@ def test_bad_input_names_the_flag_and_creates_nothing(kube_emulator, capsys, arg
 
 def test_both_malformed_filters_are_reported(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    code, _, err = cli(kube_emulator, capsys, "capture", "create", "-n", "web", "--host-path", "x",
-                       "--include-filter", "10.0.0.300", "--exclude-filter", "nope:x")
+    code, _, err = cli(
+        kube_emulator,
+        capsys,
+        "capture",
+        "create",
+        "-n",
+        "web",
+        "--host-path",
+        "x",
+        "--include-filter",
+        "10.0.0.300",
+        "--exclude-filter",
+        "nope:x",
+    )
     assert code == 2 and "--include-filter:" in err and "--exclude-filter:" in err
 
 
@@ -158,30 +242,74 @@ def test_unknown_output_is_a_usage_error(kube_emulator, capsys) -> None:
 
 def test_job_num_limit_uses_retinas_message(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    code, out, err = cli(kube_emulator, capsys, "capture", "create", "-n", "web", "--host-path", "x",
-                         "--job-num-limit", "2", "--no-wait")
+    code, out, err = cli(
+        kube_emulator,
+        capsys,
+        "capture",
+        "create",
+        "-n",
+        "web",
+        "--host-path",
+        "x",
+        "--job-num-limit",
+        "2",
+        "--no-wait",
+    )
     assert code == 1
     assert err.strip() == "the number of capture jobs 3 exceeds the limit 2"
     assert kube_emulator.objects("Job") == []
-    assert cli(kube_emulator, capsys, "capture", "create", "-n", "web", "--host-path", "x",
-               "--job-num-limit", "3", "--no-wait")[0] == 0
+    assert (
+        cli(
+            kube_emulator,
+            capsys,
+            "capture",
+            "create",
+            "-n",
+            "web",
+            "--host-path",
+            "x",
+            "--job-num-limit",
+            "3",
+            "--no-wait",
+        )[0]
+        == 0
+    )
 
 
 def test_list_and_delete(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
     for name, ns in (("one", "web"), ("two", "db")):
-        assert cli(kube_emulator, capsys, "capture", "create", "--name", name, "-n", ns, "--node-names",
-                   "node-1,node-2", "--host-path", "x", "--no-wait")[0] == 0
+        assert (
+            cli(
+                kube_emulator,
+                capsys,
+                "capture",
+                "create",
+                "--name",
+                name,
+                "-n",
+                ns,
+                "--node-names",
+                "node-1,node-2",
+                "--host-path",
+                "x",
+                "--no-wait",
+            )[0]
+            == 0
+        )
     code, out, _ = cli(kube_emulator, capsys, "capture", "list", "-n", "web")
     assert code == 0 and "one" in out and "two" not in out
     code, out, _ = cli(kube_emulator, capsys, "capture", "list", "-A")
     lines = out.splitlines()
     assert lines[0].split() == ["NAMESPACE", "CAPTURE", "NAME", "JOBS", "COMPLETIONS", "AGE", "STATUS"]
     rows = [line.split() for line in lines[1:]]  # Retina's columns, then STATUS
-    assert [(r[0], r[1], r[3], r[5]) for r in rows] == [("db", "two", "0/2", "Running"),
-                                                        ("web", "one", "0/2", "Running")]
+    assert [(r[0], r[1], r[3], r[5]) for r in rows] == [
+        ("db", "two", "0/2", "Running"),
+        ("web", "one", "0/2", "Running"),
+    ]
     assert [sorted(r[2].split(",")) for r in rows] == [
-        sorted(j["metadata"]["name"] for j in kube_emulator.objects("Job", ns)) for ns in ("db", "web")]
+        sorted(j["metadata"]["name"] for j in kube_emulator.objects("Job", ns)) for ns in ("db", "web")
+    ]
 
     code, out, _ = cli(kube_emulator, capsys, "capture", "delete", "--name", "one", "-n", "web")
     assert code == 0 and "2 job(s)" in out
@@ -195,13 +323,36 @@ def test_list_and_delete(kube_emulator, capsys) -> None:
 def test_s3_credentials_go_into_a_secret_only(kube_emulator) -> None:
     small_cluster(kube_emulator)
     key_id, secret_key = "AKIAEXAMPLEKEYID0001", "s3cr3t-Value-Never-Logged"
-    env = {**os.environ, "RETINA_CAPTURE_S3_ACCESS_KEY_ID": key_id,
-           "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": secret_key}
-    proc = subprocess.run([str(BIN / "kubectl-retina"), "capture", "create", "--name", "s3cap", "-n", "web",
-                           "--node-names", "node-1", "--s3-bucket", "captures", "--s3-endpoint",
-                           "http://127.0.0.1:9", "--kubeconfig",
-                           str(capture_user_kubeconfig_for(kube_emulator)),
-                           "--no-wait", "--debug"], env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "RETINA_CAPTURE_S3_ACCESS_KEY_ID": key_id,
+        "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": secret_key,
+    }
+    proc = subprocess.run(
+        [
+            str(BIN / "kubectl-retina"),
+            "capture",
+            "create",
+            "--name",
+            "s3cap",
+            "-n",
+            "web",
+            "--node-names",
+            "node-1",
+            "--s3-bucket",
+            "captures",
+            "--s3-endpoint",
+            "http://127.0.0.1:9",
+            "--kubeconfig",
+            str(capture_user_kubeconfig_for(kube_emulator)),
+            "--no-wait",
+            "--debug",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert secret_key not in proc.stdout + proc.stderr and key_id not in proc.stdout + proc.stderr
     [secret] = kube_emulator.objects("Secret", "web")
@@ -211,7 +362,8 @@ def test_s3_credentials_go_into_a_secret_only(kube_emulator) -> None:
     assert secret_key not in json.dumps(job) and key_id not in json.dumps(job)
     env_vars = env_of(job)
     assert env_vars["RETINA_CAPTURE_S3_SECRET_ACCESS_KEY"] == {
-        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "s3-secret-access-key"}}
+        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "s3-secret-access-key"}
+    }
     assert env_vars["RETINA_CAPTURE_S3_BUCKET"] == "captures"
     validate_manifest(secret)
 
@@ -221,12 +373,30 @@ def test_create_waits_and_reports_progress(kube_emulator) -> None:
     import threading
 
     small_cluster(kube_emulator)
-    proc = subprocess.Popen([str(BIN / "kubectl-retina"), "capture", "create", "--name", "waiting",
-                             "-n", "web",
-                             "--node-names", "node-1,node-2", "--host-path", "x", "--duration", "5s",
-                             "--poll-interval", "0.1", "--kubeconfig",
-                             str(capture_user_kubeconfig_for(kube_emulator))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "kubectl-retina"),
+            "capture",
+            "create",
+            "--name",
+            "waiting",
+            "-n",
+            "web",
+            "--node-names",
+            "node-1,node-2",
+            "--host-path",
+            "x",
+            "--duration",
+            "5s",
+            "--poll-interval",
+            "0.1",
+            "--kubeconfig",
+            str(capture_user_kubeconfig_for(kube_emulator)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
@@ -240,8 +410,12 @@ def test_create_waits_and_reports_progress(kube_emulator) -> None:
     try:
         wait_for_line("2 job(s): 2 running, 0 succeeded, 0 failed")
         first, second = (j["metadata"]["name"] for j in kube_emulator.objects("Job", "web"))
-        done = {"succeeded": 1, "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:00:05Z",
-                "conditions": [{"type": "Complete", "status": "True"}]}
+        done = {
+            "succeeded": 1,
+            "startTime": "2026-01-01T00:00:00Z",
+            "completionTime": "2026-01-01T00:00:05Z",
+            "conditions": [{"type": "Complete", "status": "True"}],
+        }
         kube_emulator.set_status("Job", "web", first, done)
         wait_for_line("2 job(s): 1 running, 1 succeeded, 0 failed")
         kube_emulator.set_status("Job", "web", second, done)
@@ -256,6 +430,7 @@ def test_create_waits_and_reports_progress(kube_emulator) -> None:
 
 
 def test_version() -> None:
-    proc = subprocess.run([str(BIN / "kubectl-retina"), "version"], capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(
+        [str(BIN / "kubectl-retina"), "version"], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("kubectl-retina ")

@@ -51,10 +51,12 @@ def tarball(directory: Path, capture: str, node: str, packets: list[tuple[float,
 
 def node_packets() -> dict[str, list[tuple[float, bytes]]]:
     return {
-        "node-1": [(1000.0 + i * 0.2, udp_frame("10.244.1.10", "10.244.2.10", f"n1-{i}".encode()))
-                   for i in range(3)],  # 1000.0, 1000.2, 1000.4
-        "node-2": [(1000.1 + i * 0.2, udp_frame("10.244.2.10", "10.244.1.10", f"n2-{i}".encode()))
-                   for i in range(2)],  # 1000.1, 1000.3
+        "node-1": [
+            (1000.0 + i * 0.2, udp_frame("10.244.1.10", "10.244.2.10", f"n1-{i}".encode())) for i in range(3)
+        ],  # 1000.0, 1000.2, 1000.4
+        "node-2": [
+            (1000.1 + i * 0.2, udp_frame("10.244.2.10", "10.244.1.10", f"n2-{i}".encode())) for i in range(2)
+        ],  # 1000.1, 1000.3
     }
 
 
@@ -63,13 +65,39 @@ def test_download_merge_from_s3(kube_emulator, moto_s3, tmp_path, capsys, monkey
     monkeypatch.setenv("RETINA_CAPTURE_S3_ACCESS_KEY_ID", "testing-id")
     monkeypatch.setenv("RETINA_CAPTURE_S3_SECRET_ACCESS_KEY", "testing-secret")
     kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
-    assert main(["capture", "create", "--name", "dl", "-n", "web", "--node-names", "node-1,node-2",
-                 "--s3-bucket", "caps", "--s3-endpoint", moto_s3.url, "--s3-region", "us-east-1",
-                 "--no-wait", "--kubeconfig", kubeconfig]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "create",
+                "--name",
+                "dl",
+                "-n",
+                "web",
+                "--node-names",
+                "node-1,node-2",
+                "--s3-bucket",
+                "caps",
+                "--s3-endpoint",
+                moto_s3.url,
+                "--s3-region",
+                "us-east-1",
+                "--no-wait",
+                "--kubeconfig",
+                kubeconfig,
+            ]
+        )
+        == 0
+    )
 
     # What the two workers would have uploaded (plus an unrelated object that must be ignored).
-    s3 = boto3.client("s3", endpoint_url=moto_s3.url, region_name="us-east-1",
-                      aws_access_key_id="testing-id", aws_secret_access_key="testing-secret")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_s3.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing-id",
+        aws_secret_access_key="testing-secret",
+    )
     s3.create_bucket(Bucket="caps")
     made = tmp_path / "made"
     made.mkdir()
@@ -80,18 +108,42 @@ def test_download_merge_from_s3(kube_emulator, moto_s3, tmp_path, capsys, monkey
     capsys.readouterr()
 
     out = tmp_path / "out"
-    assert main(["capture", "download", "--name", "dl", "-n", "web", "-o", str(out), "--merge",
-                 "--kubeconfig", kubeconfig]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "download",
+                "--name",
+                "dl",
+                "-n",
+                "web",
+                "-o",
+                str(out),
+                "--merge",
+                "--kubeconfig",
+                kubeconfig,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
-        "dl-merged.pcapng", "dl-node-1-20260101120000UTC.tar.gz", "dl-node-2-20260101120000UTC.tar.gz"]
+        "dl-merged.pcapng",
+        "dl-node-1-20260101120000UTC.tar.gz",
+        "dl-node-2-20260101120000UTC.tar.gz",
+    ]
     for path in made.iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes()  # byte-identical download
     assert "merged 5 packets (node-1: 3, node-2: 2)" in printed
 
     merged = read_merged(out / "dl-merged.pcapng")
     assert [(p.node, round(p.ts, 1)) for p in merged] == [
-        ("node-1", 1000.0), ("node-2", 1000.1), ("node-1", 1000.2), ("node-2", 1000.3), ("node-1", 1000.4)]
+        ("node-1", 1000.0),
+        ("node-2", 1000.1),
+        ("node-1", 1000.2),
+        ("node-2", 1000.3),
+        ("node-1", 1000.4),
+    ]
     expected = {frame for packets in node_packets().values() for _, frame in packets}
     assert {p.data for p in merged} == expected
     # Any pcapng reader sees the five packets in time order.
@@ -99,11 +151,19 @@ def test_download_merge_from_s3(kube_emulator, moto_s3, tmp_path, capsys, monkey
         stamps = [ts for ts, _ in dpkt.pcapng.Reader(fh)]
     assert stamps == sorted(stamps) and len(stamps) == 5
     # ... and so does tcpdump (libpcap), with the node as the interface name.
-    shown = subprocess.run(["tcpdump", "-r", str(out / "dl-merged.pcapng"), "-nn", "-e", "--interface=any"],
-                           capture_output=True, text=True, timeout=30)
+    shown = subprocess.run(
+        ["tcpdump", "-r", str(out / "dl-merged.pcapng"), "-nn", "-e", "--interface=any"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if shown.returncode != 0:  # older tcpdump without per-interface names for pcapng
-        shown = subprocess.run(["tcpdump", "-r", str(out / "dl-merged.pcapng"), "-nn"],
-                               capture_output=True, text=True, timeout=30)
+        shown = subprocess.run(
+            ["tcpdump", "-r", str(out / "dl-merged.pcapng"), "-nn"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert shown.returncode == 0, shown.stderr
     assert len(shown.stdout.splitlines()) == 5
 
@@ -112,26 +172,82 @@ def test_merge_from_a_directory_without_the_api(tmp_path, capsys) -> None:
     for node, packets in node_packets().items():
         tarball(tmp_path, "local", node, packets)
     out = tmp_path / "merged"
-    assert main(["capture", "download", "--name", "local", "--from-dir", str(tmp_path), "-o", str(out),
-                 "--merge", "--kubeconfig", os.devnull]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "download",
+                "--name",
+                "local",
+                "--from-dir",
+                str(tmp_path),
+                "-o",
+                str(out),
+                "--merge",
+                "--kubeconfig",
+                os.devnull,
+            ]
+        )
+        == 0
+    )
     assert [p.node for p in read_merged(out / "local-merged.pcapng")] == [
-        "node-1", "node-2", "node-1", "node-2", "node-1"]
+        "node-1",
+        "node-2",
+        "node-1",
+        "node-2",
+        "node-1",
+    ]
 
 
 def download_pods(kube) -> list[str]:
-    return [p["metadata"]["name"] for p in kube.objects("Pod", "web")
-            if p["metadata"].get("labels", {}).get("retina.sh/app") == "capture-download"]
+    return [
+        p["metadata"]["name"]
+        for p in kube.objects("Pod", "web")
+        if p["metadata"].get("labels", {}).get("retina.sh/app") == "capture-download"
+    ]
 
 
 def test_a_download_pod_that_cannot_start_is_named_and_removed(kube_emulator, tmp_path, capsys) -> None:
     """No kubelet here: the pod stays Pending. The CLI says which node, gives up, deletes the pod."""
     small_cluster(kube_emulator)
     kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
-    assert main(["capture", "create", "--name", "hp", "-n", "web", "--node-names", "node-1", "--host-path",
-                 "incidents", "--no-wait", "--kubeconfig", kubeconfig]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "create",
+                "--name",
+                "hp",
+                "-n",
+                "web",
+                "--node-names",
+                "node-1",
+                "--host-path",
+                "incidents",
+                "--no-wait",
+                "--kubeconfig",
+                kubeconfig,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    code = main(["capture", "download", "--name", "hp", "-n", "web", "-o", str(tmp_path / "out"),
-                 "--pod-start-timeout", "2", "--kubeconfig", kubeconfig])
+    code = main(
+        [
+            "capture",
+            "download",
+            "--name",
+            "hp",
+            "-n",
+            "web",
+            "-o",
+            str(tmp_path / "out"),
+            "--pod-start-timeout",
+            "2",
+            "--kubeconfig",
+            kubeconfig,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1, err
     assert "node node-1 (/var/lib/retina/captures/incidents)" in err and "did not start within 2s" in err
@@ -147,8 +263,26 @@ def test_ctrl_c_while_waiting_still_removes_the_download_pods(kube_emulator, tmp
 
     small_cluster(kube_emulator)
     kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
-    assert main(["capture", "create", "--name", "hp", "-n", "web", "--node-names", "node-1,node-2",
-                 "--host-path", "x", "--no-wait", "--kubeconfig", kubeconfig]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "create",
+                "--name",
+                "hp",
+                "-n",
+                "web",
+                "--node-names",
+                "node-1,node-2",
+                "--host-path",
+                "x",
+                "--no-wait",
+                "--kubeconfig",
+                kubeconfig,
+            ]
+        )
+        == 0
+    )
     seen: list[int] = []
 
     def interrupted(*_args, **_kwargs):
@@ -157,8 +291,20 @@ def test_ctrl_c_while_waiting_still_removes_the_download_pods(kube_emulator, tmp
 
     monkeypatch.setattr(download_pod, "_wait_running", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        main(["capture", "download", "--name", "hp", "-n", "web", "-o", str(tmp_path), "--kubeconfig",
-              kubeconfig])
+        main(
+            [
+                "capture",
+                "download",
+                "--name",
+                "hp",
+                "-n",
+                "web",
+                "-o",
+                str(tmp_path),
+                "--kubeconfig",
+                kubeconfig,
+            ]
+        )
     assert seen == [2]  # both pods existed when the user pressed Ctrl-C ...
     assert download_pods(kube_emulator) == []  # ... and none is left
 
@@ -170,15 +316,26 @@ def test_download_pod_is_least_privilege_and_pinned_like_the_job() -> None:
     from retina_capture.cli import download_pod
     from retina_capture.spec import capture_resource, parse_capture
 
-    capture = parse_capture(capture_resource("hp", "web", {
-        "captureConfiguration": {"captureTarget": {"nodeNames": ["node-1"]},
-                                 "captureOption": {"duration": "10s"}},
-        "outputConfiguration": {"hostPath": "incidents/today", "persistentVolumeClaim": "caps"}}))
+    capture = parse_capture(
+        capture_resource(
+            "hp",
+            "web",
+            {
+                "captureConfiguration": {
+                    "captureTarget": {"nodeNames": ["node-1"]},
+                    "captureOption": {"duration": "10s"},
+                },
+                "outputConfiguration": {"hostPath": "incidents/today", "persistentVolumeClaim": "caps"},
+            },
+        )
+    )
     job = jobs_mod.build_job(capture, "node-1", image="registry.example/agent:1")
     outputs = json.loads(job["metadata"]["annotations"][jobs_mod.ANNOTATION_OUTPUTS])
     found = download_pod.sources([job], outputs)
-    assert [s.where for s in found] == ["PersistentVolumeClaim caps",
-                                        "node node-1 (/var/lib/retina/captures/incidents/today)"]
+    assert [s.where for s in found] == [
+        "PersistentVolumeClaim caps",
+        "node node-1 (/var/lib/retina/captures/incidents/today)",
+    ]
     pvc_pod, host_pod = (download_pod.build_pod("hp", "web", s) for s in found)
     for pod in (pvc_pod, host_pod):
         validate(pod, "1.30", strict=True)
@@ -193,23 +350,33 @@ def test_download_pod_is_least_privilege_and_pinned_like_the_job() -> None:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["volumeMounts"] == [{"name": "captures", "mountPath": "/captures", "readOnly": True}]
         assert "hostNetwork" not in spec and "hostPID" not in spec
-    assert host_pod["spec"]["volumes"] == [{"name": "captures", "hostPath": {
-        "path": "/var/lib/retina/captures/incidents/today", "type": "Directory"}}]
+    assert host_pod["spec"]["volumes"] == [
+        {
+            "name": "captures",
+            "hostPath": {"path": "/var/lib/retina/captures/incidents/today", "type": "Directory"},
+        }
+    ]
     assert host_pod["spec"]["affinity"] == job["spec"]["template"]["spec"]["affinity"]
     assert host_pod["spec"]["tolerations"] == job["spec"]["template"]["spec"]["tolerations"]
-    assert pvc_pod["spec"]["volumes"] == [{"name": "captures", "persistentVolumeClaim": {
-        "claimName": "caps", "readOnly": True}}]
+    assert pvc_pod["spec"]["volumes"] == [
+        {"name": "captures", "persistentVolumeClaim": {"claimName": "caps", "readOnly": True}}
+    ]
     assert "affinity" not in pvc_pod["spec"]  # the claim is wherever the scheduler finds it
     # Only this capture's and this node's tarballs are fetched; names are file names, never paths.
     pattern = download_pod.tarball_pattern("hp", "node-1")
     assert pattern.fullmatch("hp-node-1-20260101120000UTC.tar.gz")
-    for other in ("hp-node-10-20260101120000UTC.tar.gz", "hpx-node-1-20260101120000UTC.tar.gz",
-                  "hp-node-1-20260101120000UTC.tar.gz\n", ".hp-node-1-20260101120000UTC.tar.gz.part"):
+    for other in (
+        "hp-node-10-20260101120000UTC.tar.gz",
+        "hpx-node-1-20260101120000UTC.tar.gz",
+        "hp-node-1-20260101120000UTC.tar.gz\n",
+        ".hp-node-1-20260101120000UTC.tar.gz.part",
+    ):
         assert not pattern.fullmatch(other), other
 
 
-def test_blob_names_cannot_write_outside_the_output_directory(kube_emulator, azurite, tmp_path, capsys,
-                                                               monkeypatch) -> None:
+def test_blob_names_cannot_write_outside_the_output_directory(
+    kube_emulator, azurite, tmp_path, capsys, monkeypatch
+) -> None:
     """Blob names are chosen by whoever can write to the container: base names only, '..' refused."""
     from datetime import UTC, datetime, timedelta
 
@@ -220,13 +387,33 @@ def test_blob_names_cannot_write_outside_the_output_directory(kube_emulator, azu
     small_cluster(kube_emulator)
     service = BlobServiceClient(f"{azurite.url}/{AZURITE_ACCOUNT}", credential=AZURITE_KEY)
     container = service.create_container("caps")
-    sas = generate_container_sas(AZURITE_ACCOUNT, "caps", account_key=AZURITE_KEY,
-                                 permission=ContainerSasPermissions(read=True, list=True, write=True),
-                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    sas = generate_container_sas(
+        AZURITE_ACCOUNT,
+        "caps",
+        account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, list=True, write=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
     monkeypatch.setenv("RETINA_CAPTURE_BLOB_UPLOAD", f"{azurite.url}/{AZURITE_ACCOUNT}/caps?{sas}")
     kubeconfig = str(kube_emulator.kubeconfig_path)
-    assert main(["capture", "create", "--name", "bl", "-n", "web", "--node-names", "node-1",
-                 "--no-wait", "--kubeconfig", kubeconfig]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "capture",
+                "create",
+                "--name",
+                "bl",
+                "-n",
+                "web",
+                "--node-names",
+                "node-1",
+                "--no-wait",
+                "--kubeconfig",
+                kubeconfig,
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
 
     made = tmp_path / "made"
     made.mkdir()
@@ -236,15 +423,20 @@ def test_blob_names_cannot_write_outside_the_output_directory(kube_emulator, azu
     container.upload_blob(f"bl-x/{nested.name}", nested.read_bytes())  # a folder: saved by base name
     # The SDK would normalise '..' away; a raw request stores it, as any client of the container can.
     escape = "bl-x/%2E%2E/%2E%2E/%2E%2E/escaped-node-9-20260101120000UTC.tar.gz"
-    put = requests.put(f"{azurite.url}/{AZURITE_ACCOUNT}/caps/{escape}?{sas}", data=good.read_bytes(),
-                       headers={"x-ms-blob-type": "BlockBlob"}, timeout=30)
+    put = requests.put(
+        f"{azurite.url}/{AZURITE_ACCOUNT}/caps/{escape}?{sas}",
+        data=good.read_bytes(),
+        headers={"x-ms-blob-type": "BlockBlob"},
+        timeout=30,
+    )
     assert put.status_code == 201, put.text
     assert "bl-x/../../../escaped-node-9-20260101120000UTC.tar.gz" in [b.name for b in container.list_blobs()]
     capsys.readouterr()
 
     out = tmp_path / "deep" / "out"
-    code = main(["capture", "download", "--name", "bl", "-n", "web", "-o", str(out),
-                 "--kubeconfig", kubeconfig])
+    code = main(
+        ["capture", "download", "--name", "bl", "-n", "web", "-o", str(out), "--kubeconfig", kubeconfig]
+    )
     err = capsys.readouterr().err
     assert code == 1, err  # something was refused: the user must hear of it
     assert sorted(p.name for p in out.iterdir()) == sorted([good.name, nested.name])
@@ -295,16 +487,30 @@ def test_merge_streams_members_instead_of_holding_them_in_memory(tmp_path) -> No
     assert sorted(p.name for p in out.parent.iterdir()) == ["big-merged.pcapng"]  # scratch files removed
 
 
-@pytest.mark.parametrize(("setup", "expected"), [
-    ("missing", "does not exist"),
-    ("file", "is not a directory"),
-])
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("missing", "does not exist"),
+        ("file", "is not a directory"),
+    ],
+)
 def test_from_dir_that_is_not_a_directory_is_a_usage_error(tmp_path, capsys, setup, expected) -> None:
     target = tmp_path / "captures"
     if setup == "file":
         target.write_text("x")
-    code = main(["capture", "download", "--name", "x", "--from-dir", str(target), "--merge",
-                 "--kubeconfig", str(tmp_path / "no-kubeconfig")])
+    code = main(
+        [
+            "capture",
+            "download",
+            "--name",
+            "x",
+            "--from-dir",
+            str(target),
+            "--merge",
+            "--kubeconfig",
+            str(tmp_path / "no-kubeconfig"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"error: --from-dir: '{target}' {expected}") and "kubeconfig" not in err
@@ -315,8 +521,9 @@ def test_garbage_tarball_in_from_dir_is_named(tmp_path, capsys) -> None:
     tarball(tmp_path, "g", "node-1", node_packets()["node-1"])
     (tmp_path / "g-node-2-20260101120000UTC.tar.gz").write_bytes(b"this is not gzip" * 100)
     out = tmp_path / "out"
-    code = main(["capture", "download", "--name", "g", "--from-dir", str(tmp_path), "-o", str(out),
-                 "--merge"])
+    code = main(
+        ["capture", "download", "--name", "g", "--from-dir", str(tmp_path), "-o", str(out), "--merge"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "g-node-2-20260101120000UTC.tar.gz: not a readable capture tarball" in err
@@ -328,8 +535,19 @@ def test_output_under_a_file_is_one_line(tmp_path, capsys) -> None:
     tarball(tmp_path, "o", "node-1", node_packets()["node-1"])
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    code = main(["capture", "download", "--name", "o", "--from-dir", str(tmp_path), "-o",
-                 str(blocker / "out"), "--merge"])
+    code = main(
+        [
+            "capture",
+            "download",
+            "--name",
+            "o",
+            "--from-dir",
+            str(tmp_path),
+            "-o",
+            str(blocker / "out"),
+            "--merge",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert err.strip() == f"error: {blocker / 'out'}: Not a directory"

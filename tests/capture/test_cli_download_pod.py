@@ -80,10 +80,34 @@ def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_i
     host_dir = Path(jobs_mod.HOST_PATH_BASE) / name
     port = free_port()
     try:
-        assert main(["capture", "create", "--name", name, "-n", NS, "--node-names", ",".join(NODES),
-                     "--host-path", name, "--interfaces", "lo", "--tcpdump-filter", f"udp dst port {port}",
-                     "--duration", "4s", "--image", agent_image, "--no-wait",
-                     "--kubeconfig", kubeconfig]) == 0
+        assert (
+            main(
+                [
+                    "capture",
+                    "create",
+                    "--name",
+                    name,
+                    "-n",
+                    NS,
+                    "--node-names",
+                    ",".join(NODES),
+                    "--host-path",
+                    name,
+                    "--interfaces",
+                    "lo",
+                    "--tcpdump-filter",
+                    f"udp dst port {port}",
+                    "--duration",
+                    "4s",
+                    "--image",
+                    agent_image,
+                    "--no-wait",
+                    "--kubeconfig",
+                    kubeconfig,
+                ]
+            )
+            == 0
+        )
 
         # Numbered datagrams to loopback until both Jobs are done (bounded: 240 s, 20 per second).
         sent, summary = 0, {}
@@ -104,8 +128,21 @@ def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_i
         assert [len(list(host_dir.glob(f"{name}-{n}-*UTC.tar.gz"))) for n in NODES] == [1, 1], on_host
 
         out = tmp_path / "out"
-        code = main(["capture", "download", "--name", name, "-n", NS, "-o", str(out), "--merge",
-                     "--kubeconfig", kubeconfig])
+        code = main(
+            [
+                "capture",
+                "download",
+                "--name",
+                name,
+                "-n",
+                NS,
+                "-o",
+                str(out),
+                "--merge",
+                "--kubeconfig",
+                kubeconfig,
+            ]
+        )
         assert code == 0
         got = sorted(p.name for p in out.glob("*.tar.gz"))
         assert got == [p.name for p in on_host]

@@ -28,10 +28,15 @@ KUBECTL_RETINA = str(Path(sys.executable).parent / "kubectl-retina")
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The installed kubectl-retina, so a traceback would show on its stderr."""
-    base = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent",
-            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}  # the code under test
-    return subprocess.run([KUBECTL_RETINA, *argv], capture_output=True, text=True, timeout=60,
-                          env={**base, **(env or {})})
+    base = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/nonexistent",
+        **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
+    }  # the code under test
+    return subprocess.run(
+        [KUBECTL_RETINA, *argv], capture_output=True, text=True, timeout=60, env={**base, **(env or {})}
+    )
 
 
 def unreachable_kubeconfig(tmp_path: Path) -> Path:
@@ -47,15 +52,18 @@ current-context: x
     return path
 
 
-@pytest.mark.parametrize(("argv", "flag"), [
-    (["--file-count", "5000"], "--file-count: must be 0 to 1000 (got 5000)"),
-    (["--host-path", "/etc"], "--host-path: '/etc' is absolute"),
-    (["--tcpdump-filter", "-w /tmp/x"], "--tcpdump-filter: '-w /tmp/x' starts with '-'"),
-    (["--packet-size", "70000000"], "--packet-size: must be 0 to 262144 bytes"),
-    (["--duration", "0.0001s"], "--duration: '0.0001s' is too short; use a duration between 1s and 24h"),
-    (["--duration", "999999999h"], "--duration: '999999999h' is too long"),
-    (["--pod-selectors", "app=web!"], "--pod-selectors: matchLabels.app: 'web!' is not a label value"),
-])
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--file-count", "5000"], "--file-count: must be 0 to 1000 (got 5000)"),
+        (["--host-path", "/etc"], "--host-path: '/etc' is absolute"),
+        (["--tcpdump-filter", "-w /tmp/x"], "--tcpdump-filter: '-w /tmp/x' starts with '-'"),
+        (["--packet-size", "70000000"], "--packet-size: must be 0 to 262144 bytes"),
+        (["--duration", "0.0001s"], "--duration: '0.0001s' is too short; use a duration between 1s and 24h"),
+        (["--duration", "999999999h"], "--duration: '999999999h' is too long"),
+        (["--pod-selectors", "app=web!"], "--pod-selectors: matchLabels.app: 'web!' is not a label value"),
+    ],
+)
 def test_flags_are_checked_before_the_kubeconfig(tmp_path, argv, flag) -> None:
     args = argv if "--host-path" in argv else [*argv, "--host-path", "x"]
     proc = run_cli("capture", "create", "--no-wait", *args, env={"KUBECONFIG": str(tmp_path / "missing")})
@@ -66,8 +74,12 @@ def test_flags_are_checked_before_the_kubeconfig(tmp_path, argv, flag) -> None:
 
 def test_unreachable_api_server_is_one_line(tmp_path) -> None:
     kubeconfig = unreachable_kubeconfig(tmp_path)
-    for argv in (["capture", "create", "--host-path", "x", "--no-wait"], ["capture", "list"],
-                 ["capture", "delete", "--name", "x"], ["capture", "download", "--name", "x"]):
+    for argv in (
+        ["capture", "create", "--host-path", "x", "--no-wait"],
+        ["capture", "list"],
+        ["capture", "delete", "--name", "x"],
+        ["capture", "download", "--name", "x"],
+    ):
         proc = run_cli(*argv, "--kubeconfig", str(kubeconfig))
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" not in proc.stderr and "MaxRetryError" not in proc.stderr
@@ -77,9 +89,17 @@ def test_unreachable_api_server_is_one_line(tmp_path) -> None:
 
 
 def test_unknown_flag_does_not_echo_a_secret(tmp_path) -> None:
-    proc = run_cli("capture", "create", "--host-path", "x", "--s3-secret-key=TOPSECRET1", "--blob-sas",
-                   "https://a.blob.core.windows.net/c?sv=1&sig=TOPSECRET2", "--colour=blue",
-                   env={"KUBECONFIG": str(tmp_path / "missing")})
+    proc = run_cli(
+        "capture",
+        "create",
+        "--host-path",
+        "x",
+        "--s3-secret-key=TOPSECRET1",
+        "--blob-sas",
+        "https://a.blob.core.windows.net/c?sv=1&sig=TOPSECRET2",
+        "--colour=blue",
+        env={"KUBECONFIG": str(tmp_path / "missing")},
+    )
     assert proc.returncode == 2
     assert "TOPSECRET" not in proc.stderr
     assert "--s3-secret-key=*** --blob-sas *** --colour=blue" in proc.stderr
@@ -98,8 +118,23 @@ def test_a_failed_job_leaves_no_secret_or_job_behind(kube_emulator, capsys, monk
         return jobs
 
     monkeypatch.setattr(jobs_mod, "build_jobs", second_job_refused)
-    code = main(["capture", "create", "--name", "half", "-n", "web", "--node-names", "node-1,node-2",
-                 "--s3-bucket", "caps", "--no-wait", "--kubeconfig", str(kube_emulator.kubeconfig_path)])
+    code = main(
+        [
+            "capture",
+            "create",
+            "--name",
+            "half",
+            "-n",
+            "web",
+            "--node-names",
+            "node-1,node-2",
+            "--s3-bucket",
+            "caps",
+            "--no-wait",
+            "--kubeconfig",
+            str(kube_emulator.kubeconfig_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "422" in err and "removed 1 job(s) and 1 secret(s)" in err
@@ -110,8 +145,21 @@ def test_an_existing_capture_is_left_alone(kube_emulator, capsys) -> None:
     """Refusing a second capture of the same name must not roll back the first one."""
     small_cluster(kube_emulator)
     kubeconfig = str(kube_emulator.kubeconfig_path)
-    argv = ["capture", "create", "--name", "once", "-n", "web", "--node-names", "node-1", "--host-path", "x",
-            "--no-wait", "--kubeconfig", kubeconfig]
+    argv = [
+        "capture",
+        "create",
+        "--name",
+        "once",
+        "-n",
+        "web",
+        "--node-names",
+        "node-1",
+        "--host-path",
+        "x",
+        "--no-wait",
+        "--kubeconfig",
+        kubeconfig,
+    ]
     assert main(argv) == 0
     assert main(argv) == 1
     assert "already exists" in capsys.readouterr().err
@@ -122,27 +170,47 @@ def test_match_expressions_are_checked_like_the_api_does(kube_api_client) -> Non
     from retina_capture import spec
 
     def body(selector: dict) -> dict:
-        return spec.capture_resource("c", "web", {
-            "captureConfiguration": {"captureTarget": {"podSelector": selector}},
-            "outputConfiguration": {"hostPath": "x"}})
+        return spec.capture_resource(
+            "c",
+            "web",
+            {
+                "captureConfiguration": {"captureTarget": {"podSelector": selector}},
+                "outputConfiguration": {"hostPath": "x"},
+            },
+        )
 
     field = "spec.captureConfiguration.captureTarget.podSelector"
     for selector, message in (
-        ({"matchExpressions": [{"key": "bad key", "operator": "In", "values": ["a"]}]},
-         "matchExpressions[0].key: 'bad key' is not a label key"),
-        ({"matchExpressions": [{"key": "app", "operator": "In", "values": ["a b"]}]},
-         "matchExpressions[0].values: 'a b' is not a label value"),
-        ({"matchExpressions": [{"key": "app", "operator": "In"}]},
-         "matchExpressions[0].values: In needs at least one value"),
-        ({"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["x"]}]},
-         "matchExpressions[0].values: Exists takes no values"),
+        (
+            {"matchExpressions": [{"key": "bad key", "operator": "In", "values": ["a"]}]},
+            "matchExpressions[0].key: 'bad key' is not a label key",
+        ),
+        (
+            {"matchExpressions": [{"key": "app", "operator": "In", "values": ["a b"]}]},
+            "matchExpressions[0].values: 'a b' is not a label value",
+        ),
+        (
+            {"matchExpressions": [{"key": "app", "operator": "In"}]},
+            "matchExpressions[0].values: In needs at least one value",
+        ),
+        (
+            {"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["x"]}]},
+            "matchExpressions[0].values: Exists takes no values",
+        ),
     ):
         with pytest.raises(spec.SpecError) as exc:
             spec.parse_capture(body(selector))
         assert [(p.field, p.message.split(" (")[0]) for p in exc.value.problems] == [(field, message)]
-    ok = spec.parse_capture(body({"matchExpressions": [
-        {"key": "example.com/tier", "operator": "NotIn", "values": ["a", "b-c.d_e"]},
-        {"key": "app", "operator": "DoesNotExist"}]}))
+    ok = spec.parse_capture(
+        body(
+            {
+                "matchExpressions": [
+                    {"key": "example.com/tier", "operator": "NotIn", "values": ["a", "b-c.d_e"]},
+                    {"key": "app", "operator": "DoesNotExist"},
+                ]
+            }
+        )
+    )
     # ... and what passes, the API server accepts.
     core = kubernetes.client.CoreV1Api(kube_api_client)
     core.list_pod_for_all_namespaces(label_selector=spec.selector_to_string(ok.pod_selector))
@@ -171,13 +239,20 @@ FLAG_VALUES = {
 }
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(flags=st.dictionaries(st.sampled_from(sorted(FLAG_VALUES)),
-                             st.sampled_from([0, 0, 0, 0, 0, 1, 2, 3, 4, 5]), max_size=4),
-       s3_keys=st.booleans())
-def test_every_flag_set_is_applied_whole_or_not_at_all(kube_emulator, capsys, monkeypatch, flags,
-                                                       s3_keys) -> None:
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    flags=st.dictionaries(
+        st.sampled_from(sorted(FLAG_VALUES)), st.sampled_from([0, 0, 0, 0, 0, 1, 2, 3, 4, 5]), max_size=4
+    ),
+    s3_keys=st.booleans(),
+)
+def test_every_flag_set_is_applied_whole_or_not_at_all(
+    kube_emulator, capsys, monkeypatch, flags, s3_keys
+) -> None:
     """Generated ``capture create`` flag sets: exit 0 with one Job per node, or exit 1/2 with a
     message naming the flag (2: bad usage) and no Job or Secret of that capture left behind."""
     if not kube_emulator.objects("Node"):
@@ -188,8 +263,17 @@ def test_every_flag_set_is_applied_whole_or_not_at_all(kube_emulator, capsys, mo
         else:
             monkeypatch.delenv(key, raising=False)
     name = f"p{uuid.uuid4().hex[:8]}"
-    argv = ["capture", "create", "--name", name, "-n", "web", "--no-wait",
-            "--kubeconfig", str(kube_emulator.kubeconfig_path)]
+    argv = [
+        "capture",
+        "create",
+        "--name",
+        name,
+        "-n",
+        "web",
+        "--no-wait",
+        "--kubeconfig",
+        str(kube_emulator.kubeconfig_path),
+    ]
     for flag, pick in flags.items():
         values = FLAG_VALUES[flag]
         argv += [f"{flag}={values[pick % len(values)]}"]
@@ -199,13 +283,30 @@ def test_every_flag_set_is_applied_whole_or_not_at_all(kube_emulator, capsys, mo
     code = main(argv)
     event(f"exit {code}")  # --hypothesis-show-statistics shows the mix
     out, err = capsys.readouterr()
-    mine = [o for kind in ("Job", "Secret") for o in kube_emulator.objects(kind, "web")
-            if (o["metadata"].get("labels") or {}).get("capture-name") == name]
+    mine = [
+        o
+        for kind in ("Job", "Secret")
+        for o in kube_emulator.objects(kind, "web")
+        if (o["metadata"].get("labels") or {}).get("capture-name") == name
+    ]
     if code == 0:
         jobs = [o for o in mine if o["kind"] == "Job"]
         assert jobs and f"created {len(jobs)} job(s)" in out
-        assert main(["capture", "delete", "--name", name, "-n", "web",
-                     "--kubeconfig", str(kube_emulator.kubeconfig_path)]) == 0
+        assert (
+            main(
+                [
+                    "capture",
+                    "delete",
+                    "--name",
+                    name,
+                    "-n",
+                    "web",
+                    "--kubeconfig",
+                    str(kube_emulator.kubeconfig_path),
+                ]
+            )
+            == 0
+        )
         return
     assert code in (1, 2), (code, err)
     assert mine == [], f"half-applied: {[o['metadata']['name'] for o in mine]} after {argv}"

@@ -10,60 +10,115 @@ from retina_lab.manifests import validate_manifest
 
 
 def test_cli_flags_and_the_crd_give_the_same_spec() -> None:
-    args = build_parser().parse_args(["capture", "create", "--name", "x", "--node-names", "n1,n2",
-                                      "--host-path", "a/b", "--duration", "2m",
-                                      "--include-filter", "10.0.0.1:80"])
+    args = build_parser().parse_args(
+        [
+            "capture",
+            "create",
+            "--name",
+            "x",
+            "--node-names",
+            "n1,n2",
+            "--host-path",
+            "a/b",
+            "--duration",
+            "2m",
+            "--include-filter",
+            "10.0.0.1:80",
+        ]
+    )
     body, secrets = capture_from_flags(args, "ns")
     assert secrets == {}
-    by_hand = spec.capture_resource("x", "ns", {
-        "captureConfiguration": {"captureTarget": {"nodeNames": ["n1", "n2"]},
-                                 "captureOption": {"duration": "2m", "maxCaptureSize": 100, "packetSize": 0,
-                                                   "interfaces": ["any"]},
-                                 "filters": {"include": ["10.0.0.1:80"]}, "includeMetadata": True},
-        "outputConfiguration": {"hostPath": "a/b"}})
+    by_hand = spec.capture_resource(
+        "x",
+        "ns",
+        {
+            "captureConfiguration": {
+                "captureTarget": {"nodeNames": ["n1", "n2"]},
+                "captureOption": {
+                    "duration": "2m",
+                    "maxCaptureSize": 100,
+                    "packetSize": 0,
+                    "interfaces": ["any"],
+                },
+                "filters": {"include": ["10.0.0.1:80"]},
+                "includeMetadata": True,
+            },
+            "outputConfiguration": {"hostPath": "a/b"},
+        },
+    )
     assert spec.parse_capture(body) == spec.parse_capture(by_hand)
     assert spec.parse_capture(body).duration == 120
 
 
 def test_every_problem_is_reported_with_its_field() -> None:
-    body = spec.capture_resource("Bad_Name", "ns", {
-        "captureConfiguration": {"captureTarget": {},
-                                 "captureOption": {"duration": "-1s", "packetSize": -1, "maxCaptureSize": 0},
-                                 "filters": {"include": ["1.2.3.4:99999"], "exclude": ["x"]}},
-        "outputConfiguration": {"hostPath": "a/../../b", "nfs": "x"}})
+    body = spec.capture_resource(
+        "Bad_Name",
+        "ns",
+        {
+            "captureConfiguration": {
+                "captureTarget": {},
+                "captureOption": {"duration": "-1s", "packetSize": -1, "maxCaptureSize": 0},
+                "filters": {"include": ["1.2.3.4:99999"], "exclude": ["x"]},
+            },
+            "outputConfiguration": {"hostPath": "a/../../b", "nfs": "x"},
+        },
+    )
     with pytest.raises(spec.SpecError) as exc:
         spec.parse_capture(body)
     fields = {p.field for p in exc.value.problems}
     assert fields == {
-        "metadata.name", "spec.captureConfiguration.captureOption.duration",
+        "metadata.name",
+        "spec.captureConfiguration.captureOption.duration",
         "spec.captureConfiguration.captureOption.packetSize",
         "spec.captureConfiguration.captureOption.maxCaptureSize",
-        "spec.captureConfiguration.filters.include", "spec.captureConfiguration.filters.exclude",
-        "spec.captureConfiguration.captureTarget", "spec.outputConfiguration.hostPath",
-        "spec.outputConfiguration.nfs"}
+        "spec.captureConfiguration.filters.include",
+        "spec.captureConfiguration.filters.exclude",
+        "spec.captureConfiguration.captureTarget",
+        "spec.outputConfiguration.hostPath",
+        "spec.outputConfiguration.nfs",
+    }
     assert "--duration: '-1s' is negative; use a duration between 1s and 24h" in exc.value.for_cli()
 
 
 def test_job_names_are_stable_and_valid() -> None:
-    capture = spec.parse_capture(spec.capture_resource("c", "ns", {
-        "captureConfiguration": {"captureTarget": {"nodeNames": ["node-a"]}},
-        "outputConfiguration": {"blobUpload": "blob-secret"}}))
+    capture = spec.parse_capture(
+        spec.capture_resource(
+            "c",
+            "ns",
+            {
+                "captureConfiguration": {"captureTarget": {"nodeNames": ["node-a"]}},
+                "outputConfiguration": {"blobUpload": "blob-secret"},
+            },
+        )
+    )
     [job] = jobs.build_jobs(capture, {"node-a": ()})
     assert job == jobs.build_jobs(capture, {"node-a": ()})[0]
     assert job["metadata"]["name"] == jobs.job_name("c", "node-a") and len(job["metadata"]["name"]) <= 63
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["RETINA_CAPTURE_BLOB_UPLOAD"]["valueFrom"] == {
-        "secretKeyRef": {"name": "blob-secret", "key": "blob-upload-url"}}
+        "secretKeyRef": {"name": "blob-secret", "key": "blob-upload-url"}
+    }
     validate_manifest(job)
     validate_manifest(jobs.build_secret("c", "ns", blob_upload_url="https://a.blob/c?sig=x"))
 
 
 def test_summarize_jobs() -> None:
     running = {"status": {"startTime": "2026-01-01T00:00:02+00:00", "active": 1}}
-    ok = {"status": {"startTime": "2026-01-01T00:00:01Z", "succeeded": 1,
-                     "completionTime": "2026-01-01T00:01:00Z"}}
-    bad = {"status": {"failed": 1, "conditions": [
-        {"type": "Failed", "status": "True", "lastTransitionTime": "2026-01-01T00:02:00Z"}]}}
+    ok = {
+        "status": {
+            "startTime": "2026-01-01T00:00:01Z",
+            "succeeded": 1,
+            "completionTime": "2026-01-01T00:01:00Z",
+        }
+    }
+    bad = {
+        "status": {
+            "failed": 1,
+            "conditions": [
+                {"type": "Failed", "status": "True", "lastTransitionTime": "2026-01-01T00:02:00Z"}
+            ],
+        }
+    }
     assert jobs.summarize_jobs([running, ok])["phase"] == "Running"
     assert jobs.summarize_jobs([running, ok])["startTime"] == "2026-01-01T00:00:01Z"
     summary = jobs.summarize_jobs([ok, bad])
@@ -76,9 +131,16 @@ def test_capture_jobs_run_with_least_privilege_and_keep_captures_on_the_node() -
     """Issue 10: no SYS_ADMIN, everything else dropped, RuntimeDefault seccomp, no privilege
     escalation, no service-account token, limits; the tarball is built on a hostPath so a
     failed upload survives the pod, and the pod's termination message is the worker's error."""
-    capture = spec.parse_capture(spec.capture_resource("c", "ns", {
-        "captureConfiguration": {"captureTarget": {"nodeNames": ["node-a"]}},
-        "outputConfiguration": {"blobUpload": "blob-secret"}}))
+    capture = spec.parse_capture(
+        spec.capture_resource(
+            "c",
+            "ns",
+            {
+                "captureConfiguration": {"captureTarget": {"nodeNames": ["node-a"]}},
+                "outputConfiguration": {"blobUpload": "blob-secret"},
+            },
+        )
+    )
     [job] = jobs.build_jobs(capture, {"node-a": ()})
     pod = job["spec"]["template"]["spec"]
     [container] = pod["containers"]

@@ -19,15 +19,23 @@ from retina_capture.worker.settings import SettingsError, env_name, settings_fro
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "collections/retina/roles/agent/files/crds/retina.sh_captures.yaml").read_text())
-SECRETS = {"RETINA_CAPTURE_BLOB_UPLOAD": "https://a.blob.core.windows.net/c?sv=1&sig=x",
-           "RETINA_CAPTURE_S3_ACCESS_KEY_ID": "id", "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": "key"}
+SECRETS = {
+    "RETINA_CAPTURE_BLOB_UPLOAD": "https://a.blob.core.windows.net/c?sv=1&sig=x",
+    "RETINA_CAPTURE_S3_ACCESS_KEY_ID": "id",
+    "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": "key",
+}
 
 
 def resource(option: dict | None = None, output: dict | None = None, **config) -> dict:
     config.setdefault("captureTarget", {"nodeNames": ["node-1"]})
-    return spec.capture_resource("c", "web", {
-        "captureConfiguration": {**config, "captureOption": option or {}},
-        "outputConfiguration": output or {"hostPath": "x"}})
+    return spec.capture_resource(
+        "c",
+        "web",
+        {
+            "captureConfiguration": {**config, "captureOption": option or {}},
+            "outputConfiguration": output or {"hostPath": "x"},
+        },
+    )
 
 
 def plain_env(job: dict) -> dict[str, str]:
@@ -50,14 +58,18 @@ def worker_refusal(*argv: str) -> str:
 
 # -- the bounds are the same for the CLI/operator and the worker --------------------------------
 
-@pytest.mark.parametrize(("field", "flag", "bad", "good"), [
-    ("fileCount", "--file-count", 5000, 1000),
-    ("packetSize", "--packet-size", 262145, 262144),
-    ("maxCaptureSize", "--max-size", 100001, 100000),
-    ("duration", "--duration", "0.0001s", "1s"),
-    ("duration", "--duration", "24h0m1s", "24h0m0s"),  # Go's spelling of 24h, as the Job writes it
-    ("duration", "--duration", "9999999999h", "1.5s"),
-])
+
+@pytest.mark.parametrize(
+    ("field", "flag", "bad", "good"),
+    [
+        ("fileCount", "--file-count", 5000, 1000),
+        ("packetSize", "--packet-size", 262145, 262144),
+        ("maxCaptureSize", "--max-size", 100001, 100000),
+        ("duration", "--duration", "0.0001s", "1s"),
+        ("duration", "--duration", "24h0m1s", "24h0m0s"),  # Go's spelling of 24h, as the Job writes it
+        ("duration", "--duration", "9999999999h", "1.5s"),
+    ],
+)
 def test_one_bound_for_the_capture_and_the_worker(field, flag, bad, good) -> None:
     big = {"maxCaptureSize": 100000} if field == "fileCount" else {}
     [(where, message)] = refusal(resource({field: bad, **big}))
@@ -72,9 +84,13 @@ def test_one_bound_for_the_capture_and_the_worker(field, flag, bad, good) -> Non
 
 def test_the_capture_crd_states_the_same_bounds() -> None:
     option = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
-        "captureConfiguration"]["properties"]["captureOption"]["properties"]
-    for crd_field, model_field in (("fileCount", "file_count"), ("packetSize", "packet_size"),
-                                   ("maxCaptureSize", "max_size")):
+        "captureConfiguration"
+    ]["properties"]["captureOption"]["properties"]
+    for crd_field, model_field in (
+        ("fileCount", "file_count"),
+        ("packetSize", "packet_size"),
+        ("maxCaptureSize", "max_size"),
+    ):
         bound = BOUNDS[model_field]
         assert (option[crd_field]["minimum"], option[crd_field]["maximum"]) == (bound.minimum, bound.maximum)
 
@@ -98,99 +114,209 @@ def test_spec_does_not_import_the_worker() -> None:
         tree = ast.parse((REPO / f"capture/retina_capture/{module}.py").read_text())
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in imported if m and m.startswith("retina_capture.worker")], module
-    proc = subprocess.run([sys.executable, "-c", "import sys, retina_capture.spec; "
-                           "print(sorted(m for m in sys.modules if m.startswith('retina_capture.worker')))"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, retina_capture.spec; "
+            "print(sorted(m for m in sys.modules if m.startswith('retina_capture.worker')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.stdout.strip() == "[]", proc.stderr
 
 
 # -- property: every Capture is accepted or refused by field ------------------------------------
 
+
 def anything() -> st.SearchStrategy:
-    return st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True),
-                     st.text(max_size=12), st.lists(st.text(max_size=6), max_size=3),
-                     st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2))
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**30), 10**30),
+        st.floats(allow_nan=True),
+        st.text(max_size=12),
+        st.lists(st.text(max_size=6), max_size=3),
+        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+    )
 
 
 def durations() -> st.SearchStrategy:
-    return st.one_of(st.sampled_from(["30s", "1m", "1.5s", "24h", "25h", "0.0001s", "-5s", "0", "", "1e3s",
-                                      "999999999999999999999h", "1h30m", ".5s", "1s "]), anything())
+    return st.one_of(
+        st.sampled_from(
+            [
+                "30s",
+                "1m",
+                "1.5s",
+                "24h",
+                "25h",
+                "0.0001s",
+                "-5s",
+                "0",
+                "",
+                "1e3s",
+                "999999999999999999999h",
+                "1h30m",
+                ".5s",
+                "1s ",
+            ]
+        ),
+        anything(),
+    )
 
 
 def numbers() -> st.SearchStrategy:
-    return st.one_of(st.sampled_from([0, 1, 100, 1000, 1001, 262144, 262145, 100000, 100001, -1]),
-                     st.integers(-10**6, 10**7), anything())
+    return st.one_of(
+        st.sampled_from([0, 1, 100, 1000, 1001, 262144, 262145, 100000, 100001, -1]),
+        st.integers(-(10**6), 10**7),
+        anything(),
+    )
 
 
 def names() -> st.SearchStrategy:
-    return st.lists(st.one_of(st.sampled_from(["node-1", "any", "eth0", "Bad_Name", "", "x" * 70, "a b"]),
-                              st.text(max_size=8)), max_size=3)
+    return st.lists(
+        st.one_of(
+            st.sampled_from(["node-1", "any", "eth0", "Bad_Name", "", "x" * 70, "a b"]), st.text(max_size=8)
+        ),
+        max_size=3,
+    )
 
 
 def selectors() -> st.SearchStrategy:
     expression = st.fixed_dictionaries(
-        {"key": st.sampled_from(["app", "example.com/tier", "bad key", "", "-x", "a/b/c"]),
-         "operator": st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist", "Like"])},
-        optional={"values": st.lists(st.sampled_from(["a", "b-c", "bad value", "", "-x"]), max_size=3)})
+        {
+            "key": st.sampled_from(["app", "example.com/tier", "bad key", "", "-x", "a/b/c"]),
+            "operator": st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist", "Like"]),
+        },
+        optional={"values": st.lists(st.sampled_from(["a", "b-c", "bad value", "", "-x"]), max_size=3)},
+    )
     return st.one_of(
-        st.fixed_dictionaries({}, optional={
-            "matchLabels": st.dictionaries(st.sampled_from(["app", "k8s.io/x", "bad key", ""]),
-                                           st.sampled_from(["web", "", "a b", "x" * 70]), max_size=2),
-            "matchExpressions": st.lists(expression, max_size=2)}),
-        anything())
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "matchLabels": st.dictionaries(
+                    st.sampled_from(["app", "k8s.io/x", "bad key", ""]),
+                    st.sampled_from(["web", "", "a b", "x" * 70]),
+                    max_size=2,
+                ),
+                "matchExpressions": st.lists(expression, max_size=2),
+            },
+        ),
+        anything(),
+    )
 
 
 def filters() -> st.SearchStrategy:
-    return st.lists(st.sampled_from(["10.0.0.1:80", "*:53", "[fd00::1]:53", "nope", "1.2.3.4:99999", "*",
-                                     "10.0.0.1"]), max_size=3)
+    return st.lists(
+        st.sampled_from(["10.0.0.1:80", "*:53", "[fd00::1]:53", "nope", "1.2.3.4:99999", "*", "10.0.0.1"]),
+        max_size=3,
+    )
 
 
 def valid_bodies() -> st.SearchStrategy:
     """Captures the operator should run: every field within its bounds."""
-    selector = st.sampled_from([{"matchLabels": {"app": "web"}},
-                                {"matchExpressions": [{"key": "example.com/tier", "operator": "In",
-                                                       "values": ["a", "b-c"]}]},
-                                {"matchLabels": {"k8s.io/x": ""}, "matchExpressions": [
-                                    {"key": "app", "operator": "DoesNotExist"}]}])
-    target = st.one_of(st.fixed_dictionaries({"nodeNames": st.lists(st.sampled_from(["node-1", "n.2"]),
-                                                                     min_size=1, max_size=2)}),
-                       st.fixed_dictionaries({"nodeSelector": selector}),
-                       st.fixed_dictionaries({"podSelector": selector},
-                                             optional={"namespaceSelector": selector}),
-                       st.fixed_dictionaries({"podNames": st.just(["p-1"])}))
-    option = st.fixed_dictionaries({}, optional={
-        "duration": st.sampled_from(["1s", "30s", "1m", "1.5s", "1h30m", "24h", ".5m", "1500ms"]),
-        "maxCaptureSize": st.integers(2, 100000), "packetSize": st.integers(0, 262144),
-        "fileCount": st.integers(0, 2), "interfaces": st.lists(st.sampled_from(["any", "eth0", "cali1@if3"]),
-                                                               min_size=1, max_size=2),
-        "pcapFilter": st.sampled_from(["tcp", "udp port 53"])})
-    s3 = st.fixed_dictionaries({"bucket": st.just("caps"), "secretName": st.just("s3-keys")},
-                               optional={"region": st.just("eu-west-1"), "endpoint": st.just("http://minio:9000"),
-                                         "path": st.sampled_from(["team/a", ""])})
-    output = st.fixed_dictionaries({}, optional={
-        "hostPath": st.sampled_from(["x", "a/b"]), "persistentVolumeClaim": st.just("claim"),
-        "blobUpload": st.just("blob-secret"), "s3Upload": s3}).filter(bool)
-    config = st.fixed_dictionaries({"captureTarget": target}, optional={
-        "captureOption": option, "filters": st.fixed_dictionaries({}, optional={
-            "include": st.lists(st.sampled_from(["10.0.0.1:80", "*:53", "[fd00::1]:53", "10.0.0.1"]),
-                                max_size=2),
-            "exclude": st.lists(st.sampled_from(["*:22", "10.0.0.9"]), max_size=2)}),
-        "includeMetadata": st.booleans()})
-    return st.fixed_dictionaries({
-        "metadata": st.fixed_dictionaries({"name": st.sampled_from(["cap", "a-1", "x" * 40])},
-                                          optional={"namespace": st.just("web")}),
-        "spec": st.fixed_dictionaries({"captureConfiguration": config, "outputConfiguration": output})})
+    selector = st.sampled_from(
+        [
+            {"matchLabels": {"app": "web"}},
+            {"matchExpressions": [{"key": "example.com/tier", "operator": "In", "values": ["a", "b-c"]}]},
+            {
+                "matchLabels": {"k8s.io/x": ""},
+                "matchExpressions": [{"key": "app", "operator": "DoesNotExist"}],
+            },
+        ]
+    )
+    target = st.one_of(
+        st.fixed_dictionaries(
+            {"nodeNames": st.lists(st.sampled_from(["node-1", "n.2"]), min_size=1, max_size=2)}
+        ),
+        st.fixed_dictionaries({"nodeSelector": selector}),
+        st.fixed_dictionaries({"podSelector": selector}, optional={"namespaceSelector": selector}),
+        st.fixed_dictionaries({"podNames": st.just(["p-1"])}),
+    )
+    option = st.fixed_dictionaries(
+        {},
+        optional={
+            "duration": st.sampled_from(["1s", "30s", "1m", "1.5s", "1h30m", "24h", ".5m", "1500ms"]),
+            "maxCaptureSize": st.integers(2, 100000),
+            "packetSize": st.integers(0, 262144),
+            "fileCount": st.integers(0, 2),
+            "interfaces": st.lists(st.sampled_from(["any", "eth0", "cali1@if3"]), min_size=1, max_size=2),
+            "pcapFilter": st.sampled_from(["tcp", "udp port 53"]),
+        },
+    )
+    s3 = st.fixed_dictionaries(
+        {"bucket": st.just("caps"), "secretName": st.just("s3-keys")},
+        optional={
+            "region": st.just("eu-west-1"),
+            "endpoint": st.just("http://minio:9000"),
+            "path": st.sampled_from(["team/a", ""]),
+        },
+    )
+    output = st.fixed_dictionaries(
+        {},
+        optional={
+            "hostPath": st.sampled_from(["x", "a/b"]),
+            "persistentVolumeClaim": st.just("claim"),
+            "blobUpload": st.just("blob-secret"),
+            "s3Upload": s3,
+        },
+    ).filter(bool)
+    config = st.fixed_dictionaries(
+        {"captureTarget": target},
+        optional={
+            "captureOption": option,
+            "filters": st.fixed_dictionaries(
+                {},
+                optional={
+                    "include": st.lists(
+                        st.sampled_from(["10.0.0.1:80", "*:53", "[fd00::1]:53", "10.0.0.1"]), max_size=2
+                    ),
+                    "exclude": st.lists(st.sampled_from(["*:22", "10.0.0.9"]), max_size=2),
+                },
+            ),
+            "includeMetadata": st.booleans(),
+        },
+    )
+    return st.fixed_dictionaries(
+        {
+            "metadata": st.fixed_dictionaries(
+                {"name": st.sampled_from(["cap", "a-1", "x" * 40])}, optional={"namespace": st.just("web")}
+            ),
+            "spec": st.fixed_dictionaries({"captureConfiguration": config, "outputConfiguration": output}),
+        }
+    )
 
 
 #: Where a mutation may land: every field, the objects holding them, and keys no Capture has.
-MUTABLE = sorted(set(spec.RESOURCE_PATHS.values()) | {
-    "spec", spec._CFG, spec._OPT, spec._TGT, spec._OUT, f"{spec._OUT}.s3Upload", f"{spec._CFG}.filters",
-    f"{spec._OPT}.snaplen", f"{spec._OUT}.ftpUpload", f"{spec._TGT}.nodeGroups"})
+MUTABLE = sorted(
+    set(spec.RESOURCE_PATHS.values())
+    | {
+        "spec",
+        spec._CFG,
+        spec._OPT,
+        spec._TGT,
+        spec._OUT,
+        f"{spec._OUT}.s3Upload",
+        f"{spec._CFG}.filters",
+        f"{spec._OPT}.snaplen",
+        f"{spec._OUT}.ftpUpload",
+        f"{spec._TGT}.nodeGroups",
+    }
+)
 
 
 def bad_values() -> st.SearchStrategy:
-    return st.one_of(durations(), numbers(), names(), selectors(), filters(), anything(),
-                     st.sampled_from(["/etc", "../x", "a\nb", "-w /x", "$(reboot)", "Bad_Name", None]))
+    return st.one_of(
+        durations(),
+        numbers(),
+        names(),
+        selectors(),
+        filters(),
+        anything(),
+        st.sampled_from(["/etc", "../x", "a\nb", "-w /x", "$(reboot)", "Bad_Name", None]),
+    )
 
 
 def mutated(body: dict, changes: list[tuple[str, object]]) -> dict:
@@ -211,8 +337,12 @@ def mutated(body: dict, changes: list[tuple[str, object]]) -> dict:
 def related(problem_field: str, changed: str) -> bool:
     """A problem may name the changed field, an object around it, or a field beside it (cross checks)."""
     parent = changed.rpartition(".")[0]
-    return (problem_field.startswith(changed) or changed.startswith(problem_field)
-            or problem_field.startswith(parent + ".") or problem_field in (spec._TGT, spec._OUT))
+    return (
+        problem_field.startswith(changed)
+        or changed.startswith(problem_field)
+        or problem_field.startswith(parent + ".")
+        or problem_field in (spec._TGT, spec._OUT)
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -234,8 +364,20 @@ def test_every_capture_is_accepted_or_refused_by_field(body, changes) -> None:
     assert 0 < job["spec"]["activeDeadlineSeconds"] <= 24 * 3600 + jobs.DEADLINE_MARGIN_SECONDS
     env = plain_env(job)
     worker = settings_from_env_and_argv([], {**env, **SECRETS, "NODE_NAME": "node-1"})
-    for field in ("duration", "max_size", "packet_size", "file_count", "interfaces", "include_filter",
-                  "exclude_filter", "include_metadata", "host_path", "s3_bucket", "s3_region", "s3_endpoint"):
+    for field in (
+        "duration",
+        "max_size",
+        "packet_size",
+        "file_count",
+        "interfaces",
+        "include_filter",
+        "exclude_filter",
+        "include_metadata",
+        "host_path",
+        "s3_bucket",
+        "s3_region",
+        "s3_endpoint",
+    ):
         assert getattr(worker, field) == getattr(capture, field), field
     assert worker.filter_text == capture.filter_text
     if capture.s3_bucket is not None:
@@ -244,20 +386,65 @@ def test_every_capture_is_accepted_or_refused_by_field(body, changes) -> None:
 
 # -- property: every worker environment is accepted or refused by flag --------------------------
 
-FLAG_NAMES = ["--duration", "--max-size", "--packet-size", "--file-count", "--interfaces",
-              "--tcpdump-filter", "--pcap-filter", "--include-filter", "--exclude-filter", "--pod-ips",
-              "--include-metadata", "--host-path", "--host-path-base", "--pvc-mount-path", "--s3-bucket",
-              "--s3-endpoint", "--s3-path", "--output-dir-tmp", "--upload-attempts", "--upload-backoff",
-              "--debug", "--name", "--node-name"]
+FLAG_NAMES = [
+    "--duration",
+    "--max-size",
+    "--packet-size",
+    "--file-count",
+    "--interfaces",
+    "--tcpdump-filter",
+    "--pcap-filter",
+    "--include-filter",
+    "--exclude-filter",
+    "--pod-ips",
+    "--include-metadata",
+    "--host-path",
+    "--host-path-base",
+    "--pvc-mount-path",
+    "--s3-bucket",
+    "--s3-endpoint",
+    "--s3-path",
+    "--output-dir-tmp",
+    "--upload-attempts",
+    "--upload-backoff",
+    "--debug",
+    "--name",
+    "--node-name",
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(FLAG_NAMES),
-                       st.one_of(st.sampled_from(["1", "0", "-1", "5000", "1s", "0.0001s", "x", "", "true",
-                                                  "/abs", "../up", "10.0.0.1", "a b", "-w x", "caps",
-                                                  "https://m:9000", "99999999999999999999999"]),
-                                 st.text(max_size=8)), max_size=6),
-       st.booleans())
+@given(
+    st.dictionaries(
+        st.sampled_from(FLAG_NAMES),
+        st.one_of(
+            st.sampled_from(
+                [
+                    "1",
+                    "0",
+                    "-1",
+                    "5000",
+                    "1s",
+                    "0.0001s",
+                    "x",
+                    "",
+                    "true",
+                    "/abs",
+                    "../up",
+                    "10.0.0.1",
+                    "a b",
+                    "-w x",
+                    "caps",
+                    "https://m:9000",
+                    "99999999999999999999999",
+                ]
+            ),
+            st.text(max_size=8),
+        ),
+        max_size=6,
+    ),
+    st.booleans(),
+)
 def test_every_worker_setting_is_accepted_or_refused_by_flag(values, as_env) -> None:
     argv: list[str] = []
     env = {"NODE_NAME": "node-1"}
@@ -274,4 +461,5 @@ def test_every_worker_setting_is_accepted_or_refused_by_flag(values, as_env) -> 
         for problem in exc.problems:
             head = problem.split(": ", 1)[0]
             assert head.split(" (env")[0].split("/")[0] in FLAG_NAMES or head.startswith(
-                ("RETINA_CAPTURE_", "--blob-upload-file")), problem
+                ("RETINA_CAPTURE_", "--blob-upload-file")
+            ), problem

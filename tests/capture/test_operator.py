@@ -43,10 +43,12 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20) -> An
 
 
 def capture(name: str, namespace: str, target: dict, output: dict, **config: Any) -> dict:
-    return {"apiVersion": "retina.sh/v1alpha1", "kind": "Capture",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"captureConfiguration": {"captureTarget": target, **config},
-                     "outputConfiguration": output}}
+    return {
+        "apiVersion": "retina.sh/v1alpha1",
+        "kind": "Capture",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"captureConfiguration": {"captureTarget": target, **config}, "outputConfiguration": output},
+    }
 
 
 @pytest.fixture
@@ -69,15 +71,22 @@ def operator(kube_emulator, kube_api_client, monkeypatch) -> Iterator[kubernetes
 
 def strip(job: dict) -> dict:
     """The parts of a Job that the CLI and the operator must agree on."""
-    return {"labels": job["metadata"]["labels"], "annotations": job["metadata"]["annotations"],
-            "spec": job["spec"]}
+    return {
+        "labels": job["metadata"]["labels"],
+        "annotations": job["metadata"]["annotations"],
+        "spec": job["spec"],
+    }
 
 
 def test_crd_is_valid_and_validates_captures() -> None:
     validate_manifest(CRD)
-    good = capture("c", "web", {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}},
-                   {"hostPath": "x"},
-                   captureOption={"duration": "30s", "maxCaptureSize": 10})
+    good = capture(
+        "c",
+        "web",
+        {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}},
+        {"hostPath": "x"},
+        captureOption={"duration": "30s", "maxCaptureSize": 10},
+    )
     validate_manifest(good, crds=[CRD])
     bad = capture("c", "web", {}, {"hostPath": "x"}, captureOption={"maxCaptureSize": "big"})
     with pytest.raises(ValueError, match=r"captureOption\.maxCaptureSize"):
@@ -85,13 +94,20 @@ def test_crd_is_valid_and_validates_captures() -> None:
 
 
 def test_capture_becomes_the_same_jobs_as_the_cli(operator, kube_emulator, capsys) -> None:
-    body = capture("cap", "web", {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}},
-                   {"hostPath": "incident", "persistentVolumeClaim": "captures"},
-                   captureOption={"duration": "45s", "packetSize": 128, "interfaces": ["eth0", "eth1"]},
-                   filters={"include": ["10.244.1.10:80"], "exclude": ["*:22"]}, tcpdumpFilter="tcp")
+    body = capture(
+        "cap",
+        "web",
+        {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}},
+        {"hostPath": "incident", "persistentVolumeClaim": "captures"},
+        captureOption={"duration": "45s", "packetSize": 128, "interfaces": ["eth0", "eth1"]},
+        filters={"include": ["10.244.1.10:80"], "exclude": ["*:22"]},
+        tcpdumpFilter="tcp",
+    )
     operator.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures", body)
-    jobs = wait_for(lambda: len(kube_emulator.objects("Job", "web")) == 3
-                    and kube_emulator.objects("Job", "web"), "three Jobs from the operator")
+    jobs = wait_for(
+        lambda: len(kube_emulator.objects("Job", "web")) == 3 and kube_emulator.objects("Job", "web"),
+        "three Jobs from the operator",
+    )
     uid = kube_emulator.objects("Capture", "web")[0]["metadata"]["uid"]
     for job in jobs:
         validate_manifest(job)
@@ -99,11 +115,35 @@ def test_capture_becomes_the_same_jobs_as_the_cli(operator, kube_emulator, capsy
         assert owner["kind"] == "Capture" and owner["uid"] == uid
 
     # The same capture through the CLI, in another namespace.
-    code = cli_main(["capture", "create", "--name", "cap", "-n", "db", "--host-path", "incident", "--pvc",
-                     "captures", "--duration", "45s", "--packet-size", "128", "--interfaces", "eth0,eth1",
-                     "--include-filter", "10.244.1.10:80", "--exclude-filter", "*:22",
-                     "--tcpdump-filter", "tcp",
-                     "--no-wait", "--kubeconfig", str(capture_user_kubeconfig_for(kube_emulator))])
+    code = cli_main(
+        [
+            "capture",
+            "create",
+            "--name",
+            "cap",
+            "-n",
+            "db",
+            "--host-path",
+            "incident",
+            "--pvc",
+            "captures",
+            "--duration",
+            "45s",
+            "--packet-size",
+            "128",
+            "--interfaces",
+            "eth0,eth1",
+            "--include-filter",
+            "10.244.1.10:80",
+            "--exclude-filter",
+            "*:22",
+            "--tcpdump-filter",
+            "tcp",
+            "--no-wait",
+            "--kubeconfig",
+            str(capture_user_kubeconfig_for(kube_emulator)),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     cli_jobs = kube_emulator.objects("Job", "db")
     assert [j["metadata"]["name"] for j in cli_jobs] == [j["metadata"]["name"] for j in jobs]
@@ -127,30 +167,60 @@ def test_status_follows_the_jobs(operator, kube_emulator) -> None:
         return kube_emulator.objects("Capture", "web")[0].get("status") or {}
 
     kube_emulator.set_status("Job", "web", first, {"startTime": "2026-01-01T00:00:00Z", "active": 1})
-    kube_emulator.set_status("Job", "web", second, {
-        "startTime": "2026-01-01T00:00:01Z", "failed": 1,
-        "conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": "2026-01-01T00:01:00Z"}]})
+    kube_emulator.set_status(
+        "Job",
+        "web",
+        second,
+        {
+            "startTime": "2026-01-01T00:00:01Z",
+            "failed": 1,
+            "conditions": [
+                {"type": "Failed", "status": "True", "lastTransitionTime": "2026-01-01T00:01:00Z"}
+            ],
+        },
+    )
     # Job events are handled concurrently: the status converges on what both Jobs say.
-    wait_for(lambda: status().get("failed") == 1 and status().get("active") == 1
-             and status().get("startTime") == "2026-01-01T00:00:00Z", "one failed, one active, first start")
+    wait_for(
+        lambda: (
+            status().get("failed") == 1
+            and status().get("active") == 1
+            and status().get("startTime") == "2026-01-01T00:00:00Z"
+        ),
+        "one failed, one active, first start",
+    )
     assert "completionTime" not in status()
-    kube_emulator.set_status("Job", "web", first, {
-        "active": None, "succeeded": 1, "completionTime": "2026-01-01T00:01:05Z",
-        "conditions": [{"type": "Complete", "status": "True"}]})
+    kube_emulator.set_status(
+        "Job",
+        "web",
+        first,
+        {
+            "active": None,
+            "succeeded": 1,
+            "completionTime": "2026-01-01T00:01:05Z",
+            "conditions": [{"type": "Complete", "status": "True"}],
+        },
+    )
     wait_for(lambda: status().get("succeeded") == 1 and status().get("active") == 0, "all finished")
     conditions = {c["type"]: c for c in status()["conditions"]}
     assert conditions["Failed"]["status"] == "True" and conditions["Running"]["status"] == "False"
     assert status()["completionTime"] == "2026-01-01T00:01:05Z"
 
 
-@pytest.mark.parametrize(("target", "output", "field"), [
-    ({"nodeNames": ["node-1"]}, {"hostPath": "../../etc"}, "spec.outputConfiguration.hostPath"),
-    ({"podSelector": {"matchLabels": {"app": "nothing"}}}, {"hostPath": "x"},
-     "spec.captureConfiguration.captureTarget.podSelector"),
-    ({"nodeNames": ["node-1"]}, {"hostPath": "x"}, "spec.captureConfiguration.captureOption.duration"),
-])
-def test_invalid_capture_gets_an_error_condition_naming_the_field(operator, kube_emulator, target, output,
-                                                                   field) -> None:
+@pytest.mark.parametrize(
+    ("target", "output", "field"),
+    [
+        ({"nodeNames": ["node-1"]}, {"hostPath": "../../etc"}, "spec.outputConfiguration.hostPath"),
+        (
+            {"podSelector": {"matchLabels": {"app": "nothing"}}},
+            {"hostPath": "x"},
+            "spec.captureConfiguration.captureTarget.podSelector",
+        ),
+        ({"nodeNames": ["node-1"]}, {"hostPath": "x"}, "spec.captureConfiguration.captureOption.duration"),
+    ],
+)
+def test_invalid_capture_gets_an_error_condition_naming_the_field(
+    operator, kube_emulator, target, output, field
+) -> None:
     body = capture("bad", "web", target, output)
     if field.endswith("duration"):
         body["spec"]["captureConfiguration"]["captureOption"] = {"duration": "0s"}
@@ -168,8 +238,16 @@ def test_invalid_capture_gets_an_error_condition_naming_the_field(operator, kube
 
 def test_deleting_the_capture_removes_jobs_and_secrets(operator, kube_emulator, kube_api_client) -> None:
     core = kubernetes.client.CoreV1Api(kube_api_client)
-    core.create_namespaced_secret("web", {"metadata": {"name": "del-capture-credentials", "labels": {
-        "retina.sh/app": "capture", "capture-name": "del"}}, "data": {}})
+    core.create_namespaced_secret(
+        "web",
+        {
+            "metadata": {
+                "name": "del-capture-credentials",
+                "labels": {"retina.sh/app": "capture", "capture-name": "del"},
+            },
+            "data": {},
+        },
+    )
     core.create_namespaced_secret("web", {"metadata": {"name": "unrelated"}})
     body = capture("del", "web", {"nodeNames": ["node-1", "node-3"]}, {"hostPath": "x"})
     operator.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures", body)
@@ -196,8 +274,9 @@ def job_limit_2(monkeypatch) -> None:
 
 
 def test_job_num_limit(job_limit_2, operator, kube_emulator) -> None:  # job_limit_2 first: set before start
-    body = capture("many", "web", {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}},
-                   {"hostPath": "x"})
+    body = capture(
+        "many", "web", {"nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}}}, {"hostPath": "x"}
+    )
     operator.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures", body)
 
     def accepted() -> dict | None:
@@ -222,8 +301,10 @@ def test_bad_match_expression_is_an_error_condition_not_a_retry_loop(operator, k
     operator.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures", body)
     condition = wait_for(lambda: accepted_condition(kube_emulator), "the Accepted condition")
     assert condition["status"] == "False" and condition["reason"] == "InvalidSpec"
-    assert condition["message"].startswith("spec.captureConfiguration.captureTarget.podSelector: "
-                                           "matchExpressions[0].key: 'bad key!' is not a label key")
+    assert condition["message"].startswith(
+        "spec.captureConfiguration.captureTarget.podSelector: "
+        "matchExpressions[0].key: 'bad key!' is not a label key"
+    )
     assert kube_emulator.objects("Job") == []
 
 

@@ -22,29 +22,56 @@ from tests.helpers.capture import AZURITE_ACCOUNT, AZURITE_KEY, only_tarball
 pytestmark = pytest.mark.timeout(180)
 
 TARBALL = re.compile(r"up-node-7-\d{14}UTC\.tar\.gz")
-S3_KEYS = {"RETINA_CAPTURE_S3_ACCESS_KEY_ID": "AKIATESTKEYID12345",
-           "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": "s3cr3t-Access-Key-Value"}
+S3_KEYS = {
+    "RETINA_CAPTURE_S3_ACCESS_KEY_ID": "AKIATESTKEYID12345",
+    "RETINA_CAPTURE_S3_SECRET_ACCESS_KEY": "s3cr3t-Access-Key-Value",
+}
 
 
 def worker_args(dirs, lab) -> list[str]:
-    return ["--name", "up", "--node-name", "node-7", "--interfaces", lab["a"].host_veth,
-            "--duration", "2s", "--host-path", "copy", "--host-path-base", str(dirs["base"]),
-            "--output-dir-tmp", str(dirs["tmp"]), "--upload-attempts", "3", "--upload-backoff", "200ms"]
+    return [
+        "--name",
+        "up",
+        "--node-name",
+        "node-7",
+        "--interfaces",
+        lab["a"].host_veth,
+        "--duration",
+        "2s",
+        "--host-path",
+        "copy",
+        "--host-path-base",
+        str(dirs["base"]),
+        "--output-dir-tmp",
+        str(dirs["tmp"]),
+        "--upload-attempts",
+        "3",
+        "--upload-backoff",
+        "200ms",
+    ]
 
 
 def blob_sas_url(server, container: str) -> str:
     service = BlobServiceClient(f"{server.url}/{AZURITE_ACCOUNT}", credential=AZURITE_KEY)
     service.create_container(container)
-    sas = generate_container_sas(AZURITE_ACCOUNT, container, account_key=AZURITE_KEY,
-                                 permission=ContainerSasPermissions(write=True, create=True),
-                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    sas = generate_container_sas(
+        AZURITE_ACCOUNT,
+        container,
+        account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(write=True, create=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
     return f"{server.url}/{AZURITE_ACCOUNT}/{container}?{sas}"
 
 
 def s3_client(server):
-    return boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
-                        aws_access_key_id=S3_KEYS["RETINA_CAPTURE_S3_ACCESS_KEY_ID"],
-                        aws_secret_access_key=S3_KEYS["RETINA_CAPTURE_S3_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "s3",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEYS["RETINA_CAPTURE_S3_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_KEYS["RETINA_CAPTURE_S3_SECRET_ACCESS_KEY"],
+    )
 
 
 def assert_no_secret_visible(run, secrets: list[str]) -> None:
@@ -81,8 +108,20 @@ def test_blob_upload_to_azurite_is_byte_identical(lab, worker, dirs, azurite):
 
 def test_s3_upload_to_moto_is_byte_identical(lab, worker, dirs, moto_s3):
     s3_client(moto_s3).create_bucket(Bucket="captures")
-    run = worker([*worker_args(dirs, lab), "--s3-bucket", "captures", "--s3-endpoint", moto_s3.url,
-                  "--s3-region", "us-east-1", "--s3-path", "team/net"], S3_KEYS)
+    run = worker(
+        [
+            *worker_args(dirs, lab),
+            "--s3-bucket",
+            "captures",
+            "--s3-endpoint",
+            moto_s3.url,
+            "--s3-region",
+            "us-east-1",
+            "--s3-path",
+            "team/net",
+        ],
+        S3_KEYS,
+    )
     assert_no_secret_visible(run, list(S3_KEYS.values()))
     assert run.wait(timeout=60) == 0, run.stderr
     for secret in S3_KEYS.values():

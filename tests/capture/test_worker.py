@@ -81,6 +81,7 @@ def warm_up(lab) -> None:
     def neighbour_known() -> bool:
         out = a.run(["ip", "neigh", "show"]).stdout
         return lab["b"].ip in out and lab["c"].ip in out
+
     deadline = time.monotonic() + 10
     while not neighbour_known():
         assert time.monotonic() < deadline, "pod a never resolved its neighbours"
@@ -88,21 +89,43 @@ def warm_up(lab) -> None:
 
 
 def base_args(dirs, name: str) -> list[str]:
-    return ["--name", name, "--host-path", "out", "--host-path-base", str(dirs["base"]),
-            "--output-dir-tmp", str(dirs["tmp"])]
+    return [
+        "--name",
+        name,
+        "--host-path",
+        "out",
+        "--host-path-base",
+        str(dirs["base"]),
+        "--output-dir-tmp",
+        str(dirs["tmp"]),
+    ]
 
 
 def test_include_exclude_select_exactly_the_matching_packets(lab, worker, dirs):
     a, b, c = lab["a"], lab["b"], lab["c"]
     warm_up(lab)
-    run = worker([*base_args(dirs, "filters"), "--pod-ips", a.ip, "--duration", "5s",
-                  "--include-metadata", "false",
-                  "--include-filter", f"{b.ip}:5001,{b.ip}:5002,*:5003,[{b.ip6}]:5005",
-                  "--exclude-filter", f"{b.ip}:5002,{c.ip}:*"])
+    run = worker(
+        [
+            *base_args(dirs, "filters"),
+            "--pod-ips",
+            a.ip,
+            "--duration",
+            "5s",
+            "--include-metadata",
+            "false",
+            "--include-filter",
+            f"{b.ip}:5001,{b.ip}:5002,*:5003,[{b.ip6}]:5005",
+            "--exclude-filter",
+            f"{b.ip}:5002,{c.ip}:*",
+        ]
+    )
     run.wait_for(f"{a.ip}={a.host_veth}")  # the pod's own veth was found through the bridge
     run.wait_for("capture started")
-    targets = [(b.ip, p) for p in (5001, 5002, 5003, 5004)] + [(c.ip, 5001), (c.ip, 5003)] \
+    targets = (
+        [(b.ip, p) for p in (5001, 5002, 5003, 5004)]
+        + [(c.ip, 5001), (c.ip, 5003)]
         + [(b.ip6, 5005), (b.ip6, 5006)]
+    )
     assert send_udp(a, targets, count=20) == 20 * len(targets)
     assert run.wait() == 0, run.stderr
 
@@ -114,9 +137,21 @@ def test_include_exclude_select_exactly_the_matching_packets(lab, worker, dirs):
 def test_packet_size_truncates_every_packet(lab, worker, dirs):
     a, b = lab["a"], lab["b"]
     warm_up(lab)
-    run = worker([*base_args(dirs, "snap"), "--interfaces", a.host_veth, "--duration", "4s",
-                  "--packet-size", "64", "--include-metadata", "false",
-                  "--tcpdump-filter", f"udp and dst host {b.ip}"])
+    run = worker(
+        [
+            *base_args(dirs, "snap"),
+            "--interfaces",
+            a.host_veth,
+            "--duration",
+            "4s",
+            "--packet-size",
+            "64",
+            "--include-metadata",
+            "false",
+            "--tcpdump-filter",
+            f"udp and dst host {b.ip}",
+        ]
+    )
     run.wait_for("capture started")
     send_udp(a, [(b.ip, 6000)], count=10, size=1000)
     assert run.wait() == 0, run.stderr
@@ -128,15 +163,26 @@ def test_packet_size_truncates_every_packet(lab, worker, dirs):
     assert len(frames) == 10
     for _ts, buf in frames:
         assert len(buf) == 64
-        ip_total_length = struct.unpack("!H", buf[14 + 2:14 + 4])[0]
+        ip_total_length = struct.unpack("!H", buf[14 + 2 : 14 + 4])[0]
         assert ip_total_length == 20 + 8 + 1000  # the packet on the wire was whole
 
 
 def test_max_size_stops_early_at_about_one_megabyte(lab, worker, dirs):
     a, b = lab["a"], lab["b"]
     warm_up(lab)
-    run = worker([*base_args(dirs, "size"), "--interfaces", a.host_veth, "--duration", "60s",
-                  "--max-size", "1", "--include-metadata", "false"])
+    run = worker(
+        [
+            *base_args(dirs, "size"),
+            "--interfaces",
+            a.host_veth,
+            "--duration",
+            "60s",
+            "--max-size",
+            "1",
+            "--include-metadata",
+            "false",
+        ]
+    )
     run.wait_for("capture started")
     # ~6 MB offered, paced; the capture must stop after ~1 MB, long before 60 s
     send_udp(a, [(b.ip, 7000)], count=5000, size=1200, per_burst=20, seconds=30)
@@ -152,8 +198,21 @@ def test_max_size_stops_early_at_about_one_megabyte(lab, worker, dirs):
 def test_file_count_rotates_within_max_size(lab, worker, dirs):
     a, b = lab["a"], lab["b"]
     warm_up(lab)
-    run = worker([*base_args(dirs, "rotate"), "--interfaces", a.host_veth, "--duration", "60s",
-                  "--max-size", "3", "--file-count", "3", "--include-metadata", "false"])
+    run = worker(
+        [
+            *base_args(dirs, "rotate"),
+            "--interfaces",
+            a.host_veth,
+            "--duration",
+            "60s",
+            "--max-size",
+            "3",
+            "--file-count",
+            "3",
+            "--include-metadata",
+            "false",
+        ]
+    )
     run.wait_for("capture started")
     send_udp(a, [(b.ip, 7000)], count=8000, size=1200, per_burst=20, seconds=40)
     assert run.wait(timeout=40) == 0, run.stderr
@@ -164,8 +223,9 @@ def test_file_count_rotates_within_max_size(lab, worker, dirs):
 
 def test_duration_stops_in_about_three_seconds_and_tarball_has_metadata(lab, worker, dirs):
     a = lab["a"]
-    run = worker([*base_args(dirs, "timed"), "--interfaces", a.host_veth, "--duration", "3s",
-                  "--node-name", "node-1"])
+    run = worker(
+        [*base_args(dirs, "timed"), "--interfaces", a.host_veth, "--duration", "3s", "--node-name", "node-1"]
+    )
     run.wait_for("capture started")
     assert run.wait(timeout=60) == 0, run.stderr
     elapsed = run.line_time("capture stopped") - run.line_time("capture started")
@@ -179,8 +239,14 @@ def test_duration_stops_in_about_three_seconds_and_tarball_has_metadata(lab, wor
     top = tarball.name.removesuffix(".tar.gz")
     with tarfile.open(tarball) as tar:
         names = set(tar.getnames())
-        for wanted in ("ip-resources.txt", "iptables-rules.txt", "socket-stats.txt",
-                       "proc-net/dev", "proc-sys-net/ipv4/ip_forward", f"{top}-{a.host_veth}.pcap"):
+        for wanted in (
+            "ip-resources.txt",
+            "iptables-rules.txt",
+            "socket-stats.txt",
+            "proc-net/dev",
+            "proc-sys-net/ipv4/ip_forward",
+            f"{top}-{a.host_veth}.pcap",
+        ):
             assert f"{top}/{wanted}" in names, wanted
         ip_resources = tar.extractfile(f"{top}/ip-resources.txt").read().decode()
         sockets = tar.extractfile(f"{top}/socket-stats.txt").read().decode()
@@ -194,9 +260,21 @@ def test_unknown_pod_veth_falls_back_to_any_with_host_filter(lab, worker, dirs):
     warm_up(lab)
     # the node has no neighbour entry for pod b: its veth cannot be told
     from retina_agent.demo.node import run as host_run
+
     host_run(["ip", "neigh", "flush", "to", b.ip], check=False)
-    run = worker([*base_args(dirs, "fallback"), "--pod-ips", b.ip, "--duration", "4s",
-                  "--include-metadata", "false", "--tcpdump-filter", "udp"])
+    run = worker(
+        [
+            *base_args(dirs, "fallback"),
+            "--pod-ips",
+            b.ip,
+            "--duration",
+            "4s",
+            "--include-metadata",
+            "false",
+            "--tcpdump-filter",
+            "udp",
+        ]
+    )
     run.wait_for("capturing on 'any' restricted to the pod IPs")
     started = run.wait_for("capture started")
     assert f"host {b.ip}" in started

@@ -33,8 +33,19 @@ def _tcpdump_children(pid: int) -> list[int]:
 
 def test_tcpdump_killed_mid_capture_still_packs_and_writes_what_it_had(lab, worker, dirs):
     a, b = lab["a"], lab["b"]
-    run = worker([*base_args(dirs, "cut"), "--interfaces", a.host_veth, "--duration", "60s",
-                  "--node-name", "node-1", "--include-metadata", "false"])
+    run = worker(
+        [
+            *base_args(dirs, "cut"),
+            "--interfaces",
+            a.host_veth,
+            "--duration",
+            "60s",
+            "--node-name",
+            "node-1",
+            "--include-metadata",
+            "false",
+        ]
+    )
     run.wait_for("capture started")
     sent = send_udp(a, [(b.ip, 7301)], count=50)
     assert sent == 50

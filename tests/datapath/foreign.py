@@ -61,27 +61,44 @@ class ForeignPrograms:
     def __init__(self, dev: str, port: int) -> None:
         self.dev = dev
         self.index = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
-        result = load_programs([ProgramSpec(plugin="foreign", source=SOURCE,
-                                            cflags=[f"-DPORT={port}"],
-                                            sched_cls=["foreign_tcx", "foreign_cls"],
-                                            maps=["seen_tcx", "seen_cls"])])["foreign"]
+        result = load_programs(
+            [
+                ProgramSpec(
+                    plugin="foreign",
+                    source=SOURCE,
+                    cflags=[f"-DPORT={port}"],
+                    sched_cls=["foreign_tcx", "foreign_cls"],
+                    maps=["seen_tcx", "seen_cls"],
+                )
+            ]
+        )["foreign"]
         assert isinstance(result, LoadedProgram), result
         self.loaded = result
         self.link: int | None = None
 
     def attach(self) -> None:
         # TCX: appended (no BPF_F_BEFORE), as an owner that came first would be.
-        self.link = syscall.link_create_tcx(self.loaded.programs["foreign_tcx"], self.index,
-                                            "ingress", first=False)
+        self.link = syscall.link_create_tcx(
+            self.loaded.programs["foreign_tcx"], self.index, "ingress", first=False
+        )
         with IPRoute() as ipr:
             try:
                 ipr.tc("add", "clsact", index=self.index)
             except NetlinkError as exc:
                 if exc.code != EEXIST:  # someone made it already
                     raise
-            ipr.tc("add-filter", "bpf", index=self.index, handle=":1",
-                   fd=self.loaded.programs["foreign_cls"], name=FILTER_NAME,
-                   parent="ffff:fff2", classid=1, direct_action=True, prio=FILTER_PRIO)
+            ipr.tc(
+                "add-filter",
+                "bpf",
+                index=self.index,
+                handle=":1",
+                fd=self.loaded.programs["foreign_cls"],
+                name=FILTER_NAME,
+                parent="ffff:fff2",
+                classid=1,
+                direct_action=True,
+                prio=FILTER_PRIO,
+            )
 
     def counts(self) -> tuple[int, int]:
         """(packets the TCX program saw, packets the cls_bpf filter saw)."""
@@ -94,8 +111,9 @@ class ForeignPrograms:
     def still_attached(self) -> tuple[bool, bool]:
         tcx_id = syscall.prog_info(self.loaded.programs["foreign_tcx"]).id
         tcx = tcx_id in syscall.prog_query(self.index, syscall.BPF_TCX_INGRESS)
-        shown = subprocess.run(["tc", "filter", "show", "dev", self.dev, "ingress"],
-                               capture_output=True, text=True).stdout
+        shown = subprocess.run(
+            ["tc", "filter", "show", "dev", self.dev, "ingress"], capture_output=True, text=True
+        ).stdout
         return tcx, FILTER_NAME in shown
 
     def close(self) -> None:
@@ -103,6 +121,5 @@ class ForeignPrograms:
             os.close(self.link)
             self.link = None
         with IPRoute() as ipr, contextlib.suppress(NetlinkError):
-            ipr.tc("del-filter", "bpf", index=self.index, handle=1, prio=FILTER_PRIO,
-                   parent="ffff:fff2")
+            ipr.tc("del-filter", "bpf", index=self.index, handle=1, prio=FILTER_PRIO, parent="ffff:fff2")
         self.loaded.close()

@@ -25,27 +25,34 @@ def test_foreign_tcx_and_cls_bpf_see_every_packet_before_during_after(lab_node, 
         nonlocal sent
         send_udp(a, b.ip, PORT, n, 64)
         sent += n
-        wait_for(lambda: foreign.counts() == (sent, sent), 10, interval=0.1,
-                 message=f"both foreign programs at {sent}: {foreign.counts()}")
+        wait_for(
+            lambda: foreign.counts() == (sent, sent),
+            10,
+            interval=0.1,
+            message=f"both foreign programs at {sent}: {foreign.counts()}",
+        )
         assert foreign.counts() == (sent, sent)
 
     try:
         foreign.attach()
         send(20)  # before our agent
         only_here = {"interfaces": [veth]}
-        with AgentProcess({"dataPathAttach": attach,
-                           "plugins": {"packetforward": only_here, "dns": only_here}}) as agent:
+        with AgentProcess(
+            {"dataPathAttach": attach, "plugins": {"packetforward": only_here, "dns": only_here}}
+        ) as agent:
             pid = agent.proc.pid
             assert agent.readyz()["plugins"]["packetforward"]["attach"] == attach
-            wait_for(lambda: f"{veth}/ingress/retina_pf_ingress" in
-                     [f.split("@")[0] for f in our_tc_filters(pid)], 10,
-                     message="our data path on the veth")
-            before = agent.scrape().value("networkobservability_forward_count",
-                                          direction="ingress")
+            wait_for(
+                lambda: f"{veth}/ingress/retina_pf_ingress" in [f.split("@")[0] for f in our_tc_filters(pid)],
+                10,
+                message="our data path on the veth",
+            )
+            before = agent.scrape().value("networkobservability_forward_count", direction="ingress")
             send(30)  # during: ours runs as well, and counts them too
-            agent.wait_metric(lambda m: m.value("networkobservability_forward_count",
-                                                direction="ingress") - before >= 30,
-                              message="our packetforward counting the same packets")
+            agent.wait_metric(
+                lambda m: m.value("networkobservability_forward_count", direction="ingress") - before >= 30,
+                message="our packetforward counting the same packets",
+            )
             assert foreign.still_attached() == (True, True)
         assert not any(f.startswith(f"{veth}/") for f in our_tc_filters(pid))
         assert foreign.still_attached() == (True, True)  # our stop left theirs alone

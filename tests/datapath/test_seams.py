@@ -18,10 +18,13 @@ from retina_lab.agent import AgentProcess
 
 
 def test_a_feature_that_fails_to_compile_costs_only_its_plugin():
-    features = [datapath.Feature("packetforward", maps=["pf_counts"]),
-                # a broken build of latency only: its histogram size names nothing
-                datapath.Feature("latency", maps=["apiservers", "pending", "latency_hist"],
-                                 cflags=["-DLAT_SLOTS=no_such_size"])]
+    features = [
+        datapath.Feature("packetforward", maps=["pf_counts"]),
+        # a broken build of latency only: its histogram size names nothing
+        datapath.Feature(
+            "latency", maps=["apiservers", "pending", "latency_hist"], cflags=["-DLAT_SLOTS=no_such_size"]
+        ),
+    ]
     loaded, _ = datapath.load(features, bpf_source("datapath.c"))
     try:
         assert isinstance(loaded.plugins["latency"], LoadError)
@@ -37,16 +40,20 @@ def test_a_feature_that_fails_to_compile_costs_only_its_plugin():
 
 
 def test_map_layout_is_checked_against_the_kernel_map():
-    loaded, _ = datapath.load([datapath.Feature("packetforward", maps=["pf_counts"])],
-                              bpf_source("datapath.c"))
+    loaded, _ = datapath.load(
+        [datapath.Feature("packetforward", maps=["pf_counts"])], bpf_source("datapath.c")
+    )
     try:
         fd = loaded.plugins["packetforward"].maps["pf_counts"]
 
         class Drifted(ctypes.Structure):  # a field lost on the Python side
             _fields_ = [("packets", ctypes.c_uint64)]
 
-        with pytest.raises(MapLayoutError, match=r"pf_counts: its value is 16 bytes in the "
-                                                 r"kernel but Drifted is 8 bytes"):
+        with pytest.raises(
+            MapLayoutError,
+            match=r"pf_counts: its value is 16 bytes in the "
+            r"kernel but Drifted is 8 bytes",
+        ):
             BpfMap(fd, ctypes.c_uint32, Drifted, percpu=True)
         with pytest.raises(MapLayoutError, match="its key is 4 bytes"):
             BpfMap(fd, ctypes.c_uint64, PfValue, percpu=True)
@@ -62,19 +69,23 @@ def test_damaged_tc_state_file_is_reported_and_the_agent_starts(tmp_path, conten
     state = tmp_path / "state"
     state.mkdir()
     (state / "tc-state.json").write_text(content)
-    with AgentProcess({"stateDir": str(state), "enabledPlugin": ["packetforward"],
-                       "dataPathAttach": "cls_bpf"}) as agent:
+    with AgentProcess(
+        {"stateDir": str(state), "enabledPlugin": ["packetforward"], "dataPathAttach": "cls_bpf"}
+    ) as agent:
         assert agent.readyz()["plugins"]["packetforward"]["state"] == "running"
         assert "ignoring" in agent.log() and "tc-state.json" in agent.log()
     assert Path(state / "tc-state.json").read_text() == "{}"  # rewritten clean at stop
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"dataPathBudget": "lots"}, "dataPathBudget: 'lots' is not a percentage of one core"),
-    ({"dataPathBudget": "0%"}, "dataPathBudget: must be between 0% and 100%"),
-    ({"dataPathAttach": "xdp"}, "dataPathAttach"),
-    ({"dataSamplingRate": 0}, "dataSamplingRate"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dataPathBudget": "lots"}, "dataPathBudget: 'lots' is not a percentage of one core"),
+        ({"dataPathBudget": "0%"}, "dataPathBudget: must be between 0% and 100%"),
+        ({"dataPathAttach": "xdp"}, "dataPathAttach"),
+        ({"dataSamplingRate": 0}, "dataSamplingRate"),
+    ],
+)
 def test_data_path_settings_errors_name_the_key(overrides, message):
     from retina_agent.config import ConfigError, load_config
 
@@ -92,23 +103,32 @@ def test_stale_filters_are_removed_and_reported(lab_node, tmp_path):
 
     veth = lab_node["a"].host_veth
     index = int(Path(f"/sys/class/net/{veth}/ifindex").read_text())
-    loaded, _ = datapath.load([datapath.Feature("packetforward", maps=["pf_counts"])],
-                              bpf_source("datapath.c"))
+    loaded, _ = datapath.load(
+        [datapath.Feature("packetforward", maps=["pf_counts"])], bpf_source("datapath.c")
+    )
     dead = "retina_dp_ingress@999999.1"  # no such process
     try:
         with IPRoute() as ipr:
             with contextlib.suppress(NetlinkError):  # another agent may have made it
                 ipr.tc("add", "clsact", index=index)
-            ipr.tc("add-filter", "bpf", index=index, handle=":1", fd=loaded.programs["ingress"],
-                   name=dead, parent="ffff:fff2", classid=1, direct_action=True,
-                   prio=0xC777)  # a priority no live agent uses (they hold 0xC000 + n)
+            ipr.tc(
+                "add-filter",
+                "bpf",
+                index=index,
+                handle=":1",
+                fd=loaded.programs["ingress"],
+                name=dead,
+                parent="ffff:fff2",
+                classid=1,
+                direct_action=True,
+                prio=0xC777,
+            )  # a priority no live agent uses (they hold 0xC000 + n)
         manager = TcManager(tmp_path)
         removed = manager.cleanup_stale()
         assert f"{veth}/ingress/{dead}" in removed
         assert manager.stale_removed == len(removed)
         with IPRoute() as ipr:
-            names = [str(m.get_attr("TCA_OPTIONS")) for m in
-                     ipr.get_filters(index=index, parent="ffff:fff2")]
+            names = [str(m.get_attr("TCA_OPTIONS")) for m in ipr.get_filters(index=index, parent="ffff:fff2")]
         assert not any(dead in n for n in names)
     finally:
         loaded.plugins["packetforward"].close()

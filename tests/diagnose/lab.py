@@ -40,19 +40,37 @@ from tests.podlevel.test_packetparser import wait_veths
 
 POLICY_CHAIN = "cali-pi-_Lpc9Tu2g6zA7RfChhcU"
 API_SET = "cali40s:Qx1nY9nF0pV0ZgsWgVAnDeS"
-DNS_ANSWERS = ["--address=/db.data.svc.cluster.local/10.96.0.50",
-               "--address=/cache.data.svc.cluster.local/10.96.0.60"]
+DNS_ANSWERS = [
+    "--address=/db.data.svc.cluster.local/10.96.0.50",
+    "--address=/cache.data.svc.cluster.local/10.96.0.60",
+]
 
 NETWORK_POLICY_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "networkpolicies.networking.k8s.io"},
-    "spec": {"group": "networking.k8s.io", "scope": "Namespaced",
-             "names": {"kind": "NetworkPolicy", "plural": "networkpolicies",
-                       "singular": "networkpolicy", "listKind": "NetworkPolicyList",
-                       "shortNames": ["netpol"]},
-             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-                 "openAPIV3Schema": {"type": "object",
-                                     "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    "spec": {
+        "group": "networking.k8s.io",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "NetworkPolicy",
+            "plural": "networkpolicies",
+            "singular": "networkpolicy",
+            "listKind": "NetworkPolicyList",
+            "shortNames": ["netpol"],
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
 
 
 def objects(node: LabNode) -> list[dict]:
@@ -60,37 +78,63 @@ def objects(node: LabNode) -> list[dict]:
         return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
 
     def service(name: str, namespace: str, app: str, ip: str, port: int) -> dict:
-        return {"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": {"selector": {"app": app}, "clusterIP": ip,
-                         "ports": [{"name": "main", "port": port}]}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"app": app}, "clusterIP": ip, "ports": [{"name": "main", "port": port}]},
+        }
 
     def deployment(name: str, namespace: str, rs_name: str) -> list[dict]:
-        template = {"metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "c", "image": name}]}}
+        template = {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "c", "image": name}]},
+        }
         spec = {"selector": {"matchLabels": {"app": name}}, "template": template}
-        return [{"apiVersion": "apps/v1", "kind": "Deployment",
-                 "metadata": {"name": name, "namespace": namespace, "uid": f"dep-{name}"},
-                 "spec": spec},
-                {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                 "metadata": {"name": rs_name, "namespace": namespace, "uid": f"rs-{name}",
-                              "ownerReferences": [owner("Deployment", name, f"dep-{name}")]},
-                 "spec": spec}]
+        return [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": namespace, "uid": f"dep-{name}"},
+                "spec": spec,
+            },
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": rs_name,
+                    "namespace": namespace,
+                    "uid": f"rs-{name}",
+                    "ownerReferences": [owner("Deployment", name, f"dep-{name}")],
+                },
+                "spec": spec,
+            },
+        ]
 
     rs = owner("ReplicaSet", "web-5d9c", "rs-web")
     return [
-        *({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}
-          for n in (NODE, "node-2", "node-3")),
-        ns("shop"), ns("data"),  # kube-system, default: the emulator has them
-        *deployment("web", "shop", "web-5d9c"), *deployment("api", "data", "api-6f8d"),
+        *({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in (NODE, "node-2", "node-3")),
+        ns("shop"),
+        ns("data"),  # kube-system, default: the emulator has them
+        *deployment("web", "shop", "web-5d9c"),
+        *deployment("api", "data", "api-6f8d"),
         pod("web-5d9c-x7k2p", "shop", node["a"].ip, [rs], labels={"app": "web"}),
-        pod("db-0", "data", node["b"].ip, [owner("StatefulSet", "db", "sts-db")],
-            labels={"app": "db"}),
-        pod("api-6f8d-q2w4e", "data", node["c"].ip, [owner("ReplicaSet", "api-6f8d", "rs-api")],
-            labels={"app": "api"}),
+        pod("db-0", "data", node["b"].ip, [owner("StatefulSet", "db", "sts-db")], labels={"app": "db"}),
+        pod(
+            "api-6f8d-q2w4e",
+            "data",
+            node["c"].ip,
+            [owner("ReplicaSet", "api-6f8d", "rs-api")],
+            labels={"app": "api"},
+        ),
         pod("coredns-0", "kube-system", node["d"].ip, labels={"app": "coredns"}),
-        pod("cache-0", "data", node["e"].ip, [owner("StatefulSet", "cache", "sts-cache")],
-            labels={"app": "cache"}),
+        pod(
+            "cache-0",
+            "data",
+            node["e"].ip,
+            [owner("StatefulSet", "cache", "sts-cache")],
+            labels={"app": "cache"},
+        ),
         pod("report-0", "data", "10.250.2.10", node="node-2", labels={"app": "report"}),
         pod("queue-0", "data", "10.250.2.11", node="node-2", labels={"app": "queue"}),
         pod("legacy-0", "data", "10.250.3.10", node="node-3", labels={"app": "legacy"}),
@@ -102,25 +146,49 @@ def objects(node: LabNode) -> list[dict]:
 
 
 NETWORK_POLICY = {
-    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
     "metadata": {"name": "allow-api-only", "namespace": "data"},
-    "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
-             "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}]}]}}
+    "spec": {
+        "podSelector": {"matchLabels": {"app": "db"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}]}],
+    },
+}
 
 METRICS_CONFIGURATION = {
-    "apiVersion": "retina.sh/v1alpha1", "kind": "MetricsConfiguration",
+    "apiVersion": "retina.sh/v1alpha1",
+    "kind": "MetricsConfiguration",
     "metadata": {"name": "diagnose"},
-    "spec": {"contextOptions": [
-        {"metricName": m, "sourceLabels": ["namespace", "podname", "workload"],
-         "destinationLabels": ["namespace", "podname", "workload"],
-         "additionalLabels": ["direction"]}
-        for m in ("forward_count", "forward_bytes", "drop_count", "tcpretrans_count",
-                  "dns_request_count", "dns_response_count")] + [
-        # the port of A's SYNs: "nothing listens on B:port"
-        {"metricName": "tcpflags_count", "sourceLabels": ["namespace", "podname", "workload"],
-         "destinationLabels": ["namespace", "podname", "workload", "port"],
-         "additionalLabels": ["direction"]}],
-        "namespaces": {"include": ["shop", "data", "kube-system"]}}}
+    "spec": {
+        "contextOptions": [
+            {
+                "metricName": m,
+                "sourceLabels": ["namespace", "podname", "workload"],
+                "destinationLabels": ["namespace", "podname", "workload"],
+                "additionalLabels": ["direction"],
+            }
+            for m in (
+                "forward_count",
+                "forward_bytes",
+                "drop_count",
+                "tcpretrans_count",
+                "dns_request_count",
+                "dns_response_count",
+            )
+        ]
+        + [
+            # the port of A's SYNs: "nothing listens on B:port"
+            {
+                "metricName": "tcpflags_count",
+                "sourceLabels": ["namespace", "podname", "workload"],
+                "destinationLabels": ["namespace", "podname", "workload", "port"],
+                "additionalLabels": ["direction"],
+            }
+        ],
+        "namespaces": {"include": ["shop", "data", "kube-system"]},
+    },
+}
 
 
 def tw_chain() -> str:
@@ -173,19 +241,30 @@ def observed_lab(tmp_path):
         b = node["b"]
         b.run(["ipset", "create", API_SET, "hash:net", "family", "inet"])
         b.run(["ipset", "add", API_SET, f"{node['c'].ip}/32"])
-        restore = subprocess.run(["ip", "netns", "exec", b.netns, "iptables-restore",
-                                  "--noflush"], input=calico_in_pod_b(node), text=True,
-                                 capture_output=True, timeout=30)
+        restore = subprocess.run(
+            ["ip", "netns", "exec", b.netns, "iptables-restore", "--noflush"],
+            input=calico_in_pod_b(node),
+            text=True,
+            capture_output=True,
+            timeout=30,
+        )
         assert restore.returncode == 0, restore.stderr
-        agent = stack.enter_context(AgentProcess({
-            "enablePodLevel": True, "remoteContext": True,
-            "enabledPlugin": ["packetparser", "dropreason", "dns", "tcpretrans", "netfilter"],
-            "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": NODE},
-            "plugins": {"netfilter": {"namespaces": ["host", b.netns]}}}))
+        agent = stack.enter_context(
+            AgentProcess(
+                {
+                    "enablePodLevel": True,
+                    "remoteContext": True,
+                    "enabledPlugin": ["packetparser", "dropreason", "dns", "tcpretrans", "netfilter"],
+                    "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": NODE},
+                    "plugins": {"netfilter": {"namespaces": ["host", b.netns]}},
+                }
+            )
+        )
         wait_veths(agent, node)
         # node-3: an agent with pod level off (its own port, only linuxutil).
         other = stack.enter_context(AgentProcess({"enabledPlugin": ["linuxutil"]}))
-        prom = stack.enter_context(PrometheusServer(
-            [f"127.0.0.1:{agent.port}"], other_nodes={"node-3": [f"127.0.0.1:{other.port}"]}))
+        prom = stack.enter_context(
+            PrometheusServer([f"127.0.0.1:{agent.port}"], other_nodes={"node-3": [f"127.0.0.1:{other.port}"]})
+        )
         wait_for(lambda: len(prom.query("up == 1")) == 2, 30, message="both agents scraped")
         yield ObservedLab(node, kube, agent, prom)

@@ -14,18 +14,23 @@ from retina_lab.traffic import send_udp
 from tests.podlevel.test_packetparser import wait_veths
 
 
-def test_local_context_policy_drop_without_the_netfilter_plugin(kube_emulator, lab_node,
-                                                                  capsys):
+def test_local_context_policy_drop_without_the_netfilter_plugin(kube_emulator, lab_node, capsys):
     seed_lab(kube_emulator, lab_node)  # a: shop/web-5d9c-x7k2p, b: data/db-0
     a, b = lab_node["a"], lab_node["b"]
     rule = ["INPUT", "-p", "udp", "--dport", "7120", "-j", "DROP"]
     b.run(["iptables", "-A", *rule])
     try:
-        with AgentProcess({"enablePodLevel": True, "remoteContext": False,
-                           "enabledPlugin": ["packetparser", "dropreason"],
-                           "podLevel": {"kubeconfig": str(kube_emulator.kubeconfig_path),
-                                        "nodeName": NODE}}) as agent, \
-                PrometheusServer([f"127.0.0.1:{agent.port}"]) as prom:
+        with (
+            AgentProcess(
+                {
+                    "enablePodLevel": True,
+                    "remoteContext": False,
+                    "enabledPlugin": ["packetparser", "dropreason"],
+                    "podLevel": {"kubeconfig": str(kube_emulator.kubeconfig_path), "nodeName": NODE},
+                }
+            ) as agent,
+            PrometheusServer([f"127.0.0.1:{agent.port}"]) as prom,
+        ):
             wait_veths(agent, lab_node)
             wait_for(lambda: prom.query("up == 1"), 60, message="the first scrape")
             send_udp(a, b.ip, 7120, 25)
@@ -33,9 +38,19 @@ def test_local_context_policy_drop_without_the_netfilter_plugin(kube_emulator, l
 
             def verdict():
                 nonlocal last
-                code = main(["diagnose", "shop/web-5d9c-x7k2p", "data/db-0", "--kubeconfig",
-                             str(kube_emulator.kubeconfig_path), "--prometheus", prom.url,
-                             "-o", "json"])
+                code = main(
+                    [
+                        "diagnose",
+                        "shop/web-5d9c-x7k2p",
+                        "data/db-0",
+                        "--kubeconfig",
+                        str(kube_emulator.kubeconfig_path),
+                        "--prometheus",
+                        prom.url,
+                        "-o",
+                        "json",
+                    ]
+                )
                 assert code == 0
                 last = json.loads(capsys.readouterr().out)
                 return last["counts"].get("drops_a_to_b", {}).get("NETFILTER_DROP", 0) >= 25
@@ -48,5 +63,6 @@ def test_local_context_policy_drop_without_the_netfilter_plugin(kube_emulator, l
     assert last["verdict"] == "POLICY_DROP", last["findings"]
     assert last["counts"]["drops_a_to_b"]["NETFILTER_DROP"] == 25
     assert "enable the agent's netfilter plugin to name the rule and policy" in last["summary"]
-    assert any(e.startswith("local context: counts are A's and B's with every peer")
-               for e in last["evidence"])
+    assert any(
+        e.startswith("local context: counts are A's and B's with every peer") for e in last["evidence"]
+    )

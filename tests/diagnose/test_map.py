@@ -20,8 +20,9 @@ def run_map(lab, capsys, *extra: str) -> tuple[int, str]:
 
 
 def edge(result: dict, source: str, destination: str) -> dict | None:
-    return next((e for e in result["edges"]
-                 if (e["source"], e["destination"]) == (source, destination)), None)
+    return next(
+        (e for e in result["edges"] if (e["source"], e["destination"]) == (source, destination)), None
+    )
 
 
 def test_map_edges_count_packets_bytes_and_drops(lab, capsys):
@@ -80,8 +81,9 @@ def test_map_dns_errors_on_the_asking_workload(lab, capsys):
     # test_verdicts' NXDOMAIN scenario, if it ran, put DNS errors on web -> coredns; the edge
     # exists only when it did, so ask Prometheus itself for the truth and compare.
     answers = lab.prometheus.query(
-        'sum(last_over_time(networkobservability_adv_dns_response_count{'
-        'destination_workload_name="web", return_code="NXDOMAIN"}[15m]))')
+        "sum(last_over_time(networkobservability_adv_dns_response_count{"
+        'destination_workload_name="web", return_code="NXDOMAIN"}[15m]))'
+    )
     code, out = run_map(lab, capsys, "-o", "json")
     result = json.loads(out)
     errors = sum(e["dns_errors"] for e in result["edges"] if e["source"] == WEB)

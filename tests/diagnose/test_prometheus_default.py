@@ -7,8 +7,7 @@ from retina_capture.observe import prometheus
 from retina_lab.agent import free_port
 
 
-def test_default_is_the_installers_service_through_the_api_server(kube_emulator, capsys,
-                                                                    monkeypatch):
+def test_default_is_the_installers_service_through_the_api_server(kube_emulator, capsys, monkeypatch):
     monkeypatch.delenv(prometheus.ENV_URL, raising=False)
     code = main(["map", "--kubeconfig", str(kube_emulator.kubeconfig_path)])
     err = capsys.readouterr().err

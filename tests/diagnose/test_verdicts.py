@@ -20,8 +20,20 @@ from tests.diagnose.lab import tw_chain
 
 
 def diagnose(lab, a: str, b: str, *extra: str, capsys) -> tuple[int, dict]:
-    code = main(["diagnose", a, b, "--kubeconfig", str(lab.kube.kubeconfig_path),
-                 "--prometheus", lab.prometheus.url, "-o", "json", *extra])
+    code = main(
+        [
+            "diagnose",
+            a,
+            b,
+            "--kubeconfig",
+            str(lab.kube.kubeconfig_path),
+            "--prometheus",
+            lab.prometheus.url,
+            "-o",
+            "json",
+            *extra,
+        ]
+    )
     out = capsys.readouterr()
     return code, (json.loads(out.out) if out.out.strip() else {"stderr": out.err})
 
@@ -35,14 +47,16 @@ def diagnose_until(lab, a, b, predicate, capsys, timeout: float = 40) -> dict:
         code, last = diagnose(lab, a, b, capsys=capsys)
         assert code == 0, last
         return predicate(last)
+
     with contextlib.suppress(TimeoutError):  # the caller asserts, showing the last result
         wait_for(ready, timeout, 1.0, "the verdict")
     return last
 
 
 def text(lab, a, b, capsys) -> str:
-    code = main(["diagnose", a, b, "--kubeconfig", str(lab.kube.kubeconfig_path),
-                 "--prometheus", lab.prometheus.url])
+    code = main(
+        ["diagnose", a, b, "--kubeconfig", str(lab.kube.kubeconfig_path), "--prometheus", lab.prometheus.url]
+    )
     assert code == 0
     return capsys.readouterr().out
 
@@ -54,20 +68,28 @@ def test_policy_drop_names_the_network_policy_and_its_rule(lab, capsys):
     send_udp(node["a"], node["b"].ip, 5432, 40)
     kernel = lab.rule_counter(tw, "Drop if no policies passed packet")
     assert kernel == before + 40
-    result = diagnose_until(lab, "shop/web-5d9c-x7k2p", "data/db-0",
-                            lambda r: r["counts"].get("drops_a_to_b", {}).get(
-                                "NETFILTER_DROP", 0) >= kernel
-                            and any(x["packets"] >= kernel
-                                    for x in r["counts"].get("netfilter_rules", [])), capsys)
+    result = diagnose_until(
+        lab,
+        "shop/web-5d9c-x7k2p",
+        "data/db-0",
+        lambda r: (
+            r["counts"].get("drops_a_to_b", {}).get("NETFILTER_DROP", 0) >= kernel
+            and any(x["packets"] >= kernel for x in r["counts"].get("netfilter_rules", []))
+        ),
+        capsys,
+    )
     assert result["verdict"] == "POLICY_DROP", result
     assert result["counts"]["drops_a_to_b"]["NETFILTER_DROP"] == kernel
     summary = result["summary"]
-    assert summary.startswith(
-        f"B's ingress policy data/allow-api-only dropped {kernel} packets from A")
+    assert summary.startswith(f"B's ingress policy data/allow-api-only dropped {kernel} packets from A")
     assert f"ip filter {tw}" in summary and "NETFILTER_DROP" in summary
     [rule] = [x for x in result["counts"]["netfilter_rules"] if x["chain"] == tw]
     assert (rule["packets"], rule["owner"], rule["policy"], rule["policy_namespace"]) == (
-        kernel, "calico", "allow-api-only", "data")
+        kernel,
+        "calico",
+        "allow-api-only",
+        "data",
+    )
     # The rule and the NetworkPolicy object are tied: the API says it selects pod b.
     assert "NetworkPolicy data/allow-api-only (Ingress) selects pod data/db-0" in result["evidence"]
 
@@ -84,9 +106,15 @@ def test_nothing_listening(lab, capsys):
                 except ConnectionRefusedError:
                     refused += 1
     assert refused == 5
-    result = diagnose_until(lab, "data/api-6f8d-q2w4e", "data/cache-0",
-                            lambda r: r["counts"].get("tcp_flags_b_to_a", {}).get("RST", 0) >= 5
-                            and r["verdict"] == "NOTHING_LISTENING", capsys)
+    result = diagnose_until(
+        lab,
+        "data/api-6f8d-q2w4e",
+        "data/cache-0",
+        lambda r: (
+            r["counts"].get("tcp_flags_b_to_a", {}).get("RST", 0) >= 5 and r["verdict"] == "NOTHING_LISTENING"
+        ),
+        capsys,
+    )
     assert result["verdict"] == "NOTHING_LISTENING", result
     assert result["summary"].startswith("nothing listens on data/cache-0:6379 (NO_SOCKET, RSTs)")
     assert result["counts"]["tcp_flags_b_to_a"]["RST"] == 5
@@ -96,30 +124,49 @@ def test_nothing_listening(lab, capsys):
 def test_dns_nxdomain_for_b_names(lab, capsys):
     node = lab.node
     d = node["d"]
-    dnsmasq = d.popen(["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
-                       "--bind-interfaces", f"--listen-address={d.ip}",
-                       "--address=/ready.kube-system.svc.cluster.local/10.96.0.10",
-                       "--address=/cache.data.svc.cluster.local/10.96.0.60",
-                       "--address=/shop.svc.cluster.local/"],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dnsmasq = d.popen(
+        [
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            f"--listen-address={d.ip}",
+            "--address=/ready.kube-system.svc.cluster.local/10.96.0.10",
+            "--address=/cache.data.svc.cluster.local/10.96.0.60",
+            "--address=/shop.svc.cluster.local/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with node["a"].entered():
-            wait_for(lambda: dns.query.udp(dns.message.make_query(
-                "ready.kube-system.svc.cluster.local", "A"), d.ip, timeout=0.5).answer, 10,
-                message="dnsmasq answering")
+            wait_for(
+                lambda: (
+                    dns.query.udp(
+                        dns.message.make_query("ready.kube-system.svc.cluster.local", "A"), d.ip, timeout=0.5
+                    ).answer
+                ),
+                10,
+                message="dnsmasq answering",
+            )
             for _ in range(3):  # web looks for the cache in its own namespace: wrong
-                answer = dns.query.udp(dns.message.make_query(
-                    "cache.shop.svc.cluster.local", "A"), d.ip, timeout=2)
+                answer = dns.query.udp(
+                    dns.message.make_query("cache.shop.svc.cluster.local", "A"), d.ip, timeout=2
+                )
                 assert answer.rcode() == dns.rcode.NXDOMAIN
     finally:
         dnsmasq.terminate()
         dnsmasq.wait(5)
-    result = diagnose_until(lab, "shop/web-5d9c-x7k2p", "data/cache-0",
-                            lambda r: r["verdict"] == "DNS_NXDOMAIN"
-                            and "(3 answers)" in r["summary"], capsys)
+    result = diagnose_until(
+        lab,
+        "shop/web-5d9c-x7k2p",
+        "data/cache-0",
+        lambda r: r["verdict"] == "DNS_NXDOMAIN" and "(3 answers)" in r["summary"],
+        capsys,
+    )
     assert result["verdict"] == "DNS_NXDOMAIN", result
-    assert result["summary"] == ("A's lookups of cache.shop.svc.cluster.local fail with "
-                                 "NXDOMAIN (3 answers)")
+    assert result["summary"] == ("A's lookups of cache.shop.svc.cluster.local fail with NXDOMAIN (3 answers)")
     assert "B is reached as cache.data.svc (B's Services in namespace data)" in result["evidence"]
 
 
@@ -133,9 +180,13 @@ def test_flows_both_ways(lab, capsys):
             wait_for(lambda: server.received >= 4000, 20, message="the stream")
     finally:
         server.close()
-    result = diagnose_until(lab, "data/api-6f8d-q2w4e", "data/db-0",
-                            lambda r: r["verdict"] == "FLOWS_OK"
-                            and r["counts"]["packets_b_to_a"] > 0, capsys)
+    result = diagnose_until(
+        lab,
+        "data/api-6f8d-q2w4e",
+        "data/db-0",
+        lambda r: r["verdict"] == "FLOWS_OK" and r["counts"]["packets_b_to_a"] > 0,
+        capsys,
+    )
     assert result["verdict"] == "FLOWS_OK", (result["findings"], result["counts"])
     assert result["counts"]["packets_a_to_b"] >= 20
     # at most the closing sockets' own bookkeeping (QUEUE_PURGE), never a lost packet
@@ -159,11 +210,37 @@ def test_pod_level_off(lab, capsys):
 
 
 def test_unknown_pod_and_bad_window(lab, capsys):
-    assert main(["diagnose", "shop/nope", "data/db-0", "--kubeconfig",
-                 str(lab.kube.kubeconfig_path), "--prometheus", lab.prometheus.url]) == 1
+    assert (
+        main(
+            [
+                "diagnose",
+                "shop/nope",
+                "data/db-0",
+                "--kubeconfig",
+                str(lab.kube.kubeconfig_path),
+                "--prometheus",
+                lab.prometheus.url,
+            ]
+        )
+        == 1
+    )
     assert "pod shop/nope not found" in capsys.readouterr().err
-    assert main(["diagnose", "a", "b", "--since", "soon", "--prometheus",
-                 lab.prometheus.url, "--kubeconfig", str(lab.kube.kubeconfig_path)]) == 2
+    assert (
+        main(
+            [
+                "diagnose",
+                "a",
+                "b",
+                "--since",
+                "soon",
+                "--prometheus",
+                lab.prometheus.url,
+                "--kubeconfig",
+                str(lab.kube.kubeconfig_path),
+            ]
+        )
+        == 2
+    )
     assert "--since" in capsys.readouterr().err
 
 
@@ -184,8 +261,13 @@ def test_one_way(lab, capsys):
             sink.recv(2048)
     finally:
         sink.close()
-    result = diagnose_until(lab, "data/cache-0", "kube-system/coredns-0",
-                            lambda r: r["counts"].get("packets_a_to_b", 0) >= 12, capsys)
+    result = diagnose_until(
+        lab,
+        "data/cache-0",
+        "kube-system/coredns-0",
+        lambda r: r["counts"].get("packets_a_to_b", 0) >= 12,
+        capsys,
+    )
     assert result["verdict"] == "ONE_WAY", result["findings"]
     assert result["counts"]["packets_a_to_b"] == 12 and result["counts"]["packets_b_to_a"] == 0
     assert result["summary"].startswith("A sends to B but B never answers")
@@ -206,9 +288,13 @@ def test_other_drops_name_the_kernel_reason(lab, capsys):
     finally:
         sock.close()
     assert kernel > 100
-    result = diagnose_until(lab, "data/db-0", "kube-system/coredns-0",
-                            lambda r: r["counts"].get("drops_a_to_b", {}).get(
-                                "SOCKET_RCVBUFF", 0) >= kernel, capsys)
+    result = diagnose_until(
+        lab,
+        "data/db-0",
+        "kube-system/coredns-0",
+        lambda r: r["counts"].get("drops_a_to_b", {}).get("SOCKET_RCVBUFF", 0) >= kernel,
+        capsys,
+    )
     assert result["verdict"] == "OTHER_DROPS", result["findings"]
     assert result["counts"]["drops_a_to_b"]["SOCKET_RCVBUFF"] == kernel
     assert f"SOCKET_RCVBUFF {kernel:,} (A->B)" in result["summary"]
@@ -218,8 +304,21 @@ def test_retransmissions_and_a_drop_no_read_rule_accounts_for(lab, capsys):
     node = lab.node
     a = node["a"]
     # Loss in pod a's own namespace, which the netfilter plugin does not read.
-    rule = ["INPUT", "-p", "tcp", "--dport", "7700", "-m", "statistic", "--mode", "random",
-            "--probability", "0.3", "-j", "DROP"]
+    rule = [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "7700",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.3",
+        "-j",
+        "DROP",
+    ]
     a.run(["iptables", "-A", *rule])
     server = TcpServer(a, 7700)
     try:
@@ -230,9 +329,16 @@ def test_retransmissions_and_a_drop_no_read_rule_accounts_for(lab, capsys):
     finally:
         a.run(["iptables", "-D", *rule], check=False)
         server.close()
-    result = diagnose_until(lab, "data/cache-0", "shop/web-5d9c-x7k2p",
-                            lambda r: r["counts"].get("retransmissions_a_to_b", 0) > 0
-                            and "RETRANSMISSIONS" in [f["code"] for f in r["findings"]], capsys)
+    result = diagnose_until(
+        lab,
+        "data/cache-0",
+        "shop/web-5d9c-x7k2p",
+        lambda r: (
+            r["counts"].get("retransmissions_a_to_b", 0) > 0
+            and "RETRANSMISSIONS" in [f["code"] for f in r["findings"]]
+        ),
+        capsys,
+    )
     codes = [f["code"] for f in result["findings"]]
     assert codes[0] == "POLICY_DROP" and "RETRANSMISSIONS" in codes, result["findings"]
     # b's Calico rule (another pod's endpoint chain) is not offered as the cause

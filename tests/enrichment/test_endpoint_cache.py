@@ -29,23 +29,26 @@ def seed_workloads(kube: KubeEmulator) -> None:
     lone_rs = workload("apps/v1", "ReplicaSet", "solo", "shop")
     kube.seed([deploy, rs, sts, ds, cron, job, lone_rs])
     web = {"app": "web", "pod-template-hash": "5d8f7c"}
-    kube.seed([
-        pod("web-5d8f7c-aaaaa", "shop", "node-1", ("10.244.1.10", "fd00::1:10"), rs, web),
-        pod("web-5d8f7c-bbbbb", "shop", "node-2", ("10.244.2.10",), rs, web),
-        pod("db-0", "shop", "node-1", ("10.244.1.11",), sts, {"app": "db"}),
-        pod("agent-x1", "shop", "node-1", ("10.244.1.12",), ds),
-        pod("backup-28000000-zz", "shop", "node-2", ("10.244.2.13",), job),
-        pod("solo-qqqqq", "shop", "node-1", ("10.244.1.14",), lone_rs),
-        pod("bare", "shop", "node-1", ("10.244.1.15",)),
-        pod("hostnet", "shop", "node-1", ("192.168.0.1",), host_network=True),
-        pod("done", "shop", "node-1", ("10.244.1.16",), phase="Succeeded"),
-        service("web", "shop", {"app": "web"}, "10.96.0.10"),
-    ])
+    kube.seed(
+        [
+            pod("web-5d8f7c-aaaaa", "shop", "node-1", ("10.244.1.10", "fd00::1:10"), rs, web),
+            pod("web-5d8f7c-bbbbb", "shop", "node-2", ("10.244.2.10",), rs, web),
+            pod("db-0", "shop", "node-1", ("10.244.1.11",), sts, {"app": "db"}),
+            pod("agent-x1", "shop", "node-1", ("10.244.1.12",), ds),
+            pod("backup-28000000-zz", "shop", "node-2", ("10.244.2.13",), job),
+            pod("solo-qqqqq", "shop", "node-1", ("10.244.1.14",), lone_rs),
+            pod("bare", "shop", "node-1", ("10.244.1.15",)),
+            pod("hostnet", "shop", "node-1", ("192.168.0.1",), host_network=True),
+            pod("done", "shop", "node-1", ("10.244.1.16",), phase="Succeeded"),
+            service("web", "shop", {"app": "web"}, "10.96.0.10"),
+        ]
+    )
 
 
 @pytest.fixture
-def remote_cache(kube_emulator: KubeEmulator, agent_api_client: kubernetes.client.ApiClient
-                 ) -> Iterator[EndpointCache]:
+def remote_cache(
+    kube_emulator: KubeEmulator, agent_api_client: kubernetes.client.ApiClient
+) -> Iterator[EndpointCache]:
     """The agent's cache with the agent's identity (retina-agent token, rendered RBAC)."""
     seed_workloads(kube_emulator)
     cache = EndpointCache(agent_api_client, "node-1", remote_context=True)
@@ -59,11 +62,16 @@ def remote_cache(kube_emulator: KubeEmulator, agent_api_client: kubernetes.clien
 
 def test_workloads_follow_owner_references(remote_cache: EndpointCache) -> None:
     web = remote_cache.lookup("10.244.1.10")
-    assert web == Endpoint("10.244.1.10", "shop", "web-5d8f7c-aaaaa", "Deployment", "web", "node-1",
-                           "web", "zone-a")
-    assert remote_cache.lookup("fd00::1:10") == Endpoint("fd00::1:10", *[
-        getattr(web, f) for f in ("namespace", "podname", "workload_kind", "workload_name", "node",
-                                  "service", "zone")])
+    assert web == Endpoint(
+        "10.244.1.10", "shop", "web-5d8f7c-aaaaa", "Deployment", "web", "node-1", "web", "zone-a"
+    )
+    assert remote_cache.lookup("fd00::1:10") == Endpoint(
+        "fd00::1:10",
+        *[
+            getattr(web, f)
+            for f in ("namespace", "podname", "workload_kind", "workload_name", "node", "service", "zone")
+        ],
+    )
     assert remote_cache.lookup("fd00:0:0:0:0:0:1:10").podname == "web-5d8f7c-aaaaa"  # any spelling
     assert remote_cache.lookup("10.244.2.10").zone == "zone-b"
 
@@ -92,26 +100,31 @@ def test_workloads_follow_owner_references(remote_cache: EndpointCache) -> None:
 
 
 def test_workload_is_renamed_when_its_replicaset_appears(
-        kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient,
-        remote_cache: EndpointCache) -> None:
+    kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient, remote_cache: EndpointCache
+) -> None:
     """A pod seen before its ReplicaSet: named from pod-template-hash, then from the real owner."""
     core = kubernetes.client.CoreV1Api(kube_api_client)
     owner = workload("apps/v1", "ReplicaSet", "api-77c9", "shop")
     owner["metadata"]["uid"] = "11111111-2222-3333-4444-555555555555"
-    start_pod(kube_emulator, core, pod("api-77c9-x", "shop", "node-1", ("10.244.1.30",), owner,
-                                           {"pod-template-hash": "77c9"}))
+    start_pod(
+        kube_emulator,
+        core,
+        pod("api-77c9-x", "shop", "node-1", ("10.244.1.30",), owner, {"pod-template-hash": "77c9"}),
+    )
     found = wait_for(lambda: remote_cache.lookup("10.244.1.30"), what="pod api-77c9-x")
     assert (found.workload_kind, found.workload_name) == ("Deployment", "api")
     rollout = workload("apps/v1", "Deployment", "api-v2", "shop")
     adopted = workload("apps/v1", "ReplicaSet", "api-77c9", "shop", owner=rollout)
     kube_emulator.seed([rollout, adopted])
-    wait_for(lambda: remote_cache.lookup("10.244.1.30").workload_name == "api-v2",
-             what="the workload from the ReplicaSet's owner")
+    wait_for(
+        lambda: remote_cache.lookup("10.244.1.30").workload_name == "api-v2",
+        what="the workload from the ReplicaSet's owner",
+    )
 
 
-def test_local_context_sees_only_this_node(kube_emulator: KubeEmulator,
-                                           agent_api_client: kubernetes.client.ApiClient,
-                                           remote_cache: EndpointCache) -> None:
+def test_local_context_sees_only_this_node(
+    kube_emulator: KubeEmulator, agent_api_client: kubernetes.client.ApiClient, remote_cache: EndpointCache
+) -> None:
     local = EndpointCache(agent_api_client, "node-2", remote_context=False)
     local.start()
     try:
@@ -124,23 +137,32 @@ def test_local_context_sees_only_this_node(kube_emulator: KubeEmulator,
     finally:
         local.stop()
     # remote context sees every pod, and still knows which ones are local
-    assert remote_cache.all_ips() == {"10.244.1.10", "fd00::1:10", "10.244.2.10", "10.244.1.11",
-                                      "10.244.1.12", "10.244.2.13", "10.244.1.14", "10.244.1.15"}
+    assert remote_cache.all_ips() == {
+        "10.244.1.10",
+        "fd00::1:10",
+        "10.244.2.10",
+        "10.244.1.11",
+        "10.244.1.12",
+        "10.244.2.13",
+        "10.244.1.14",
+        "10.244.1.15",
+    }
     assert remote_cache.local_ips() == remote_cache.all_ips() - {"10.244.2.10", "10.244.2.13"}
     with pytest.raises(ValueError, match="NODE_NAME"):
         EndpointCache(agent_api_client, None, remote_context=False)
 
 
-def test_pods_come_and_go_while_running(kube_emulator: KubeEmulator,
-                                        kube_api_client: kubernetes.client.ApiClient,
-                                        remote_cache: EndpointCache) -> None:
+def test_pods_come_and_go_while_running(
+    kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient, remote_cache: EndpointCache
+) -> None:
     changed = threading.Event()
     remote_cache.subscribe(changed.set)
     core = kubernetes.client.CoreV1Api(kube_api_client)
     # scheduled first, an IP later: as the kubelet does it
     start_pod(kube_emulator, core, pod("late", "shop", "node-1", ()))
-    kube_emulator.set_status("Pod", "shop", "late", {"podIP": "10.244.1.40",
-                                                     "podIPs": [{"ip": "10.244.1.40"}]})
+    kube_emulator.set_status(
+        "Pod", "shop", "late", {"podIP": "10.244.1.40", "podIPs": [{"ip": "10.244.1.40"}]}
+    )
     found = wait_for(lambda: remote_cache.lookup("10.244.1.40"), timeout=2, what="the new pod")
     assert found.podname == "late" and "10.244.1.40" in remote_cache.local_ips()
     assert changed.wait(1)
@@ -151,30 +173,33 @@ def test_pods_come_and_go_while_running(kube_emulator: KubeEmulator,
     assert changed.wait(1)
 
 
-def test_observe_annotation_on_pod_or_namespace(kube_emulator: KubeEmulator,
-                                                kube_api_client: kubernetes.client.ApiClient,
-                                                remote_cache: EndpointCache) -> None:
+def test_observe_annotation_on_pod_or_namespace(
+    kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient, remote_cache: EndpointCache
+) -> None:
     core = kubernetes.client.CoreV1Api(kube_api_client)
     assert remote_cache.annotated_ips() == frozenset()
     core.create_namespace(namespace("watched", {"retina.sh": "observe"}))
     core.create_namespace(namespace("plain"))
     start_pod(kube_emulator, core, pod("w1", "watched", "node-1", ("10.244.1.50",)))
-    start_pod(kube_emulator, core, pod("p1", "plain", "node-1", ("10.244.1.51",),
-                                            annotations={"retina.sh": "observe"}))
+    start_pod(
+        kube_emulator,
+        core,
+        pod("p1", "plain", "node-1", ("10.244.1.51",), annotations={"retina.sh": "observe"}),
+    )
     start_pod(kube_emulator, core, pod("p2", "plain", "node-1", ("10.244.1.52",)))
-    wait_for(lambda: remote_cache.annotated_ips() == {"10.244.1.50", "10.244.1.51"},
-             what="annotated pods")
+    wait_for(lambda: remote_cache.annotated_ips() == {"10.244.1.50", "10.244.1.51"}, what="annotated pods")
     # annotating the namespace later selects its other pods too; removing it deselects them
     core.patch_namespace("plain", {"metadata": {"annotations": {"retina.sh": "observe"}}})
     wait_for(lambda: "10.244.1.52" in remote_cache.annotated_ips(), what="namespace annotation")
     core.patch_namespace("plain", {"metadata": {"annotations": {"retina.sh": None}}})
-    wait_for(lambda: remote_cache.annotated_ips() == {"10.244.1.50", "10.244.1.51"},
-             what="annotation removed")
+    wait_for(
+        lambda: remote_cache.annotated_ips() == {"10.244.1.50", "10.244.1.51"}, what="annotation removed"
+    )
 
 
-def test_emulator_restart_keeps_enriching(kube_emulator: KubeEmulator,
-                                          kube_api_client: kubernetes.client.ApiClient,
-                                          remote_cache: EndpointCache) -> None:
+def test_emulator_restart_keeps_enriching(
+    kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient, remote_cache: EndpointCache
+) -> None:
     kube_emulator.stop()
     try:
         wait_for(lambda: not remote_cache.connected, what="the cache to notice the API server is gone")
@@ -190,9 +215,9 @@ def test_emulator_restart_keeps_enriching(kube_emulator: KubeEmulator,
     assert remote_cache.lookup("10.244.1.10").workload_name == "web"
 
 
-def test_gone_410_relists_without_losing_anything(kube_emulator: KubeEmulator,
-                                                  kube_api_client: kubernetes.client.ApiClient,
-                                                  agent_kubeconfig: Path) -> None:  # applies the RBAC
+def test_gone_410_relists_without_losing_anything(
+    kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient, agent_kubeconfig: Path
+) -> None:  # applies the RBAC
     """The cache's connection is cut, the cluster changes and etcd is compacted: on reconnect the
     watch gets 410 Gone and the cache lists again; additions and deletions are both seen."""
     seed_workloads(kube_emulator)

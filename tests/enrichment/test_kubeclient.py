@@ -11,8 +11,9 @@ from retina_agent.enrichment import KubeConfigError, apiserver_endpoint, load_ap
 from retina_lab.kube import KubeEmulator
 
 
-def test_kubeconfig_discovery_reaches_the_emulator(kube_emulator: KubeEmulator, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kubeconfig_discovery_reaches_the_emulator(
+    kube_emulator: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     explicit = load_api_client(kube_emulator.kubeconfig_path)
     monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}:{kube_emulator.kubeconfig_path}")
@@ -32,9 +33,11 @@ def test_kubeconfig_discovery_reaches_the_emulator(kube_emulator: KubeEmulator, 
 
 def test_apiserver_endpoint_resolves_host_names() -> None:
     config = kubernetes.client.Configuration()
-    for host, expected in [("https://localhost:6443", ("127.0.0.1", 6443)),
-                           ("https://10.96.0.1", ("10.96.0.1", 443)),
-                           ("http://[::1]:8080", ("::1", 8080))]:
+    for host, expected in [
+        ("https://localhost:6443", ("127.0.0.1", 6443)),
+        ("https://10.96.0.1", ("10.96.0.1", 443)),
+        ("http://[::1]:8080", ("::1", 8080)),
+    ]:
         config.host = host
         client = kubernetes.client.ApiClient(config)
         try:

@@ -20,16 +20,22 @@ from retina_lab.kube import KubeEmulator
 from retina_lab.manifests import ManifestError, load_crds, validate_manifest
 from tests.enrichment.cluster import wait_for
 
-CRD_FILE = (Path(__file__).parents[2] / "collections/retina/roles/agent/files/crds/"
-            "retina.sh_metricsconfigurations.yaml")
+CRD_FILE = (
+    Path(__file__).parents[2] / "collections/retina/roles/agent/files/crds/"
+    "retina.sh_metricsconfigurations.yaml"
+)
 GROUP, VERSION, PLURAL = "retina.sh", "v1alpha1", "metricsconfigurations"
 JSON_PATCH = "application/json-patch+json"
 
 GOOD_SPEC = {
     "contextOptions": [
-        {"metricName": "forward_count", "sourceLabels": ["ip", "podname", "workload"],
-         "destinationLabels": ["ip", "namespace", "port"], "additionalLabels": ["direction"],
-         "ttl": "24h"},
+        {
+            "metricName": "forward_count",
+            "sourceLabels": ["ip", "podname", "workload"],
+            "destinationLabels": ["ip", "namespace", "port"],
+            "additionalLabels": ["direction"],
+            "ttl": "24h",
+        },
         {"metricName": "drop_count", "sourceLabels": ["podname"]},
     ],
     "namespaces": {"include": ["shop"]},
@@ -37,8 +43,12 @@ GOOD_SPEC = {
 
 
 def config(name: str, spec: dict) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MetricsConfiguration",
-            "metadata": {"name": name}, "spec": copy.deepcopy(spec)}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MetricsConfiguration",
+        "metadata": {"name": name},
+        "spec": copy.deepcopy(spec),
+    }
 
 
 def with_change(path: str, value: object) -> dict:
@@ -53,6 +63,7 @@ def with_change(path: str, value: object) -> dict:
 
 
 # -- validation ------------------------------------------------------------------------------
+
 
 def test_valid_spec() -> None:
     spec = validate_spec(GOOD_SPEC)
@@ -69,24 +80,39 @@ def test_valid_spec() -> None:
     assert "tcpretrans_count" in retina.context_options
 
 
-@pytest.mark.parametrize(("spec", "field", "words"), [
-    (None, "spec", "missing"),
-    ({**GOOD_SPEC, "contextOptions": []}, "spec.contextOptions", "at least one"),
-    ({"namespaces": {"include": ["a"]}}, "spec.contextOptions", "required"),
-    (with_change("contextOptions.0.metricName", "bogus"), "spec.contextOptions[0].metricName",
-     "not an advanced metric"),
-    (with_change("contextOptions.1.metricName", "forward_count"), "spec.contextOptions[1].metricName",
-     "twice"),
-    (with_change("contextOptions.0.sourceLabels", ["ip", "pod_name"]),
-     "spec.contextOptions[0].sourceLabels[1]", "unknown label 'pod_name'"),
-    (with_change("contextOptions.0.additionalLabels", ["colour"]),
-     "spec.contextOptions[0].additionalLabels[0]", "unknown label"),
-    (with_change("contextOptions.0.ttl", "-5m"), "spec.contextOptions[0].ttl", "negative"),
-    (with_change("contextOptions.0.ttl", "soon"), "spec.contextOptions[0].ttl", "not a duration"),
-    (with_change("namespaces", {"include": ["a"], "exclude": ["b"]}), "spec.namespaces", "both"),
-    (with_change("namespaces", {}), "spec.namespaces", "neither"),
-    (with_change("namespaces", {"include": []}), "spec.namespaces.include", "exclude: []"),
-])
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        (None, "spec", "missing"),
+        ({**GOOD_SPEC, "contextOptions": []}, "spec.contextOptions", "at least one"),
+        ({"namespaces": {"include": ["a"]}}, "spec.contextOptions", "required"),
+        (
+            with_change("contextOptions.0.metricName", "bogus"),
+            "spec.contextOptions[0].metricName",
+            "not an advanced metric",
+        ),
+        (
+            with_change("contextOptions.1.metricName", "forward_count"),
+            "spec.contextOptions[1].metricName",
+            "twice",
+        ),
+        (
+            with_change("contextOptions.0.sourceLabels", ["ip", "pod_name"]),
+            "spec.contextOptions[0].sourceLabels[1]",
+            "unknown label 'pod_name'",
+        ),
+        (
+            with_change("contextOptions.0.additionalLabels", ["colour"]),
+            "spec.contextOptions[0].additionalLabels[0]",
+            "unknown label",
+        ),
+        (with_change("contextOptions.0.ttl", "-5m"), "spec.contextOptions[0].ttl", "negative"),
+        (with_change("contextOptions.0.ttl", "soon"), "spec.contextOptions[0].ttl", "not a duration"),
+        (with_change("namespaces", {"include": ["a"], "exclude": ["b"]}), "spec.namespaces", "both"),
+        (with_change("namespaces", {}), "spec.namespaces", "neither"),
+        (with_change("namespaces", {"include": []}), "spec.namespaces.include", "exclude: []"),
+    ],
+)
 def test_invalid_spec_names_the_field(spec: dict, field: str, words: str) -> None:
     with pytest.raises(SpecError) as caught:
         validate_spec(spec)
@@ -97,18 +123,19 @@ def test_invalid_spec_names_the_field(spec: dict, field: str, words: str) -> Non
 
 # -- the CRD manifest ------------------------------------------------------------------------
 
+
 def test_crd_manifest_is_valid_and_rejects_bad_shapes() -> None:
     crds = load_crds([CRD_FILE])
     assert len(crds) == 1
     validate_manifest(crds[0])
     validate_manifest(config("good", GOOD_SPEC), crds=crds)
     bad = [
-        {"namespaces": {"include": ["a"]}},                                      # no contextOptions
-        {**GOOD_SPEC, "contextOptions": "forward_count"},                        # not a list
-        with_change("contextOptions.0.ttl", 3600),                               # not a string
-        with_change("contextOptions.0.sourceLabels", "ip"),                      # not a list
-        {**GOOD_SPEC, "namespace": {"include": ["a"]}},                          # misspelt field
-        {**GOOD_SPEC, "contextOptions": [{"sourceLabels": ["ip"]}]},             # no metricName
+        {"namespaces": {"include": ["a"]}},  # no contextOptions
+        {**GOOD_SPEC, "contextOptions": "forward_count"},  # not a list
+        with_change("contextOptions.0.ttl", 3600),  # not a string
+        with_change("contextOptions.0.sourceLabels", "ip"),  # not a list
+        {**GOOD_SPEC, "namespace": {"include": ["a"]}},  # misspelt field
+        {**GOOD_SPEC, "contextOptions": [{"sourceLabels": ["ip"]}]},  # no metricName
     ]
     for spec in bad:
         with pytest.raises(ManifestError):
@@ -117,9 +144,11 @@ def test_crd_manifest_is_valid_and_rejects_bad_shapes() -> None:
 
 # -- the live watch --------------------------------------------------------------------------
 
+
 @pytest.fixture
-def custom(kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient
-           ) -> kubernetes.client.CustomObjectsApi:
+def custom(
+    kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient
+) -> kubernetes.client.CustomObjectsApi:
     """The emulator with the MetricsConfiguration CRD installed (through the API)."""
     ext = kubernetes.client.ApiextensionsV1Api(kube_api_client)
     ext.create_custom_resource_definition(load_crds([CRD_FILE])[0])
@@ -127,8 +156,9 @@ def custom(kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiCl
 
 
 @pytest.fixture
-def watcher(custom: kubernetes.client.CustomObjectsApi, agent_api_client: kubernetes.client.ApiClient
-            ) -> Iterator[MetricsConfigurationWatcher]:
+def watcher(
+    custom: kubernetes.client.CustomObjectsApi, agent_api_client: kubernetes.client.ApiClient
+) -> Iterator[MetricsConfigurationWatcher]:
     """The agent's watcher with the agent's identity (retina-agent token, rendered RBAC)."""
     w = MetricsConfigurationWatcher(agent_api_client)
     w.start()
@@ -145,12 +175,17 @@ def status_of(kube: KubeEmulator, name: str) -> dict:
 
 
 def wait_state(kube: KubeEmulator, name: str, state: str) -> dict:
-    return wait_for(lambda: (s := status_of(kube, name)).get("state") == state and s,
-                    what=f"{name} to be {state} (now {status_of(kube, name)})")
+    return wait_for(
+        lambda: (s := status_of(kube, name)).get("state") == state and s,
+        what=f"{name} to be {state} (now {status_of(kube, name)})",
+    )
 
 
-def test_live_configuration(kube_emulator: KubeEmulator, custom: kubernetes.client.CustomObjectsApi,
-                            watcher: MetricsConfigurationWatcher) -> None:
+def test_live_configuration(
+    kube_emulator: KubeEmulator,
+    custom: kubernetes.client.CustomObjectsApi,
+    watcher: MetricsConfigurationWatcher,
+) -> None:
     seen: queue.Queue[MetricsSpec | None] = queue.Queue()
     watcher.subscribe(seen.put)
     assert watcher.current() is None
@@ -173,21 +208,41 @@ def test_live_configuration(kube_emulator: KubeEmulator, custom: kubernetes.clie
         (with_change("namespaces", {"include": ["shop"], "exclude": ["db"]}), "spec.namespaces"),
         ({**GOOD_SPEC, "contextOptions": []}, "spec.contextOptions"),
         (with_change("contextOptions.0.ttl", "-1h"), "spec.contextOptions[0].ttl"),
-        (with_change("contextOptions.1.destinationLabels", ["pod"]),
-         "spec.contextOptions[1].destinationLabels[0]"),
+        (
+            with_change("contextOptions.1.destinationLabels", ["pod"]),
+            "spec.contextOptions[1].destinationLabels[0]",
+        ),
     ]:
-        custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, "first", [
-            {"op": "replace", "path": "/spec", "value": bad}], _content_type=JSON_PATCH)
-        status = wait_for(lambda f=field: (s := status_of(kube_emulator, "first")).get("state") == "Errored"
-                          and s["reason"].startswith(f + ":") and s, what=f"Errored naming {field}")
+        custom.patch_cluster_custom_object(
+            GROUP,
+            VERSION,
+            PLURAL,
+            "first",
+            [{"op": "replace", "path": "/spec", "value": bad}],
+            _content_type=JSON_PATCH,
+        )
+        status = wait_for(
+            lambda f=field: (
+                (s := status_of(kube_emulator, "first")).get("state") == "Errored"
+                and s["reason"].startswith(f + ":")
+                and s
+            ),
+            what=f"Errored naming {field}",
+        )
         assert "previous spec stays in force" in status["reason"]
         assert status["lastKnownSpec"] == GOOD_SPEC
         assert watcher.current() == accepted and watcher.in_force == "first"
 
     # fixed: Accepted again, the new spec in force, subscribers told
     fixed = with_change("namespaces", {"include": ["shop", "db"]})
-    custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, "first", [
-        {"op": "replace", "path": "/spec", "value": fixed}], _content_type=JSON_PATCH)
+    custom.patch_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        "first",
+        [{"op": "replace", "path": "/spec", "value": fixed}],
+        _content_type=JSON_PATCH,
+    )
     assert wait_state(kube_emulator, "first", "Accepted")["lastKnownSpec"] == fixed
     assert watcher.current() == validate_spec(fixed)
     assert wait_for(lambda: _drain(seen) == validate_spec(fixed), what="subscriber told")
@@ -208,24 +263,38 @@ def _drain(q: queue.Queue) -> object:
 
 
 def test_invalid_first_configuration_changes_nothing(
-        kube_emulator: KubeEmulator, custom: kubernetes.client.CustomObjectsApi,
-        watcher: MetricsConfigurationWatcher) -> None:
-    custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, config(
-        "broken", with_change("contextOptions.0.sourceLabels", ["ip", "nodename"])))
+    kube_emulator: KubeEmulator,
+    custom: kubernetes.client.CustomObjectsApi,
+    watcher: MetricsConfigurationWatcher,
+) -> None:
+    custom.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        config("broken", with_change("contextOptions.0.sourceLabels", ["ip", "nodename"])),
+    )
     status = wait_state(kube_emulator, "broken", "Errored")
     assert status["reason"].startswith("spec.contextOptions[0].sourceLabels[1]: unknown label 'nodename'")
     assert watcher.current() is None
 
 
-def test_oldest_configuration_wins_at_start(kube_emulator: KubeEmulator,
-                                            custom: kubernetes.client.CustomObjectsApi,
-                                            agent_api_client: kubernetes.client.ApiClient) -> None:
-    kube_emulator.seed([
-        {**config("newer", GOOD_SPEC), "metadata": {"name": "newer",
-                                                    "creationTimestamp": "2024-05-02T00:00:00Z"}},
-        {**config("older", with_change("namespaces", {"include": ["db"]})),
-         "metadata": {"name": "older", "creationTimestamp": "2024-05-01T00:00:00Z"}},
-    ])
+def test_oldest_configuration_wins_at_start(
+    kube_emulator: KubeEmulator,
+    custom: kubernetes.client.CustomObjectsApi,
+    agent_api_client: kubernetes.client.ApiClient,
+) -> None:
+    kube_emulator.seed(
+        [
+            {
+                **config("newer", GOOD_SPEC),
+                "metadata": {"name": "newer", "creationTimestamp": "2024-05-02T00:00:00Z"},
+            },
+            {
+                **config("older", with_change("namespaces", {"include": ["db"]})),
+                "metadata": {"name": "older", "creationTimestamp": "2024-05-01T00:00:00Z"},
+            },
+        ]
+    )
     w = MetricsConfigurationWatcher(agent_api_client)
     w.start()
     try:

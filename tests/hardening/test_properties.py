@@ -29,43 +29,102 @@ from retina_agent.enrichment.metricsconfig import (
 
 # -- values of every shape, biased towards the edges validators get wrong -----------------------
 durations = st.one_of(
-    st.sampled_from(["0", "10s", "1m30s", ".5s", "1.s", "500ms", "-1s", "1d", "", " ", "10", "1e3s",
-                     "2562047h47m16.854775808s", "1" + "0" * 400 + "s", "nan", "inf", "12μs"]),
+    st.sampled_from(
+        [
+            "0",
+            "10s",
+            "1m30s",
+            ".5s",
+            "1.s",
+            "500ms",
+            "-1s",
+            "1d",
+            "",
+            " ",
+            "10",
+            "1e3s",
+            "2562047h47m16.854775808s",
+            "1" + "0" * 400 + "s",
+            "nan",
+            "inf",
+            "12μs",
+        ]
+    ),
     st.from_regex(r"\A[-+]?(\d{0,4}(\.\d{0,3})?(ns|us|µs|ms|s|m|h)){1,3}\Z", fullmatch=True),
 )
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30), st.just(10**400),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12), durations,
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.just(10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    durations,
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 AGENT_KEYS = {
-    "apiServer": st.one_of(values, st.fixed_dictionaries({}, optional={
-        "host": st.one_of(st.sampled_from(["127.0.0.1", "::1", ""]), values),
-        "port": st.one_of(st.integers(-5, 70000), values),
-        "readTimeout": st.one_of(durations, values), "writeTimeout": st.one_of(durations, values),
-        "maxConnections": st.one_of(st.integers(0, 5000), values), "workers": values, "bogus": values})),
+    "apiServer": st.one_of(
+        values,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "host": st.one_of(st.sampled_from(["127.0.0.1", "::1", ""]), values),
+                "port": st.one_of(st.integers(-5, 70000), values),
+                "readTimeout": st.one_of(durations, values),
+                "writeTimeout": st.one_of(durations, values),
+                "maxConnections": st.one_of(st.integers(0, 5000), values),
+                "workers": values,
+                "bogus": values,
+            },
+        ),
+    ),
     "logLevel": st.one_of(st.sampled_from(["debug", "info", "warn", "loud"]), values),
     "enabledPlugin": st.one_of(st.lists(st.sampled_from(["linuxutil", "dns", "nope", "latency"])), values),
     "metricsIntervalDuration": st.one_of(durations, st.floats(), st.integers(-5, 10**5), values),
     "enablePodLevel": values,
     "dataSamplingRate": st.one_of(st.integers(-3, 10), values),
     "stateDir": values,
-    "plugins": st.one_of(values, st.fixed_dictionaries({}, optional={
-        "latency": st.one_of(values, st.fixed_dictionaries({}, optional={
-            "noResponseTimeout": st.one_of(durations, values), "apiServer": values})),
-        "packetparser": st.one_of(values, st.fixed_dictionaries({}, optional={
-            "maxFlows": st.one_of(st.integers(0, 10**7), values)}))})),
+    "plugins": st.one_of(
+        values,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "latency": st.one_of(
+                    values,
+                    st.fixed_dictionaries(
+                        {}, optional={"noResponseTimeout": st.one_of(durations, values), "apiServer": values}
+                    ),
+                ),
+                "packetparser": st.one_of(
+                    values,
+                    st.fixed_dictionaries(
+                        {}, optional={"maxFlows": st.one_of(st.integers(0, 10**7), values)}
+                    ),
+                ),
+            },
+        ),
+    ),
     "podLevel": st.one_of(values, st.fixed_dictionaries({}, optional={"maxSeries": values})),
     "notAKey": values,
 }
 agent_configs = st.fixed_dictionaries({}, optional=AGENT_KEYS)
-overrides = st.fixed_dictionaries({}, optional={
-    "apiServer.port": st.integers(-1, 70000), "apiServer.host": st.text(max_size=10),
-    "metricsIntervalDuration": st.one_of(durations, st.text(max_size=8)),
-    "logLevel": st.text(max_size=6), "plugins.latency.noResponseTimeout": durations,
-})
+overrides = st.fixed_dictionaries(
+    {},
+    optional={
+        "apiServer.port": st.integers(-1, 70000),
+        "apiServer.host": st.text(max_size=10),
+        "metricsIntervalDuration": st.one_of(durations, st.text(max_size=8)),
+        "logLevel": st.text(max_size=6),
+        "plugins.latency.noResponseTimeout": durations,
+    },
+)
 
 
 def _paths(data: object, prefix: str = "") -> set[str]:
@@ -92,8 +151,10 @@ def test_agent_config_accepts_or_names_the_key(tmp_path: Path, data: dict, flags
         message = str(exc)
         assert "\n" not in message
         named = _paths(yaml.safe_load(path.read_text())) | set(flags)
-        assert any(key and (key in message or repr(key.rsplit(".", 1)[-1]) in message) for key in named) \
-            or "(top level)" in message, message
+        assert (
+            any(key and (key in message or repr(key.rsplit(".", 1)[-1]) in message) for key in named)
+            or "(top level)" in message
+        ), message
         return
     finally:
         assert flags == before, "load_config must not change its inputs"
@@ -107,19 +168,37 @@ def test_agent_config_accepts_or_names_the_key(tmp_path: Path, data: dict, flags
 context_options = st.fixed_dictionaries(
     {"metricName": st.one_of(st.sampled_from(sorted(METRIC_NAMES)), values)},
     optional={
-        "sourceLabels": st.one_of(st.lists(st.sampled_from([*CONTEXT_LABELS, "bogus", ""]), max_size=4),
-                                  values),
+        "sourceLabels": st.one_of(
+            st.lists(st.sampled_from([*CONTEXT_LABELS, "bogus", ""]), max_size=4), values
+        ),
         "destinationLabels": st.one_of(st.lists(st.sampled_from(CONTEXT_LABELS), max_size=3), values),
-        "additionalLabels": st.one_of(st.lists(st.sampled_from([*ADDITIONAL_LABELS, "x"]), max_size=2),
-                                      values),
+        "additionalLabels": st.one_of(
+            st.lists(st.sampled_from([*ADDITIONAL_LABELS, "x"]), max_size=2), values
+        ),
         "ttl": st.one_of(durations, values),
-    })
-specs = st.one_of(values, st.fixed_dictionaries({}, optional={
-    "contextOptions": st.one_of(st.lists(context_options, max_size=3), values),
-    "namespaces": st.one_of(values, st.fixed_dictionaries({}, optional={
-        "include": st.one_of(st.lists(st.sampled_from(["a", "b", "", "a"]), max_size=3), values),
-        "exclude": st.one_of(st.lists(st.sampled_from(["a", "b"]), max_size=2), values)})),
-}))
+    },
+)
+specs = st.one_of(
+    values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "contextOptions": st.one_of(st.lists(context_options, max_size=3), values),
+            "namespaces": st.one_of(
+                values,
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "include": st.one_of(
+                            st.lists(st.sampled_from(["a", "b", "", "a"]), max_size=3), values
+                        ),
+                        "exclude": st.one_of(st.lists(st.sampled_from(["a", "b"]), max_size=2), values),
+                    },
+                ),
+            ),
+        },
+    ),
+)
 
 
 @settings(max_examples=500, deadline=None)

@@ -20,8 +20,7 @@ BIN = Path(sys.executable).parent
 WORKER = str(BIN / "retina-capture")
 AZURITE = REPO / ".tools" / "node_modules" / ".bin" / "azurite-blob"
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
-               "K1SZFPTOtr/KBHBeksoGMGw==")
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def free_port() -> int:
@@ -55,10 +54,18 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> Server:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_until(lambda: _port_open(self.port) or self.proc.poll() is not None, timeout,
-                   f"{self.name} on port {self.port}")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(
+            lambda: _port_open(self.port) or self.proc.poll() is not None,
+            timeout,
+            f"{self.name} on port {self.port}",
+        )
         assert self.proc.poll() is None, f"{self.name} exited with {self.proc.returncode}"
         return self
 
@@ -86,9 +93,15 @@ class WorkerRun:
         full_env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **(env or {})}
         self.argv = [WORKER, *argv]
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=full_env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self.line_times: list[float] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -110,9 +123,11 @@ class WorkerRun:
                 self._reader.join(timeout=5)
                 found = next((line for line in self.lines if text in line), None)
                 if found is None:
-                    raise AssertionError(f"worker exited ({self.proc.returncode}) before {text!r}:\n"
-                                         + self.stderr)
+                    raise AssertionError(
+                        f"worker exited ({self.proc.returncode}) before {text!r}:\n" + self.stderr
+                    )
             return found
+
         return wait_until(seen, timeout, f"worker log line {text!r}")
 
     def wait(self, timeout: float = 60) -> int:

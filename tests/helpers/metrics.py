@@ -12,11 +12,13 @@ from collections.abc import Callable
 Values = dict[str, float]
 
 
-def wait_exact(agent, read: Callable[[object], Values], expected: Values, *, timeout: float = 20,
-               window: float = 2.5) -> object:
+def wait_exact(
+    agent, read: Callable[[object], Values], expected: Values, *, timeout: float = 20, window: float = 2.5
+) -> object:
     """Poll ``read(scrape)`` until it reaches ``expected`` (each value ``>=``); then scrape for
     ``window`` more seconds, stopping early if any value overshoots; assert it equals ``expected``.
     Returns the last scrape."""
+
     def reached(m) -> bool:
         got = read(m)
         return all(got.get(k, 0) >= v for k, v in expected.items())

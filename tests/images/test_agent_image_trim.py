@@ -37,11 +37,32 @@ print({
 
 def test_agent_image_trimmed_and_bcc_still_loads_a_program(built_images: dict[str, str]) -> None:
     # Capabilities a BPF socket filter needs, as the DaemonSet grants; headers from the node.
-    proc = podman("run", "--rm", "--network", "none", *ULIMITS, "--cap-drop", "ALL", "--cap-add", "CAP_BPF",
-                  "--cap-add", "CAP_PERFMON", "--cap-add", "CAP_SYS_RESOURCE",
-                  "--security-opt", "seccomp=unconfined", "-v", "/lib/modules:/lib/modules:ro",
-                  "-v", "/usr/src:/usr/src:ro", "--entrypoint", '["python3", "-c"]', built_images["agent"],
-                  PROBE, timeout=600)
+    proc = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        *ULIMITS,
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "CAP_BPF",
+        "--cap-add",
+        "CAP_PERFMON",
+        "--cap-add",
+        "CAP_SYS_RESOURCE",
+        "--security-opt",
+        "seccomp=unconfined",
+        "-v",
+        "/lib/modules:/lib/modules:ro",
+        "-v",
+        "/usr/src:/usr/src:ro",
+        "--entrypoint",
+        '["python3", "-c"]',
+        built_images["agent"],
+        PROBE,
+        timeout=600,
+    )
     report = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
     assert report["not_found"] == [], report
     assert report["clients"] == ["S3", "STS"], report

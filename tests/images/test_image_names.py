@@ -11,17 +11,22 @@ from images.names import ImagesFileError, image_refs
 
 
 def test_refs_from_the_repository_file() -> None:
-    assert image_refs() == {"agent": "localhost/retina-onprem/agent:0.1.0",
-                            "operator": "localhost/retina-onprem/operator:0.1.0"}
+    assert image_refs() == {
+        "agent": "localhost/retina-onprem/agent:0.1.0",
+        "operator": "localhost/retina-onprem/operator:0.1.0",
+    }
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    ("registry: r\ntag: t\nimages: {agent: a}\n", "images.operator"),
-    ("registry: r\nimages: {agent: a, operator: o}\n", "'tag'"),
-    ("registry: r\ntag: 'bad tag'\nimages: {agent: a, operator: o}\n", "'tag'"),
-    ("registry: Upper/Case\ntag: t\nimages: {agent: a, operator: o}\n", "images.agent"),
-    ("[1, 2]\n", "mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("registry: r\ntag: t\nimages: {agent: a}\n", "images.operator"),
+        ("registry: r\nimages: {agent: a, operator: o}\n", "'tag'"),
+        ("registry: r\ntag: 'bad tag'\nimages: {agent: a, operator: o}\n", "'tag'"),
+        ("registry: Upper/Case\ntag: t\nimages: {agent: a, operator: o}\n", "images.agent"),
+        ("[1, 2]\n", "mapping"),
+    ],
+)
 def test_bad_images_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
     path = tmp_path / "images.yaml"
     path.write_text(text)

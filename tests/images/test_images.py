@@ -66,8 +66,10 @@ def _get(url: str) -> tuple[int, bytes]:
 def _running(containers: Containers, name: str) -> None:
     state = json.loads(podman("inspect", "--format", "{{json .State}}", name).stdout)
     if not state.get("Running"):
-        raise AssertionError(f"container {name} is not running (exit {state.get('ExitCode')}):\n"
-                             + containers.logs(name)[-4000:])
+        raise AssertionError(
+            f"container {name} is not running (exit {state.get('ExitCode')}):\n"
+            + containers.logs(name)[-4000:]
+        )
 
 
 def _wait_ready(containers: Containers, name: str, port: int, timeout: float = 180) -> dict[str, Any]:
@@ -75,6 +77,7 @@ def _wait_ready(containers: Containers, name: str, port: int, timeout: float = 1
         _running(containers, name)
         status, body = _get(f"http://127.0.0.1:{port}/readyz")
         return json.loads(body) if status == 200 else None
+
     try:
         return wait_for(ready, timeout, 0.5, f"/readyz of {name}")
     except TimeoutError as exc:
@@ -102,8 +105,9 @@ def _grantable(caps: set[str]) -> set[str]:
     return caps & cap_names(int(line.split()[1], 16))
 
 
-def _run_init_container(pod: dict[str, Any], image: str, containers: Containers,
-                        host_paths: dict[str, Path] | None = None) -> None:
+def _run_init_container(
+    pod: dict[str, Any], image: str, containers: Containers, host_paths: dict[str, Path] | None = None
+) -> None:
     """Every init container, to completion, before the agent (as the kubelet does)."""
     for init in pod.get("initContainers") or []:
         name = containers.name(init["name"])
@@ -112,17 +116,28 @@ def _run_init_container(pod: dict[str, Any], image: str, containers: Containers,
         assert proc.returncode == 0, f"init container {init['name']} failed: {proc.stdout}{proc.stderr}"
 
 
-def _start_agent(pod: dict[str, Any], image: str, containers: Containers, config: dict[str, Any],
-                 config_dir: Path, tweak: Callable[[dict[str, Any]], None] | None = None) -> str:
+def _start_agent(
+    pod: dict[str, Any],
+    image: str,
+    containers: Containers,
+    config: dict[str, Any],
+    config_dir: Path,
+    tweak: Callable[[dict[str, Any]], None] | None = None,
+) -> str:
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "config.yaml").write_text(yaml.safe_dump(config))
     container = copy.deepcopy(pod["containers"][0])
     if tweak is not None:
         tweak(container)
     name = containers.name(container["name"])
-    argv = podman_run_argv(pod, container, name=name, image=image,
-                           config_dirs={"retina-config": config_dir},
-                           field_values={"spec.nodeName": "lab-node", "status.hostIP": "127.0.0.1"})
+    argv = podman_run_argv(
+        pod,
+        container,
+        name=name,
+        image=image,
+        config_dirs={"retina-config": config_dir},
+        field_values={"spec.nodeName": "lab-node", "status.hostIP": "127.0.0.1"},
+    )
     podman(*argv, timeout=120)
     return name
 
@@ -137,23 +152,29 @@ def _lab_tc_filters(node: LabNode, owner: str = IN_CONTAINER_OWNER) -> list[str]
     found = []
     for dev in node.host_veths:
         for direction in ("ingress", "egress"):
-            out = subprocess.run(["tc", "filter", "show", "dev", dev, direction],
-                                 capture_output=True, text=True, check=False).stdout
-            found += [f"{dev}/{direction}/{w}" for w in out.split()
-                      if w.startswith("retina_") and owner in w]
+            out = subprocess.run(
+                ["tc", "filter", "show", "dev", dev, direction], capture_output=True, text=True, check=False
+            ).stdout
+            found += [f"{dev}/{direction}/{w}" for w in out.split() if w.startswith("retina_") and owner in w]
     return found
 
 
 def _diagnose(containers: Containers, name: str, node: LabNode) -> str:
     """What to show when counts do not rise: every retina filter on the lab veths, the log."""
-    return (f"retina TC filters on the lab veths (any owner): {_lab_tc_filters(node, owner='')}\n"
-            f"agent log:\n{containers.logs(name)[-3000:]}")
+    return (
+        f"retina TC filters on the lab veths (any owner): {_lab_tc_filters(node, owner='')}\n"
+        f"agent log:\n{containers.logs(name)[-3000:]}"
+    )
 
 
 # -- tests -----------------------------------------------------------------------------------
 def test_agent_image_runs_as_the_daemonset_declares_and_counts_pod_traffic(
-        built_images: dict[str, str], rendered_agent: dict[str, Any], containers: Containers,
-        lab_node: LabNode, tmp_path: Path) -> None:
+    built_images: dict[str, str],
+    rendered_agent: dict[str, Any],
+    containers: Containers,
+    lab_node: LabNode,
+    tmp_path: Path,
+) -> None:
     pod = _pod(rendered_agent)
     agent_spec = pod["containers"][0]
     security = agent_spec["securityContext"]
@@ -163,26 +184,38 @@ def test_agent_image_runs_as_the_daemonset_declares_and_counts_pod_traffic(
 
     port = free_port()
     _run_init_container(pod, built_images["agent"], containers)
-    name = _start_agent(pod, built_images["agent"], containers, _agent_config(rendered_agent, lab_node, port),
-                        tmp_path / "config")
+    name = _start_agent(
+        pod,
+        built_images["agent"],
+        containers,
+        _agent_config(rendered_agent, lab_node, port),
+        tmp_path / "config",
+    )
     ready = _wait_ready(containers, name, port)
-    assert {p: s["state"] for p, s in ready["plugins"].items()} == {
-        p: "running" for p in ready["plugins"]}, f"not every plugin runs in the container: {ready}"
+    assert {p: s["state"] for p, s in ready["plugins"].items()} == {p: "running" for p in ready["plugins"]}, (
+        f"not every plugin runs in the container: {ready}"
+    )
     assert _effective_caps(name) == _grantable(declared), "the agent does not hold exactly the declared caps"
 
     sink = udp_sink(lab_node["b"], 7101)
     try:
         try:
-            wait_for(lambda: len(_lab_tc_filters(lab_node)) >= 2 * len(lab_node.host_veths), 20,
-                     message="the agent's TC programs on the lab veths")
+            wait_for(
+                lambda: len(_lab_tc_filters(lab_node)) >= 2 * len(lab_node.host_veths),
+                20,
+                message="the agent's TC programs on the lab veths",
+            )
             before = _scrape(port)
             send_udp(lab_node["a"], lab_node["b"].ip, 7101, 200)
 
             def risen() -> Metrics | None:
                 m = _scrape(port)
-                ok = all(m.value(FORWARD, direction=d) - before.value(FORWARD, direction=d) >= 200
-                         for d in ("ingress", "egress"))
+                ok = all(
+                    m.value(FORWARD, direction=d) - before.value(FORWARD, direction=d) >= 200
+                    for d in ("ingress", "egress")
+                )
                 return m if ok else None
+
             wait_for(risen, 30, 0.5, "forward counts up by 200 packets each way")
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{_diagnose(containers, name, lab_node)}") from None
@@ -195,8 +228,12 @@ def test_agent_image_runs_as_the_daemonset_declares_and_counts_pod_traffic(
 
 
 def test_agent_without_net_admin_reports_tc_plugins_unavailable_and_keeps_running(
-        built_images: dict[str, str], rendered_agent: dict[str, Any], containers: Containers,
-        lab_node: LabNode, tmp_path: Path) -> None:
+    built_images: dict[str, str],
+    rendered_agent: dict[str, Any],
+    containers: Containers,
+    lab_node: LabNode,
+    tmp_path: Path,
+) -> None:
     pod = _pod(rendered_agent)
     declared = set(pod["containers"][0]["securityContext"]["capabilities"]["add"])
     assert "NET_ADMIN" in declared
@@ -207,8 +244,14 @@ def test_agent_without_net_admin_reports_tc_plugins_unavailable_and_keeps_runnin
 
     port = free_port()
     _run_init_container(pod, built_images["agent"], containers)
-    name = _start_agent(pod, built_images["agent"], containers, _agent_config(rendered_agent, lab_node, port),
-                        tmp_path / "config", tweak=without_net_admin)
+    name = _start_agent(
+        pod,
+        built_images["agent"],
+        containers,
+        _agent_config(rendered_agent, lab_node, port),
+        tmp_path / "config",
+        tweak=without_net_admin,
+    )
     ready = _wait_ready(containers, name, port)
     assert _effective_caps(name) == _grantable(declared - {"NET_ADMIN"})
     states = {p: s["state"] for p, s in ready["plugins"].items()}
@@ -222,14 +265,16 @@ def test_agent_without_net_admin_reports_tc_plugins_unavailable_and_keeps_runnin
 
     metrics = _scrape(port)
     for plugin in tc_plugins:
-        assert metrics.value(PLUGIN_STATUS, plugin=plugin, state="unavailable") == 1, \
+        assert metrics.value(PLUGIN_STATUS, plugin=plugin, state="unavailable") == 1, (
             f"{PLUGIN_STATUS} does not report {plugin} unavailable: {metrics.series(PLUGIN_STATUS)}"
+        )
     assert _lab_tc_filters(lab_node) == []
     _running(containers, name)
 
 
 def test_capture_worker_image_writes_a_pod_capture_to_the_host_path(
-        built_images: dict[str, str], containers: Containers, lab_node: LabNode, tmp_path: Path) -> None:
+    built_images: dict[str, str], containers: Containers, lab_node: LabNode, tmp_path: Path
+) -> None:
     """The capture Job for pod b (as the CLI and the operator build it), run with the agent image:
     the tarball lands in the Job's hostPath on the host (here a temporary directory)."""
     spec = CaptureSpec(name="img-test", namespace="default", duration=4, host_path="img-test-out")
@@ -237,8 +282,14 @@ def test_capture_worker_image_writes_a_pod_capture_to_the_host_path(
     pod = job["spec"]["template"]["spec"]
     base = tmp_path / "captures"
     name = containers.name("capture")
-    argv = podman_run_argv(pod, pod["containers"][0], name=name, image=built_images["agent"],
-                           host_paths={HOST_PATH_BASE: base}, field_values={"spec.nodeName": "lab-node"})
+    argv = podman_run_argv(
+        pod,
+        pod["containers"][0],
+        name=name,
+        image=built_images["agent"],
+        host_paths={HOST_PATH_BASE: base},
+        field_values={"spec.nodeName": "lab-node"},
+    )
     podman(*argv, timeout=60)
     sink = udp_sink(lab_node["b"], 7102)
     try:
@@ -279,8 +330,18 @@ def test_images_are_lean(built_images: dict[str, str], kind: str) -> None:
     """No installer tools, compilers, apt lists or package caches; the agent image carries the
     pod-level clients (kubernetes, dnspython) but no operator framework; each image holds the
     commands its manifests run."""
-    proc = podman("run", "--rm", "--network", "none", *ULIMITS, "--entrypoint", '["python3", "-c"]',
-                  built_images[kind], LEANNESS_PROBE, timeout=120)
+    proc = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        *ULIMITS,
+        "--entrypoint",
+        '["python3", "-c"]',
+        built_images[kind],
+        LEANNESS_PROBE,
+        timeout=120,
+    )
     report = ast.literal_eval(proc.stdout.strip())
     modules, tools = report["modules"], report["tools"]
     assert not modules["pip"] and not modules["setuptools"], report
@@ -289,8 +350,10 @@ def test_images_are_lean(built_images: dict[str, str], kind: str) -> None:
     if kind == "agent":
         assert modules["bcc"] and modules["kubernetes"] and modules["dns"], report
         assert modules["ijson"] and not modules["kopf"], report
-        assert all(tools[t] for t in ("tcpdump", "ip", "ss", "iptables-save", "nft", "retina-agent",
-                                      "retina-capture")), report
+        assert all(
+            tools[t]
+            for t in ("tcpdump", "ip", "ss", "iptables-save", "nft", "retina-agent", "retina-capture")
+        ), report
     else:
         assert modules["kubernetes"] and modules["kopf"] and not modules["bcc"], report
         assert report["uid"] == 65532, report

@@ -54,8 +54,8 @@ def _operator_pod(rendered_agent: dict[str, Any], kubeconfig_dir: Path) -> dict[
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_operator_image_turns_a_capture_into_jobs(
-        built_images: dict[str, str], rendered_agent: dict[str, Any], containers: Containers,
-        tmp_path: Path) -> None:
+    built_images: dict[str, str], rendered_agent: dict[str, Any], containers: Containers, tmp_path: Path
+) -> None:
     image = built_images["operator"]
     user = podman("image", "inspect", "--format", "{{.Config.User}}", image).stdout.strip()
     assert user == "65532:65532", f"the operator image's default user is {user!r}, not the non-root 65532"
@@ -66,7 +66,8 @@ def test_operator_image_turns_a_capture_into_jobs(
         client = kubernetes.config.new_client_from_config(config_file=str(kube.kubeconfig_path))
         try:
             kubernetes.client.ApiextensionsV1Api(client).create_custom_resource_definition(
-                yaml.safe_load(CRD_FILE.read_text()))
+                yaml.safe_load(CRD_FILE.read_text())
+            )
             # Readable by the operator's uid (bind-mounted, so only this directory's mode counts).
             public = Path(tmp_path / "kubeconfig")
             public.mkdir(mode=0o755)
@@ -75,19 +76,35 @@ def test_operator_image_turns_a_capture_into_jobs(
             pod = _operator_pod(rendered_agent, public)
             name = containers.name("operator")
             # The emulator listens on 127.0.0.1: host network stands in for the pod network.
-            podman(*podman_run_argv(pod, pod["containers"][0], name=name, image=image, pod_network="host",
-                                    field_values={"metadata.namespace": "retina-system"}), timeout=60)
-            body = {"apiVersion": "retina.sh/v1alpha1", "kind": "Capture",
-                    "metadata": {"name": "img", "namespace": "web"},
-                    "spec": {"captureConfiguration": {"captureTarget": {"nodeNames": ["node-1", "node-2"]}},
-                             "outputConfiguration": {"hostPath": "img"}}}
+            podman(
+                *podman_run_argv(
+                    pod,
+                    pod["containers"][0],
+                    name=name,
+                    image=image,
+                    pod_network="host",
+                    field_values={"metadata.namespace": "retina-system"},
+                ),
+                timeout=60,
+            )
+            body = {
+                "apiVersion": "retina.sh/v1alpha1",
+                "kind": "Capture",
+                "metadata": {"name": "img", "namespace": "web"},
+                "spec": {
+                    "captureConfiguration": {"captureTarget": {"nodeNames": ["node-1", "node-2"]}},
+                    "outputConfiguration": {"hostPath": "img"},
+                },
+            }
             kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(
-                "retina.sh", "v1alpha1", "web", "captures", body)
+                "retina.sh", "v1alpha1", "web", "captures", body
+            )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and len(kube.objects("Job", "web")) < 2:
                 state = json.loads(podman("inspect", "--format", "{{json .State}}", name).stdout)
-                assert state["Running"], \
+                assert state["Running"], (
                     f"the operator exited {state['ExitCode']}:\n{containers.logs(name)[-3000:]}"
+                )
                 time.sleep(0.5)
             jobs = kube.objects("Job", "web")
             assert len(jobs) == 2, f"the operator made {len(jobs)} Jobs:\n{containers.logs(name)[-3000:]}"

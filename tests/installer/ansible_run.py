@@ -36,9 +36,16 @@ def ansible_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_playbook(playbook: Path, tmp_path: Path, extra_vars: dict[str, Any] | None = None, *,
-                 inventory: Path | None = None, env: dict[str, str] | None = None,
-                 check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_playbook(
+    playbook: Path,
+    tmp_path: Path,
+    extra_vars: dict[str, Any] | None = None,
+    *,
+    inventory: Path | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
     """``ansible-playbook PLAYBOOK -e @vars.json``; returns the finished process (output in stdout)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     vars_file = tmp_path / f"extra-vars-{len(list(tmp_path.glob('extra-vars-*')))}.json"
@@ -48,13 +55,32 @@ def run_playbook(playbook: Path, tmp_path: Path, extra_vars: dict[str, Any] | No
         argv += ["-i", str(inventory)]
     if check:
         argv.append("--check")
-    return subprocess.run(argv, cwd=REPO, env=ansible_env(**(env or {})), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        argv,
+        cwd=REPO,
+        env=ansible_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def localhost_inventory(tmp_path: Path) -> Path:
     """An inventory whose only node is this machine (local connection, this venv's Python)."""
     path = tmp_path / "inventory.yml"
-    path.write_text(json.dumps({"all": {"hosts": {"localhost": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {
+                        "localhost": {
+                            "ansible_connection": "local",
+                            "ansible_python_interpreter": sys.executable,
+                        }
+                    }
+                }
+            }
+        )
+    )
     return path

@@ -17,14 +17,21 @@ CASES = {
     "namespace not a DNS label": ({"agent_namespace": "Retina_System"}, ["agent_namespace", "Retina_System"]),
     "both include and exclude": (
         {"agent_metrics_namespaces": {"include": ["default"], "exclude": ["kube-system"]}},
-        ["agent_metrics_namespaces", "mutually exclusive", "include|exclude"]),
-    "neither include nor exclude": ({"agent_metrics_namespaces": {}},
-                                    ["agent_metrics_namespaces", "include"]),
-    "metrics namespace not a DNS label": ({"agent_metrics_namespaces": {"include": ["Web"]}},
-                                          ["agent_metrics_namespaces", "Web"]),
+        ["agent_metrics_namespaces", "mutually exclusive", "include|exclude"],
+    ),
+    "neither include nor exclude": (
+        {"agent_metrics_namespaces": {}},
+        ["agent_metrics_namespaces", "include"],
+    ),
+    "metrics namespace not a DNS label": (
+        {"agent_metrics_namespaces": {"include": ["Web"]}},
+        ["agent_metrics_namespaces", "Web"],
+    ),
     "port out of range": ({"agent_port": 70000}, ["agent_port"]),
-    "unknown prometheus mode": ({"render_prometheus_mode": "servicemonitor"},
-                                ["prometheus_mode", "servicemonitor"]),
+    "unknown prometheus mode": (
+        {"render_prometheus_mode": "servicemonitor"},
+        ["prometheus_mode", "servicemonitor"],
+    ),
     "unknown dashboards mode": ({"dashboards_mode": "sidecar"}, ["dashboards_mode", "sidecar"]),
 }
 
@@ -46,8 +53,11 @@ def test_bad_option_fails_validation_naming_it(tmp_path: Path, case: str) -> Non
 
 def test_valid_options_pass(tmp_path: Path) -> None:
     options: dict[str, Any] = {
-        "manifest_dir": str(tmp_path / "out"), "agent_metrics_interval": "1m30s",
-        "agent_namespace": "observability", "agent_pod_level": True,
-        "agent_metrics_namespaces": {"exclude": ["kube-system"]}}
+        "manifest_dir": str(tmp_path / "out"),
+        "agent_metrics_interval": "1m30s",
+        "agent_namespace": "observability",
+        "agent_pod_level": True,
+        "agent_metrics_namespaces": {"exclude": ["kube-system"]},
+    }
     proc = run_playbook(TEST_PLAYBOOKS / "render.yml", tmp_path, options)
     assert proc.returncode == 0, proc.stdout[-3000:]

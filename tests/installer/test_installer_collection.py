@@ -24,27 +24,50 @@ from tests.installer.ansible_run import (
 
 # Sanity tests that need no virtual environment of their own (the others bootstrap pip from the
 # internet, which this machine cannot reach).
-OFFLINE_SANITY_TESTS = ("action-plugin-docs", "compile", "empty-init", "ignores", "line-endings",
-                        "no-illegal-filenames", "no-smart-quotes", "shebang", "symlinks")
+OFFLINE_SANITY_TESTS = (
+    "action-plugin-docs",
+    "compile",
+    "empty-init",
+    "ignores",
+    "line-endings",
+    "no-illegal-filenames",
+    "no-smart-quotes",
+    "shebang",
+    "symlinks",
+)
 
 
 def run(argv: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, env=ansible_env(**env), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        argv, cwd=cwd, env=ansible_env(**env), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(tarball, installed collection directory)."""
     out = tmp_path_factory.mktemp("build")
-    proc = run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", str(COLLECTION),
-                "--output-path", str(out)], REPO)
+    proc = run(
+        [str(VENV_BIN / "ansible-galaxy"), "collection", "build", str(COLLECTION), "--output-path", str(out)],
+        REPO,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tarball = out / "retina-observability-0.1.0.tar.gz"
     assert tarball.is_file(), proc.stdout
     installed = out / "installed"
-    proc = run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--offline", "-p", str(installed),
-                str(tarball)], REPO, ANSIBLE_COLLECTIONS_PATH=str(installed))
+    proc = run(
+        [
+            str(VENV_BIN / "ansible-galaxy"),
+            "collection",
+            "install",
+            "--offline",
+            "-p",
+            str(installed),
+            str(tarball),
+        ],
+        REPO,
+        ANSIBLE_COLLECTIONS_PATH=str(installed),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest = installed / "ansible_collections" / "retina" / "observability" / "MANIFEST.json"
     assert manifest.is_file(), proc.stdout
@@ -83,8 +106,12 @@ def test_tarball_carries_roles_crds_module_and_images(built: tuple[Path, Path]) 
 
 def test_installed_collection_renders_the_manifests(built: tuple[Path, Path], tmp_path: Path) -> None:
     _, installed = built
-    proc = run_playbook(TEST_PLAYBOOKS / "render.yml", tmp_path, {"manifest_dir": str(tmp_path / "out")},
-                        env={"ANSIBLE_COLLECTIONS_PATH": str(installed)})
+    proc = run_playbook(
+        TEST_PLAYBOOKS / "render.yml",
+        tmp_path,
+        {"manifest_dir": str(tmp_path / "out")},
+        env={"ANSIBLE_COLLECTIONS_PATH": str(installed)},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert str(installed) in proc.stdout, "the run did not use the installed collection"
     docs = list(yaml.safe_load_all((tmp_path / "out" / "agent" / "retina-agent.yaml").read_text()))
@@ -95,9 +122,14 @@ def test_role_docs_come_from_argument_specs(built: tuple[Path, Path]) -> None:
     _, installed = built
     for role in ("preflight", "agent", "prometheus", "dashboards"):
         env = ansible_env(ANSIBLE_COLLECTIONS_PATH=str(installed))
-        proc = subprocess.run([str(VENV_BIN / "ansible-doc"), "-t", "role", "--json",
-                               f"retina.observability.{role}"], env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            [str(VENV_BIN / "ansible-doc"), "-t", "role", "--json", f"retina.observability.{role}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         doc = json.loads(proc.stdout)[f"retina.observability.{role}"]
         assert doc["entry_points"]["main"]["options"], role
@@ -119,7 +151,14 @@ def test_ansible_lint_bare_at_the_root_passes_the_production_profile() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["NO_COLOR"] = "1"
-    proc = subprocess.run([str(VENV_BIN / "ansible-lint")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900, check=False)
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-lint")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr

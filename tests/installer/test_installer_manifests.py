@@ -42,8 +42,9 @@ def default_render(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
 
 
 def by_kind(manifests: list[Obj], kind: str, name: str | None = None) -> Obj:
-    found = [m for m in manifests
-             if m.get("kind") == kind and (name is None or m["metadata"]["name"] == name)]
+    found = [
+        m for m in manifests if m.get("kind") == kind and (name is None or m["metadata"]["name"] == name)
+    ]
     names = [m["metadata"]["name"] for m in found]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {names}"
     return found[0]
@@ -67,8 +68,17 @@ def validate_all(manifests: list[Obj]) -> list[str]:
 
 def test_every_manifest_passes_kubernetes_validate(default_render: Rendered) -> None:
     kinds = validate_all([m for role in default_render.values() for m in role])
-    for kind in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                 "DaemonSet", "Service", "Deployment", "CustomResourceDefinition"):
+    for kind in (
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "DaemonSet",
+        "Service",
+        "Deployment",
+        "CustomResourceDefinition",
+    ):
         assert kind in kinds, f"{kind} was not rendered"
 
 
@@ -90,10 +100,14 @@ def test_other_prometheus_modes_validate(tmp_path: Path, mode: str) -> None:
 
 
 def test_pod_level_variant_validates_and_adds_metricsconfiguration(tmp_path: Path) -> None:
-    rendered = render(tmp_path, agent_pod_level=True,
-                      agent_metrics_namespaces={"include": ["default", "web"]},
-                      agent_plugins=["linuxutil", "packetparser", "dns"],
-                      agent_priority_class_name="system-node-critical", agent_operator_enabled=False)
+    rendered = render(
+        tmp_path,
+        agent_pod_level=True,
+        agent_metrics_namespaces={"include": ["default", "web"]},
+        agent_plugins=["linuxutil", "packetparser", "dns"],
+        agent_priority_class_name="system-node-critical",
+        agent_operator_enabled=False,
+    )
     agent = rendered["agent"]
     validate_all(agent)
     mc = by_kind(agent, "MetricsConfiguration", "retina-metrics")
@@ -134,8 +148,14 @@ def test_daemonset_follows_the_agent_contract(default_render: Rendered) -> None:
     assert "initContainers" not in pod
     assert not any(c["securityContext"].get("privileged") for c in pod["containers"])
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    for path in ("/sys/kernel/tracing", "/sys/kernel/debug", "/lib/modules", "/usr/src",
-                 "/var/run/retina", "/etc/retina"):
+    for path in (
+        "/sys/kernel/tracing",
+        "/sys/kernel/debug",
+        "/lib/modules",
+        "/usr/src",
+        "/var/run/retina",
+        "/etc/retina",
+    ):
         assert path in mounts, f"agent does not mount {path}"
     assert "/sys/fs/bpf" not in mounts and "bpffs" not in {v["name"] for v in pod["volumes"]}
     # tracefs/debugfs are only read (formats, ids); attaching uses perf_event_open
@@ -147,8 +167,10 @@ def test_daemonset_follows_the_agent_contract(default_render: Rendered) -> None:
     assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 10093}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 10093}
-    assert container["resources"] == {"requests": {"cpu": "50m", "memory": "96Mi"},
-                                      "limits": {"cpu": "500m", "memory": "320Mi"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "50m", "memory": "96Mi"},
+        "limits": {"cpu": "500m", "memory": "320Mi"},
+    }
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "10093"
     assert len(annotations["retina.sh/config-checksum"]) == 64
@@ -163,28 +185,37 @@ def test_agent_config_has_retinas_keys(default_render: Rendered) -> None:
     configmap = by_kind(default_render["agent"], "ConfigMap", "retina-config")
     config = yaml.safe_load(configmap["data"]["config.yaml"])
     assert config == {
-        "apiServer": {"host": "0.0.0.0", "port": 10093}, "logLevel": "info",
+        "apiServer": {"host": "0.0.0.0", "port": 10093},
+        "logLevel": "info",
         "enabledPlugin": ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"],
-        "metricsIntervalDuration": "10s", "enablePodLevel": False, "remoteContext": False,
-        "enableAnnotations": False, "dataSamplingRate": 1,
+        "metricsIntervalDuration": "10s",
+        "enablePodLevel": False,
+        "remoteContext": False,
+        "enableAnnotations": False,
+        "dataSamplingRate": 1,
     }
 
 
-@pytest.mark.parametrize(("plugins", "expected"), [
-    (["linuxutil"], set()),
-    (["dropreason"], EBPF_CAPS),
-    (["packetforward"], EBPF_CAPS | {"NET_ADMIN"}),
-    (["packetparser"], EBPF_CAPS | {"NET_ADMIN"}),
-])
-def test_capabilities_are_the_union_for_the_enabled_plugins(tmp_path: Path, plugins: list[str],
-                                                            expected: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("plugins", "expected"),
+    [
+        (["linuxutil"], set()),
+        (["dropreason"], EBPF_CAPS),
+        (["packetforward"], EBPF_CAPS | {"NET_ADMIN"}),
+        (["packetparser"], EBPF_CAPS | {"NET_ADMIN"}),
+    ],
+)
+def test_capabilities_are_the_union_for_the_enabled_plugins(
+    tmp_path: Path, plugins: list[str], expected: set[str]
+) -> None:
     container = agent_container(render(tmp_path, agent_plugins=plugins)["agent"])
     assert set(container["securityContext"]["capabilities"]["add"]) == expected
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
-def test_config_change_changes_the_checksum_that_rolls_the_pods(tmp_path: Path,
-                                                                default_render: Rendered) -> None:
+def test_config_change_changes_the_checksum_that_rolls_the_pods(
+    tmp_path: Path, default_render: Rendered
+) -> None:
     def checksum(manifests: list[Obj]) -> str:
         ds = by_kind(manifests, "DaemonSet")
         return ds["spec"]["template"]["metadata"]["annotations"]["retina.sh/config-checksum"]
@@ -198,8 +229,13 @@ def test_config_change_changes_the_checksum_that_rolls_the_pods(tmp_path: Path,
 def test_rbac_is_exactly_the_contract(default_render: Rendered) -> None:
     def rules(name: str) -> set[tuple[str, str, str]]:
         role = by_kind(default_render["agent"], "ClusterRole", name)
-        return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-                for resource in rule["resources"] for verb in rule["verbs"]}
+        return {
+            (group, resource, verb)
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
 
     watch = ("list", "watch")
     agent = {("", r, v) for r in ("pods", "namespaces", "services", "nodes") for v in watch}
@@ -207,8 +243,11 @@ def test_rbac_is_exactly_the_contract(default_render: Rendered) -> None:
     agent |= {("retina.sh", "metricsconfigurations", v) for v in watch}
     agent |= {("retina.sh", "metricsconfigurations/status", "patch"), ("", "endpoints", "get")}
     assert rules("retina-agent") == agent
-    [endpoints] = [r for r in by_kind(default_render["agent"], "ClusterRole", "retina-agent")["rules"]
-                   if r["resources"] == ["endpoints"]]
+    [endpoints] = [
+        r
+        for r in by_kind(default_render["agent"], "ClusterRole", "retina-agent")["rules"]
+        if r["resources"] == ["endpoints"]
+    ]
     assert endpoints["resourceNames"] == ["kubernetes"]
 
     operator = {("retina.sh", "captures", v) for v in ("get", "list", "watch", "patch")}
@@ -231,8 +270,10 @@ def test_rbac_is_exactly_the_contract(default_render: Rendered) -> None:
     capture |= {("", "pods", v) for v in ("get", "list", "create", "delete")} | {("", "pods/log", "get")}
     capture |= {("", "pods/exec", v) for v in ("get", "create")}  # download of host-path/PVC captures
     capture |= {("retina.sh", "captures", v) for v in ("create", "get", "list", "watch", "delete")}
-    capture |= {("retina.sh", "capturetriggers", v)
-                for v in ("create", "get", "list", "watch", "update", "patch", "delete")}
+    capture |= {
+        ("retina.sh", "capturetriggers", v)
+        for v in ("create", "get", "list", "watch", "update", "patch", "delete")
+    }
     assert rules("retina-capture") == capture
     assert rules("retina-capture-cluster") == {("", "nodes", "list"), ("", "namespaces", "list")}
     for name in ("retina-agent", "retina-operator"):
@@ -247,7 +288,13 @@ def test_operator_runs_unprivileged(default_render: Rendered) -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["command"] == [
-        "kopf", "run", "--all-namespaces", "--standalone", "-m", "retina_capture.operator"]
+        "kopf",
+        "run",
+        "--all-namespaces",
+        "--standalone",
+        "-m",
+        "retina_capture.operator",
+    ]
 
 
 def test_every_object_is_labelled_for_uninstall(default_render: Rendered) -> None:
@@ -293,6 +340,7 @@ def test_scrape_job_passes_promtool(tmp_path: Path) -> None:
         del job["kubernetes_sd_configs"]
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"global": {"scrape_interval": "30s"}, "scrape_configs": jobs}))
-    proc = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -33,8 +33,15 @@ def test_molecule_default_scenario() -> None:
     env = ansible_env(PY_COLORS="0", NO_COLOR="1")
     env.pop("ANSIBLE_COLLECTIONS_PATH")  # molecule.yml sets it, as a user running molecule gets it
     try:
-        proc = subprocess.run([str(VENV_BIN / "molecule"), "test", "--scenario-name", "default"], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=840, check=False)
+        proc = subprocess.run(
+            [str(VENV_BIN / "molecule"), "test", "--scenario-name", "default"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=840,
+            check=False,
+        )
     finally:
         # cleanup.yml stops the emulator; should molecule itself die, stop the one this run started
         for pid in _scenario_emulators() - before:

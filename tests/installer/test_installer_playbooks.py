@@ -19,21 +19,47 @@ MANAGED = "app.kubernetes.io/managed-by"
 MONITORING_NS = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}
 
 PROMETHEUS_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "prometheuses.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"plural": "prometheuses", "singular": "prometheus", "kind": "Prometheus",
-                       "listKind": "PrometheusList"},
-             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {
+            "plural": "prometheuses",
+            "singular": "prometheus",
+            "kind": "Prometheus",
+            "listKind": "PrometheusList",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
 }
 
 
 def ours(kube: KubeEmulator) -> list[str]:
     """Every object in the emulator carrying the installer's managed-by label, as kind/ns/name."""
     found = []
-    for kind in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
-                 "ServiceAccount", "ConfigMap", "Secret", "Service", "DaemonSet", "Deployment"):
+    for kind in (
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "DaemonSet",
+        "Deployment",
+    ):
         for obj in kube.objects(kind):
             if obj["metadata"].get("labels", {}).get(MANAGED) == "retina-installer":
                 found.append(f"{kind}/{obj['metadata'].get('namespace', '-')}/{obj['metadata']['name']}")
@@ -44,24 +70,30 @@ def two_node_inventory(tmp_path: Path) -> Path:
     """This machine, plus a CentOS 7 node audited from its fixture tree (kernel 3.10, no BTF)."""
     inventory = localhost_inventory(tmp_path)
     data = json.loads(inventory.read_text())
-    data["all"]["hosts"]["centos7"] = {"ansible_connection": "local",
-                                       "ansible_python_interpreter": data["all"]["hosts"]["localhost"][
-                                           "ansible_python_interpreter"],
-                                       "preflight_root": str(CENTOS7)}
+    data["all"]["hosts"]["centos7"] = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": data["all"]["hosts"]["localhost"]["ansible_python_interpreter"],
+        "preflight_root": str(CENTOS7),
+    }
     inventory.write_text(json.dumps(data))
     return inventory
 
 
 def install(kube: KubeEmulator, tmp_path: Path, inventory: Path, **extra: Any):  # noqa: ANN201
-    return run_playbook(PLAYBOOKS / "install.yml", tmp_path,
-                        {"retina_become": False, "prometheus_helm_values_path": str(tmp_path / "values.yaml"),
-                         **extra},
-                        inventory=inventory, env={"KUBECONFIG": str(kube.kubeconfig_path)})
+    return run_playbook(
+        PLAYBOOKS / "install.yml",
+        tmp_path,
+        {"retina_become": False, "prometheus_helm_values_path": str(tmp_path / "values.yaml"), **extra},
+        inventory=inventory,
+        env={"KUBECONFIG": str(kube.kubeconfig_path)},
+    )
 
 
 @pytest.mark.slow
-def test_failing_node_stops_the_install_until_skipped(kube_emulator: KubeEmulator,  # noqa: F811
-                                                      tmp_path: Path) -> None:
+def test_failing_node_stops_the_install_until_skipped(
+    kube_emulator: KubeEmulator,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     inventory = two_node_inventory(tmp_path)
     proc = install(kube_emulator, tmp_path, inventory)
     output = proc.stdout + proc.stderr
@@ -81,23 +113,35 @@ def test_failing_node_stops_the_install_until_skipped(kube_emulator: KubeEmulato
 
 
 @pytest.mark.slow
-def test_additional_scrape_config_mode_and_uninstall(kube_emulator: KubeEmulator,  # noqa: F811
-                                                     tmp_path: Path) -> None:
-    prometheus = {"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
-                  "metadata": {"name": "k8s", "namespace": "monitoring"},
-                  "spec": {"replicas": 1, "serviceMonitorSelector": {}}}
+def test_additional_scrape_config_mode_and_uninstall(
+    kube_emulator: KubeEmulator,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    prometheus = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "Prometheus",
+        "metadata": {"name": "k8s", "namespace": "monitoring"},
+        "spec": {"replicas": 1, "serviceMonitorSelector": {}},
+    }
     kube_emulator.seed([PROMETHEUS_CRD, MONITORING_NS])
     kube_emulator.seed([prometheus])
     before = ours(kube_emulator)
     env = {"KUBECONFIG": str(kube_emulator.kubeconfig_path)}
     options = {"prometheus_mode": "additional_scrape_config", "agent_operator_enabled": False}
 
-    proc = run_playbook(PLAYBOOKS / "install.yml", tmp_path, {"retina_become": False, **options},
-                        inventory=localhost_inventory(tmp_path), env=env)
+    proc = run_playbook(
+        PLAYBOOKS / "install.yml",
+        tmp_path,
+        {"retina_become": False, **options},
+        inventory=localhost_inventory(tmp_path),
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     patched = kube_emulator.objects("Prometheus", "monitoring")[0]
-    assert patched["spec"]["additionalScrapeConfigs"] == {"name": "retina-additional-scrape-configs",
-                                                          "key": "retina-scrape-configs.yaml"}
+    assert patched["spec"]["additionalScrapeConfigs"] == {
+        "name": "retina-additional-scrape-configs",
+        "key": "retina-scrape-configs.yaml",
+    }
     secrets = [s["metadata"]["name"] for s in kube_emulator.objects("Secret", "monitoring")]
     assert secrets == ["retina-additional-scrape-configs"]
     assert not kube_emulator.objects("Deployment", "retina-system"), "operator disabled, yet deployed"
@@ -110,16 +154,24 @@ def test_additional_scrape_config_mode_and_uninstall(kube_emulator: KubeEmulator
     assert "retina.sh/additional-scrape-configs" not in restored["metadata"].get("annotations", {})
 
 
-def test_prometheus_reading_another_secret_is_left_alone(kube_emulator: KubeEmulator,  # noqa: F811
-                                                         tmp_path: Path) -> None:
-    prometheus = {"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
-                  "metadata": {"name": "k8s", "namespace": "monitoring"},
-                  "spec": {"additionalScrapeConfigs": {"name": "team-jobs", "key": "jobs.yaml"}}}
+def test_prometheus_reading_another_secret_is_left_alone(
+    kube_emulator: KubeEmulator,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    prometheus = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "Prometheus",
+        "metadata": {"name": "k8s", "namespace": "monitoring"},
+        "spec": {"additionalScrapeConfigs": {"name": "team-jobs", "key": "jobs.yaml"}},
+    }
     kube_emulator.seed([PROMETHEUS_CRD, MONITORING_NS])
     kube_emulator.seed([prometheus])
-    proc = run_playbook(REPO / "tests" / "installer" / "playbooks" / "prometheus.yml", tmp_path,
-                        {"prometheus_mode": "additional_scrape_config"},
-                        env={"KUBECONFIG": str(kube_emulator.kubeconfig_path)})
+    proc = run_playbook(
+        REPO / "tests" / "installer" / "playbooks" / "prometheus.yml",
+        tmp_path,
+        {"prometheus_mode": "additional_scrape_config"},
+        env={"KUBECONFIG": str(kube_emulator.kubeconfig_path)},
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
     assert "team-jobs" in output and "prometheus_mode=helm_values" in output, output[-3000:]
@@ -129,9 +181,14 @@ def test_prometheus_reading_another_secret_is_left_alone(kube_emulator: KubeEmul
 
 def test_check_mode_changes_nothing(kube_emulator: KubeEmulator, tmp_path: Path) -> None:  # noqa: F811
     options = {"retina_become": False, "prometheus_helm_values_path": str(tmp_path / "values.yaml")}
-    proc = run_playbook(PLAYBOOKS / "install.yml", tmp_path, options,
-                        inventory=localhost_inventory(tmp_path), check=True,
-                        env={"KUBECONFIG": str(kube_emulator.kubeconfig_path)})
+    proc = run_playbook(
+        PLAYBOOKS / "install.yml",
+        tmp_path,
+        options,
+        inventory=localhost_inventory(tmp_path),
+        check=True,
+        env={"KUBECONFIG": str(kube_emulator.kubeconfig_path)},
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "would create ServiceAccount/retina-agent" in proc.stdout
     assert ours(kube_emulator) == []

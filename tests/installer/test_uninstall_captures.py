@@ -36,10 +36,15 @@ ROLE_VARS = Path(__file__).resolve().parents[2] / "collections/retina/roles/agen
 
 
 def capture(name: str) -> dict:
-    return {"apiVersion": "retina.sh/v1alpha1", "kind": "Capture",
-            "metadata": {"name": name, "namespace": "web"},
-            "spec": {"captureConfiguration": {"captureTarget": {"nodeNames": ["node-1", "node-2"]}},
-                     "outputConfiguration": {"hostPath": "incident"}}}
+    return {
+        "apiVersion": "retina.sh/v1alpha1",
+        "kind": "Capture",
+        "metadata": {"name": name, "namespace": "web"},
+        "spec": {
+            "captureConfiguration": {"captureTarget": {"nodeNames": ["node-1", "node-2"]}},
+            "outputConfiguration": {"hostPath": "incident"},
+        },
+    }
 
 
 def wait_for(predicate, what: str, timeout: float = 30):  # noqa: ANN001, ANN201
@@ -63,8 +68,14 @@ class OperatorPod:
         self.kube, self.name = kube, deployment["metadata"]["name"]
         self.log = log
         with log.open("w") as out:
-            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                command,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._done = threading.Event()
         self._reaper = threading.Thread(target=self._follow_deployment, daemon=True)
         self._reaper.start()
@@ -97,17 +108,28 @@ def installed(tmp_path: Path) -> Iterator[KubeEmulator]:
 
 
 def uninstall(kube: KubeEmulator, tmp_path: Path, **options: object) -> subprocess.CompletedProcess[str]:
-    return run_playbook(PLAYBOOKS / "uninstall.yml", tmp_path, dict(options),
-                        env={"KUBECONFIG": str(kube.kubeconfig_path)})
+    return run_playbook(
+        PLAYBOOKS / "uninstall.yml", tmp_path, dict(options), env={"KUBECONFIG": str(kube.kubeconfig_path)}
+    )
 
 
 def leftovers(kube: KubeEmulator) -> list[str]:
-    found = [f"CustomResourceDefinition/{c['metadata']['name']}"
-             for c in kube.objects("CustomResourceDefinition")]
-    for kind in ("ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Deployment", "DaemonSet",
-                 "Namespace"):
-        found += [f"{kind}/{o['metadata']['name']}" for o in kube.objects(kind)
-                  if (o["metadata"].get("labels") or {}).get(MANAGED) == "retina-installer"]
+    found = [
+        f"CustomResourceDefinition/{c['metadata']['name']}" for c in kube.objects("CustomResourceDefinition")
+    ]
+    for kind in (
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ServiceAccount",
+        "Deployment",
+        "DaemonSet",
+        "Namespace",
+    ):
+        found += [
+            f"{kind}/{o['metadata']['name']}"
+            for o in kube.objects(kind)
+            if (o["metadata"].get("labels") or {}).get(MANAGED) == "retina-installer"
+        ]
     return found + [f"Job/{j['metadata']['name']}" for j in kube.objects("Job")]
 
 
@@ -115,19 +137,26 @@ def test_the_role_knows_the_operators_finalizer() -> None:
     assert f"__agent_capture_finalizer: {FINALIZER}\n" in ROLE_VARS.read_text()
 
 
-def test_uninstall_lets_the_running_operator_release_captures_first(installed: KubeEmulator,
-                                                                     tmp_path: Path) -> None:
+def test_uninstall_lets_the_running_operator_release_captures_first(
+    installed: KubeEmulator, tmp_path: Path
+) -> None:
     kube = installed
     [deployment] = [o for o in rendered_agent_objects() if o["kind"] == "Deployment"]
     operator = OperatorPod(kube, deployment, tmp_path / "operator.log")
     try:
         user = kubernetes.config.new_client_from_config(config_file=str(capture_user_kubeconfig_for(kube)))
         custom = kubernetes.client.CustomObjectsApi(user)
-        custom.create_namespaced_custom_object("retina.sh", "v1alpha1", "web", "captures",
-                                               capture("incident"))
-        wait_for(lambda: len(kube.objects("Job", "web")) == 2
-                 and FINALIZER in kube.objects("Capture", "web")[0]["metadata"].get("finalizers", []),
-                 "the operator's Jobs and finalizer", 60)
+        custom.create_namespaced_custom_object(
+            "retina.sh", "v1alpha1", "web", "captures", capture("incident")
+        )
+        wait_for(
+            lambda: (
+                len(kube.objects("Job", "web")) == 2
+                and FINALIZER in kube.objects("Capture", "web")[0]["metadata"].get("finalizers", [])
+            ),
+            "the operator's Jobs and finalizer",
+            60,
+        )
 
         proc = uninstall(kube, tmp_path)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -139,19 +168,41 @@ def test_uninstall_lets_the_running_operator_release_captures_first(installed: K
     assert refusals_of(kube, OPERATOR_USER) == []
 
 
-def test_uninstall_without_a_running_operator_drops_its_finalizer(installed: KubeEmulator,
-                                                                   tmp_path: Path) -> None:
+def test_uninstall_without_a_running_operator_drops_its_finalizer(
+    installed: KubeEmulator, tmp_path: Path
+) -> None:
     """The operator crashed (or never ran): the Capture keeps its finalizer; uninstall waits for the
     timeout, removes the finalizer, and the Capture, its Job (owner reference) and the CRD go."""
     kube = installed
-    [stuck] = kube.seed([{**capture("stuck"), "metadata": {"name": "stuck", "namespace": "web",
-                                                            "finalizers": [FINALIZER]}}])
-    kube.seed([{"apiVersion": "batch/v1", "kind": "Job", "metadata": {
-        "name": "stuck-1", "namespace": "web", "ownerReferences": [{
-            "apiVersion": "retina.sh/v1alpha1", "kind": "Capture", "name": "stuck",
-            "uid": stuck["metadata"]["uid"], "controller": True}]},
-        "spec": {"template": {"spec": {"restartPolicy": "Never",
-                                       "containers": [{"name": "c", "image": "x"}]}}}}])
+    [stuck] = kube.seed(
+        [{**capture("stuck"), "metadata": {"name": "stuck", "namespace": "web", "finalizers": [FINALIZER]}}]
+    )
+    kube.seed(
+        [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {
+                    "name": "stuck-1",
+                    "namespace": "web",
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "retina.sh/v1alpha1",
+                            "kind": "Capture",
+                            "name": "stuck",
+                            "uid": stuck["metadata"]["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": {
+                    "template": {
+                        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}
+                    }
+                },
+            }
+        ]
+    )
     proc = uninstall(kube, tmp_path, agent_uninstall_capture_timeout=2)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "did not release 1 Capture(s) within 2s" in " ".join(proc.stdout.split())

@@ -29,8 +29,10 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, di
     if os.environ.get("RETINA_KERNEL_MATRIX") != "1":
         # Under TCG emulation the two guests need 20-30 minutes of bcc compiling on a quiet
         # 2-core machine (measured 887-1008 s each under load): more than CI's budget leaves.
-        pytest.skip("the kernel matrix boots Debian kernels under qemu for 20-30 minutes: "
-                    "RETINA_KERNEL_MATRIX=1 runs it here, scripts/kernel_matrix.sh runs every kernel")
+        pytest.skip(
+            "the kernel matrix boots Debian kernels under qemu for 20-30 minutes: "
+            "RETINA_KERNEL_MATRIX=1 runs it here, scripts/kernel_matrix.sh runs every kernel"
+        )
     missing = [
         t
         for t in ("qemu-system-x86_64", "debootstrap", "mke2fs", "debugfs", "depmod")

@@ -554,12 +554,21 @@ def test_rendered_agent_rbac_is_what_the_agent_gets(kube: KubeEmulator) -> None:
 
 def test_impersonation_needs_the_impersonate_verb(kube: KubeEmulator) -> None:
     """kubectl --as: the admin may (README's `kubectl auth can-i ... --as=` check); others may not."""
-    kube.apply([role("pod-reader", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}], "web"),
-                binding("jane", "Role", "pod-reader", [{"kind": "User", "name": "jane"}], "web")])
+    kube.apply(
+        [
+            role("pod-reader", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}], "web"),
+            binding("jane", "Role", "pod-reader", [{"kind": "User", "name": "jane"}], "web"),
+        ]
+    )
 
     def kubectl(kubeconfig: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), *argv],
-                              capture_output=True, text=True, timeout=30, check=False)
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(kubeconfig), *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
 
     admin = kube.kubeconfig_path
     assert kubectl(admin, "auth", "can-i", "list", "pods", "-n", "web", "--as=jane").stdout.strip() == "yes"
@@ -568,5 +577,7 @@ def test_impersonation_needs_the_impersonate_verb(kube: KubeEmulator) -> None:
     assert got.stdout.split() == ["pod/p1", "pod/p2"], got.stderr
     denied = kubectl(kube.kubeconfig_for_user("mallory"), "get", "pods", "-n", "web", "--as=jane")
     assert denied.returncode != 0
-    assert 'users "jane" is forbidden: User "mallory" cannot impersonate resource "users" in API group ""' \
+    assert (
+        'users "jane" is forbidden: User "mallory" cannot impersonate resource "users" in API group ""'
         in denied.stderr
+    )

@@ -17,32 +17,51 @@ from retina_lab.kube import KubeEmulator, label_selector_matches, strategic_merg
 from retina_lab.manifests import ManifestError, validate_manifest
 
 POD = {
-    "apiVersion": "v1", "kind": "Pod",
+    "apiVersion": "v1",
+    "kind": "Pod",
     "metadata": {"name": "web", "labels": {"app": "web", "tier": "front"}},
     "spec": {"nodeName": "node-1", "containers": [{"name": "web", "image": "nginx"}]},
 }
 
 CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "widgets.example.com"},
     "spec": {
-        "group": "example.com", "scope": "Namespaced",
+        "group": "example.com",
+        "scope": "Namespaced",
         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 0}}},
-                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-            }}},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {"size": {"type": "integer", "minimum": 0}},
+                            },
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
 
 def pod(name: str, node: str, ns: str = "default", **labels: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+    }
 
 
 def test_crud_with_resource_versions(kube_api_client) -> None:
@@ -60,9 +79,14 @@ def test_crud_with_resource_versions(kube_api_client) -> None:
     assert exc.value.status == 404 and "nowhere" in exc.value.body
 
     # Strategic merge keeps the existing container and adds one.
-    patched = core.patch_namespaced_pod("web", "default", {
-        "metadata": {"labels": {"tier": None, "version": "2"}},
-        "spec": {"containers": [{"name": "sidecar", "image": "envoy"}]}})
+    patched = core.patch_namespaced_pod(
+        "web",
+        "default",
+        {
+            "metadata": {"labels": {"tier": None, "version": "2"}},
+            "spec": {"containers": [{"name": "sidecar", "image": "envoy"}]},
+        },
+    )
     assert patched.metadata.labels == {"app": "web", "version": "2"}
     assert [c.name for c in patched.spec.containers] == ["web", "sidecar"]
     assert int(patched.metadata.resource_version) > int(created.metadata.resource_version)
@@ -83,9 +107,15 @@ def test_crud_with_resource_versions(kube_api_client) -> None:
 
 
 def test_label_and_field_selectors(kube_emulator, kube_api_client) -> None:
-    kube_emulator.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}},
-                        pod("a", "node-1", app="web"), pod("b", "node-2", app="web"),
-                        pod("c", "node-1", "other", app="db"), pod("d", "node-1", "other")])
+    kube_emulator.seed(
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}},
+            pod("a", "node-1", app="web"),
+            pod("b", "node-2", app="web"),
+            pod("c", "node-1", "other", app="db"),
+            pod("d", "node-1", "other"),
+        ]
+    )
     core = kubernetes.client.CoreV1Api(kube_api_client)
 
     def names(result) -> list[str]:
@@ -95,17 +125,27 @@ def test_label_and_field_selectors(kube_emulator, kube_api_client) -> None:
     assert names(core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node-1")) == ["a", "c", "d"]
     assert names(core.list_pod_for_all_namespaces(label_selector="app in (web,db),app!=web")) == ["c"]
     assert names(core.list_pod_for_all_namespaces(label_selector="!app")) == ["d"]
-    assert names(core.list_pod_for_all_namespaces(
-        label_selector="app", field_selector="spec.nodeName=node-1,metadata.namespace=default")) == ["a"]
+    assert names(
+        core.list_pod_for_all_namespaces(
+            label_selector="app", field_selector="spec.nodeName=node-1,metadata.namespace=default"
+        )
+    ) == ["a"]
     assert label_selector_matches("x notin (1,2),y", {"x": "3", "y": ""})
 
 
 def test_status_subresource(kube_api_client) -> None:
     batch = kubernetes.client.BatchV1Api(kube_api_client)
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
-           "spec": {"template": {"spec": {"restartPolicy": "Never",
-                                          "containers": [{"name": "c", "image": "busybox"}]}}},
-           "status": {"succeeded": 5}}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {
+            "template": {
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}
+            }
+        },
+        "status": {"succeeded": 5},
+    }
     assert batch.create_namespaced_job("default", job).status is None  # status is dropped on create
     batch.patch_namespaced_job("j", "default", {"status": {"active": 1}})  # ignored on main resource
     assert batch.read_namespaced_job("j", "default").status is None
@@ -125,9 +165,12 @@ def test_watch_resume_and_gone(kube_emulator, kube_api_client) -> None:
 
     def events(rv: str, **kw) -> list[tuple[str, str]]:
         w = kubernetes.watch.Watch()
-        got = [(e["type"], e["object"].metadata.labels.get("app"))
-               for e in w.stream(core.list_namespaced_pod, "default", resource_version=rv,
-                                 timeout_seconds=1, **kw)]
+        got = [
+            (e["type"], e["object"].metadata.labels.get("app"))
+            for e in w.stream(
+                core.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=1, **kw
+            )
+        ]
         return got
 
     assert events(start) == [("ADDED", "x"), ("MODIFIED", "y"), ("DELETED", "y")]
@@ -187,16 +230,21 @@ def test_crd_custom_resources_and_discovery(kube_emulator, kube_api_client) -> N
     ext = kubernetes.client.ApiextensionsV1Api(kube_api_client)
     custom = kubernetes.client.CustomObjectsApi(kube_api_client)
     ext.create_custom_resource_definition(CRD)
-    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
-              "spec": {"size": 3}}
+    widget = {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w"},
+        "spec": {"size": 3},
+    }
     custom.create_namespaced_custom_object("example.com", "v1", "default", "widgets", widget)
     bad = {**widget, "metadata": {"name": "bad"}, "spec": {"size": -1}}
     with pytest.raises(ApiException) as exc:
         custom.create_namespaced_custom_object("example.com", "v1", "default", "widgets", bad)
     assert exc.value.status == 422 and "spec.size" in exc.value.body
 
-    custom.patch_namespaced_custom_object_status("example.com", "v1", "default", "widgets", "w",
-                                                 {"status": {"phase": "Ready"}})
+    custom.patch_namespaced_custom_object_status(
+        "example.com", "v1", "default", "widgets", "w", {"status": {"phase": "Ready"}}
+    )
     dyn = DynamicClient(kube_api_client)
     widgets = dyn.resources.get(api_version="example.com/v1", kind="Widget")
     got = widgets.get(namespace="default", name="w")
@@ -205,10 +253,16 @@ def test_crd_custom_resources_and_discovery(kube_emulator, kube_api_client) -> N
     assert jobs.namespaced and jobs.get(namespace="default").items == []
 
     # Strategic merge is refused for custom resources, as by the real API server.
-    response = requests.patch(f"{kube_emulator.url}/apis/example.com/v1/namespaces/default/widgets/w",
-                              json={"spec": {"size": 4}}, timeout=5, verify=str(kube_emulator.ca_path),
-                              headers={"Content-Type": "application/strategic-merge-patch+json",
-                                       "Authorization": f"Bearer {kube_emulator.token}"})
+    response = requests.patch(
+        f"{kube_emulator.url}/apis/example.com/v1/namespaces/default/widgets/w",
+        json={"spec": {"size": 4}},
+        timeout=5,
+        verify=str(kube_emulator.ca_path),
+        headers={
+            "Content-Type": "application/strategic-merge-patch+json",
+            "Authorization": f"Bearer {kube_emulator.token}",
+        },
+    )
     assert response.status_code == 415
 
     ext.delete_custom_resource_definition("widgets.example.com")
@@ -220,8 +274,17 @@ def test_crd_custom_resources_and_discovery(kube_emulator, kube_api_client) -> N
 def test_owner_references_are_garbage_collected(kube_api_client) -> None:
     core = kubernetes.client.CoreV1Api(kube_api_client)
     owner = core.create_namespaced_config_map("default", {"metadata": {"name": "owner"}})
-    core.create_namespaced_secret("default", {"metadata": {"name": "child", "ownerReferences": [
-        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}]}})
+    core.create_namespaced_secret(
+        "default",
+        {
+            "metadata": {
+                "name": "child",
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+                ],
+            }
+        },
+    )
     core.delete_namespaced_config_map("owner", "default")
     assert [s.metadata.name for s in core.list_namespaced_secret("default").items] == []
 
@@ -240,24 +303,42 @@ def test_finalizers_delay_deletion(kube_api_client) -> None:
 def test_strategic_merge_patch_by_key() -> None:
     merged = strategic_merge_patch(
         {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
-        {"env": [{"name": "B", "value": "3"}, {"name": "A", "$patch": "delete"}]})
+        {"env": [{"name": "B", "value": "3"}, {"name": "A", "$patch": "delete"}]},
+    )
     assert merged == {"env": [{"name": "B", "value": "3"}]}
 
 
 def test_manifest_validation() -> None:
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
-           "spec": {"backoffLimit": 0, "template": {"spec": {
-               "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}
+            },
+        },
+    }
     validate_manifest(job)
     job["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"capabilitiez": {}}
     with pytest.raises(ManifestError) as exc:
         validate_manifest(job)
     assert "capabilitiez" in str(exc.value) and "1.28" in str(exc.value) and "1.31" in str(exc.value)
-    validate_manifest({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
-                       "spec": {"size": 1}}, crds=[CRD])
+    validate_manifest(
+        {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 1}},
+        crds=[CRD],
+    )
     with pytest.raises(ManifestError, match=r"spec\.size"):
-        validate_manifest({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
-                           "spec": {"size": "big"}}, crds=[CRD])
+        validate_manifest(
+            {
+                "apiVersion": "example.com/v1",
+                "kind": "Widget",
+                "metadata": {"name": "w"},
+                "spec": {"size": "big"},
+            },
+            crds=[CRD],
+        )
 
 
 def test_emulator_standalone_context_manager() -> None:
@@ -282,21 +363,31 @@ def test_ansible_kubernetes_core_k8s_works_against_it(kube_emulator, tmp_path) -
     task = "    - kubernetes.core.k8s: {{kubeconfig: {kc}, state: present, {what}}}\n      register: r{n}\n"
     kc = kube_emulator.kubeconfig_path
     play = tmp_path / "play.yml"
-    play.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-                    + task.format(kc=kc, what=f"src: {crd_file}", n=1)
-                    + task.format(kc=kc, what="definition: " + cm.replace("VALUE", "1"), n=2)
-                    + task.format(kc=kc, what="definition: " + cm.replace("VALUE", "1"), n=3)
-                    + task.format(kc=kc, what="definition: " + cm.replace("VALUE", "2"), n=4)
-                    + "    - assert: {that: [r1.changed, r2.changed, not r3.changed, r4.changed]}\n")
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        + task.format(kc=kc, what=f"src: {crd_file}", n=1)
+        + task.format(kc=kc, what="definition: " + cm.replace("VALUE", "1"), n=2)
+        + task.format(kc=kc, what="definition: " + cm.replace("VALUE", "1"), n=3)
+        + task.format(kc=kc, what="definition: " + cm.replace("VALUE", "2"), n=4)
+        + "    - assert: {that: [r1.changed, r2.changed, not r3.changed, r4.changed]}\n"
+    )
     bindir = Path(sys.executable).parent
-    proc = subprocess.run([str(bindir / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play)],
-                          capture_output=True, text=True, timeout=300,
-                          env={"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path),
-                               "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
+    proc = subprocess.run(
+        [str(bindir / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "PATH": f"{bindir}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        },
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert [o["data"] for o in kube_emulator.objects("ConfigMap", "default")] == [{"a": "2"}]
     assert [o["metadata"]["name"] for o in kube_emulator.objects("CustomResourceDefinition")] == [
-        "captures.retina.sh"]
+        "captures.retina.sh"
+    ]
 
 
 def test_crd_stays_terminating_while_an_instance_has_a_finalizer(kube_emulator, kube_api_client) -> None:
@@ -304,9 +395,18 @@ def test_crd_stays_terminating_while_an_instance_has_a_finalizer(kube_emulator, 
     custom = kubernetes.client.CustomObjectsApi(kube_api_client)
     ext.create_custom_resource_definition(CRD)
     for name, finalizers in (("held", ["example.com/cleanup"]), ("free", [])):
-        custom.create_namespaced_custom_object("example.com", "v1", "default", "widgets", {
-            "apiVersion": "example.com/v1", "kind": "Widget",
-            "metadata": {"name": name, "finalizers": finalizers}, "spec": {"size": 1}})
+        custom.create_namespaced_custom_object(
+            "example.com",
+            "v1",
+            "default",
+            "widgets",
+            {
+                "apiVersion": "example.com/v1",
+                "kind": "Widget",
+                "metadata": {"name": name, "finalizers": finalizers},
+                "spec": {"size": 1},
+            },
+        )
 
     ext.delete_custom_resource_definition("widgets.example.com")
     crd = ext.read_custom_resource_definition("widgets.example.com")
@@ -317,13 +417,19 @@ def test_crd_stays_terminating_while_an_instance_has_a_finalizer(kube_emulator, 
     [held] = custom.list_namespaced_custom_object("example.com", "v1", "default", "widgets")["items"]
     assert held["metadata"]["name"] == "held" and held["metadata"]["deletionTimestamp"]
     with pytest.raises(ApiException) as exc:
-        custom.create_namespaced_custom_object("example.com", "v1", "default", "widgets", {
-            "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "late"}})
+        custom.create_namespaced_custom_object(
+            "example.com",
+            "v1",
+            "default",
+            "widgets",
+            {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "late"}},
+        )
     assert exc.value.status == 405 and "terminating" in exc.value.body
 
     # The finalizer's owner lets go: the instance goes, and with the last instance the CRD.
-    custom.patch_namespaced_custom_object("example.com", "v1", "default", "widgets", "held",
-                                          {"metadata": {"finalizers": None}})
+    custom.patch_namespaced_custom_object(
+        "example.com", "v1", "default", "widgets", "held", {"metadata": {"finalizers": None}}
+    )
     with pytest.raises(ApiException) as exc:
         ext.read_custom_resource_definition("widgets.example.com")
     assert exc.value.status == 404
@@ -349,4 +455,5 @@ def test_subresource_handlers_are_served_after_rbac(kube_emulator, kube_api_clie
     assert exc.value.status == 403
     assert json.loads(exc.value.body)["message"] == (
         'pods "web" is forbidden: User "x" cannot get resource "pods/log" in API group "" '
-        'in the namespace "default"')
+        'in the namespace "default"'
+    )

@@ -23,7 +23,8 @@ PRECEDENCE_DOC = (kubeconfig.EXPLICIT, kubeconfig.KUBECONFIG_ENV, kubeconfig.IN_
 
 def whoami(client: kubernetes.client.ApiClient) -> str:
     review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    )
     return review.status.user_info.username
 
 
@@ -46,8 +47,15 @@ def chosen_by_every_component(explicit: Path | None) -> set[str]:
 def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An emulator and four ways to reach it, each as another identity; none active yet."""
     with KubeEmulator(workdir=tmp_path / "kube", namespaces=("default", "pods-ns")) as kube:
-        kube.seed([{"apiVersion": "v1", "kind": "ServiceAccount",
-                    "metadata": {"name": "in-pod", "namespace": "pods-ns"}}])
+        kube.seed(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "in-pod", "namespace": "pods-ns"},
+                }
+            ]
+        )
         explicit = kube.kubeconfig_for_user("from-explicit", path=tmp_path / "explicit")
         env_file = kube.kubeconfig_for_user("from-env", path=tmp_path / "env", namespace="env-ns")
         home = tmp_path / "home"
@@ -67,8 +75,14 @@ def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
             monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(kube.port))
 
-        yield {"explicit": explicit, "env": env_file, "in_cluster": in_cluster, "home": home,
-               "monkeypatch": monkeypatch, "tmp": tmp_path}
+        yield {
+            "explicit": explicit,
+            "env": env_file,
+            "in_cluster": in_cluster,
+            "home": home,
+            "monkeypatch": monkeypatch,
+            "tmp": tmp_path,
+        }
 
 
 def test_the_order_is_explicit_env_in_cluster_home(sources) -> None:

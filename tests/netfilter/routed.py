@@ -51,8 +51,7 @@ class RoutedNode:
         run(["ip", "netns", "add", netns])
         pod = LabPod(name=name, netns=netns, ip=ip, ip6="", host_veth=veth)
         self.pods[name] = pod
-        self.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-                  "netns", netns])
+        self.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
         self.run(["ip", "link", "set", veth, "up"])
         self.run(["sysctl", "-qw", f"net.ipv4.conf.{veth}.proxy_arp=1"])
         self.run(["sysctl", "-qw", f"net.ipv4.neigh.{veth}.proxy_delay=0"])
@@ -75,8 +74,13 @@ class RoutedNode:
 
     def restore(self, tool: str, text: str) -> None:
         """Load rules with ``iptables-legacy-restore``/``iptables-nft-restore --noflush``."""
-        done = subprocess.run(["ip", "netns", "exec", self.netns, tool, "--noflush"],
-                              input=text, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.netns, tool, "--noflush"],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{tool} failed: {done.stderr}\n{text}")
 

@@ -81,29 +81,30 @@ COMMIT
 
 def _calico_from_workload(chain: str, profile: str) -> str:
     h = chain[-6:]
-    return "\n".join([
-        f'-A {chain} -m comment --comment "cali:fC{h}ct01" -m conntrack --ctstate '
-        "RELATED,ESTABLISHED -j ACCEPT",
-        f'-A {chain} -m comment --comment "cali:fI{h}inv1" -m conntrack --ctstate INVALID -j DROP',
-        f'-A {chain} -m comment --comment "cali:fM{h}clr0" -j MARK --set-xmark 0x0/0x10000',
-        f'-A {chain} -p udp -m comment --comment "cali:fV{h}vxl1" -m comment --comment '
-        '"Drop VXLAN encapped packets originating in workloads" -m multiport --dports 4789 -j DROP',
-        f'-A {chain} -p ipencap -m comment --comment "cali:fP{h}ipp1" -m comment --comment '
-        '"Drop IPinIP encapped packets originating in workloads" -j DROP',
-        f'-A {chain} -m comment --comment "cali:fJ{h}prf1" -j cali-pro-{profile}',
-        f'-A {chain} -m comment --comment "cali:fR{h}racc" -m comment --comment '
-        '"Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN',
-        f'-A {chain} -m comment --comment "cali:fD{h}rdrp" -m comment --comment '
-        '"Drop if no profiles matched" -j DROP',
-    ])
+    return "\n".join(
+        [
+            f'-A {chain} -m comment --comment "cali:fC{h}ct01" -m conntrack --ctstate '
+            "RELATED,ESTABLISHED -j ACCEPT",
+            f'-A {chain} -m comment --comment "cali:fI{h}inv1" -m conntrack --ctstate INVALID -j DROP',
+            f'-A {chain} -m comment --comment "cali:fM{h}clr0" -j MARK --set-xmark 0x0/0x10000',
+            f'-A {chain} -p udp -m comment --comment "cali:fV{h}vxl1" -m comment --comment '
+            '"Drop VXLAN encapped packets originating in workloads" -m multiport --dports 4789 -j DROP',
+            f'-A {chain} -p ipencap -m comment --comment "cali:fP{h}ipp1" -m comment --comment '
+            '"Drop IPinIP encapped packets originating in workloads" -j DROP',
+            f'-A {chain} -m comment --comment "cali:fJ{h}prf1" -j cali-pro-{profile}',
+            f'-A {chain} -m comment --comment "cali:fR{h}racc" -m comment --comment '
+            '"Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN',
+            f'-A {chain} -m comment --comment "cali:fD{h}rdrp" -m comment --comment '
+            '"Drop if no profiles matched" -j DROP',
+        ]
+    )
 
 
 def _calico_to_workload(chain: str, policy_chain: str | None, profile: str) -> str:
     rules = [
         f'-A {chain} -m comment --comment "cali:aX{chain[-6:]}0ct1" -m conntrack --ctstate '
         "RELATED,ESTABLISHED -j ACCEPT",
-        f'-A {chain} -m comment --comment "cali:iN{chain[-6:]}va1d" -m conntrack --ctstate '
-        "INVALID -j DROP",
+        f'-A {chain} -m comment --comment "cali:iN{chain[-6:]}va1d" -m conntrack --ctstate INVALID -j DROP',
         f'-A {chain} -m comment --comment "cali:mK{chain[-6:]}c1r0" -j MARK --set-xmark 0x0/0x10000',
     ]
     if policy_chain:
@@ -139,8 +140,10 @@ def kube_router(node: RoutedNode, policy_namespace: str, policy: str, pod: str) 
     node.ipset(KR_SRC_SET, f"{c.ip}/32")
     node.ipset(KR_DST_SET, f"{b.ip}/32")
     who = f"POD name:{pod} namespace: {policy_namespace}"
-    accept = (f"rule to ACCEPT traffic from source pods to dest pods selected by policy name "
-              f"{policy} namespace {policy_namespace}")
+    accept = (
+        f"rule to ACCEPT traffic from source pods to dest pods selected by policy name "
+        f"{policy} namespace {policy_namespace}"
+    )
     return f"""*filter
 :KUBE-ROUTER-FORWARD - [0:0]
 :KUBE-ROUTER-INPUT - [0:0]

@@ -15,21 +15,27 @@ COUNT = "networkobservability_netfilter_drop_count"
 
 def test_agent_serves_named_drops_of_a_selected_namespace(node):  # noqa: F811
     node.restore("iptables-nft-restore", rulesets.calico(node, "data", "allow-api-only"))
-    config = {"enabledPlugin": ["netfilter"],
-              "plugins": {"netfilter": {"namespaces": [node.netns, "/run/netns/absent-i15"]}}}
+    config = {
+        "enabledPlugin": ["netfilter"],
+        "plugins": {"netfilter": {"namespaces": [node.netns, "/run/netns/absent-i15"]}},
+    }
     with AgentProcess(config) as agent:
         m = agent.scrape()
         assert not m.has(COUNT) or m.value(COUNT) == 0  # only rules that dropped something
         send_udp(node["a"], node["b"].ip, 7310, 33)
-        want = {"netns": node.netns, "table": "ip filter",
-                "chain": f"cali-tw-{node['b'].host_veth}", "owner": "calico",
-                "policy": "allow-api-only", "policy_namespace": "data"}
+        want = {
+            "netns": node.netns,
+            "table": "ip filter",
+            "chain": f"cali-tw-{node['b'].host_veth}",
+            "owner": "calico",
+            "policy": "allow-api-only",
+            "policy_namespace": "data",
+        }
         m = agent.scrape_until(lambda m: m.value(COUNT, **want) >= 33, timeout=20)
         assert m.value(COUNT, **want) == 33, m.series(COUNT)
         assert m.value("networkobservability_netfilter_drop_bytes", **want) == 33 * UDP_LEN
         assert len(m.series(COUNT)) == 1
-        assert m.value("networkobservability_netfilter_rules", netns=node.netns,
-                       backend="iptables-nft") > 50
+        assert m.value("networkobservability_netfilter_rules", netns=node.netns, backend="iptables-nft") > 50
         status = m.series("controlplane_networkobservability_plugin_status")
         assert {"plugin": "netfilter", "state": "running", "reason": ""} in status
         assert "absent-i15" in agent.log()  # the missing namespace is reported, once

@@ -38,8 +38,7 @@ def nonzero(counters: dict[DropKey, list[int]]) -> dict[DropKey, list[int]]:
 
 @pytest.mark.parametrize("backend", ["iptables-legacy", "iptables-nft"])
 def test_calico_policy_drop_names_the_network_policy(node, backend):
-    node.restore(f"{backend}-restore",
-                 rulesets.calico(node, "data", "allow-api-only"))
+    node.restore(f"{backend}-restore", rulesets.calico(node, "data", "allow-api-only"))
     sink = udp_sink(node["b"], 7300)
     try:
         send_udp(node["a"], node["b"].ip, 7300, 40)  # web -> db: not allowed
@@ -78,19 +77,20 @@ def test_calico_idle_drop_rules_are_listed_with_zero(node):
     assert {k.owner for k in counters} == {"calico"}
     named = [k for k in counters if k.policy]
     assert [(k.chain, k.policy, k.policy_namespace) for k in named] == [
-        (f"cali-tw-{node['b'].host_veth}", "allow-api-only", "data")]
+        (f"cali-tw-{node['b'].host_veth}", "allow-api-only", "data")
+    ]
 
 
 def test_kube_router_reject_names_policy_and_pod_namespace(node):
-    node.restore("iptables-nft-restore",
-                 rulesets.kube_router(node, "data", "allow-api-only", "db-0"))
+    node.restore("iptables-nft-restore", rulesets.kube_router(node, "data", "allow-api-only", "db-0"))
     send_udp(node["a"], node["b"].ip, 7301, 25)
     counted = nonzero(read(node))
     [(key, value)] = counted.items()
     assert (key.chain, key.owner) == (rulesets.KR_POD_FW, "kube-router")
     assert (key.policy, key.policy_namespace) == ("allow-api-only", "data")
-    assert key.rule.startswith('-m comment --comment "rule to REJECT traffic destined for '
-                               'POD name:db-0 namespace: data"')
+    assert key.rule.startswith(
+        '-m comment --comment "rule to REJECT traffic destined for POD name:db-0 namespace: data"'
+    )
     assert value == [25, 25 * UDP_LEN]
 
 
@@ -99,8 +99,7 @@ def test_kube_proxy_reject_names_the_service(node):
     # The node routes the Service range somewhere real (pod c), as a node's default route
     # would: without a route the packet would die before FORWARD.
     node.run(["ip", "route", "add", "10.96.0.0/12", "dev", node["c"].host_veth])
-    node.restore("iptables-legacy-restore",
-                 rulesets.kube_proxy(cluster_ip, "data", "db", "pg", 5432))
+    node.restore("iptables-legacy-restore", rulesets.kube_proxy(cluster_ip, "data", "db", "pg", 5432))
     refused = 0
     with node["a"].entered():
         for _ in range(6):
@@ -113,7 +112,11 @@ def test_kube_proxy_reject_names_the_service(node):
     assert refused == 6
     [(key, (packets, nbytes))] = nonzero(read(node)).items()
     assert (key.chain, key.owner, key.policy, key.policy_namespace) == (
-        "KUBE-SERVICES", "kube-proxy", "db:pg", "data")
+        "KUBE-SERVICES",
+        "kube-proxy",
+        "db:pg",
+        "data",
+    )
     assert packets == 6 and nbytes == 6 * 60  # one SYN each (20 IP + 40 TCP with options)
 
 
@@ -131,8 +134,13 @@ table inet rtest {{
   }}
 }}
 """
-    subprocess.run(["ip", "netns", "exec", node.netns, "nft", "-f", "-"], input=script,
-                   text=True, check=True, capture_output=True)
+    subprocess.run(
+        ["ip", "netns", "exec", node.netns, "nft", "-f", "-"],
+        input=script,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     send_udp(node["a"], b.ip, 7302, 12)
     send_udp(node["a"], b.ip, 7303, 5)
     ruleset = reader.read_netns(node.path)
@@ -158,6 +166,7 @@ def test_rule_spec_tokens_follow_iptables_save_quoting():
 
     target, comments, goto = parse_rule_spec(
         r'-p tcp -m comment --comment "say \"hi\" -j ACCEPT" -m tcp --dport 5 -j REJECT '
-        "--reject-with icmp-port-unreachable")
+        "--reject-with icmp-port-unreachable"
+    )
     assert (target, comments, goto) == ("REJECT", ['say "hi" -j ACCEPT'], False)
     assert parse_rule_spec("-i cali+ -g cali-fw-x") == ("cali-fw-x", [], True)

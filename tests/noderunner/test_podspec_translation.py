@@ -195,8 +195,12 @@ def test_scheduler_filter_honours_selector_affinity_and_taints() -> None:
 def test_command_and_args_expand_env_references_as_the_kubelet_does() -> None:
     """``$(VAR)`` in command/args comes from the container's env (the agent DaemonSet binds
     ``--bind-address $(NODE_IP)``); ``$$`` escapes, an undefined reference stays as written."""
-    container = {"name": "c", "image": "img", "command": ["agent", "--bind-address", "$(NODE_IP)"],
-                 "args": ["$$(NODE_IP)", "$(UNSET)", "x$(NODE_IP)y"]}
+    container = {
+        "name": "c",
+        "image": "img",
+        "command": ["agent", "--bind-address", "$(NODE_IP)"],
+        "args": ["$$(NODE_IP)", "$(UNSET)", "x$(NODE_IP)y"],
+    }
     argv = podman_run_argv({"hostNetwork": True}, container, name="n", env={"NODE_IP": "10.1.2.3"})
     entrypoint = json.loads(argv[argv.index("--entrypoint") + 1])
     assert entrypoint == ["agent", "--bind-address", "10.1.2.3"]

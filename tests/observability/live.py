@@ -21,13 +21,17 @@ RULES = REPO / "deploy" / "prometheus" / "retina-alerts.rules.yml"
 
 
 def all_panel_queries() -> list[PanelQuery]:
-    return [q for path in sorted(build.DEFAULT_DIR.glob("*.json"))
-            for q in panel_queries(json.loads(path.read_text()))]
+    return [
+        q
+        for path in sorted(build.DEFAULT_DIR.glob("*.json"))
+        for q in panel_queries(json.loads(path.read_text()))
+    ]
 
 
 def dashboards(pod_level: bool) -> list[Path]:
     """Dashboard files whose node variable reads adv_* metrics (``pod_level``) or basic ones."""
     from retina_dashboards.queries import variable_selector
+
     found = []
     for path in sorted(build.DEFAULT_DIR.glob("*.json")):
         variables = {v["name"]: v for v in json.loads(path.read_text())["templating"]["list"]}
@@ -53,12 +57,13 @@ def prometheus_for(agent: AgentProcess) -> Iterator[PrometheusServer]:
     """A Prometheus scraping ``agent`` every second with the alert rules loaded."""
     with PrometheusServer([f"127.0.0.1:{agent.port}"], rule_files=[str(RULES)]) as prom:
         # the first scrape comes ~10 s after start (discovery throttle)
-        wait_for(lambda: prom.query('up == 1'), 60, message="Prometheus' first scrape of the agent")
+        wait_for(lambda: prom.query("up == 1"), 60, message="Prometheus' first scrape of the agent")
         yield prom
 
 
-def returns_series(prom: PrometheusServer, expr: str, timeout: float,
-                   values: dict[str, str] | None = None) -> list[dict]:
+def returns_series(
+    prom: PrometheusServer, expr: str, timeout: float, values: dict[str, str] | None = None
+) -> list[dict]:
     """Poll until the substituted ``expr`` returns at least one series; [] at the deadline."""
     promql = substitute(expr, values)
     assert "$" not in promql, f"unsubstituted variable in {promql}"

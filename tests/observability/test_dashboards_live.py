@@ -35,11 +35,16 @@ NODE_QUERIES = [q for q in all_panel_queries() if not q.pod_level]
 #: Rules whose expression returns series on the lab node under the workload's drops and NXDOMAINs.
 FIRE_IN_LAB = {"RetinaNodeDropsRising", "RetinaDNSErrorRatioHigh"}
 #: Rules that watch for trouble a healthy node does not have: valid, and empty here.
-QUIET_ON_HEALTHY_NODE = {"RetinaAgentDown", "RetinaAgentAbsent", "RetinaPluginUnavailable",
-                         "RetinaLostEvents", "RetinaSeriesCapReached", "RetinaHarvestFailures"}
+QUIET_ON_HEALTHY_NODE = {
+    "RetinaAgentDown",
+    "RetinaAgentAbsent",
+    "RetinaPluginUnavailable",
+    "RetinaLostEvents",
+    "RetinaSeriesCapReached",
+    "RetinaHarvestFailures",
+}
 #: Rules over adv_* metrics: test_pod_dashboards_live.py.
-POD_LEVEL_RULES = {"RetinaNamespaceDropsRising", "RetinaAPIServerLatencyHigh",
-                   "RetinaAPIServerNoResponse"}
+POD_LEVEL_RULES = {"RetinaNamespaceDropsRising", "RetinaAPIServerLatencyHigh", "RetinaAPIServerNoResponse"}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +59,11 @@ def live():
         with prometheus_for(agent) as prom, LabWorkload(node) as workload:
             # rate() needs two samples of a moving series: wait for DNS latency to move
             try:
-                wait_for(lambda: prom.query(
-                    "rate(networkobservability_dns_latency_seconds_count[1m]) > 0"), 60,
-                    message="DNS traffic in Prometheus")
+                wait_for(
+                    lambda: prom.query("rate(networkobservability_dns_latency_seconds_count[1m]) > 0"),
+                    60,
+                    message="DNS traffic in Prometheus",
+                )
             except TimeoutError as exc:
                 raise AssertionError(f"{exc}\n{diagnose(agent, workload)}") from exc
             yield prom, workload
@@ -70,12 +77,14 @@ def attached(agent, node) -> bool:
 
 def diagnose(agent, workload) -> str:
     m = agent.scrape()
-    return (f"workload ticks={workload.ticks} dns_ok={workload.dns_ok} "
-            f"nxdomain={workload.dns_nxdomain} errors={workload.errors[-3:]}\n"
-            f"agent: dns_request_count={m.value('networkobservability_dns_request_count')} "
-            f"dns_latency_count={m.value('networkobservability_dns_latency_seconds_count')} "
-            f"forward_count={m.value('networkobservability_forward_count')}\n"
-            f"TC filters: {our_tc_filters()}\nagent log tail:\n{agent.log()[-2000:]}")
+    return (
+        f"workload ticks={workload.ticks} dns_ok={workload.dns_ok} "
+        f"nxdomain={workload.dns_nxdomain} errors={workload.errors[-3:]}\n"
+        f"agent: dns_request_count={m.value('networkobservability_dns_request_count')} "
+        f"dns_latency_count={m.value('networkobservability_dns_latency_seconds_count')} "
+        f"forward_count={m.value('networkobservability_forward_count')}\n"
+        f"TC filters: {our_tc_filters()}\nagent log tail:\n{agent.log()[-2000:]}"
+    )
 
 
 def test_every_rule_is_classified():
@@ -92,8 +101,9 @@ def test_panel_query_returns_series(live, q):
     assert result, f"{q.name}: no series for {substitute(q.expr)}"
 
 
-@pytest.mark.parametrize("rule", [r for r in rules() if r["alert"] not in POD_LEVEL_RULES],
-                         ids=lambda r: r["alert"])
+@pytest.mark.parametrize(
+    "rule", [r for r in rules() if r["alert"] not in POD_LEVEL_RULES], ids=lambda r: r["alert"]
+)
 def test_rule_expression_on_the_lab_node(live, rule):
     prom, _ = live
     if rule["alert"] in QUIET_ON_HEALTHY_NODE:
@@ -109,16 +119,25 @@ def test_prometheus_loaded_the_rules_and_evaluates_them_without_error(live):
 
     def evaluated():
         found = [r for g in api(prom, "/api/v1/rules")["groups"] for r in g["rules"]]
-        return found if all(r.get("lastEvaluation", "").startswith("2") and
-                            not r["lastEvaluation"].startswith("0001") for r in found) else None
+        return (
+            found
+            if all(
+                r.get("lastEvaluation", "").startswith("2") and not r["lastEvaluation"].startswith("0001")
+                for r in found
+            )
+            else None
+        )
+
     found = wait_for(evaluated, 30, message="every rule evaluated once")
     assert {r["name"] for r in found} == {r["alert"] for r in rules()}
-    assert all(r["health"] == "ok" for r in found), [(r["name"], r.get("lastError"))
-                                                     for r in found if r["health"] != "ok"]
+    assert all(r["health"] == "ok" for r in found), [
+        (r["name"], r.get("lastError")) for r in found if r["health"] != "ok"
+    ]
 
     def active():
         alerts = api(prom, "/api/v1/alerts")["alerts"]
         return {a["labels"]["alertname"] for a in alerts} >= FIRE_IN_LAB
+
     wait_for(active, 60, message=f"alerts {FIRE_IN_LAB} pending or firing")
 
 
@@ -130,6 +149,7 @@ def test_node_variable_lists_the_lab_node_and_cluster_may_be_absent(live, path):
     def values(var: str) -> list[str]:
         sel, lab = variable_selector(variables[var])
         return api(prom, f"/api/v1/label/{lab}/values", **{"match[]": substitute(sel)})
+
     assert wait_for(lambda: values("node"), 30, message="node values") == ["lab-node"]
     assert values("cluster") == []  # no cluster label here: the variable offers only All (.*)
 
@@ -144,13 +164,17 @@ def test_choosing_a_node_filters_the_panels(live):
 def test_render_script_draws_every_dashboard_from_the_live_prometheus(live, tmp_path):
     prom, _ = live
     script = build.REPO / "scripts" / "render_dashboards.py"
-    result = subprocess.run([sys.executable, str(script), "--prometheus", prom.url,
-                             "--out", str(tmp_path), "--minutes", "1"],
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, str(script), "--prometheus", prom.url, "--out", str(tmp_path), "--minutes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     pictures = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pictures == sorted(f"{json.loads(p.read_text())['uid']}.png"
-                              for p in build.DEFAULT_DIR.glob("*.json"))
+    assert pictures == sorted(
+        f"{json.loads(p.read_text())['uid']}.png" for p in build.DEFAULT_DIR.glob("*.json")
+    )
     for picture in tmp_path.glob("*.png"):
         assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert 10_000 < picture.stat().st_size < 200_000, picture.name

@@ -30,7 +30,8 @@ def test_committed_json_is_what_the_code_builds(tmp_path):
 def test_uids_and_titles_are_stable_and_unique():
     models = [load(p) for p in FILES]
     assert sorted(m["uid"] for m in models) == sorted(
-        ["retina-overview", "retina-dns", "retina-pod-traffic", "retina-apiserver"])
+        ["retina-overview", "retina-dns", "retina-pod-traffic", "retina-apiserver"]
+    )
     assert len({m["title"] for m in models}) == len(models)
     assert all(m["title"].startswith("Retina / ") for m in models)
 
@@ -50,8 +51,7 @@ def test_dashboard_structure(path):
     assert variables["datasource"]["query"] == "prometheus"
     for name in ("cluster", "node"):
         assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
-        assert variable_selector(variables[name])[1] == {"cluster": "cluster",
-                                                          "node": "instance"}[name]
+        assert variable_selector(variables[name])[1] == {"cluster": "cluster", "node": "instance"}[name]
     for variable in variables.values():
         if variable["type"] == "query":
             assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}

@@ -63,10 +63,15 @@ def scraped(kube_emulator_module) -> set[str]:
     basic_plugins = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans"]
     with AgentProcess({"enabledPlugin": basic_plugins}) as basic:
         names |= exposed_names(basic.scrape_text())
-    with AgentProcess({"enablePodLevel": True, "remoteContext": True,
-                       "enabledPlugin": ["packetparser", "dropreason", "dns", "tcpretrans", "latency"],
-                       "plugins": {"latency": {"apiServer": [f"127.0.0.1:{kube.port}"]}},
-                       "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": NODE}}) as pod_level:
+    with AgentProcess(
+        {
+            "enablePodLevel": True,
+            "remoteContext": True,
+            "enabledPlugin": ["packetparser", "dropreason", "dns", "tcpretrans", "latency"],
+            "plugins": {"latency": {"apiServer": [f"127.0.0.1:{kube.port}"]}},
+            "podLevel": {"kubeconfig": str(kube.kubeconfig_path), "nodeName": NODE},
+        }
+    ) as pod_level:
         names |= exposed_names(pod_level.scrape_text())
     return names
 
@@ -100,20 +105,30 @@ def _active_alerts(prom: PrometheusServer) -> dict[str, dict]:
 def test_quiet_rules_become_active_when_their_trouble_is_real():
     """A plugin that cannot start and a node whose agent is down, scraped by a real Prometheus
     with the shipped rules: both alerts become active (pending: each has a ``for`` of 5m)."""
-    broken = {"enabledPlugin": ["linuxutil", "dropreason"],
-              "plugins": {"dropreason": {"tracepoint": "skb:no_such_tracepoint"}}}
+    broken = {
+        "enabledPlugin": ["linuxutil", "dropreason"],
+        "plugins": {"dropreason": {"tracepoint": "skb:no_such_tracepoint"}},
+    }
     with AgentProcess(broken) as agent:
         prom = PrometheusServer([], rule_files=[str(RULES)])
         config = yaml.safe_load((prom.workdir / "prometheus.yml").read_text())
         config["scrape_configs"][0]["static_configs"] = [
             {"targets": [f"127.0.0.1:{agent.port}"], "labels": {"instance": "lab-node"}},
             # nothing listens here: the agent of another node, down
-            {"targets": [f"127.0.0.1:{free_port()}"], "labels": {"instance": "lab-node-2"}}]
+            {"targets": [f"127.0.0.1:{free_port()}"], "labels": {"instance": "lab-node-2"}},
+        ]
         (prom.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         with prom:
-            alerts = wait_for(lambda: (a := _active_alerts(prom)) and
-                              {"RetinaPluginUnavailable", "RetinaAgentDown"} <= set(a) and a, 90,
-                              1.0, "RetinaPluginUnavailable and RetinaAgentDown active")
+            alerts = wait_for(
+                lambda: (
+                    (a := _active_alerts(prom))
+                    and {"RetinaPluginUnavailable", "RetinaAgentDown"} <= set(a)
+                    and a
+                ),
+                90,
+                1.0,
+                "RetinaPluginUnavailable and RetinaAgentDown active",
+            )
             unavailable = alerts["RetinaPluginUnavailable"]
             assert unavailable["labels"]["plugin"] == "dropreason"
             assert unavailable["state"] in ("pending", "firing")
@@ -128,6 +143,7 @@ def test_agent_absent_rule_becomes_active_without_agent_targets():
     config["scrape_configs"] = []
     (prom.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     with prom:
-        alerts = wait_for(lambda: _active_alerts(prom).get("RetinaAgentAbsent"), 60, 1.0,
-                          "RetinaAgentAbsent active")
+        alerts = wait_for(
+            lambda: _active_alerts(prom).get("RetinaAgentAbsent"), 60, 1.0, "RetinaAgentAbsent active"
+        )
         assert alerts["state"] in ("pending", "firing")

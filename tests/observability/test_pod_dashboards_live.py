@@ -59,17 +59,24 @@ def pod_level_lab(tmp_path: Path, remote_context: bool):
         kube.seed(lab_cluster_objects(lab, NODE_NAME, yaml.safe_load(CRD.read_text())))
         os.environ["KUBECONFIG"] = str(agent_kubeconfig_for(kube))  # the agent's own identity
         os.environ["NODE_NAME"] = NODE_NAME
-        agent = AgentProcess({"enablePodLevel": True, "remoteContext": remote_context,
-                              "enableAnnotations": False,
-                              "enabledPlugin": [*BASIC_PLUGINS, "packetparser", "latency"],
-                              "plugins": {"latency": {"apiServer": [f"{lab['b'].ip}:{API_SERVER}"]}}})
+        agent = AgentProcess(
+            {
+                "enablePodLevel": True,
+                "remoteContext": remote_context,
+                "enableAnnotations": False,
+                "enabledPlugin": [*BASIC_PLUGINS, "packetparser", "latency"],
+                "plugins": {"latency": {"apiServer": [f"{lab['b'].ip}:{API_SERVER}"]}},
+            }
+        )
         try:
             agent.start()  # a configuration the agent rejects fails every test here
             with prometheus_for(agent) as prom, LabWorkload(lab, api_server=True) as work:
                 # rate() needs two samples of a moving series; after that, 20 s per query
-                wait_for(lambda: prom.query(
-                    "rate(networkobservability_adv_forward_count[1m]) > 0"), 90,
-                    message="pod-level forward counts moving in Prometheus")
+                wait_for(
+                    lambda: prom.query("rate(networkobservability_adv_forward_count[1m]) > 0"),
+                    90,
+                    message="pod-level forward counts moving in Prometheus",
+                )
                 yield prom, agent
                 assert not work.errors, work.errors
         finally:
@@ -101,9 +108,10 @@ class TestLocalContext:
     def test_series_carry_the_pods_labels(self, local_lab):
         prom, _ = local_lab
         series = returns_series(prom, 'networkobservability_adv_forward_count{namespace="shop"}', 60)
-        assert {(s["metric"].get("podname"), s["metric"].get("workload_kind"),
-                 s["metric"].get("workload_name")) for s in series} >= {
-            ("web-7d4b9c-x2k8f", "Deployment", "web"), ("db-0", "StatefulSet", "db")}
+        assert {
+            (s["metric"].get("podname"), s["metric"].get("workload_kind"), s["metric"].get("workload_name"))
+            for s in series
+        } >= {("web-7d4b9c-x2k8f", "Deployment", "web"), ("db-0", "StatefulSet", "db")}
         assert all(s["metric"]["instance"] == NODE_NAME for s in series)
 
     @pytest.mark.parametrize("q", LOCAL_QUERIES, ids=lambda q: q.name)
@@ -114,8 +122,9 @@ class TestLocalContext:
             return
         assert returns_series(prom, q.expr, 20), f"{q.name}: no series for {substitute(q.expr)}"
 
-    @pytest.mark.parametrize("rule", [r for r in rules() if r["alert"] in FIRE_IN_LAB | QUIET_IN_LAB],
-                             ids=lambda r: r["alert"])
+    @pytest.mark.parametrize(
+        "rule", [r for r in rules() if r["alert"] in FIRE_IN_LAB | QUIET_IN_LAB], ids=lambda r: r["alert"]
+    )
     def test_rule_expression(self, local_lab, rule):
         prom, _ = local_lab
         if rule["alert"] in QUIET_IN_LAB:
@@ -129,28 +138,36 @@ class TestLocalContext:
     def test_namespace_and_pod_variables_list_the_lab_pods(self, local_lab):
         prom, _ = local_lab
         selector = substitute('networkobservability_adv_forward_count{cluster=~"$cluster"}')
-        assert "shop" in wait_for(lambda: api(prom, "/api/v1/label/namespace/values",
-                                              **{"match[]": selector}), 60, message="namespaces")
-        assert {"web-7d4b9c-x2k8f", "db-0"} <= set(api(
-            prom, "/api/v1/label/podname/values", **{"match[]": selector}))
-
+        assert "shop" in wait_for(
+            lambda: api(prom, "/api/v1/label/namespace/values", **{"match[]": selector}),
+            60,
+            message="namespaces",
+        )
+        assert {"web-7d4b9c-x2k8f", "db-0"} <= set(
+            api(prom, "/api/v1/label/podname/values", **{"match[]": selector})
+        )
 
     @pytest.mark.parametrize("path", dashboards(pod_level=True), ids=lambda p: p.stem)
     def test_node_variable_of_pod_level_dashboards_lists_the_node(self, local_lab, path):
         prom, _ = local_lab
         variables = {v["name"]: v for v in json.loads(path.read_text())["templating"]["list"]}
         selector, label = variable_selector(variables["node"])
-        assert wait_for(lambda: api(prom, f"/api/v1/label/{label}/values",
-                                    **{"match[]": substitute(selector)}), 30,
-                        message=f"values of {selector}") == [NODE_NAME]
+        assert wait_for(
+            lambda: api(prom, f"/api/v1/label/{label}/values", **{"match[]": substitute(selector)}),
+            30,
+            message=f"values of {selector}",
+        ) == [NODE_NAME]
 
 
 class TestRemoteContext:
     def test_series_carry_source_and_destination_workloads(self, remote_lab):
         prom, _ = remote_lab
         series = returns_series(
-            prom, 'networkobservability_adv_forward_count{source_workload_name="web", '
-                  'destination_workload_name="db"}', 60)
+            prom,
+            'networkobservability_adv_forward_count{source_workload_name="web", '
+            'destination_workload_name="db"}',
+            60,
+        )
         assert series, "no flow web -> db with remote context"
 
     @pytest.mark.parametrize("q", REMOTE_QUERIES, ids=lambda q: q.name)
@@ -163,9 +180,19 @@ class TestRemoteContext:
         nodes_expr, edges_expr = service_map_queries()
         returns_series(prom, edges_expr, 30)  # an invalid query fails here, at once
         try:
-            edges = wait_for(lambda: [e for e in prom.query(substitute(edges_expr))
-                                      if e["metric"]["id"] == "shop/web -> shop/db"]
-                             and prom.query(substitute(edges_expr)), 30, 1.0, "web -> db")
+            edges = wait_for(
+                lambda: (
+                    [
+                        e
+                        for e in prom.query(substitute(edges_expr))
+                        if e["metric"]["id"] == "shop/web -> shop/db"
+                    ]
+                    and prom.query(substitute(edges_expr))
+                ),
+                30,
+                1.0,
+                "web -> db",
+            )
         except TimeoutError:
             edges = prom.query(substitute(edges_expr))
         assert "shop/web -> shop/db" in {e["metric"]["id"] for e in edges}, edges

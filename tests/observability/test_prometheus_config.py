@@ -21,10 +21,19 @@ from tests.helpers.tools import require
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = DEPLOY / "retina-alerts.rules.yml"
-ALERTS = {"RetinaAgentDown", "RetinaAgentAbsent", "RetinaPluginUnavailable", "RetinaLostEvents",
-          "RetinaSeriesCapReached", "RetinaHarvestFailures", "RetinaNodeDropsRising",
-          "RetinaNamespaceDropsRising", "RetinaDNSErrorRatioHigh", "RetinaAPIServerLatencyHigh",
-          "RetinaAPIServerNoResponse"}
+ALERTS = {
+    "RetinaAgentDown",
+    "RetinaAgentAbsent",
+    "RetinaPluginUnavailable",
+    "RetinaLostEvents",
+    "RetinaSeriesCapReached",
+    "RetinaHarvestFailures",
+    "RetinaNodeDropsRising",
+    "RetinaNamespaceDropsRising",
+    "RetinaDNSErrorRatioHigh",
+    "RetinaAPIServerLatencyHigh",
+    "RetinaAPIServerNoResponse",
+}
 
 
 def promtool(*args: str, cwd: Path = DEPLOY) -> subprocess.CompletedProcess:
@@ -101,8 +110,7 @@ def test_retina_pods_job_keeps_the_agent_container_and_sets_instance_to_the_node
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
     by_target = {r.get("target_label"): r for r in job["relabel_configs"]}
     assert by_target["instance"]["source_labels"] == ["__meta_kubernetes_pod_node_name"]
-    assert "__meta_kubernetes_pod_annotation_prometheus_io_port" in \
-        by_target["__address__"]["source_labels"]
+    assert "__meta_kubernetes_pod_annotation_prometheus_io_port" in by_target["__address__"]["source_labels"]
     keep = [r for r in job["relabel_configs"] if r["action"] == "keep"]
     container = next(r for r in keep if r["source_labels"] == ["__meta_kubernetes_pod_container_name"])
     assert re.fullmatch(container["regex"], "retina-agent")
@@ -115,8 +123,9 @@ def _operator_relabelings_as_prometheus(relabelings: list[dict]) -> list[dict]:
     return [{names.get(k, k): v for k, v in r.items()} for r in relabelings]
 
 
-@pytest.mark.parametrize("name,endpoints", [("podmonitor.yaml", "podMetricsEndpoints"),
-                                            ("servicemonitor.yaml", "endpoints")])
+@pytest.mark.parametrize(
+    "name,endpoints", [("podmonitor.yaml", "podMetricsEndpoints"), ("servicemonitor.yaml", "endpoints")]
+)
 def test_monitors_select_the_agent_and_relabel_instance_to_the_node(name, endpoints, tmp_path):
     monitor = load(name)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -125,12 +134,18 @@ def test_monitors_select_the_agent_and_relabel_instance_to_the_node(name, endpoi
     (endpoint,) = monitor["spec"][endpoints]
     assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     relabel = _operator_relabelings_as_prometheus(endpoint["relabelings"])
-    assert {"source_labels": ["__meta_kubernetes_pod_node_name"], "action": "replace",
-            "target_label": "instance"} in relabel
+    assert {
+        "source_labels": ["__meta_kubernetes_pod_node_name"],
+        "action": "replace",
+        "target_label": "instance",
+    } in relabel
     assert {"action": "replace", "target_label": "job", "replacement": "retina-pods"} in relabel
     # the relabelings as Prometheus itself parses them
-    config = {"scrape_configs": [{"job_name": name, "relabel_configs": relabel,
-                                  "file_sd_configs": [{"files": ["targets.json"]}]}]}
+    config = {
+        "scrape_configs": [
+            {"job_name": name, "relabel_configs": relabel, "file_sd_configs": [{"files": ["targets.json"]}]}
+        ]
+    }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     result = promtool("check", "config", str(tmp_path / "prometheus.yml"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -140,6 +155,5 @@ def test_service_for_the_servicemonitor_is_a_valid_headless_service():
     service = load("service.yaml")
     kubernetes_validate.validate(service, "1.31", strict=True)
     assert service["spec"]["clusterIP"] == "None"
-    assert service["metadata"]["labels"] == load("servicemonitor.yaml")["spec"]["selector"][
-        "matchLabels"]
+    assert service["metadata"]["labels"] == load("servicemonitor.yaml")["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"][0]["name"] == "metrics"

@@ -24,8 +24,17 @@ from tests.observability.live import RULES, api, evaluates, rules
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 
-def pod_target(port: int, *, pod: str, node: str, container: str, annotation_port: int | None,
-               init: bool = False, app: str = "retina-agent", port_name: str = "metrics") -> dict:
+def pod_target(
+    port: int,
+    *,
+    pod: str,
+    node: str,
+    container: str,
+    annotation_port: int | None,
+    init: bool = False,
+    app: str = "retina-agent",
+    port_name: str = "metrics",
+) -> dict:
     """What Kubernetes SD (role: pod) reports for one container port of a host-network pod."""
     labels = {
         "__meta_kubernetes_namespace": "retina-system",
@@ -53,12 +62,22 @@ def pod_target(port: int, *, pod: str, node: str, container: str, annotation_por
 def operator_job(name: str, endpoint: dict) -> dict:
     """The parts of the operator's generated job that select the agent, plus our relabelings."""
     names = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
-    return {"job_name": name, "relabel_configs": [
-        {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
-         "action": "keep", "regex": "retina-agent"},
-        {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "action": "keep",
-         "regex": endpoint["port"]},
-        *({names.get(k, k): v for k, v in r.items()} for r in endpoint["relabelings"])]}
+    return {
+        "job_name": name,
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+                "action": "keep",
+                "regex": "retina-agent",
+            },
+            {
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "action": "keep",
+                "regex": endpoint["port"],
+            },
+            *({names.get(k, k): v for k, v in r.items()} for r in endpoint["relabelings"]),
+        ],
+    }
 
 
 def jobs() -> dict[str, dict]:
@@ -67,10 +86,8 @@ def jobs() -> dict[str, dict]:
     service_monitor = yaml.safe_load((DEPLOY / "servicemonitor.yaml").read_text())
     return {
         "retina-pods": {k: v for k, v in retina_pods.items() if k != "kubernetes_sd_configs"},
-        "podmonitor": operator_job("podmonitor",
-                                   pod_monitor["spec"]["podMetricsEndpoints"][0]),
-        "servicemonitor": operator_job("servicemonitor",
-                                       service_monitor["spec"]["endpoints"][0]),
+        "podmonitor": operator_job("podmonitor", pod_monitor["spec"]["podMetricsEndpoints"][0]),
+        "servicemonitor": operator_job("servicemonitor", service_monitor["spec"]["endpoints"][0]),
     }
 
 
@@ -79,29 +96,62 @@ def test_scrape_config_sets_instance_to_the_node_and_finds_the_down_agent(agent,
     closed = free_port()
     groups = [
         # host network: the container port is the agent's port (10093 in the DaemonSet)
-        pod_target(agent.port, pod="retina-agent-aaaaa", node="lab-node-1",
-                   container="retina-agent", annotation_port=agent.port),
-        pod_target(closed, pod="retina-agent-bbbbb", node="lab-node-2",
-                   container="retina-agent", annotation_port=closed),
-        pod_target(0, pod="retina-agent-aaaaa", node="lab-node-1", container="mount-bpffs",
-                   annotation_port=agent.port, init=True),
-        pod_target(free_port(), pod="web-1", node="lab-node-1", container="nginx",
-                   annotation_port=8080, app="web", port_name="http"),
-        pod_target(free_port(), pod="retina-operator-1", node="lab-node-1",
-                   container="retina-operator", annotation_port=None, app="retina-operator",
-                   port_name="http"),
+        pod_target(
+            agent.port,
+            pod="retina-agent-aaaaa",
+            node="lab-node-1",
+            container="retina-agent",
+            annotation_port=agent.port,
+        ),
+        pod_target(
+            closed,
+            pod="retina-agent-bbbbb",
+            node="lab-node-2",
+            container="retina-agent",
+            annotation_port=closed,
+        ),
+        pod_target(
+            0,
+            pod="retina-agent-aaaaa",
+            node="lab-node-1",
+            container="mount-bpffs",
+            annotation_port=agent.port,
+            init=True,
+        ),
+        pod_target(
+            free_port(),
+            pod="web-1",
+            node="lab-node-1",
+            container="nginx",
+            annotation_port=8080,
+            app="web",
+            port_name="http",
+        ),
+        pod_target(
+            free_port(),
+            pod="retina-operator-1",
+            node="lab-node-1",
+            container="retina-operator",
+            annotation_port=None,
+            app="retina-operator",
+            port_name="http",
+        ),
     ]
     prom = PrometheusServer([])
     (prom.workdir / "targets.json").write_text(json.dumps(groups))
     job = jobs()[kind] | {"file_sd_configs": [{"files": [str(prom.workdir / "targets.json")]}]}
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": [str(RULES)], "scrape_configs": [job]}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [job],
+    }
     (prom.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     with prom:
+
         def two_scraped():
             active = api(prom, "/api/v1/targets", state="active")["activeTargets"]
-            return active if len(active) == 2 and all(t["health"] != "unknown"
-                                                       for t in active) else None
+            return active if len(active) == 2 and all(t["health"] != "unknown" for t in active) else None
+
         active = wait_for(two_scraped, 60, message="both agent targets scraped once")
         by_node = {t["labels"]["instance"]: t for t in active}
         assert set(by_node) == {"lab-node-1", "lab-node-2"}
@@ -113,12 +163,18 @@ def test_scrape_config_sets_instance_to_the_node_and_finds_the_down_agent(agent,
             assert by_node["lab-node-1"]["labels"]["pod"] == "retina-agent-aaaaa"
             assert by_node["lab-node-1"]["labels"]["namespace"] == "retina-system"
 
-        series = wait_for(lambda: prom.query('networkobservability_forward_count{job="retina-pods"}'),
-                          30, message="the agent's metrics under job retina-pods")
+        series = wait_for(
+            lambda: prom.query('networkobservability_forward_count{job="retina-pods"}'),
+            30,
+            message="the agent's metrics under job retina-pods",
+        )
         assert {s["metric"]["instance"] for s in series} == {"lab-node-1"}
 
         expr = {r["alert"]: r["expr"] for r in rules()}
-        down = wait_for(lambda: evaluates(prom, expr["RetinaAgentDown"]), 30,
-                        message="RetinaAgentDown's expression for lab-node-2")
+        down = wait_for(
+            lambda: evaluates(prom, expr["RetinaAgentDown"]),
+            30,
+            message="RetinaAgentDown's expression for lab-node-2",
+        )
         assert [s["metric"]["instance"] for s in down] == ["lab-node-2"]
         assert evaluates(prom, expr["RetinaAgentAbsent"]) == []

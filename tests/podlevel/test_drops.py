@@ -21,15 +21,28 @@ def test_iptables_drop_in_pod_b_carries_pod_b_labels(seeded):  # noqa: F811
     try:
         with pod_level_agent(kube, remote=False) as agent:
             send_udp(a, b.ip, 7110, 30)
-            dropped = int(b.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"])
-                          .stdout.splitlines()[2].split()[0])
+            dropped = int(
+                b.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout.splitlines()[2].split()[0]
+            )
             assert dropped == 30
-            db = {"reason": "NETFILTER_DROP", "ip": b.ip, "namespace": "data",
-                  "podname": "db-0", "workload_kind": "StatefulSet", "workload_name": "db",
-                  "direction": "ingress"}
-            web = {"reason": "NETFILTER_DROP", "ip": a.ip, "namespace": "shop",
-                   "podname": "web-5d9c-x7k2p", "workload_kind": "Deployment",
-                   "workload_name": "web", "direction": "egress"}
+            db = {
+                "reason": "NETFILTER_DROP",
+                "ip": b.ip,
+                "namespace": "data",
+                "podname": "db-0",
+                "workload_kind": "StatefulSet",
+                "workload_name": "db",
+                "direction": "ingress",
+            }
+            web = {
+                "reason": "NETFILTER_DROP",
+                "ip": a.ip,
+                "namespace": "shop",
+                "podname": "web-5d9c-x7k2p",
+                "workload_kind": "Deployment",
+                "workload_name": "web",
+                "direction": "egress",
+            }
             m = agent.scrape_until(lambda m: m.value(ADV_DROP, **db) >= dropped)
             assert m.value(ADV_DROP, **db) == dropped, m.series(ADV_DROP)
             assert m.value(ADV_DROP, **web) == dropped  # the sender is a pod of this node too
@@ -47,8 +60,21 @@ def test_retransmissions_attributed_to_the_sending_pod(seeded):  # noqa: F811
     kube, node = seeded
     a, b = node["a"], node["b"]
     server = TcpServer(b, 7111)
-    rule = ["INPUT", "-p", "tcp", "--dport", "7111", "-m", "statistic", "--mode", "random",
-            "--probability", "0.3", "-j", "DROP"]
+    rule = [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "7111",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.3",
+        "-j",
+        "DROP",
+    ]
     b.run(["iptables", "-A", *rule])
     try:
         with pod_level_agent(kube, remote=False) as agent:
@@ -56,8 +82,7 @@ def test_retransmissions_attributed_to_the_sending_pod(seeded):  # noqa: F811
                 for _ in range(100):
                     c.sendall(b"r" * 1000)
                 wait_for(lambda: server.received >= 100_000, 60, message="lossy transfer")
-            web = {"ip": a.ip, "podname": "web-5d9c-x7k2p", "workload_name": "web",
-                   "direction": "egress"}
+            web = {"ip": a.ip, "podname": "web-5d9c-x7k2p", "workload_name": "web", "direction": "egress"}
             name = "networkobservability_adv_tcpretrans_count"
             m = agent.scrape_until(lambda m: m.value(name, **web) > 0)
             assert m.value(name, **web) > 0, m.series(name)

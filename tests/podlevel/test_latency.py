@@ -16,8 +16,7 @@ NO_RESPONSE = "networkobservability_adv_node_apiserver_no_response"
 
 
 def histogram_median(metrics, name: str) -> float | None:
-    buckets = sorted((float(lab["le"]), v) for n, lab, v in metrics.samples
-                     if n == f"{name}_bucket")
+    buckets = sorted((float(lab["le"]), v) for n, lab, v in metrics.samples if n == f"{name}_bucket")
     total = buckets[-1][1] if buckets else 0
     for le, count in buckets:
         if total and count >= total / 2:
@@ -31,12 +30,14 @@ def test_handshake_median_near_the_delay(lab_node, delay_ms):
     port = 6443
     # a plain TCP stand-in: answers a line with a line, stays silent on a "silent" request
     server = TcpServer(b, port, reply=lambda data: None if b"silent" in data else b"ok\n")
-    config = {"enabledPlugin": ["latency"],
-              "plugins": {"latency": {"apiServer": [f"{b.ip}:{port}"]}}}
+    config = {"enabledPlugin": ["latency"], "plugins": {"latency": {"apiServer": [f"{b.ip}:{port}"]}}}
     try:
-        with AgentProcess(config) as agent, \
-                PacketDelay(b, ["-p", "tcp", "--sport", str(port), "--tcp-flags", "SYN,ACK",
-                                "SYN,ACK"], delay_ms / 1000) as delay:
+        with (
+            AgentProcess(config) as agent,
+            PacketDelay(
+                b, ["-p", "tcp", "--sport", str(port), "--tcp-flags", "SYN,ACK", "SYN,ACK"], delay_ms / 1000
+            ) as delay,
+        ):
             connections = 15
             for _ in range(connections):  # the node itself talks to the "API server"
                 with socket.create_connection((b.ip, port), timeout=5) as c:
@@ -45,8 +46,9 @@ def test_handshake_median_near_the_delay(lab_node, delay_ms):
             with socket.create_connection((b.ip, port), timeout=5) as silent:
                 silent.sendall(b"silent watch\n")  # never answered
                 m = agent.scrape_until(
-                    lambda m: m.value(f"{HANDSHAKE}_count") >= connections + 1
-                    and m.value(NO_RESPONSE) >= 1, timeout=20)
+                    lambda m: m.value(f"{HANDSHAKE}_count") >= connections + 1 and m.value(NO_RESPONSE) >= 1,
+                    timeout=20,
+                )
             assert delay.delayed >= connections
             assert m.value(f"{HANDSHAKE}_count") >= connections + 1
             median = histogram_median(m, HANDSHAKE)

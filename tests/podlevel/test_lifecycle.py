@@ -26,26 +26,41 @@ def replace_mc_spec(api, name: str, spec: dict) -> None:
 
 
 def mc_status(api, name: str) -> dict:
-    return kubernetes.client.CustomObjectsApi(api).get_cluster_custom_object(
-        *MC, name).get("status", {})
+    return kubernetes.client.CustomObjectsApi(api).get_cluster_custom_object(*MC, name).get("status", {})
 
 
 def test_new_pod_is_attached_and_counted_deleted_pod_detached_and_expires(seeded):  # noqa: F811
     kube, node = seeded
     apply_crds(kube)
-    kube.seed([metrics_configuration("ttl", exclude=[], options=[
-        {"metricName": "forward_count", "sourceLabels": ["podname"],
-         "destinationLabels": ["podname"], "additionalLabels": ["direction"], "ttl": "3s"}])])
+    kube.seed(
+        [
+            metrics_configuration(
+                "ttl",
+                exclude=[],
+                options=[
+                    {
+                        "metricName": "forward_count",
+                        "sourceLabels": ["podname"],
+                        "destinationLabels": ["podname"],
+                        "additionalLabels": ["direction"],
+                        "ttl": "3s",
+                    }
+                ],
+            )
+        ]
+    )
     with pod_level_agent(kube, remote=True) as agent:
         wait_veths(agent, node)
         c = node.add_pod("c")  # a pod appears while the agent runs
         kube.seed([pod("cache-0", "data", c.ip, [owner("StatefulSet", "cache", "sts-cache")])])
         pid = agent.proc.pid
-        wait_for(lambda: any(f.startswith(f"{c.host_veth}/ingress/retina_pp")
-                             for f in our_tc_filters(pid)), 10, message="attach to the new veth")
+        wait_for(
+            lambda: any(f.startswith(f"{c.host_veth}/ingress/retina_pp") for f in our_tc_filters(pid)),
+            10,
+            message="attach to the new veth",
+        )
         sink = udp_sink(node["b"], 7120)
-        flow = {"source_podname": "cache-0", "destination_podname": "db-0",
-                "direction": "egress"}
+        flow = {"source_podname": "cache-0", "destination_podname": "db-0", "direction": "egress"}
 
         def counted(m) -> bool:
             return m.value(FWD, **flow) >= 20
@@ -61,9 +76,11 @@ def test_new_pod_is_attached_and_counted_deleted_pod_detached_and_expires(seeded
             assert counted(m), m.series(FWD)
             # Every packet counts once: as cache-0's, or (before the watch brought the pod) as
             # an unknown source's; db-0 is selected either way.
-            wait_exact(agent, lambda m: {"to db-0": m.value(FWD, destination_podname="db-0",
-                                                             direction="egress")},
-                       {"to db-0": 20 * batches})
+            wait_exact(
+                agent,
+                lambda m: {"to db-0": m.value(FWD, destination_podname="db-0", direction="egress")},
+                {"to db-0": 20 * batches},
+            )
         finally:
             sink.close()
         veth = c.host_veth
@@ -73,15 +90,27 @@ def test_new_pod_is_attached_and_counted_deleted_pod_detached_and_expires(seeded
         # recreated with the same veth name (a new ifindex) is attached again.
         again = node.add_pod("c")
         assert again.host_veth == veth
-        wait_for(lambda: any(f.startswith(f"{veth}/ingress/retina_pp") for f in our_tc_filters(pid)),
-                 10, message="attach to the recreated veth")
+        wait_for(
+            lambda: any(f.startswith(f"{veth}/ingress/retina_pp") for f in our_tc_filters(pid)),
+            10,
+            message="attach to the recreated veth",
+        )
         node.remove_pod("c")
         # no more traffic: the series is gone after its ttl (3s) and a harvest
-        agent.wait_metric(lambda m: m.value(FWD, **flow) == 0 and not any(
-            s.get("source_podname") == "cache-0" for s in m.series(FWD)), timeout=20,
-            message="the cache-0 series to expire")
-        assert agent.scrape().value("controlplane_networkobservability_expired_metrics_counter",
-                                    metric="adv_forward_count") >= 1
+        agent.wait_metric(
+            lambda m: (
+                m.value(FWD, **flow) == 0
+                and not any(s.get("source_podname") == "cache-0" for s in m.series(FWD))
+            ),
+            timeout=20,
+            message="the cache-0 series to expire",
+        )
+        assert (
+            agent.scrape().value(
+                "controlplane_networkobservability_expired_metrics_counter", metric="adv_forward_count"
+            )
+            >= 1
+        )
 
 
 def test_metrics_configuration_scopes_namespaces_and_bad_one_changes_nothing(seeded):  # noqa: F811
@@ -92,8 +121,12 @@ def test_metrics_configuration_scopes_namespaces_and_bad_one_changes_nothing(see
     apply_crds(kube)
     a, b = node["a"], node["b"]
     c = node.add_pod("c")
-    kube.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}},
-               pod("cache-0", "other", c.ip, [owner("StatefulSet", "cache", "sts-cache")])])
+    kube.seed(
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}},
+            pod("cache-0", "other", c.ip, [owner("StatefulSet", "cache", "sts-cache")]),
+        ]
+    )
     sinks = [udp_sink(b, 7121), udp_sink(c, 7121)]
     kube.seed([metrics_configuration("all", exclude=[])])
     api = client_for(kube)
@@ -117,9 +150,14 @@ def test_metrics_configuration_scopes_namespaces_and_bad_one_changes_nothing(see
         spec as the one in force (written after the agent switched), or Errored for a bad one."""
         replace_mc_spec(api, "all", spec)
         if state == "Accepted":
-            wait_for(lambda: mc_status(api, "all").get("lastKnownSpec") == spec
-                     and mc_status(api, "all").get("state") == "Accepted", 10,
-                     message="the agent to accept the new MetricsConfiguration")
+            wait_for(
+                lambda: (
+                    mc_status(api, "all").get("lastKnownSpec") == spec
+                    and mc_status(api, "all").get("state") == "Accepted"
+                ),
+                10,
+                message="the agent to accept the new MetricsConfiguration",
+            )
         else:
             wait_for(lambda: mc_status(api, "all").get("state") == state, 10, message=f"{state} status")
 
@@ -159,8 +197,9 @@ def test_emulator_restart_agent_reconnects_and_keeps_enriching(seeded):  # noqa:
             wait_veths(agent, node)
             kube.stop()
             send_udp(a, b.ip, 7122, 10)  # enrichment answers from the cache meanwhile
-            agent.wait_metric(lambda m: m.value(FWD, podname="db-0") >= 10,
-                              message="labels while the API server is down")
+            agent.wait_metric(
+                lambda m: m.value(FWD, podname="db-0") >= 10, message="labels while the API server is down"
+            )
             kube.start()
             # a pod replaced after the restart shows the watch resumed
             core = kubernetes.client.CoreV1Api(client_for(kube))
@@ -168,9 +207,11 @@ def test_emulator_restart_agent_reconnects_and_keeps_enriching(seeded):  # noqa:
             # created with its status (podIP) as the scheduler and kubelet would leave it
             kube.seed([pod("db-0", "data", b.ip, [owner("StatefulSet", "db2", "sts-db2")])])
             send_udp(a, b.ip, 7122, 10)
-            agent.wait_metric(lambda m: m.value(FWD, podname="db-0", workload_name="db2") > 0,
-                              timeout=30, message="enrichment after the restart")
-            assert agent.scrape().value(
-                "controlplane_networkobservability_kubernetes_connected") == 1
+            agent.wait_metric(
+                lambda m: m.value(FWD, podname="db-0", workload_name="db2") > 0,
+                timeout=30,
+                message="enrichment after the restart",
+            )
+            assert agent.scrape().value("controlplane_networkobservability_kubernetes_connected") == 1
     finally:
         sink.close()

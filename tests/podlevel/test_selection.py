@@ -36,13 +36,34 @@ def test_annotation_mode_counts_only_observed_namespaces(seeded):  # noqa: F811
 def test_series_cap_refuses_new_series_and_counts_them(seeded):  # noqa: F811
     kube, node = seeded
     apply_crds(kube)
-    kube.seed([metrics_configuration("ports", exclude=[], options=[
-        {"metricName": "forward_count", "sourceLabels": ["podname"],
-         "destinationLabels": ["podname", "port"], "additionalLabels": ["direction"]}])])
+    kube.seed(
+        [
+            metrics_configuration(
+                "ports",
+                exclude=[],
+                options=[
+                    {
+                        "metricName": "forward_count",
+                        "sourceLabels": ["podname"],
+                        "destinationLabels": ["podname", "port"],
+                        "additionalLabels": ["direction"],
+                    }
+                ],
+            )
+        ]
+    )
     a, b = node["a"], node["b"]
-    with pod_level_agent(kube, remote=True, extra={"podLevel": {
-            "kubeconfig": str(agent_kubeconfig_for(kube)), "nodeName": "lab-node",
-            "maxSeries": 100}}) as agent:
+    with pod_level_agent(
+        kube,
+        remote=True,
+        extra={
+            "podLevel": {
+                "kubeconfig": str(agent_kubeconfig_for(kube)),
+                "nodeName": "lab-node",
+                "maxSeries": 100,
+            }
+        },
+    ) as agent:
         wait_veths(agent, node)
         with a.entered(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for port in range(20000, 20200):  # 200 ports x 2 directions: a flood of series

@@ -19,9 +19,27 @@ KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4,
 KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 8, 9, 10, 11
 KIND_TYPE_TAG, KIND_ENUM64 = 18, 19
 # Bytes that follow ``struct btf_type`` (12 bytes) for each kind: (fixed, per vlen item).
-_TRAILER = {1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0),
-            8: (0, 0), 9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8), 14: (4, 0),
-            15: (0, 12), 16: (0, 0), 17: (4, 0), 18: (0, 0), 19: (0, 12)}
+_TRAILER = {
+    1: (4, 0),
+    2: (0, 0),
+    3: (12, 0),
+    4: (0, 12),
+    5: (0, 12),
+    6: (0, 8),
+    7: (0, 0),
+    8: (0, 0),
+    9: (0, 0),
+    10: (0, 0),
+    11: (0, 0),
+    12: (0, 0),
+    13: (0, 8),
+    14: (4, 0),
+    15: (0, 12),
+    16: (0, 0),
+    17: (4, 0),
+    18: (0, 0),
+    19: (0, 12),
+}
 _MODIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
 
 
@@ -49,18 +67,19 @@ class Btf:
         if magic != BTF_MAGIC:
             raise BtfError("not a little-endian BTF blob")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
-        self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
+        self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
         self.types: list[BtfType | None] = [None]  # type id 0 is void
         self._by_name: dict[tuple[int, str], int] = {}
-        self._parse(data[hdr_len + type_off: hdr_len + type_off + type_len])
+        self._parse(data[hdr_len + type_off : hdr_len + type_off + type_len])
 
     @classmethod
     def from_kernel(cls, path: Path = VMLINUX) -> Btf:
         try:
             return cls(path.read_bytes())
         except FileNotFoundError:
-            raise BtfError(f"{path} does not exist: the kernel was built without "
-                           "CONFIG_DEBUG_INFO_BTF") from None
+            raise BtfError(
+                f"{path} does not exist: the kernel was built without CONFIG_DEBUG_INFO_BTF"
+            ) from None
 
     def _str(self, off: int) -> str:
         end = self._strings.find(b"\0", off)

@@ -14,8 +14,7 @@ MAX_FDS = 250  # SCM_RIGHTS carries at most 253 fds in one message
 
 def explain(error: str, spec: ProgramSpec) -> str:
     """Add the likely fix to a loader error (bcc's own words rarely name it)."""
-    refused = ("Need super-user privileges" in error or "Operation not permitted" in error
-               or "EPERM" in error)
+    refused = "Need super-user privileges" in error or "Operation not permitted" in error or "EPERM" in error
     if not refused:
         return error
     needs = ["CAP_BPF (or CAP_SYS_ADMIN)"]
@@ -23,13 +22,14 @@ def explain(error: str, spec: ProgramSpec) -> str:
         needs.append("CAP_NET_ADMIN for TC programs")
     if spec.tracepoints:
         needs.append("CAP_PERFMON for tracepoints")
-    return (f"{error} -- the kernel refused bpf(): the agent needs {', '.join(needs)}; in a "
-            "container, a seccomp profile may also block bpf() and perf_event_open() "
-            "(seccompProfile: Unconfined)")
+    return (
+        f"{error} -- the kernel refused bpf(): the agent needs {', '.join(needs)}; in a "
+        "container, a seccomp profile may also block bpf() and perf_event_open() "
+        "(seccompProfile: Unconfined)"
+    )
 
 
-def load_programs(specs: list[ProgramSpec], timeout: float = 180.0
-                  ) -> dict[str, LoadedProgram | LoadError]:
+def load_programs(specs: list[ProgramSpec], timeout: float = 180.0) -> dict[str, LoadedProgram | LoadError]:
     """Compile, load and attach every spec in one child process. Never raises for a plugin."""
     if not specs:
         return {}
@@ -37,18 +37,18 @@ def load_programs(specs: list[ProgramSpec], timeout: float = 180.0
     with ours, theirs:
         proc = subprocess.Popen(
             [sys.executable, "-m", "retina_agent.bpf.loader", str(theirs.fileno())],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             pass_fds=[theirs.fileno()],
         )
         theirs.close()
         try:
-            _, stderr = proc.communicate(json.dumps([s.to_json() for s in specs]).encode(),
-                                         timeout=timeout)
+            _, stderr = proc.communicate(json.dumps([s.to_json() for s in specs]).encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            return {s.plugin: LoadError(f"BPF compile timed out after {timeout:.0f}s")
-                    for s in specs}
+            return {s.plugin: LoadError(f"BPF compile timed out after {timeout:.0f}s") for s in specs}
         ours.settimeout(5)
         try:
             msg, fds, _, _ = socket.recv_fds(ours, 1 << 20, MAX_FDS)

@@ -23,8 +23,12 @@ from retina_agent.bpf.spec import LoadedProgram, LoadError, ProgramSpec
 
 # Feature bits in the dp_ifaces map (ifindex -> bits of the plugins on that interface).
 FEATURE_BITS = {"packetforward": 1, "dns": 2, "packetparser": 4, "latency": 8}
-FEATURE_MACROS = {"packetforward": "FEAT_PF", "dns": "FEAT_DNS", "packetparser": "FEAT_PP",
-                  "latency": "FEAT_LAT"}
+FEATURE_MACROS = {
+    "packetforward": "FEAT_PF",
+    "dns": "FEAT_DNS",
+    "packetparser": "FEAT_PP",
+    "latency": "FEAT_LAT",
+}
 # Short names: what TC filter names and test listings show per plugin (retina_pp_ingress).
 FEATURE_SHORT = {"packetforward": "pf", "dns": "dns", "packetparser": "pp", "latency": "lat"}
 MAX_IFACES = 65536  # dp_ifaces array size; larger ifindexes go to dp_ifaces_hi
@@ -39,8 +43,14 @@ SHARED_MAPS = ["dp_ifaces", "dp_ifaces_hi", "dp_settings"]
 def cflags() -> list[str]:
     """The shared constants as ``-D`` flags (every build of datapath.c gets all of them)."""
     bits = {f"F_{FEATURE_SHORT[n].upper()}": b for n, b in FEATURE_BITS.items()}
-    values = {**bits, "MAX_IFACES": MAX_IFACES, "DNS_LATENCY_SLOTS": DNS_LATENCY_SLOTS,
-              "DNS_CAPTURE": DNS_CAPTURE, "LAT_SLOTS": LAT_SLOTS, "N_TCP_FLAGS": N_TCP_FLAGS}
+    values = {
+        **bits,
+        "MAX_IFACES": MAX_IFACES,
+        "DNS_LATENCY_SLOTS": DNS_LATENCY_SLOTS,
+        "DNS_CAPTURE": DNS_CAPTURE,
+        "LAT_SLOTS": LAT_SLOTS,
+        "N_TCP_FLAGS": N_TCP_FLAGS,
+    }
     return [f"-D{k}={v}" for k, v in values.items()]
 
 
@@ -64,8 +74,7 @@ def _spec(features: list[Feature], source: str, name: str = "datapath") -> Progr
         flags.append(f"-D{FEATURE_MACROS[f.plugin]}")
         flags += [c for c in f.cflags if c not in flags]
         maps += [m for m in f.maps if m not in maps]
-    return ProgramSpec(plugin=name, source=source, cflags=flags,
-                       sched_cls=list(PROGRAMS.values()), maps=maps)
+    return ProgramSpec(plugin=name, source=source, cflags=flags, sched_cls=list(PROGRAMS.values()), maps=maps)
 
 
 @dataclass
@@ -86,8 +95,9 @@ class Loaded:
         self.all_fds.clear()
 
 
-def load(features: list[Feature], source: str, others: list[ProgramSpec] | None = None,
-         timeout: float = 180.0) -> tuple[Loaded | None, dict[str, LoadedProgram | LoadError]]:
+def load(
+    features: list[Feature], source: str, others: list[ProgramSpec] | None = None, timeout: float = 180.0
+) -> tuple[Loaded | None, dict[str, LoadedProgram | LoadError]]:
     """Compile and load one object for ``features`` (and ``others``, the tracepoint plugins'
     objects, in the same loader run); isolate a feature that fails to build. ``timeout`` bounds
     each loader run (``bpfCompileTimeout``: bcc on a small node or an emulated kernel is slow)."""
@@ -113,18 +123,29 @@ def load(features: list[Feature], source: str, others: list[ProgramSpec] | None 
             result = load_programs([_spec(good, source)], timeout=timeout).get("datapath")
     if not isinstance(result, LoadedProgram):
         error = result if isinstance(result, LoadError) else LoadError("BPF loader gave nothing")
-        return Loaded(programs={}, maps={}, all_fds=[],
-                      plugins={f.plugin: failed.get(f.plugin, error) for f in features}), results
+        return Loaded(
+            programs={},
+            maps={},
+            all_fds=[],
+            plugins={f.plugin: failed.get(f.plugin, error) for f in features},
+        ), results
     plugins: dict[str, LoadedProgram | LoadError] = dict(failed)
     for f in features:
         if f.plugin in failed:
             continue
         plugins[f.plugin] = LoadedProgram(
-            plugin=f.plugin, maps={m: os.dup(result.maps[m]) for m in f.maps},
-            programs={}, links=[], warnings=list(result.warnings))
-    return Loaded(programs={d: result.programs[p] for d, p in PROGRAMS.items()},
-                  maps={m: result.maps[m] for m in SHARED_MAPS}, plugins=plugins,
-                  all_fds=[*result.programs.values(), *result.maps.values()]), results
+            plugin=f.plugin,
+            maps={m: os.dup(result.maps[m]) for m in f.maps},
+            programs={},
+            links=[],
+            warnings=list(result.warnings),
+        )
+    return Loaded(
+        programs={d: result.programs[p] for d, p in PROGRAMS.items()},
+        maps={m: result.maps[m] for m in SHARED_MAPS},
+        plugins=plugins,
+        all_fds=[*result.programs.values(), *result.maps.values()],
+    ), results
 
 
 class InterfaceBits:
@@ -152,8 +173,11 @@ class InterfaceBits:
 class DpSettings(ctypes.Structure):
     """``struct dp_settings`` in datapath.c (its size is checked against the map's)."""
 
-    _fields_ = [("sample_rate", ctypes.c_uint32), ("filter_enabled", ctypes.c_uint32),
-                ("api_ports", ctypes.c_uint16 * 4)]
+    _fields_ = [
+        ("sample_rate", ctypes.c_uint32),
+        ("filter_enabled", ctypes.c_uint32),
+        ("api_ports", ctypes.c_uint16 * 4),
+    ]
 
 
 class Settings:

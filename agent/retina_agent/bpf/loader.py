@@ -65,10 +65,13 @@ def _compile_one(spec_json: dict, fds: list[int]) -> dict:
         try:
             try:
                 bpf = BPF(text=spec.source, cflags=spec.cflags + btf_cflags)
-                result: dict = {"maps": {}, "programs": {}, "links": [],
-                                "enums": {k: {str(v): n for v, n in e.items()}
-                                          for k, e in enums.items()},
-                                "warnings": warnings}
+                result: dict = {
+                    "maps": {},
+                    "programs": {},
+                    "links": [],
+                    "enums": {k: {str(v): n for v, n in e.items()} for k, e in enums.items()},
+                    "warnings": warnings,
+                }
                 for tracepoint, fn in spec.tracepoints:
                     bpf.attach_tracepoint(tp=tracepoint, fn_name=fn)
                     result["links"].append(len(fds))
@@ -86,8 +89,9 @@ def _compile_one(spec_json: dict, fds: list[int]) -> dict:
             except Exception as exc:  # report, never crash the batch
                 os.dup2(saved, 2)
                 errbuf.seek(0)
-                detail = [ln for ln in errbuf.read().decode(errors="replace").splitlines()
-                          if "error" in ln.lower()][:5]
+                detail = [
+                    ln for ln in errbuf.read().decode(errors="replace").splitlines() if "error" in ln.lower()
+                ][:5]
                 message = str(exc).strip()
                 if detail:
                     message += ": " + " | ".join(detail)

@@ -19,19 +19,23 @@ V = TypeVar("V", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[n
 @cache
 def _libbpf() -> ctypes.CDLL:
     lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    for name in ("bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_map_delete_elem",
-                 "bpf_map_get_next_key"):
+    for name in ("bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_map_delete_elem", "bpf_map_get_next_key"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
     lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                        ctypes.c_uint64]
+    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
     lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
     lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     lib.bpf_map_lookup_batch.restype = ctypes.c_int
-    lib.bpf_map_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                         ctypes.c_void_p, ctypes.c_void_p,
-                                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
+    lib.bpf_map_lookup_batch.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_uint32),
+        ctypes.c_void_p,
+    ]
     return lib
 
 
@@ -76,13 +80,16 @@ class BpfMap(Generic[K, V]):
             info = map_info(self.fd)
         except OSError:
             return  # no BPF_OBJ_GET_INFO_BY_FD (very old kernel): nothing to compare with
-        for what, kind, size in (("key", self.key_type, info.key_size),
-                                 ("value", self.value_type, info.value_size)):
+        for what, kind, size in (
+            ("key", self.key_type, info.key_size),
+            ("value", self.value_type, info.value_size),
+        ):
             if ctypes.sizeof(kind) != size:
                 raise MapLayoutError(
                     f"BPF map {info.name or info.id}: its {what} is {size} bytes in the kernel "
                     f"but {kind.__name__} is {ctypes.sizeof(kind)} bytes: the Python type "
-                    "and the C struct disagree (fix the ctypes fields to match the C)")
+                    "and the C struct disagree (fix the ctypes fields to match the C)"
+                )
 
     def lookup(self, key: K) -> V | list[V] | None:
         buf = self._value_buf_type()
@@ -98,8 +105,9 @@ class BpfMap(Generic[K, V]):
         prev: K | None = None
         while True:
             nxt = self.key_type()
-            rc = lib.bpf_map_get_next_key(self.fd, ctypes.byref(prev) if prev is not None else None,
-                                          ctypes.byref(nxt))
+            rc = lib.bpf_map_get_next_key(
+                self.fd, ctypes.byref(prev) if prev is not None else None, ctypes.byref(nxt)
+            )
             if rc != 0:
                 return
             yield nxt
@@ -127,8 +135,9 @@ class BpfMap(Generic[K, V]):
         first = True
         while True:
             count = ctypes.c_uint32(batch)
-            rc = lib.bpf_map_lookup_batch(self.fd, None if first else token_in, token_out,
-                                          keys, values, ctypes.byref(count), None)
+            rc = lib.bpf_map_lookup_batch(
+                self.fd, None if first else token_in, token_out, keys, values, ctypes.byref(count), None
+            )
             err = ctypes.get_errno() if rc else 0
             if rc and err not in (errno.ENOENT,):
                 if first and err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
@@ -138,7 +147,7 @@ class BpfMap(Generic[K, V]):
             n = count.value
             kb, vb = keys.raw, values.raw
             for i in range(n):
-                yield kb[i * key_size:(i + 1) * key_size], vb[i * value_size:(i + 1) * value_size]
+                yield kb[i * key_size : (i + 1) * key_size], vb[i * value_size : (i + 1) * value_size]
             if rc:  # ENOENT: that was the last batch
                 return
             ctypes.memmove(token_in, token_out, len(token_out))
@@ -154,8 +163,10 @@ class BpfMap(Generic[K, V]):
         _check(_libbpf().bpf_map_update_elem(self.fd, kbuf, vbuf, flags), "bpf_map_update_elem")
 
     def update(self, key: K, value: V, flags: int = 0) -> None:
-        _check(_libbpf().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value),
-                                             flags), "bpf_map_update_elem")
+        _check(
+            _libbpf().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), flags),
+            "bpf_map_update_elem",
+        )
 
     def delete(self, key: K) -> bool:
         return _libbpf().bpf_map_delete_elem(self.fd, ctypes.byref(key)) == 0

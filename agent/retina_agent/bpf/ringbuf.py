@@ -21,8 +21,7 @@ class RingBuffer:
     def __init__(self, map_fd: int, on_event: Callable[[bytes], None], name: str) -> None:
         lib = _libbpf()
         lib.ring_buffer__new.restype = ctypes.c_void_p
-        lib.ring_buffer__new.argtypes = [ctypes.c_int, SAMPLE_FN, ctypes.c_void_p,
-                                         ctypes.c_void_p]
+        lib.ring_buffer__new.argtypes = [ctypes.c_int, SAMPLE_FN, ctypes.c_void_p, ctypes.c_void_p]
         lib.ring_buffer__poll.argtypes = [ctypes.c_void_p, ctypes.c_int]
         lib.ring_buffer__free.argtypes = [ctypes.c_void_p]
         self._lib = lib

@@ -35,8 +35,7 @@ TCX_ATTACH_TYPES = {"ingress": BPF_TCX_INGRESS, "egress": BPF_TCX_EGRESS}
 BPF_F_BEFORE = 1 << 3
 BPF_STATS_RUN_TIME = 0
 
-_SYSCALL_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351,
-                "riscv64": 280}
+_SYSCALL_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 _ATTR_SIZE = 144  # >= every command used here; trailing zero bytes are accepted
 
 
@@ -113,9 +112,13 @@ def prog_info(fd: int) -> ProgInfo:
     nr_maps = struct.unpack_from("=I", raw, 52)[0]
     name = raw[64:80].split(b"\0", 1)[0].decode()
     run_time, run_cnt = struct.unpack_from("=QQ", raw, 192)
-    return ProgInfo(id=struct.unpack_from("=I", raw, 4)[0], name=name,
-                    map_ids=tuple(map_ids[:min(nr_maps, 64)]), run_time_ns=run_time,
-                    run_cnt=run_cnt)
+    return ProgInfo(
+        id=struct.unpack_from("=I", raw, 4)[0],
+        name=name,
+        map_ids=tuple(map_ids[: min(nr_maps, 64)]),
+        run_time_ns=run_time,
+        run_cnt=run_cnt,
+    )
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,13 @@ class MapInfo:
 def map_info(fd: int) -> MapInfo:
     raw = _obj_info(fd, 40)
     _type, ident, key_size, value_size, max_entries, _flags = struct.unpack_from("=6I", raw)
-    return MapInfo(id=ident, key_size=key_size, value_size=value_size, max_entries=max_entries,
-                   name=raw[24:40].split(b"\0", 1)[0].decode())
+    return MapInfo(
+        id=ident,
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        name=raw[24:40].split(b"\0", 1)[0].decode(),
+    )
 
 
 def prog_fd_by_id(prog_id: int) -> int:

@@ -28,8 +28,9 @@ def tracefs_root(mount: bool = True) -> Path:
         if (root / "events").is_dir():
             return root
     if mount:
-        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS_CANDIDATES[0])],
-                       capture_output=True, check=False)
+        subprocess.run(
+            ["mount", "-t", "tracefs", "nodev", str(TRACEFS_CANDIDATES[0])], capture_output=True, check=False
+        )
         if (TRACEFS_CANDIDATES[0] / "events").is_dir():
             return TRACEFS_CANDIDATES[0]
     raise TracepointError(
@@ -106,8 +107,7 @@ def read_format(tracepoint: str, root: Path | None = None) -> TracepointFormat:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise TracepointError(f"tracepoint {tracepoint} does not exist on this kernel "
-                              f"(no {path})") from None
+        raise TracepointError(f"tracepoint {tracepoint} does not exist on this kernel (no {path})") from None
     except PermissionError:
         raise TracepointError(f"cannot read {path}: permission denied") from None
     fields: dict[str, Field] = {}

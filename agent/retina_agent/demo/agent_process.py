@@ -27,8 +27,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.2, message: str = "condition"
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; raise TimeoutError at the deadline."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -40,8 +41,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
         except Exception as exc:  # keep polling; report the last error at the deadline
             last_exc = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {message}"
-                       + (f" (last error: {last_exc})" if last_exc else ""))
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {message}"
+        + (f" (last error: {last_exc})" if last_exc else "")
+    )
 
 
 class Metrics:
@@ -55,8 +58,11 @@ class Metrics:
                 self.samples.append((s.name, s.labels, s.value))
 
     def value(self, name: str, **labels: str) -> float:
-        return sum(v for n, lab, v in self.samples
-                   if n == name and all(lab.get(k) == want for k, want in labels.items()))
+        return sum(
+            v
+            for n, lab, v in self.samples
+            if n == name and all(lab.get(k) == want for k, want in labels.items())
+        )
 
     def series(self, name: str) -> list[dict[str, str]]:
         return [lab for n, lab, _ in self.samples if n == name]
@@ -68,21 +74,28 @@ class Metrics:
 class AgentProcess:
     """The agent as a child process with its own config, port and state dir."""
 
-    def __init__(self, config: dict | None = None, *, interval: str = "1s",
-                 executable: str | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict | None = None,
+        *,
+        interval: str = "1s",
+        executable: str | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="retina-agent-"))
         self.port = free_port()
-        cfg = {"apiServer": {"host": "127.0.0.1", "port": self.port},
-               "metricsIntervalDuration": interval,
-               "stateDir": str(self.workdir / "state")}
+        cfg = {
+            "apiServer": {"host": "127.0.0.1", "port": self.port},
+            "metricsIntervalDuration": interval,
+            "stateDir": str(self.workdir / "state"),
+        }
         cfg.update(config or {})
         self.port = int(cfg["apiServer"].get("port", self.port))
         self.config = cfg
         self.config_path = self.workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.log_path = self.workdir / "agent.log"
-        exe = executable or shutil.which("retina-agent") or str(Path(sys.executable).parent
-                                                                / "retina-agent")
+        exe = executable or shutil.which("retina-agent") or str(Path(sys.executable).parent / "retina-agent")
         self.argv = [exe, "--config", str(self.config_path), *(extra_args or [])]
         self.proc: subprocess.Popen | None = None
 
@@ -98,8 +111,9 @@ class AgentProcess:
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"retina-agent exited with {self.proc.returncode}:\n"
-                               + self.log_path.read_text()[-3000:])
+            raise RuntimeError(
+                f"retina-agent exited with {self.proc.returncode}:\n" + self.log_path.read_text()[-3000:]
+            )
         try:
             with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
                 return r.status == 200
@@ -120,11 +134,13 @@ class AgentProcess:
     def scrape(self) -> Metrics:
         return Metrics(self.scrape_text())
 
-    def wait_metric(self, predicate: Callable[[Metrics], bool], timeout: float = 20,
-                    message: str = "metric") -> Metrics:
+    def wait_metric(
+        self, predicate: Callable[[Metrics], bool], timeout: float = 20, message: str = "metric"
+    ) -> Metrics:
         def check() -> Metrics | None:
             m = self.scrape()
             return m if predicate(m) else None
+
         return wait_for(check, timeout, 0.3, message)
 
     def scrape_until(self, predicate: Callable[[Metrics], bool], timeout: float = 20) -> Metrics:

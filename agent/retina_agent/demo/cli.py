@@ -69,17 +69,27 @@ class Demo:
             sink.bind(("0.0.0.0", 5432))
             self.sinks.append(sink)
         self.dnsmasq = dns_pod.popen(
-            ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
-             f"--listen-address={dns_pod.ip}", f"--address=/svc.cluster.local/{db.ip}",
-             "--address=/missing.cluster.local/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        print(f"  dnsmasq in dns: *.svc.cluster.local -> {db.ip}, "
-              "*.missing.cluster.local -> NXDOMAIN")
+            [
+                "dnsmasq",
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={dns_pod.ip}",
+                f"--address=/svc.cluster.local/{db.ip}",
+                "--address=/missing.cluster.local/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        print(f"  dnsmasq in dns: *.svc.cluster.local -> {db.ip}, *.missing.cluster.local -> NXDOMAIN")
         self.agent = AgentProcess({"apiServer": {"host": "127.0.0.1", "port": self.port}})
         print("Starting retina-agent (compiling its eBPF programs) ...")
         self.agent.start()
-        print(f"retina-agent ready: metrics at {self.agent.url}/metrics "
-              f"(also /healthz, /readyz); log {self.agent.log_path}")
+        print(
+            f"retina-agent ready: metrics at {self.agent.url}/metrics "
+            f"(also /healthz, /readyz); log {self.agent.log_path}"
+        )
 
     def traffic(self) -> None:
         web, db, dns_pod = self.node["web"], self.node["db"], self.node["dns"]
@@ -87,11 +97,14 @@ class Demo:
         rounds = 0
         print(f"Driving traffic for {self.duration:.0f}s (Ctrl-C ends the demo early) ...")
         while time.monotonic() < end:
-            _udp(web, db.ip, 5432, 200)          # delivered
-            _udp(web, db.ip, 5433, 20)           # dropped by iptables in db
-            _closed_port(web, db.ip, 6000)       # no socket: RST
-            names = [f"api{rounds}.svc.cluster.local", "db.svc.cluster.local",
-                     f"old{rounds}.missing.cluster.local"]
+            _udp(web, db.ip, 5432, 200)  # delivered
+            _udp(web, db.ip, 5433, 20)  # dropped by iptables in db
+            _closed_port(web, db.ip, 6000)  # no socket: RST
+            names = [
+                f"api{rounds}.svc.cluster.local",
+                "db.svc.cluster.local",
+                f"old{rounds}.missing.cluster.local",
+            ]
             _dns(web, dns_pod.ip, names)
             rounds += 1
             time.sleep(1)
@@ -128,8 +141,10 @@ def render_summary(m: Metrics, url: str) -> str:
     fwd_b = "networkobservability_forward_bytes"
     lines.append("Traffic through the node's ports (packetforward):")
     for d in ("ingress", "egress"):
-        lines.append(f"  {d:8} {m.value(fwd, direction=d):>12,.0f} packets "
-                     f"{m.value(fwd_b, direction=d) / 1e6:>10.2f} MB")
+        lines.append(
+            f"  {d:8} {m.value(fwd, direction=d):>12,.0f} packets "
+            f"{m.value(fwd_b, direction=d) / 1e6:>10.2f} MB"
+        )
     drops = {}
     for name, labels, value in m.samples:
         if name == "networkobservability_drop_count":
@@ -141,27 +156,35 @@ def render_summary(m: Metrics, url: str) -> str:
     if not drops:
         lines.append("  (none)")
     lines.append("DNS (dns):")
-    lines.append(f"  requests {m.value('networkobservability_dns_request_count'):,.0f}, "
-                 f"responses {m.value('networkobservability_dns_response_count'):,.0f}")
+    lines.append(
+        f"  requests {m.value('networkobservability_dns_request_count'):,.0f}, "
+        f"responses {m.value('networkobservability_dns_response_count'):,.0f}"
+    )
     for name, labels, value in m.samples:
         if name == "networkobservability_dns_responses_total":
             lines.append(f"  {labels['rcode']:9} {labels['qtype']:5} {value:>8,.0f}")
-    buckets = sorted(((float(lab["le"]), v) for n, lab, v in m.samples
-                      if n == "networkobservability_dns_latency_seconds_bucket"),
-                     key=lambda b: b[0])
+    buckets = sorted(
+        (
+            (float(lab["le"]), v)
+            for n, lab, v in m.samples
+            if n == "networkobservability_dns_latency_seconds_bucket"
+        ),
+        key=lambda b: b[0],
+    )
     p50, p99 = _quantile(buckets, 0.5), _quantile(buckets, 0.99)
     if p50 is not None:
         lines.append(f"  latency: p50 <= {p50 * 1e3:.3f} ms, p99 <= {p99 * 1e3:.3f} ms")
-    states = [(lab["state"], v) for n, lab, v in m.samples
-              if n == "networkobservability_tcp_state" and v]
-    lines.append("TCP sockets on the node (linuxutil): "
-                 + (", ".join(f"{s} {v:.0f}" for s, v in states) or "none"))
-    lines.append("TCP retransmissions (tcpretrans): "
-                 f"{m.value('networkobservability_tcpretrans_count'):,.0f}")
-    plugins = [(lab["plugin"], lab["state"], lab["reason"]) for n, lab, v in m.samples
-               if n == "controlplane_networkobservability_plugin_status"]
-    lines.append("Plugins: " + ", ".join(f"{p} {s}" + (f" ({r})" if r else "")
-                                         for p, s, r in plugins))
+    states = [(lab["state"], v) for n, lab, v in m.samples if n == "networkobservability_tcp_state" and v]
+    lines.append(
+        "TCP sockets on the node (linuxutil): " + (", ".join(f"{s} {v:.0f}" for s, v in states) or "none")
+    )
+    lines.append(f"TCP retransmissions (tcpretrans): {m.value('networkobservability_tcpretrans_count'):,.0f}")
+    plugins = [
+        (lab["plugin"], lab["state"], lab["reason"])
+        for n, lab, v in m.samples
+        if n == "controlplane_networkobservability_plugin_status"
+    ]
+    lines.append("Plugins: " + ", ".join(f"{p} {s}" + (f" ({r})" if r else "") for p, s, r in plugins))
     lines.append(f"Prometheus endpoint: {url}/metrics")
     lines.append(BAR)
     return "\n".join(lines)
@@ -170,12 +193,12 @@ def render_summary(m: Metrics, url: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retina-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=10093, help="agent port (default 10093)")
-    parser.add_argument("--duration", type=float, default=20,
-                        help="seconds of traffic before the summary (default 20)")
+    parser.add_argument(
+        "--duration", type=float, default=20, help="seconds of traffic before the summary (default 20)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        print("retina-demo: run as root (it creates network namespaces and loads eBPF)",
-              file=sys.stderr)
+        print("retina-demo: run as root (it creates network namespaces and loads eBPF)", file=sys.stderr)
         return 1
     if args.duration <= 0:
         print("retina-demo: --duration must be positive, like 20", file=sys.stderr)
@@ -185,16 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.up()
         demo.traffic()
-        wait_for(lambda: demo.agent.scrape().value("networkobservability_dns_request_count"),
-                 10, message="DNS counts")
+        wait_for(
+            lambda: demo.agent.scrape().value("networkobservability_dns_request_count"),
+            10,
+            message="DNS counts",
+        )
         print(demo.summary())
     except KeyboardInterrupt:
         print("\ninterrupted")
         if demo.agent is not None and demo.agent.proc is not None:
             print(demo.summary())
     finally:
-        print("Cleaning up: agent stopped (its TC filters removed), namespaces, bridge and "
-              "rules deleted.")
+        print("Cleaning up: agent stopped (its TC filters removed), namespaces, bridge and rules deleted.")
         demo.down()
     return 0
 

@@ -30,8 +30,9 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def run(argv: Sequence[str], *, check: bool = True, netns: str | None = None,
-        timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], *, check: bool = True, netns: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     """Run a command (never through a shell), optionally inside a network namespace."""
     full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
     proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
@@ -51,8 +52,9 @@ class LabPod:
     host_veth: str
     mac: str = ""
 
-    def run(self, argv: Sequence[str], *, check: bool = True,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return run(argv, check=check, netns=self.netns, timeout=timeout)
 
     def popen(self, argv: Sequence[str], **kwargs) -> subprocess.Popen:

@@ -23,7 +23,19 @@ from retina_agent.enrichment.metricsconfig import (
 )
 
 __all__ = [
-    "CONTEXT_LABELS", "METRIC_NAMES", "UNKNOWN", "UNKNOWN_ENDPOINT", "ContextOption", "Endpoint",
-    "EndpointCache", "KubeConfigError", "MetricsConfigurationWatcher", "MetricsSpec", "SpecError",
-    "apiserver_endpoint", "load_api_client", "node_name", "validate_spec",
+    "CONTEXT_LABELS",
+    "METRIC_NAMES",
+    "UNKNOWN",
+    "UNKNOWN_ENDPOINT",
+    "ContextOption",
+    "Endpoint",
+    "EndpointCache",
+    "KubeConfigError",
+    "MetricsConfigurationWatcher",
+    "MetricsSpec",
+    "SpecError",
+    "apiserver_endpoint",
+    "load_api_client",
+    "node_name",
+    "validate_spec",
 ]

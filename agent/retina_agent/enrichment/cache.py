@@ -83,8 +83,10 @@ class _Pod:
 
 def _usable(obj: Obj) -> bool:
     """Does this pod own its IPs? (Not host-network, not finished.)"""
-    return (not (obj.get("spec") or {}).get("hostNetwork")
-            and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+    return not (obj.get("spec") or {}).get("hostNetwork") and (obj.get("status") or {}).get("phase") not in (
+        "Succeeded",
+        "Failed",
+    )
 
 
 def _discard(index: dict[Any, set[PodKey]], where: Any, key: PodKey) -> None:
@@ -98,8 +100,13 @@ def _discard(index: dict[Any, set[PodKey]], where: Any, key: PodKey) -> None:
 class _Store:
     """A Reflector handler: ``key``/``upsert``/``delete`` per object, the cache's lock around."""
 
-    def __init__(self, cache: EndpointCache, upsert: Callable[[Obj], bool],
-                 delete: Callable[[tuple[str, str]], bool], keys: Callable[[], set]) -> None:
+    def __init__(
+        self,
+        cache: EndpointCache,
+        upsert: Callable[[Obj], bool],
+        delete: Callable[[tuple[str, str]], bool],
+        keys: Callable[[], set],
+    ) -> None:
         self._cache, self._upsert, self._delete, self._keys = cache, upsert, delete, keys
 
     @staticmethod
@@ -129,11 +136,20 @@ class _Store:
 class EndpointCache:
     """Resolve pod and service IPs to endpoints; see the module doc for what is watched."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, node_name: str | None, *,
-                 remote_context: bool, watch_services: bool = True, page_size: int = 500) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        node_name: str | None,
+        *,
+        remote_context: bool,
+        watch_services: bool = True,
+        page_size: int = 500,
+    ) -> None:
         if not remote_context and not node_name:
-            raise ValueError("local context needs this node's name: set nodeName, or the NODE_NAME "
-                             "environment variable from the downward API (spec.nodeName)")
+            raise ValueError(
+                "local context needs this node's name: set nodeName, or the NODE_NAME "
+                "environment variable from the downward API (spec.nodeName)"
+            )
         self.node_name = node_name
         self.remote_context = remote_context
         self.watch_services = watch_services
@@ -160,32 +176,69 @@ class EndpointCache:
         pod_selector = {} if remote_context else {"field_selector": f"spec.nodeName={node_name}"}
         node_selector = {} if remote_context else {"field_selector": f"metadata.name={node_name}"}
 
-        def reflector(name: str, func: Callable[..., Any], upsert: Callable[[Obj], bool],
-                      delete: Callable[[tuple[str, str]], bool], keys: Callable[[], set],
-                      selectors: dict[str, str] | None = None) -> Reflector:
-            return Reflector(name, func, _Store(self, upsert, delete, keys), selectors=selectors,
-                             page_size=page_size)
+        def reflector(
+            name: str,
+            func: Callable[..., Any],
+            upsert: Callable[[Obj], bool],
+            delete: Callable[[tuple[str, str]], bool],
+            keys: Callable[[], set],
+            selectors: dict[str, str] | None = None,
+        ) -> Reflector:
+            return Reflector(
+                name, func, _Store(self, upsert, delete, keys), selectors=selectors, page_size=page_size
+            )
 
         self._reflectors = [
-            reflector("namespaces", core.list_namespace, self._upsert_namespace,
-                      self._delete_namespace, lambda: {("", n) for n in self._observed_namespaces}),
-            reflector("nodes", core.list_node, self._upsert_node, self._delete_node,
-                      lambda: {("", n) for n in self._zones}, node_selector),
-            reflector("replicasets", apps.list_replica_set_for_all_namespaces,
-                      lambda o: self._upsert_owner(o, self._replicasets, "ReplicaSet"),
-                      lambda k: self._delete_owner(k, self._replicasets, "ReplicaSet"),
-                      lambda: set(self._replicasets)),
-            reflector("jobs", batch.list_job_for_all_namespaces,
-                      lambda o: self._upsert_owner(o, self._jobs, "Job"),
-                      lambda k: self._delete_owner(k, self._jobs, "Job"), lambda: set(self._jobs)),
+            reflector(
+                "namespaces",
+                core.list_namespace,
+                self._upsert_namespace,
+                self._delete_namespace,
+                lambda: {("", n) for n in self._observed_namespaces},
+            ),
+            reflector(
+                "nodes",
+                core.list_node,
+                self._upsert_node,
+                self._delete_node,
+                lambda: {("", n) for n in self._zones},
+                node_selector,
+            ),
+            reflector(
+                "replicasets",
+                apps.list_replica_set_for_all_namespaces,
+                lambda o: self._upsert_owner(o, self._replicasets, "ReplicaSet"),
+                lambda k: self._delete_owner(k, self._replicasets, "ReplicaSet"),
+                lambda: set(self._replicasets),
+            ),
+            reflector(
+                "jobs",
+                batch.list_job_for_all_namespaces,
+                lambda o: self._upsert_owner(o, self._jobs, "Job"),
+                lambda k: self._delete_owner(k, self._jobs, "Job"),
+                lambda: set(self._jobs),
+            ),
         ]
         if watch_services:
-            self._reflectors.append(reflector(
-                "services", core.list_service_for_all_namespaces, self._upsert_service,
-                self._delete_service, self._service_keys))
-        self._reflectors.append(reflector(
-            "pods", core.list_pod_for_all_namespaces, self._upsert_pod, self._delete_pod,
-            lambda: set(self._pods), pod_selector))
+            self._reflectors.append(
+                reflector(
+                    "services",
+                    core.list_service_for_all_namespaces,
+                    self._upsert_service,
+                    self._delete_service,
+                    self._service_keys,
+                )
+            )
+        self._reflectors.append(
+            reflector(
+                "pods",
+                core.list_pod_for_all_namespaces,
+                self._upsert_pod,
+                self._delete_pod,
+                lambda: set(self._pods),
+                pod_selector,
+            )
+        )
 
     # -- public interface -----------------------------------------------------------------------
     def start(self) -> None:
@@ -271,17 +324,29 @@ class EndpointCache:
         return sets
 
     def _endpoint(self, pod: _Pod, ip: str) -> Endpoint:
-        kind, name = resolve_workload(pod.owner, pod.template_hash, self._replicasets, self._jobs,
-                                      pod.namespace)
-        return Endpoint(ip, pod.namespace, pod.name, kind, name, pod.node, self._service_of(pod),
-                        self._zones.get(pod.node, UNKNOWN))
+        kind, name = resolve_workload(
+            pod.owner, pod.template_hash, self._replicasets, self._jobs, pod.namespace
+        )
+        return Endpoint(
+            ip,
+            pod.namespace,
+            pod.name,
+            kind,
+            name,
+            pod.node,
+            self._service_of(pod),
+            self._zones.get(pod.node, UNKNOWN),
+        )
 
     def _service_of(self, pod: _Pod) -> str:
         if not pod.labels:
             return UNKNOWN
         labels = dict(pod.labels)
-        matches = [name for name, (selector, _ips) in self._services.get(pod.namespace, {}).items()
-                   if selector and all(labels.get(k) == v for k, v in selector)]
+        matches = [
+            name
+            for name, (selector, _ips) in self._services.get(pod.namespace, {}).items()
+            if selector and all(labels.get(k) == v for k, v in selector)
+        ]
         return min(matches) if matches else UNKNOWN
 
     def _index_pod(self, key: PodKey, pod: _Pod) -> None:
@@ -362,8 +427,11 @@ class EndpointCache:
         namespace, name = (intern(part) for part in _Store.key(obj))
         spec = obj.get("spec") or {}
         selector = tuple(sorted((spec.get("selector") or {}).items()))
-        ips = tuple(normalize_ip(ip) for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")])
-                    if ip and ip != "None")
+        ips = tuple(
+            normalize_ip(ip)
+            for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")])
+            if ip and ip != "None"
+        )
         services = self._services.setdefault(namespace, {})
         old = services.get(name)
         if old == (selector, ips):
@@ -410,8 +478,9 @@ class EndpointCache:
 
     def _upsert_namespace(self, obj: Obj) -> bool:
         name = _Store.key(obj)[1]
-        observed = ((obj.get("metadata") or {}).get("annotations") or {}).get(OBSERVE_ANNOTATION) \
-            == OBSERVE_VALUE
+        observed = ((obj.get("metadata") or {}).get("annotations") or {}).get(
+            OBSERVE_ANNOTATION
+        ) == OBSERVE_VALUE
         if observed == (name in self._observed_namespaces):
             return False
         if observed:

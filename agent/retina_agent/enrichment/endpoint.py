@@ -54,8 +54,13 @@ def controller_owner(meta: dict) -> Owner:
     return intern(ref["kind"]), intern(ref["name"])
 
 
-def resolve_workload(owner: Owner, template_hash: str | None, replicasets: dict[tuple[str, str], Owner],
-                     jobs: dict[tuple[str, str], Owner], namespace: str) -> tuple[str, str]:
+def resolve_workload(
+    owner: Owner,
+    template_hash: str | None,
+    replicasets: dict[tuple[str, str], Owner],
+    jobs: dict[tuple[str, str], Owner],
+    namespace: str,
+) -> tuple[str, str]:
     """The pod's workload ``(kind, name)`` from its owner and the known ReplicaSets and Jobs."""
     if owner is None:
         return UNKNOWN, UNKNOWN

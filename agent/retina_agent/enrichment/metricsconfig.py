@@ -62,7 +62,11 @@ CONTEXT_LABELS = ("ip", "namespace", "podname", "workload", "service", "port", "
 ADDITIONAL_LABELS = ("direction", "is_reply")
 
 STATE_INITIALIZED, STATE_ACCEPTED, STATE_ERRORED, STATE_WARNING = (
-    "Initialized", "Accepted", "Errored", "Warning")
+    "Initialized",
+    "Accepted",
+    "Errored",
+    "Warning",
+)
 
 
 class SpecError(ValueError):
@@ -136,8 +140,11 @@ def validate_spec(spec: Any) -> MetricsSpec:
         raise SpecError("spec", "is missing: give contextOptions and namespaces")
     options = spec.get("contextOptions")
     if not isinstance(options, list) or not options:
-        raise SpecError("spec.contextOptions", "is required and must list at least one metric, "
-                        "e.g. [{metricName: forward_count, sourceLabels: [ip, podname]}]")
+        raise SpecError(
+            "spec.contextOptions",
+            "is required and must list at least one metric, "
+            "e.g. [{metricName: forward_count, sourceLabels: [ip, podname]}]",
+        )
     context: dict[str, ContextOption] = {}
     for n, option in enumerate(options):
         where = f"spec.contextOptions[{n}]"
@@ -145,19 +152,24 @@ def validate_spec(spec: Any) -> MetricsSpec:
             raise SpecError(where, "must be an object with metricName")
         name = option.get("metricName")
         if not isinstance(name, str) or name not in METRIC_NAMES:
-            raise SpecError(f"{where}.metricName", f"{name!r} is not an advanced metric; use one of "
-                            f"{', '.join(sorted(METRIC_NAMES))}")
+            raise SpecError(
+                f"{where}.metricName",
+                f"{name!r} is not an advanced metric; use one of {', '.join(sorted(METRIC_NAMES))}",
+            )
         canonical = METRIC_NAMES[name]
         if canonical in context:
             raise SpecError(f"{where}.metricName", f"{name!r} is configured twice; keep one entry")
         context[canonical] = ContextOption(
             metric_name=canonical,
             source_labels=_string_list(option.get("sourceLabels"), f"{where}.sourceLabels", CONTEXT_LABELS),
-            destination_labels=_string_list(option.get("destinationLabels"), f"{where}.destinationLabels",
-                                            CONTEXT_LABELS),
-            additional_labels=_string_list(option.get("additionalLabels"), f"{where}.additionalLabels",
-                                           ADDITIONAL_LABELS),
-            ttl_seconds=_ttl(option.get("ttl"), f"{where}.ttl"))
+            destination_labels=_string_list(
+                option.get("destinationLabels"), f"{where}.destinationLabels", CONTEXT_LABELS
+            ),
+            additional_labels=_string_list(
+                option.get("additionalLabels"), f"{where}.additionalLabels", ADDITIONAL_LABELS
+            ),
+            ttl_seconds=_ttl(option.get("ttl"), f"{where}.ttl"),
+        )
     namespaces = spec.get("namespaces")
     if not isinstance(namespaces, dict):
         raise SpecError("spec.namespaces", "is required: give include: [...] or exclude: [...]")
@@ -168,8 +180,11 @@ def validate_spec(spec: Any) -> MetricsSpec:
     include = _string_list(namespaces.get("include"), "spec.namespaces.include")
     exclude = _string_list(namespaces.get("exclude"), "spec.namespaces.exclude")
     if has_include and not include:
-        raise SpecError("spec.namespaces.include", "is empty and would select nothing; list namespaces, "
-                        "or use exclude: [] to select every namespace")
+        raise SpecError(
+            "spec.namespaces.include",
+            "is empty and would select nothing; list namespaces, "
+            "or use exclude: [] to select every namespace",
+        )
     return MetricsSpec(context, frozenset(include), frozenset(exclude))
 
 
@@ -280,8 +295,9 @@ class MetricsConfigurationWatcher:
         except SpecError:
             return None
 
-    def _status(self, name: str, obj: Obj, valid: dict[str, MetricsSpec],
-                errors: dict[str, SpecError]) -> Obj | None:
+    def _status(
+        self, name: str, obj: Obj, valid: dict[str, MetricsSpec], errors: dict[str, SpecError]
+    ) -> Obj | None:
         """The status ``name`` should have, or None if it already has it."""
         old = obj.get("status") or {}
         last_known = old.get("lastKnownSpec")
@@ -294,9 +310,11 @@ class MetricsConfigurationWatcher:
             status = {"state": STATE_ACCEPTED, "reason": ""}
             last_known = copy.deepcopy(obj.get("spec"))
         else:
-            status = {"state": STATE_WARNING,
-                      "reason": f"only one MetricsConfiguration is used per cluster and "
-                                f"{self._in_force!r} is in force; delete this one or that one"}
+            status = {
+                "state": STATE_WARNING,
+                "reason": f"only one MetricsConfiguration is used per cluster and "
+                f"{self._in_force!r} is in force; delete this one or that one",
+            }
         if last_known:
             status["lastKnownSpec"] = last_known
         return None if status == old else status
@@ -304,7 +322,13 @@ class MetricsConfigurationWatcher:
     def _patch_status(self, name: str, status: Obj) -> None:
         try:
             self._api.patch_cluster_custom_object_status(
-                GROUP, VERSION, PLURAL, name, [{"op": "add", "path": "/status", "value": status}],
-                _content_type="application/json-patch+json", _request_timeout=(10, 30))
+                GROUP,
+                VERSION,
+                PLURAL,
+                name,
+                [{"op": "add", "path": "/status", "value": status}],
+                _content_type="application/json-patch+json",
+                _request_timeout=(10, 30),
+            )
         except Exception as exc:  # the next event retries; never stop the watch for this
             log.warning("could not write the status of MetricsConfiguration %s: %s", name, exc)

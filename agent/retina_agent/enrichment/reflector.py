@@ -41,9 +41,17 @@ class Handler(Protocol):
 class Reflector:
     """Keep ``handler`` in step with one collection of the API server (see the module doc)."""
 
-    def __init__(self, name: str, list_func: Callable[..., Any], handler: Handler, *,
-                 selectors: dict[str, str] | None = None, page_size: int = 500,
-                 watch_timeout: int = 300, max_backoff: float = 2.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        list_func: Callable[..., Any],
+        handler: Handler,
+        *,
+        selectors: dict[str, str] | None = None,
+        page_size: int = 500,
+        watch_timeout: int = 300,
+        max_backoff: float = 2.0,
+    ) -> None:
         self.name = name
         self._list_func = list_func
         self._handler = handler
@@ -56,7 +64,7 @@ class Reflector:
         self._thread: threading.Thread | None = None
         self.synced = threading.Event()  # the first list has been handed over
         self.connected = False
-        self.lists = 0       # completed lists (the first one included)
+        self.lists = 0  # completed lists (the first one included)
         self.reconnects = 0  # connections re-established after a failure
         self.last_error = ""
 
@@ -88,8 +96,11 @@ class Reflector:
                 backoff = 0.1
             except ApiException as exc:
                 if exc.status == 410:
-                    log.info("%s: resourceVersion %s is gone from the API server's history; listing "
-                             "again", self.name, resource_version)
+                    log.info(
+                        "%s: resourceVersion %s is gone from the API server's history; listing again",
+                        self.name,
+                        resource_version,
+                    )
                     resource_version = None
                     continue
                 if exc.status == 404:
@@ -106,8 +117,9 @@ class Reflector:
 
     def _failed(self, message: str) -> None:
         if self.connected or message != self.last_error:
-            log.warning("%s: lost the API server (%s); retrying, lookups use the last known state",
-                        self.name, message)
+            log.warning(
+                "%s: lost the API server (%s); retrying, lookups use the last known state", self.name, message
+            )
         self.connected = False
         self.last_error = message
 
@@ -128,8 +140,11 @@ class Reflector:
 
         def pages() -> Iterator[Obj]:
             while True:
-                kwargs: dict[str, Any] = {"limit": self._page_size, "_preload_content": False,
-                                          "_request_timeout": (10, 60)}
+                kwargs: dict[str, Any] = {
+                    "limit": self._page_size,
+                    "_preload_content": False,
+                    "_request_timeout": (10, 60),
+                }
                 if result["continue"]:
                     kwargs["_continue"] = result["continue"]
                 result["continue"] = ""
@@ -147,6 +162,7 @@ class Reflector:
 
     def _watch_from(self, resource_version: str) -> str:
         """Watch until the server ends the stream; returns the last resourceVersion seen."""
+
         # The wrapper has no docstring or return annotation, so Watch hands back raw dicts
         # (``deserialize=False`` would lose the ERROR events: kubernetes 37 raises KeyError).
         def call(**kwargs: Any) -> Any:
@@ -155,9 +171,13 @@ class Reflector:
         current = watch.Watch()
         self._watch = current
         try:
-            for event in current.stream(call, resource_version=resource_version,
-                                        timeout_seconds=self._watch_timeout, allow_watch_bookmarks=True,
-                                        _request_timeout=(10, self._watch_timeout + 30)):
+            for event in current.stream(
+                call,
+                resource_version=resource_version,
+                timeout_seconds=self._watch_timeout,
+                allow_watch_bookmarks=True,
+                _request_timeout=(10, self._watch_timeout + 30),
+            ):
                 if self._stop.is_set():
                     break
                 obj = event.get("raw_object") or event.get("object") or {}

@@ -48,8 +48,15 @@ def drop_counters(tables: list[Table], netns: str = "host") -> dict[DropKey, lis
     out: dict[DropKey, list[int]] = {}
 
     def put(table: Table, chain_name: str, rule_text: str, owner, packets: int, nbytes: int):
-        key = DropKey(netns, table.label, chain_name[:64], rule_text, owner.owner,
-                      owner.policy[:253], owner.policy_namespace[:63])
+        key = DropKey(
+            netns,
+            table.label,
+            chain_name[:64],
+            rule_text,
+            owner.owner,
+            owner.policy[:253],
+            owner.policy_namespace[:63],
+        )
         total = out.setdefault(key, [0, 0])
         total[0] += packets
         total[1] += nbytes
@@ -58,11 +65,23 @@ def drop_counters(tables: list[Table], netns: str = "host") -> dict[DropKey, lis
         for chain in table.chains.values():
             for rule in chain.rules:
                 if rule.target in DROP_TARGETS and rule.packets is not None:
-                    put(table, chain.name, bound_rule(rule.text), name_owner(table, chain, rule),
-                        rule.packets, rule.bytes or 0)
+                    put(
+                        table,
+                        chain.name,
+                        bound_rule(rule.text),
+                        name_owner(table, chain, rule),
+                        rule.packets,
+                        rule.bytes or 0,
+                    )
             if chain.policy == "DROP" and chain.packets is not None:
-                put(table, chain.name, "policy DROP", name_owner(table, chain, None),
-                    chain.packets, chain.bytes or 0)
+                put(
+                    table,
+                    chain.name,
+                    "policy DROP",
+                    name_owner(table, chain, None),
+                    chain.packets,
+                    chain.bytes or 0,
+                )
     return out
 
 

@@ -70,9 +70,11 @@ def parse_save(text: str, family: str, backend: str) -> list[Table]:
         if m := _CHAIN.match(line):
             policy = None if m[2] == "-" else m[2]
             table.chains[m[1]] = Chain(
-                m[1], policy,
+                m[1],
+                policy,
                 int(m[3]) if m[3] is not None and policy else None,
-                int(m[4]) if m[4] is not None and policy else None)
+                int(m[4]) if m[4] is not None and policy else None,
+            )
             continue
         packets = nbytes = None
         if m := _COUNTED_RULE.match(line):

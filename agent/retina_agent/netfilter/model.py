@@ -47,8 +47,36 @@ class Table:
         return f"{self.family} {self.name}"
 
 
-VERDICTS = frozenset({"ACCEPT", "DROP", "REJECT", "RETURN", "QUEUE", "NFQUEUE", "MARK",
-                      "LOG", "NFLOG", "MASQUERADE", "SNAT", "DNAT", "REDIRECT", "CONNMARK",
-                      "CT", "NOTRACK", "TRACE", "CHECKSUM", "TCPMSS", "SET", "AUDIT", "TEE",
-                      "CLASSIFY", "DSCP", "TOS", "TPROXY", "ULOG", "CONTINUE"})
+VERDICTS = frozenset(
+    {
+        "ACCEPT",
+        "DROP",
+        "REJECT",
+        "RETURN",
+        "QUEUE",
+        "NFQUEUE",
+        "MARK",
+        "LOG",
+        "NFLOG",
+        "MASQUERADE",
+        "SNAT",
+        "DNAT",
+        "REDIRECT",
+        "CONNMARK",
+        "CT",
+        "NOTRACK",
+        "TRACE",
+        "CHECKSUM",
+        "TCPMSS",
+        "SET",
+        "AUDIT",
+        "TEE",
+        "CLASSIFY",
+        "DSCP",
+        "TOS",
+        "TPROXY",
+        "ULOG",
+        "CONTINUE",
+    }
+)
 DROP_TARGETS = frozenset({"DROP", "REJECT"})

@@ -13,8 +13,14 @@ from typing import Any
 
 from retina_agent.netfilter.model import Chain, Rule, Table
 
-_VERDICTS = {"drop": "DROP", "accept": "ACCEPT", "return": "RETURN", "continue": "CONTINUE",
-             "reject": "REJECT", "queue": "QUEUE"}
+_VERDICTS = {
+    "drop": "DROP",
+    "accept": "ACCEPT",
+    "return": "RETURN",
+    "continue": "CONTINUE",
+    "reject": "REJECT",
+    "queue": "QUEUE",
+}
 
 
 class NftUnavailable(Exception):
@@ -26,8 +32,10 @@ def context():
     try:
         import nftables
     except ImportError:
-        raise NftUnavailable("the nftables Python module is missing: install Debian's "
-                             "python3-nftables (scripts/setup.sh links it into the venv)") from None
+        raise NftUnavailable(
+            "the nftables Python module is missing: install Debian's "
+            "python3-nftables (scripts/setup.sh links it into the venv)"
+        ) from None
     nft = nftables.Nftables()
     nft.set_json_output(True)
     nft.set_handle_output(True)
@@ -42,8 +50,7 @@ def _run(nft, command: str) -> list[dict]:
 
 
 def list_tables(nft) -> list[tuple[str, str]]:
-    return [(o["table"]["family"], o["table"]["name"]) for o in _run(nft, "list tables")
-            if "table" in o]
+    return [(o["table"]["family"], o["table"]["name"]) for o in _run(nft, "list tables") if "table" in o]
 
 
 def read_table(nft, family: str, name: str) -> Table:
@@ -63,7 +70,7 @@ def read_table(nft, family: str, name: str) -> Table:
 def rule_from_json(rule: dict) -> Rule:
     parts, target, goto, packets, nbytes = [], None, False, None, None
     for expr in rule.get("expr", []):
-        (kind, value), = expr.items()
+        ((kind, value),) = expr.items()
         if kind == "counter" and isinstance(value, dict):
             if packets is None:
                 packets, nbytes = int(value.get("packets", 0)), int(value.get("bytes", 0))
@@ -84,7 +91,7 @@ def rule_from_json(rule: dict) -> Rule:
 
 def _operand(value: Any) -> str:
     if isinstance(value, dict):
-        (kind, inner), = value.items()
+        ((kind, inner),) = value.items()
         if kind == "payload":
             return f"{inner.get('protocol', 'payload')} {inner.get('field', '')}".strip()
         if kind in ("meta", "ct", "rt", "socket", "fib", "osf"):

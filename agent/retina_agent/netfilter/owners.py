@@ -48,9 +48,20 @@ _KR_JUMP = re.compile(r"^run through nw policy (\S+)$")
 _KR_POLICY = re.compile(r"selected by policy name:?\s*(\S+) namespace:?\s*(\S+)")
 _KP_NO_ENDPOINTS = re.compile(r"^(\S+?)/(\S+) has no endpoints$")
 _KP_FIREWALL = re.compile(r"^(\S+?)/(\S+) traffic not accepted by ")
-_KUBE_PROXY_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-FORWARD",
-                      "KUBE-PROXY-FIREWALL", "KUBE-FW-", "KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-",
-                      "KUBE-POSTROUTING", "KUBE-MARK-", "KUBE-PROXY-CANARY")
+_KUBE_PROXY_CHAINS = (
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-FORWARD",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-FW-",
+    "KUBE-SVC-",
+    "KUBE-SEP-",
+    "KUBE-EXT-",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-",
+    "KUBE-PROXY-CANARY",
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ def calico_policy_name(full: str) -> tuple[str, str]:
     namespace, _, name = full.rpartition("/")
     for prefix in ("knp.default.", "default."):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     return name, namespace
 

@@ -11,6 +11,6 @@ from retina_agent.plugins.packetparser import PacketParser
 from retina_agent.plugins.tcpretrans import TcpRetrans
 
 REGISTRY: dict[str, type[Plugin]] = {
-    cls.name: cls for cls in (LinuxUtil, PacketForward, DropReason, Dns, TcpRetrans,
-                              PacketParser, Latency, Netfilter)
+    cls.name: cls
+    for cls in (LinuxUtil, PacketForward, DropReason, Dns, TcpRetrans, PacketParser, Latency, Netfilter)
 }

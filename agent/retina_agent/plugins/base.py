@@ -88,7 +88,8 @@ class Plugin(ABC):
         """Let PodLevel keep this plugin's IPs-of-interest map, if its program has one."""
         if self.ctx.pod_level is not None and "ips_of_interest" in loaded.maps:
             self.ctx.pod_level.register_filter(
-                BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8))
+                BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8)
+            )
 
     def pod_level_cflags(self) -> list[str]:
         """Compile flags of a program's pod-level part (the filter map's size from config)."""
@@ -125,7 +126,7 @@ def bpf_source(filename: str) -> str:
     for line in folder.joinpath(filename).read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith('#include "') and stripped.endswith('"'):
-            lines.append(folder.joinpath(stripped[len('#include "'):-1]).read_text())
+            lines.append(folder.joinpath(stripped[len('#include "') : -1]).read_text())
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"

@@ -33,11 +33,42 @@ _EVENT = struct.Struct("=16s16sHHHH")
 
 LATENCY_SLOTS = DNS_LATENCY_SLOTS
 
-RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-          6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE"}
-QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
-          33: "SRV", 35: "NAPTR", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 52: "TLSA",
-          64: "SVCB", 65: "HTTPS", 99: "SPF", 252: "AXFR", 255: "ANY", 257: "CAA"}
+RCODES = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    6: "YXDOMAIN",
+    7: "YXRRSET",
+    8: "NXRRSET",
+    9: "NOTAUTH",
+    10: "NOTZONE",
+}
+QTYPES = {
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    35: "NAPTR",
+    43: "DS",
+    46: "RRSIG",
+    47: "NSEC",
+    48: "DNSKEY",
+    52: "TLSA",
+    64: "SVCB",
+    65: "HTTPS",
+    99: "SPF",
+    252: "AXFR",
+    255: "ANY",
+    257: "CAA",
+}
 
 
 class RcodeKey(ctypes.Structure):
@@ -45,8 +76,11 @@ class RcodeKey(ctypes.Structure):
 
 
 class Latency(ctypes.Structure):
-    _fields_ = [("slots", ctypes.c_uint64 * LATENCY_SLOTS), ("sum_ns", ctypes.c_uint64),
-                ("count", ctypes.c_uint64)]
+    _fields_ = [
+        ("slots", ctypes.c_uint64 * LATENCY_SLOTS),
+        ("sum_ns", ctypes.c_uint64),
+        ("count", ctypes.c_uint64),
+    ]
 
 
 def qtype_name(qtype: int) -> str:
@@ -70,24 +104,30 @@ class Dns(TcPlugin):
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
         assert loaded is not None
-        self.totals = BpfMap(loaded.maps["dns_totals"], ctypes.c_uint32, ctypes.c_uint64,
-                             percpu=True)
-        self.responses = BpfMap(loaded.maps["dns_responses"], RcodeKey, ctypes.c_uint64,
-                                percpu=True)
+        self.totals = BpfMap(loaded.maps["dns_totals"], ctypes.c_uint32, ctypes.c_uint64, percpu=True)
+        self.responses = BpfMap(loaded.maps["dns_responses"], RcodeKey, ctypes.c_uint64, percpu=True)
         self.latency = BpfMap(loaded.maps["dns_latency"], ctypes.c_uint32, Latency, percpu=True)
-        self.snapshot: dict = {"requests": 0, "responses": 0, "by_code": {},
-                               "slots": [0] * LATENCY_SLOTS, "sum_ns": 0, "count": 0}
+        self.snapshot: dict = {
+            "requests": 0,
+            "responses": 0,
+            "by_code": {},
+            "slots": [0] * LATENCY_SLOTS,
+            "sum_ns": 0,
+            "count": 0,
+        }
         self.events: RingBuffer | None = None
         self.lost = 0
         if "dns_events" in loaded.maps:
             self.use_pod_filter(loaded)
-            self.lost_map = BpfMap(loaded.maps["dns_lost"], ctypes.c_uint32, ctypes.c_uint64,
-                                   percpu=True)
-            self.ctx.pod_level.register_metric(ADV_REQUESTS, "DNS requests of pods by query",
-                                               ("query_type", "query"))
+            self.lost_map = BpfMap(loaded.maps["dns_lost"], ctypes.c_uint32, ctypes.c_uint64, percpu=True)
             self.ctx.pod_level.register_metric(
-                ADV_RESPONSES, "DNS responses to pods by query and answer",
-                ("return_code", "query_type", "query", "response", "num_response"))
+                ADV_REQUESTS, "DNS requests of pods by query", ("query_type", "query")
+            )
+            self.ctx.pod_level.register_metric(
+                ADV_RESPONSES,
+                "DNS responses to pods by query and answer",
+                ("return_code", "query_type", "query", "response", "num_response"),
+            )
             self.events = RingBuffer(loaded.maps["dns_events"], self._on_event, "dns")
             self.events.start()
         self.attach_tc()
@@ -105,8 +145,14 @@ class Dns(TcPlugin):
                 slots[i] += cpu.slots[i]
             sum_ns += cpu.sum_ns
             count += cpu.count
-        self.snapshot = {"requests": requests, "responses": responses, "by_code": by_code,
-                         "slots": slots, "sum_ns": sum_ns, "count": count}
+        self.snapshot = {
+            "requests": requests,
+            "responses": responses,
+            "by_code": by_code,
+            "slots": slots,
+            "sum_ns": sum_ns,
+            "count": count,
+        }
         if self.events is not None:
             self.lost = sum(self.lost_map.lookup(ctypes.c_uint32(0)) or [])
             pod_level = self.ctx.pod_level
@@ -127,8 +173,9 @@ class Dns(TcPlugin):
         src, dst, sport, dport, length, weight = _EVENT.unpack_from(raw)
         weight = max(weight, 1)
         try:
-            msg = dns.message.from_wire(raw[_EVENT.size:_EVENT.size + length],
-                                        ignore_trailing=True, one_rr_per_rrset=True)
+            msg = dns.message.from_wire(
+                raw[_EVENT.size : _EVENT.size + length], ignore_trailing=True, one_rr_per_rrset=True
+            )
         except dns.exception.DNSException:
             return
         if not msg.question:
@@ -144,13 +191,15 @@ class Dns(TcPlugin):
             for labels in pod_level.label_sets(plan, src_ip, sport, dst_ip, dport):
                 pod_level.series.add(ADV_REQUESTS, (qtype, query, *labels), weight, now)
             return
-        answers = [rr.address for rrset in msg.answer for rr in rrset
-                   if hasattr(rr, "address")]
+        answers = [rr.address for rrset in msg.answer for rr in rrset if hasattr(rr, "address")]
         plan = pod_level.plan(ADV_RESPONSES)
         for labels in pod_level.label_sets(plan, src_ip, sport, dst_ip, dport):
             pod_level.series.add(
-                ADV_RESPONSES, (rcode_name(msg.rcode()), qtype, query, ",".join(answers),
-                                str(len(answers)), *labels), weight, now)
+                ADV_RESPONSES,
+                (rcode_name(msg.rcode()), qtype, query, ",".join(answers), str(len(answers)), *labels),
+                weight,
+                now,
+            )
 
     def collect(self) -> Iterable:
         s = self.snapshot
@@ -158,8 +207,7 @@ class Dns(TcPlugin):
         add(requests, [], s["requests"])
         responses = retina_gauge("dns_response_count", "DNS responses seen on the node")
         add(responses, [], s["responses"])
-        by_code = counter("dns_responses", "DNS responses by return code and query type",
-                          ["rcode", "qtype"])
+        by_code = counter("dns_responses", "DNS responses by return code and query type", ["rcode", "qtype"])
         for (rcode, qtype), n in sorted(s["by_code"].items()):
             add(by_code, [rcode, qtype], n)
         buckets, running = [], 0
@@ -167,16 +215,20 @@ class Dns(TcPlugin):
             running += n
             buckets.append((f"{(1 << i) / 1e6:.6g}", running))
         buckets.append(("+Inf", s["count"]))
-        latency = histogram("dns_latency_seconds",
-                            "Time from a DNS request to its response, seen on the node",
-                            buckets, s["sum_ns"] / 1e9)
+        latency = histogram(
+            "dns_latency_seconds",
+            "Time from a DNS request to its response, seen on the node",
+            buckets,
+            s["sum_ns"] / 1e9,
+        )
         families = [requests, responses, by_code, latency]
         if self.events is not None:
             families += self._adv_families()
         return families
 
     def _adv_families(self) -> list:
-        lost = retina_counter("lost_events_counter", "Events lost before reaching the agent",
-                              ["type", "reason"])
+        lost = retina_counter(
+            "lost_events_counter", "Events lost before reaching the agent", ["type", "reason"]
+        )
         add(lost, ["dns", "ring_buffer_full"], self.lost)
         return [lost]

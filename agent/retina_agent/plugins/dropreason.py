@@ -42,9 +42,13 @@ class DropValue(ctypes.Structure):
 
 
 class DropFlowKey(ctypes.Structure):
-    _fields_ = [("src", ctypes.c_uint8 * 16), ("dst", ctypes.c_uint8 * 16),
-                ("reason", ctypes.c_uint32), ("proto", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 3)]
+    _fields_ = [
+        ("src", ctypes.c_uint8 * 16),
+        ("dst", ctypes.c_uint8 * 16),
+        ("reason", ctypes.c_uint32),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
 
 
 def reason_names(symbols: dict[int, str]) -> dict[int, str]:
@@ -82,8 +86,10 @@ class DropReason(Plugin):
             if last is not None:
                 cflags.append(f"-DLAST_NOT_A_DROP={last}")
         else:
-            self.degraded = (f"{tracepoint} has no reason field (kernel before 5.17): drops are "
-                             "counted under reason UNKNOWN")
+            self.degraded = (
+                f"{tracepoint} has no reason field (kernel before 5.17): drops are "
+                "counted under reason UNKNOWN"
+            )
             log.warning("dropreason: %s", self.degraded)
         maps = ["drop_counts"]
         cflags += [f"-DDROP_DIR_{d.upper()}={i}" for i, d in enumerate(DIRECTIONS)]
@@ -91,12 +97,19 @@ class DropReason(Plugin):
         if self.ctx.pod_level is not None:  # adv_drop_*: attribute drops to pods
             cflags += self.pod_level_cflags()
             maps += ["drop_flows", "ips_of_interest"]
-            offsets += [("SKB_HEAD_OFFSET", "sk_buff", "head"),
-                        ("SKB_NETWORK_HEADER_OFFSET", "sk_buff", "network_header")]
-        return ProgramSpec(plugin=self.name, source=source, cflags=cflags,
-                           tracepoints=[(tracepoint, "on_kfree_skb")], maps=maps,
-                           btf_offsets=offsets,
-                           btf_enums=["skb_drop_reason"] if not self.names else [])
+            offsets += [
+                ("SKB_HEAD_OFFSET", "sk_buff", "head"),
+                ("SKB_NETWORK_HEADER_OFFSET", "sk_buff", "network_header"),
+            ]
+        return ProgramSpec(
+            plugin=self.name,
+            source=source,
+            cflags=cflags,
+            tracepoints=[(tracepoint, "on_kfree_skb")],
+            maps=maps,
+            btf_offsets=offsets,
+            btf_enums=["skb_drop_reason"] if not self.names else [],
+        )
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
@@ -112,12 +125,14 @@ class DropReason(Plugin):
         if self.ctx.pod_level is not None and "drop_flows" in loaded.maps:
             self.use_pod_filter(loaded)
             self.flows = FlowHarvester(
-                BpfMap(loaded.maps["drop_flows"], DropFlowKey, DropValue, percpu=True), 2,
-                self._account_flow)
-            self.ctx.pod_level.register_metric(ADV_COUNT, "Dropped packets of pod traffic by "
-                                               "reason and context", ("reason",))
-            self.ctx.pod_level.register_metric(ADV_BYTES, "Dropped bytes of pod traffic by "
-                                               "reason and context", ("reason",))
+                BpfMap(loaded.maps["drop_flows"], DropFlowKey, DropValue, percpu=True), 2, self._account_flow
+            )
+            self.ctx.pod_level.register_metric(
+                ADV_COUNT, "Dropped packets of pod traffic by reason and context", ("reason",)
+            )
+            self.ctx.pod_level.register_metric(
+                ADV_BYTES, "Dropped bytes of pod traffic by reason and context", ("reason",)
+            )
 
     def reason_name(self, code: int) -> str:
         return self.names.get(code) or f"UNKNOWN_{code}"
@@ -125,11 +140,15 @@ class DropReason(Plugin):
     def harvest(self) -> None:
         snapshot: dict[tuple[str, str], tuple[int, int]] = {}
         for key, per_cpu in self.counts.items():
-            label = (self.reason_name(key.reason),
-                     DIRECTIONS[key.direction] if key.direction < len(DIRECTIONS) else "unknown")
+            label = (
+                self.reason_name(key.reason),
+                DIRECTIONS[key.direction] if key.direction < len(DIRECTIONS) else "unknown",
+            )
             packets, octets = snapshot.get(label, (0, 0))
-            snapshot[label] = (packets + sum(v.packets for v in per_cpu),
-                               octets + sum(v.bytes for v in per_cpu))
+            snapshot[label] = (
+                packets + sum(v.packets for v in per_cpu),
+                octets + sum(v.bytes for v in per_cpu),
+            )
         self.snapshot = snapshot
         if self.flows is not None:
             pod_level = self.ctx.pod_level
@@ -148,11 +167,16 @@ class DropReason(Plugin):
                 series.add(metric, (reason, *labels), value, self._now)
 
     def collect(self) -> Iterable:
-        packets = retina_gauge("drop_count", "Packets dropped by the kernel, by drop reason "
-                               "and direction (ingress: received from an interface; egress: "
-                               "generated on the node)", ["reason", "direction"])
-        octets = retina_gauge("drop_bytes", "Bytes dropped by the kernel, by drop reason and "
-                              "direction", ["reason", "direction"])
+        packets = retina_gauge(
+            "drop_count",
+            "Packets dropped by the kernel, by drop reason "
+            "and direction (ingress: received from an interface; egress: "
+            "generated on the node)",
+            ["reason", "direction"],
+        )
+        octets = retina_gauge(
+            "drop_bytes", "Bytes dropped by the kernel, by drop reason and direction", ["reason", "direction"]
+        )
         for (reason, direction), (n, b) in sorted(self.snapshot.items()):
             add(packets, [reason, direction], n)
             add(octets, [reason, direction], b)

@@ -32,18 +32,19 @@ SLOTS = LAT_SLOTS
 
 
 class ServerKey(ctypes.Structure):
-    _fields_ = [("addr", ctypes.c_uint8 * 16), ("port", ctypes.c_uint16),
-                ("pad", ctypes.c_uint16)]
+    _fields_ = [("addr", ctypes.c_uint8 * 16), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
 
 
 class ConnKey(ctypes.Structure):
-    _fields_ = [("server", ctypes.c_uint8 * 16), ("server_port", ctypes.c_uint16),
-                ("client_port", ctypes.c_uint16)]
+    _fields_ = [
+        ("server", ctypes.c_uint8 * 16),
+        ("server_port", ctypes.c_uint16),
+        ("client_port", ctypes.c_uint16),
+    ]
 
 
 class Histogram(ctypes.Structure):
-    _fields_ = [("slots", ctypes.c_uint64 * SLOTS), ("sum_ns", ctypes.c_uint64),
-                ("count", ctypes.c_uint64)]
+    _fields_ = [("slots", ctypes.c_uint64 * SLOTS), ("sum_ns", ctypes.c_uint64), ("count", ctypes.c_uint64)]
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -68,7 +69,8 @@ def cluster_endpoints(api_client) -> list[tuple[str, int]]:
     found = [apiserver_endpoint(api_client)]
     try:
         endpoints = k8s.CoreV1Api(api_client).read_namespaced_endpoints(
-            "kubernetes", "default", _request_timeout=5)
+            "kubernetes", "default", _request_timeout=5
+        )
         for subset in endpoints.subsets or []:
             for address in subset.addresses or []:
                 for port in subset.ports or []:
@@ -94,12 +96,16 @@ class Latency(TcPlugin):
                     api = load_api_client(self.ctx.config.pod_level.kubeconfig)
                 self.servers = cluster_endpoints(api)
         except Exception as exc:
-            raise PluginUnavailable(f"cannot tell the API server's address: {exc} (set "
-                                    "plugins.latency.apiServer, or run in a cluster)") from None
+            raise PluginUnavailable(
+                f"cannot tell the API server's address: {exc} (set "
+                "plugins.latency.apiServer, or run in a cluster)"
+            ) from None
         self.timeout = parse_go_duration(options.no_response_timeout)
         if len({port for _, port in self.servers}) > 4:
-            raise PluginUnavailable("the API server listens on more than 4 ports: set "
-                                    "plugins.latency.apiServer to the ones to time")
+            raise PluginUnavailable(
+                "the API server listens on more than 4 ports: set "
+                "plugins.latency.apiServer to the ones to time"
+            )
         return Feature(self.name, maps=["apiservers", "pending", "latency_hist"])
 
     def start(self, loaded: LoadedProgram | None) -> None:
@@ -111,8 +117,7 @@ class Latency(TcPlugin):
             ctypes.memmove(key.addr, addr_bytes(ip), 16)
             servers.update(key, ctypes.c_uint8(1))
         self.ctx.datapath.set_api_ports([port for _, port in self.servers])
-        log.info("timing the API server at %s",
-                 ", ".join(f"{ip}:{port}" for ip, port in self.servers))
+        log.info("timing the API server at %s", ", ".join(f"{ip}:{port}" for ip, port in self.servers))
         self.pending = BpfMap(loaded.maps["pending"], ConnKey, ctypes.c_uint64)
         self.hist = BpfMap(loaded.maps["latency_hist"], ctypes.c_uint32, Histogram, percpu=True)
         self.no_response = 0
@@ -137,9 +142,9 @@ class Latency(TcPlugin):
     def collect(self) -> Iterable:
         families = []
         for which, metric, doc in (
-                (0, "adv_node_apiserver_latency", "Latency of node apiserver in ms"),
-                (1, "adv_node_apiserver_tcp_handshake_latency",
-                 "Latency of node apiserver tcp handshake in ms")):
+            (0, "adv_node_apiserver_latency", "Latency of node apiserver in ms"),
+            (1, "adv_node_apiserver_tcp_handshake_latency", "Latency of node apiserver tcp handshake in ms"),
+        ):
             slots, sum_ns, count = self.snapshot[which]
             buckets, running = [], 0
             for k in range(SLOTS - 1):
@@ -150,7 +155,9 @@ class Latency(TcPlugin):
         no_response = retina_counter(
             "adv_node_apiserver_no_response",
             "Number of requests that did not get a response from node apiserver",
-            ["no_response"], prefix="networkobservability_")
+            ["no_response"],
+            prefix="networkobservability_",
+        )
         add(no_response, ["no_response"], self.no_response)
         families.append(no_response)
         return families

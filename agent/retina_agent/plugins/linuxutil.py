@@ -20,11 +20,32 @@ from retina_agent.metrics import add, retina_gauge
 from retina_agent.plugins.base import Plugin
 
 # include/net/tcp_states.h
-TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-              11: "CLOSING"}
-RETINA_STATES = ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
-                 "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "UNKNOWN")
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+}
+RETINA_STATES = (
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "UNKNOWN",
+)
 
 
 def read_sockets(path: Path) -> list[tuple[int, bool]]:
@@ -115,11 +136,11 @@ class LinuxUtil(Plugin):
         tcp_state = retina_gauge("tcp_state", "TCP sockets on the node by state", ["state"])
         for state, n in s["states"].items():
             add(tcp_state, [state], n)
-        remote = retina_gauge("tcp_connection_remote",
-                              "TCP sockets with a remote peer (all addresses)", ["address"])
+        remote = retina_gauge(
+            "tcp_connection_remote", "TCP sockets with a remote peer (all addresses)", ["address"]
+        )
         add(remote, ["AllIPs"], s["remote"])
-        tcp_stats = retina_gauge("tcp_connection_stats", "TcpExt and MPTcpExt counters",
-                                 ["statistic_name"])
+        tcp_stats = retina_gauge("tcp_connection_stats", "TcpExt and MPTcpExt counters", ["statistic_name"])
         for key, value in sorted(s["tcp_stats"].items()):
             add(tcp_stats, [key], value)
         ip_stats = retina_gauge("ip_connection_stats", "IpExt counters", ["statistic_name"])
@@ -127,10 +148,12 @@ class LinuxUtil(Plugin):
             add(ip_stats, [key], value)
         udp = retina_gauge("udp_connection_stats", "UDP socket statistics", ["statistic_name"])
         add(udp, ["ACTIVE"], s["udp_active"])
-        iface = retina_gauge("interface_stats",
-                             "Interface error and drop counters (per interface, and summed "
-                             "under interface_name=all_interfaces as Retina does)",
-                             ["interface_name", "statistic_name"])
+        iface = retina_gauge(
+            "interface_stats",
+            "Interface error and drop counters (per interface, and summed "
+            "under interface_name=all_interfaces as Retina does)",
+            ["interface_name", "statistic_name"],
+        )
         totals: dict[str, int] = {}
         for ifname, values in sorted(s["interfaces"].items()):
             for key, value in sorted(values.items()):

@@ -42,8 +42,9 @@ class Netfilter(Plugin):
         self._reported: set[str] = set()
         first = self._read_all()
         if not first:
-            raise PluginUnavailable("no network namespace could be read: "
-                                    + "; ".join(sorted(self._reported)))
+            raise PluginUnavailable(
+                "no network namespace could be read: " + "; ".join(sorted(self._reported))
+            )
 
     def _namespaces(self) -> list[tuple[str, Path | None]]:
         found: list[tuple[str, Path | None]] = []
@@ -92,23 +93,30 @@ class Netfilter(Plugin):
     def collect(self) -> Iterable:
         with self._lock:
             counters, rules, uncounted = self.counters, self.rules, self.uncounted
-        count = retina_gauge("netfilter_drop_count", "Packets dropped by a netfilter rule or "
-                             "chain policy (kernel rule counter), by rule and owner", LABELS)
-        nbytes = retina_gauge("netfilter_drop_bytes", "Bytes dropped by a netfilter rule or "
-                              "chain policy (kernel rule counter), by rule and owner", LABELS)
-        for key, (packets, size) in sorted(counters.items(), key=lambda kv: tuple(
-                vars(kv[0]).values())):
-            labels = [key.netns, key.table, key.chain, key.rule, key.owner, key.policy,
-                      key.policy_namespace]
+        count = retina_gauge(
+            "netfilter_drop_count",
+            "Packets dropped by a netfilter rule or chain policy (kernel rule counter), by rule and owner",
+            LABELS,
+        )
+        nbytes = retina_gauge(
+            "netfilter_drop_bytes",
+            "Bytes dropped by a netfilter rule or chain policy (kernel rule counter), by rule and owner",
+            LABELS,
+        )
+        for key, (packets, size) in sorted(counters.items(), key=lambda kv: tuple(vars(kv[0]).values())):
+            labels = [key.netns, key.table, key.chain, key.rule, key.owner, key.policy, key.policy_namespace]
             add(count, labels, packets)
             add(nbytes, labels, size)
-        total = gauge("netfilter_rules", "Netfilter rules read in the last harvest",
-                      ["netns", "backend"])
+        total = gauge("netfilter_rules", "Netfilter rules read in the last harvest", ["netns", "backend"])
         for (netns, backend), n in sorted(rules.items()):
             add(total, [netns, backend], n)
-        blind = gauge("netfilter_uncounted_drop_rules", "Drop rules and chain policies the "
-                      "kernel keeps no counter for (native nftables without a counter "
-                      "statement, nftables chain policies)", ["netns"])
+        blind = gauge(
+            "netfilter_uncounted_drop_rules",
+            "Drop rules and chain policies the "
+            "kernel keeps no counter for (native nftables without a counter "
+            "statement, nftables chain policies)",
+            ["netns"],
+        )
         for netns, n in sorted(uncounted.items()):
             add(blind, [netns], n)
         return [count, nbytes, total, blind]

@@ -45,10 +45,8 @@ class PacketForward(TcPlugin):
         self.snapshot = snapshot
 
     def collect(self) -> Iterable:
-        packets = retina_gauge("forward_count", "Packets forwarded by the node, by direction",
-                               ["direction"])
-        octets = retina_gauge("forward_bytes", "Bytes forwarded by the node, by direction",
-                              ["direction"])
+        packets = retina_gauge("forward_count", "Packets forwarded by the node, by direction", ["direction"])
+        octets = retina_gauge("forward_bytes", "Bytes forwarded by the node, by direction", ["direction"])
         for direction, (n, b) in self.snapshot.items():
             add(packets, [direction], n)
             add(octets, [direction], b)

@@ -26,22 +26,33 @@ from retina_agent.podlevel.flows import FlowHarvester
 
 FLAGS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
 assert len(FLAGS) == N_TCP_FLAGS
-FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS = "adv_forward_count", "adv_forward_bytes", \
-    "adv_tcpflags_count"
+FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS = "adv_forward_count", "adv_forward_bytes", "adv_tcpflags_count"
 METRICS = (FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS)
 
+
 class FlowKey(ctypes.Structure):
-    _fields_ = [("src", ctypes.c_uint8 * 16), ("dst", ctypes.c_uint8 * 16),
-                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
-                ("proto", ctypes.c_uint8), ("direction", ctypes.c_uint8),
-                ("pad", ctypes.c_uint16)]
+    _fields_ = [
+        ("src", ctypes.c_uint8 * 16),
+        ("dst", ctypes.c_uint8 * 16),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
 
 class FlowValue(ctypes.Structure):
-    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64),
-                ("flags", ctypes.c_uint64 * len(FLAGS))]
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64 * len(FLAGS)),
+    ]
+
 
 _KEY = struct.Struct("=16s16sHHBBH")
 _VALUE_WORDS = 2 + len(FLAGS)
+
 
 class PacketParser(TcPlugin):
     name = "packetparser"
@@ -49,11 +60,13 @@ class PacketParser(TcPlugin):
     def prepare(self) -> Feature:
         cfg = self.ctx.config
         if not cfg.enable_pod_level or self.ctx.pod_level is None:
-            raise PluginUnavailable("packetparser produces pod-level metrics: set "
-                                    "enablePodLevel: true")
+            raise PluginUnavailable("packetparser produces pod-level metrics: set enablePodLevel: true")
         options = cfg.plugins.packetparser
-        return Feature(self.name, maps=["flows", "ips_of_interest"],
-                       cflags=[f"-DMAX_FLOWS={options.max_flows}", *self.pod_level_cflags()])
+        return Feature(
+            self.name,
+            maps=["flows", "ips_of_interest"],
+            cflags=[f"-DMAX_FLOWS={options.max_flows}", *self.pod_level_cflags()],
+        )
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
@@ -65,8 +78,7 @@ class PacketParser(TcPlugin):
         self.harvester = FlowHarvester(self.flows, 2 + len(FLAGS), self._account)
         pod_level.register_metric(FORWARD_COUNT, "Packets of pod traffic by direction and context")
         pod_level.register_metric(FORWARD_BYTES, "Bytes of pod traffic by direction and context")
-        pod_level.register_metric(TCPFLAGS, "TCP packets of pod traffic by flag and context",
-                                  ("flag",))
+        pod_level.register_metric(TCPFLAGS, "TCP packets of pod traffic by flag and context", ("flag",))
         self.attach_tc()
 
     def harvest(self) -> None:

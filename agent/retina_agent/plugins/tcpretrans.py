@@ -39,27 +39,31 @@ class TcpRetrans(Plugin):
         if pod_level:
             cflags = self.pod_level_cflags()
             maps += ["retrans_pairs", "ips_of_interest"]
-        return ProgramSpec(plugin=self.name, source=source, cflags=cflags,
-                           tracepoints=[(tracepoint, "on_tcp_retransmit_skb")], maps=maps)
+        return ProgramSpec(
+            plugin=self.name,
+            source=source,
+            cflags=cflags,
+            tracepoints=[(tracepoint, "on_tcp_retransmit_skb")],
+            maps=maps,
+        )
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)
         assert loaded is not None
-        self.counts = BpfMap(loaded.maps["retrans_counts"], ctypes.c_uint32, ctypes.c_uint64,
-                             percpu=True)
+        self.counts = BpfMap(loaded.maps["retrans_counts"], ctypes.c_uint32, ctypes.c_uint64, percpu=True)
         self.snapshot = dict.fromkeys(FAMILIES, 0)
         self.pairs: FlowHarvester | None = None
         if "retrans_pairs" in loaded.maps:
             self.use_pod_filter(loaded)
             self.pairs = FlowHarvester(
-                BpfMap(loaded.maps["retrans_pairs"], PairKey, ctypes.c_uint64, percpu=True), 1,
-                self._account)
-            self.ctx.pod_level.register_metric(ADV, "TCP retransmissions of pod traffic by "
-                                               "direction and context")
+                BpfMap(loaded.maps["retrans_pairs"], PairKey, ctypes.c_uint64, percpu=True), 1, self._account
+            )
+            self.ctx.pod_level.register_metric(
+                ADV, "TCP retransmissions of pod traffic by direction and context"
+            )
 
     def harvest(self) -> None:
-        self.snapshot = {f: sum(self.counts.lookup(ctypes.c_uint32(i)) or [])
-                         for i, f in enumerate(FAMILIES)}
+        self.snapshot = {f: sum(self.counts.lookup(ctypes.c_uint32(i)) or []) for i, f in enumerate(FAMILIES)}
         if self.pairs is not None:
             pod_level = self.ctx.pod_level
             self._plan, self._now = pod_level.plan(ADV), time.monotonic()
@@ -73,9 +77,9 @@ class TcpRetrans(Plugin):
             pod_level.series.add(ADV, labels, deltas[0], self._now)
 
     def collect(self) -> Iterable:
-        family = retina_gauge("tcpretrans_count",
-                              "TCP segments retransmitted by the node, by address family",
-                              ["family"])
+        family = retina_gauge(
+            "tcpretrans_count", "TCP segments retransmitted by the node, by address family", ["family"]
+        )
         for name, value in self.snapshot.items():
             add(family, [name], value)
         return [family]

@@ -39,8 +39,16 @@ def addr_str(raw: bytes) -> str:
 
 
 class PodLevel:
-    def __init__(self, *, remote: bool, annotations: bool, bypass_filter: bool,
-                 max_series: int, cache=None, watcher=None) -> None:
+    def __init__(
+        self,
+        *,
+        remote: bool,
+        annotations: bool,
+        bypass_filter: bool,
+        max_series: int,
+        cache=None,
+        watcher=None,
+    ) -> None:
         self.remote = remote
         self.annotations = annotations
         self.bypass_filter = bypass_filter
@@ -96,7 +104,8 @@ class PodLevel:
             return 0.0
         short = metric.removeprefix("adv_")
         option = spec.context_options.get(short) or spec.context_options.get(
-            short.replace("_bytes", "_count"))
+            short.replace("_bytes", "_count")
+        )
         return option.ttl_seconds if option is not None else 0.0
 
     # -- exposition --------------------------------------------------------------------------
@@ -130,8 +139,9 @@ class PodLevel:
             return False
         return not self.annotations or ip in self.cache.annotated_ips()
 
-    def label_sets(self, plan: LabelPlan, src_ip: str, sport: int, dst_ip: str, dport: int,
-                   direction: str | None = None) -> list[tuple[str, ...]]:
+    def label_sets(
+        self, plan: LabelPlan, src_ip: str, sport: int, dst_ip: str, dport: int, direction: str | None = None
+    ) -> list[tuple[str, ...]]:
         """The series a packet from src to dst belongs to.
 
         Local context: one per pod of this node it touches (the source's egress series, the
@@ -168,8 +178,7 @@ class PodLevel:
             ips = ips & cache.annotated_ips()
         spec = self._spec
         if spec is not None:
-            ips = frozenset(ip for ip in ips if spec.namespace_selected(
-                cache.namespace_of(ip) or ""))
+            ips = frozenset(ip for ip in ips if spec.namespace_selected(cache.namespace_of(ip) or ""))
         return ips
 
     # -- BPF filter maps ---------------------------------------------------------------------

@@ -24,14 +24,22 @@ def build_pod_level(config: AgentConfig) -> PodLevel:
         )
 
         api = load_api_client(config.pod_level.kubeconfig)
-        cache = EndpointCache(api, node_name(config.pod_level.node_name),
-                              remote_context=config.remote_context,
-                              watch_services=config.remote_context)
+        cache = EndpointCache(
+            api,
+            node_name(config.pod_level.node_name),
+            remote_context=config.remote_context,
+            watch_services=config.remote_context,
+        )
         watcher = MetricsConfigurationWatcher(api)
     except Exception as exc:
         log.warning("pod-level metrics without Kubernetes: addresses stay unresolved (%s)", exc)
-    pod_level = PodLevel(remote=config.remote_context, annotations=config.enable_annotations,
-                         bypass_filter=config.bypass_lookup_ip_of_interest,
-                         max_series=config.pod_level.max_series, cache=cache, watcher=watcher)
+    pod_level = PodLevel(
+        remote=config.remote_context,
+        annotations=config.enable_annotations,
+        bypass_filter=config.bypass_lookup_ip_of_interest,
+        max_series=config.pod_level.max_series,
+        cache=cache,
+        watcher=watcher,
+    )
     pod_level.api_client = api
     return pod_level

@@ -16,9 +16,15 @@ from typing import Protocol
 
 UNKNOWN = "unknown"
 LOCAL_FIELDS = ("ip", "namespace", "podname", "workload_kind", "workload_name")
-OPTION_FIELDS = {"ip": ("ip",), "namespace": ("namespace",), "podname": ("podname",),
-                 "workload": ("workload_kind", "workload_name"), "service": ("service",),
-                 "port": ("port",), "zone": ("zone",)}
+OPTION_FIELDS = {
+    "ip": ("ip",),
+    "namespace": ("namespace",),
+    "podname": ("podname",),
+    "workload": ("workload_kind", "workload_name"),
+    "service": ("service",),
+    "port": ("port",),
+    "zone": ("zone",),
+}
 DEFAULT_REMOTE = ("namespace", "podname", "workload")
 DIRECTIONS = ("ingress", "egress")  # index = BPF direction: 0 into the pod, 1 out of it
 
@@ -44,9 +50,11 @@ class LabelPlan:
     def names(self) -> list[str]:
         if self.local:
             return [*LOCAL_FIELDS, *self.additional]
-        return ([f"source_{f}" for f in self.source_fields]
-                + [f"destination_{f}" for f in self.destination_fields]
-                + list(self.additional))
+        return (
+            [f"source_{f}" for f in self.source_fields]
+            + [f"destination_{f}" for f in self.destination_fields]
+            + list(self.additional)
+        )
 
 
 def _expand(options: tuple[str, ...]) -> tuple[str, ...]:
@@ -56,16 +64,14 @@ def _expand(options: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(fields)
 
 
-def plan_for(option, remote: bool, default_additional: tuple[str, ...] = ("direction",)
-             ) -> LabelPlan:
+def plan_for(option, remote: bool, default_additional: tuple[str, ...] = ("direction",)) -> LabelPlan:
     """The plan for one metric from its ContextOption (or None for the defaults)."""
     additional = tuple(option.additional_labels) if option is not None else default_additional
     additional = tuple(a for a in additional if a == "direction") or ()
     if not remote:
         return LabelPlan(True, (), (), additional)
     src = _expand(tuple(option.source_labels)) if option is not None else _expand(DEFAULT_REMOTE)
-    dst = (_expand(tuple(option.destination_labels)) if option is not None
-           else _expand(DEFAULT_REMOTE))
+    dst = _expand(tuple(option.destination_labels)) if option is not None else _expand(DEFAULT_REMOTE)
     return LabelPlan(False, src, dst, additional)
 
 
@@ -84,9 +90,18 @@ def local_values(plan: LabelPlan, ep: EndpointLike, ip: str, direction: str) -> 
     return values + tuple(direction for a in plan.additional if a == "direction")
 
 
-def remote_values(plan: LabelPlan, src: EndpointLike | None, src_ip: str, sport: int,
-                  dst: EndpointLike | None, dst_ip: str, dport: int, direction: str
-                  ) -> tuple[str, ...]:
-    return (tuple(endpoint_field(src, src_ip, f, sport) for f in plan.source_fields)
-            + tuple(endpoint_field(dst, dst_ip, f, dport) for f in plan.destination_fields)
-            + tuple(direction for a in plan.additional if a == "direction"))
+def remote_values(
+    plan: LabelPlan,
+    src: EndpointLike | None,
+    src_ip: str,
+    sport: int,
+    dst: EndpointLike | None,
+    dst_ip: str,
+    dport: int,
+    direction: str,
+) -> tuple[str, ...]:
+    return (
+        tuple(endpoint_field(src, src_ip, f, sport) for f in plan.source_fields)
+        + tuple(endpoint_field(dst, dst_ip, f, dport) for f in plan.destination_fields)
+        + tuple(direction for a in plan.additional if a == "direction")
+    )

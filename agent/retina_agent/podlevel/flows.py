@@ -18,8 +18,7 @@ IDLE_HARVESTS_BEFORE_PRUNE = 6
 
 
 class FlowHarvester:
-    def __init__(self, bpf_map: BpfMap, words: int,
-                 account: Callable[[bytes, list[int]], None]) -> None:
+    def __init__(self, bpf_map: BpfMap, words: int, account: Callable[[bytes, list[int]], None]) -> None:
         """``words``: u64 counters in one CPU's value; ``account(raw_key, deltas)``."""
         self.map = bpf_map
         self.words = words
@@ -32,7 +31,7 @@ class FlowHarvester:
 
     def sums(self, raw_value: bytes) -> list[int]:
         values = self._unpack(raw_value)
-        return [sum(values[i::self.words]) for i in range(self.words)]
+        return [sum(values[i :: self.words]) for i in range(self.words)]
 
     def harvest(self) -> None:
         seen: set[bytes] = set()

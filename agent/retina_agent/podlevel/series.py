@@ -33,8 +33,7 @@ class SeriesStore:
         self.expired: dict[str, int] = {}
         self._count = 0
 
-    def add(self, metric: str, labels: tuple[str, ...], delta: float, now: float | None = None
-            ) -> None:
+    def add(self, metric: str, labels: tuple[str, ...], delta: float, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
             series = self._series.setdefault(metric, {})
@@ -91,7 +90,6 @@ class SeriesStore:
                 continue
             text = '",'.join(h + escape(v) for h, v in zip(heads, labels, strict=True))
             yield f'{name}{{{text}"}} {format_value(entry[0])}\n'
-
 
     @property
     def count(self) -> int:

@@ -24,9 +24,12 @@ def add_observe_flags(parser: argparse.ArgumentParser, since: str) -> None:
     a("--context", help="the kubeconfig context to use")
     a("-n", "--namespace", help="namespace (default: the context's namespace)")
     a("--since", default=since, help=f"how far back to look, e.g. 5m, 1h (default {since})")
-    a("--prometheus", default=None,
-      help=f"Prometheus URL (default ${prometheus.ENV_URL}, else the installer's "
-           f"{prometheus.DEFAULT_NAMESPACE}/{prometheus.DEFAULT_SERVICE} through the API server)")
+    a(
+        "--prometheus",
+        default=None,
+        help=f"Prometheus URL (default ${prometheus.ENV_URL}, else the installer's "
+        f"{prometheus.DEFAULT_NAMESPACE}/{prometheus.DEFAULT_SERVICE} through the API server)",
+    )
     a("--prometheus-namespace", default=prometheus.DEFAULT_NAMESPACE, help=argparse.SUPPRESS)
     a("--prometheus-service", default=prometheus.DEFAULT_SERVICE, help=argparse.SUPPRESS)
 
@@ -43,8 +46,9 @@ def register(sub) -> None:
     p.add_argument("pod_a", metavar="POD_A", help="the client pod: NAME or NAMESPACE/NAME")
     p.add_argument("pod_b", metavar="POD_B", help="the server pod: NAME or NAMESPACE/NAME")
     add_observe_flags(p, "10m")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                   help="text (default) or json for scripts")
+    p.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="text (default) or json for scripts"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,10 +56,12 @@ def run(args: argparse.Namespace) -> int:
     namespace = args.namespace or kube.default_namespace(args.kubeconfig, args.context)
     client = kube.api_client(args.kubeconfig, args.context)
     try:
-        pods = [cluster.get_pod(client, *cluster.split_ref(ref, namespace))
-                for ref in (args.pod_a, args.pod_b)]
-        prom = prometheus.connect(args.prometheus, lambda: client, args.prometheus_namespace,
-                                  args.prometheus_service)
+        pods = [
+            cluster.get_pod(client, *cluster.split_ref(ref, namespace)) for ref in (args.pod_a, args.pod_b)
+        ]
+        prom = prometheus.connect(
+            args.prometheus, lambda: client, args.prometheus_namespace, args.prometheus_service
+        )
         result = diagnose(prom, client, pods[0], pods[1], seconds, args.since)
     finally:
         client.close()

@@ -20,10 +20,16 @@ from retina_capture.observe import graph, prometheus
 def register(sub) -> None:
     p = sub.add_parser("map", help="who talks to whom: workloads and the traffic between them")
     add_observe_flags(p, "15m")
-    p.add_argument("-o", "--output", choices=("table", "svg", "png", "json"), default="table",
-                   help="table (default), svg, png (drawn by Graphviz) or json")
-    p.add_argument("--file", type=Path, default=None,
-                   help="write the output to this file instead of standard output")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "svg", "png", "json"),
+        default="table",
+        help="table (default), svg, png (drawn by Graphviz) or json",
+    )
+    p.add_argument(
+        "--file", type=Path, default=None, help="write the output to this file instead of standard output"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         return client
 
     try:
-        prom = prometheus.connect(args.prometheus, api_client, args.prometheus_namespace,
-                                  args.prometheus_service)
+        prom = prometheus.connect(
+            args.prometheus, api_client, args.prometheus_namespace, args.prometheus_service
+        )
         service_map = graph.build_map(prom, seconds, args.since, args.namespace)
     finally:
         if client is not None:
@@ -55,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
         if args.file.is_dir():
             raise ValueError(f"--file {args.file}: is a folder; give a file name like map.svg")
         args.file.write_bytes(data)
-        print(f"wrote {args.file} ({len(service_map.nodes)} workloads, "
-              f"{len(service_map.edges)} edges)", file=sys.stderr)
+        print(
+            f"wrote {args.file} ({len(service_map.nodes)} workloads, {len(service_map.edges)} edges)",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

@@ -26,6 +26,7 @@ def run(module, args: argparse.Namespace) -> int:
         print(f"error: the API server said {exc.status} {exc.reason}", file=sys.stderr)
         return 1
     except (kubernetes.config.ConfigException, FileNotFoundError) as exc:
-        print(f"error: cannot load the kubeconfig: {exc} (give --kubeconfig or set KUBECONFIG)",
-              file=sys.stderr)
+        print(
+            f"error: cannot load the kubeconfig: {exc} (give --kubeconfig or set KUBECONFIG)", file=sys.stderr
+        )
         return 1

@@ -48,9 +48,15 @@ def get_pod(client: kubernetes.client.ApiClient, namespace: str, name: str) -> P
         if exc.status == 404:
             raise PodNotFound(f"pod {namespace}/{name} not found") from None
         raise
-    return PodInfo(namespace, name, pod.spec.node_name or "", pod.status.pod_ip or "",
-                   dict(pod.metadata.labels or {}), pod.spec.hostname or "",
-                   pod.spec.subdomain or "")
+    return PodInfo(
+        namespace,
+        name,
+        pod.spec.node_name or "",
+        pod.status.pod_ip or "",
+        dict(pod.metadata.labels or {}),
+        pod.spec.hostname or "",
+        pod.spec.subdomain or "",
+    )
 
 
 def services_of(client: kubernetes.client.ApiClient, pod: PodInfo) -> list[str]:
@@ -72,8 +78,9 @@ class PolicyInfo:
     selects: bool  # its podSelector picks the pod asked about
 
 
-def network_policy(client: kubernetes.client.ApiClient, namespace: str, name: str,
-                   pod: PodInfo) -> PolicyInfo | None:
+def network_policy(
+    client: kubernetes.client.ApiClient, namespace: str, name: str, pod: PodInfo
+) -> PolicyInfo | None:
     """The NetworkPolicy ``namespace/name`` and whether it selects ``pod`` (None: no such)."""
     net = kubernetes.client.NetworkingV1Api(client)
     try:
@@ -88,7 +95,6 @@ def network_policy(client: kubernetes.client.ApiClient, namespace: str, name: st
     selects = False
     if pod.namespace == namespace:
         core = kubernetes.client.CoreV1Api(client)
-        picked = core.list_namespaced_pod(namespace,
-                                          label_selector=selector_to_string(raw_selector))
+        picked = core.list_namespaced_pod(namespace, label_selector=selector_to_string(raw_selector))
         selects = any(p.metadata.name == pod.name for p in picked.items)
     return PolicyInfo(namespace, name, types, selects)

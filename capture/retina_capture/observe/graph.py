@@ -50,8 +50,7 @@ class ServiceMap:
     window: str
 
     def to_json(self) -> dict:
-        return {"window": self.window, "nodes": self.nodes,
-                "edges": [e.to_json() for e in self.edges]}
+        return {"window": self.window, "nodes": self.nodes, "edges": [e.to_json() for e in self.edges]}
 
 
 def workload(labels: dict[str, str], side: str) -> str:
@@ -62,18 +61,22 @@ def workload(labels: dict[str, str], side: str) -> str:
     return f"{ns}/{name}" if ns and ns != "unknown" else name
 
 
-_BY = tuple(f"{side}_{field}" for side in SIDES
-            for field in ("namespace", "workload_name", "podname"))
+_BY = tuple(f"{side}_{field}" for side in SIDES for field in ("namespace", "workload_name", "podname"))
 
 
-def _per_edge(prom: Prometheus, metric: str, window: float, extra: dict[str, str],
-              observed_twice: bool, at: float | None) -> dict[tuple[str, str], float]:
+def _per_edge(
+    prom: Prometheus,
+    metric: str,
+    window: float,
+    extra: dict[str, str],
+    observed_twice: bool,
+    at: float | None,
+) -> dict[tuple[str, str], float]:
     by = (*_BY, "direction") if observed_twice else _BY
     totals: dict[tuple[str, str, str], float] = {}
     for key, value in window_delta(prom, metric, extra, by, window, at).items():
         labels = dict(zip(by, key))
-        pair = (workload(labels, "source"), workload(labels, "destination"),
-                labels.get("direction", ""))
+        pair = (workload(labels, "source"), workload(labels, "destination"), labels.get("direction", ""))
         totals[pair] = totals.get(pair, 0.0) + value
     edges: dict[tuple[str, str], float] = {}
     for (src, dst, _), value in totals.items():  # the larger observation point
@@ -81,15 +84,17 @@ def _per_edge(prom: Prometheus, metric: str, window: float, extra: dict[str, str
     return edges
 
 
-def build_map(prom: Prometheus, window: float, window_text: str, namespace: str | None = None,
-              at: float | None = None) -> ServiceMap:
+def build_map(
+    prom: Prometheus, window: float, window_text: str, namespace: str | None = None, at: float | None = None
+) -> ServiceMap:
     packets = _per_edge(prom, ADV + "forward_count", window, {}, True, at)
     nbytes = _per_edge(prom, ADV + "forward_bytes", window, {}, True, at)
     drops = _per_edge(prom, ADV + "drop_count", window, {}, False, at)
     retrans = _per_edge(prom, ADV + "tcpretrans_count", window, {}, True, at)
     dns_errors: dict[tuple[str, str], float] = {}
-    for key, value in window_delta(prom, ADV + "dns_response_count", {}, (*_BY, "return_code"),
-                                   window, at).items():
+    for key, value in window_delta(
+        prom, ADV + "dns_response_count", {}, (*_BY, "return_code"), window, at
+    ).items():
         labels = dict(zip((*_BY, "return_code"), key))
         if labels["return_code"] in ("NOERROR", ""):
             continue
@@ -97,13 +102,21 @@ def build_map(prom: Prometheus, window: float, window_text: str, namespace: str 
         pair = (workload(labels, "destination"), workload(labels, "source"))
         dns_errors[pair] = dns_errors.get(pair, 0.0) + value
     edges: dict[tuple[str, str], Edge] = {}
-    for values, field in ((packets, "packets"), (nbytes, "bytes"), (drops, "drops"),
-                          (retrans, "retransmissions"), (dns_errors, "dns_errors")):
+    for values, field in (
+        (packets, "packets"),
+        (nbytes, "bytes"),
+        (drops, "drops"),
+        (retrans, "retransmissions"),
+        (dns_errors, "dns_errors"),
+    ):
         for pair, value in values.items():
             edge = edges.setdefault(pair, Edge(*pair))
             setattr(edge, field, getattr(edge, field) + value)
-    chosen = [e for e in edges.values() if namespace is None
-              or any(w.split("/")[0] == namespace for w in (e.source, e.destination))]
+    chosen = [
+        e
+        for e in edges.values()
+        if namespace is None or any(w.split("/")[0] == namespace for w in (e.source, e.destination))
+    ]
     chosen.sort(key=lambda e: (-e.bytes, e.source, e.destination))
     nodes = sorted({w for e in chosen for w in (e.source, e.destination)})
     return ServiceMap(nodes, chosen, window_text)
@@ -118,14 +131,22 @@ def _human(value: float, unit: str = "") -> str:
 
 
 def table(service_map: ServiceMap) -> str:
-    header = ("SOURCE", "DESTINATION", "PACKETS", "BYTES", "DROPS", "DROP %", "DNS ERRORS",
-              "RETRANS")
-    rows = [header] + [(e.source, e.destination, f"{int(e.packets)}", f"{int(e.bytes)}",
-                        f"{int(e.drops)}", f"{100 * e.drop_ratio:.1f}", f"{int(e.dns_errors)}",
-                        f"{int(e.retransmissions)}") for e in service_map.edges]
+    header = ("SOURCE", "DESTINATION", "PACKETS", "BYTES", "DROPS", "DROP %", "DNS ERRORS", "RETRANS")
+    rows = [header] + [
+        (
+            e.source,
+            e.destination,
+            f"{int(e.packets)}",
+            f"{int(e.bytes)}",
+            f"{int(e.drops)}",
+            f"{100 * e.drop_ratio:.1f}",
+            f"{int(e.dns_errors)}",
+            f"{int(e.retransmissions)}",
+        )
+        for e in service_map.edges
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                     for r in rows) + "\n"
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 
 
 def _quote(text: str) -> str:
@@ -134,11 +155,15 @@ def _quote(text: str) -> str:
 
 def dot(service_map: ServiceMap) -> str:
     """The map in Graphviz's DOT language: red edges drop, orange edges get DNS errors."""
-    lines = ["digraph retina {", "  rankdir=LR;",
-             '  graph [fontname="Helvetica", label=' + _quote(
-                 f"Retina service map, last {service_map.window}") + ", labelloc=t];",
-             '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", '
-             'fontname="Helvetica"];', '  edge [fontname="Helvetica", fontsize=10];']
+    lines = [
+        "digraph retina {",
+        "  rankdir=LR;",
+        '  graph [fontname="Helvetica", label='
+        + _quote(f"Retina service map, last {service_map.window}")
+        + ", labelloc=t];",
+        '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+    ]
     for name in service_map.nodes:
         shape = ', shape=ellipse, fillcolor="#f2f2f2"' if name == OUTSIDE else ""
         lines.append(f"  {_quote(name)} [label={_quote(name)}{shape}];")
@@ -153,9 +178,11 @@ def dot(service_map: ServiceMap) -> str:
             label.append(f"retrans {_human(e.retransmissions)}")
         color = "#d62728" if e.drops else "#ff7f0e" if e.dns_errors else "#4c72b0"
         width = 1 + 3 * (e.bytes / top)
-        lines.append(f"  {_quote(e.source)} -> {_quote(e.destination)} "
-                     f"[label={_quote(chr(10).join(label))}, color={_quote(color)}, "
-                     f"penwidth={width:.2f}];")
+        lines.append(
+            f"  {_quote(e.source)} -> {_quote(e.destination)} "
+            f"[label={_quote(chr(10).join(label))}, color={_quote(color)}, "
+            f"penwidth={width:.2f}];"
+        )
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -168,10 +195,12 @@ def render(service_map: ServiceMap, fmt: str) -> bytes:
     """SVG or PNG bytes, drawn by ``dot``."""
     binary = shutil.which("dot")
     if binary is None:
-        raise GraphvizMissing("Graphviz's dot is not installed: apt-get install graphviz "
-                              "(or use -o table / -o json)")
-    done = subprocess.run([binary, f"-T{fmt}"], input=dot(service_map).encode(),
-                          capture_output=True, timeout=120)
+        raise GraphvizMissing(
+            "Graphviz's dot is not installed: apt-get install graphviz (or use -o table / -o json)"
+        )
+    done = subprocess.run(
+        [binary, f"-T{fmt}"], input=dot(service_map).encode(), capture_output=True, timeout=120
+    )
     if done.returncode != 0:
         raise RuntimeError(f"dot failed: {done.stderr.decode(errors='replace').strip()}")
     return done.stdout

@@ -38,8 +38,15 @@ class PrometheusError(RuntimeError):
 class Prometheus:
     """Instant queries against ``url`` (direct) or through the API server's service proxy."""
 
-    def __init__(self, url: str | None = None, *, api_client=None, namespace: str = DEFAULT_NAMESPACE,
-                 service: str = DEFAULT_SERVICE, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_client=None,
+        namespace: str = DEFAULT_NAMESPACE,
+        service: str = DEFAULT_SERVICE,
+        timeout: float = 30,
+    ) -> None:
         self.url = url.rstrip("/") if url else None
         self.api_client = api_client
         self.namespace, self.service, self.timeout = namespace, service, timeout
@@ -50,8 +57,10 @@ class Prometheus:
     def where(self) -> str:
         if self.url:
             return self.url
-        return (f"service {self.namespace}/{self.service} through the API server "
-                f"({self.api_client.configuration.host})")
+        return (
+            f"service {self.namespace}/{self.service} through the API server "
+            f"({self.api_client.configuration.host})"
+        )
 
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
         params = {"query": promql}
@@ -74,15 +83,18 @@ class Prometheus:
                 except ValueError:
                     raise PrometheusError(f"Prometheus at {self.url} answered {exc.code}") from None
             except (urllib.error.URLError, OSError) as exc:
-                raise PrometheusError(f"cannot reach Prometheus at {self.url}: "
-                                      f"{getattr(exc, 'reason', exc)}") from None
+                raise PrometheusError(
+                    f"cannot reach Prometheus at {self.url}: {getattr(exc, 'reason', exc)}"
+                ) from None
         proxy = f"/api/v1/namespaces/{self.namespace}/services/{self.service}/proxy{path}"
         client = self.api_client
         try:
             method, url, headers, body, post = client.param_serialize(
-                "GET", proxy, query_params=list(params.items()), auth_settings=["BearerToken"])
-            response = client.call_api(method, url, header_params=headers, body=body,
-                                       post_params=post, _request_timeout=self.timeout)
+                "GET", proxy, query_params=list(params.items()), auth_settings=["BearerToken"]
+            )
+            response = client.call_api(
+                method, url, header_params=headers, body=body, post_params=post, _request_timeout=self.timeout
+            )
             response.read()
         except Exception as exc:  # urllib3 and the client raise many kinds; all mean "unreached"
             raise PrometheusError(f"cannot reach Prometheus ({self.where}): {exc}") from None
@@ -91,21 +103,24 @@ class Prometheus:
                 f"cannot reach Prometheus as the installer wires it ({self.where}): the API "
                 f"server said {response.status} {response.reason}; give --prometheus URL (e.g. "
                 f"after kubectl port-forward -n {self.namespace} svc/prometheus-operated 9090) "
-                f"or set {ENV_URL}")
+                f"or set {ENV_URL}"
+            )
         try:
             return json.loads(response.data)
         except ValueError:
             raise PrometheusError(f"Prometheus ({self.where}) did not answer JSON") from None
 
 
-def connect(url: str | None, api_client_factory, namespace: str = DEFAULT_NAMESPACE,
-            service: str = DEFAULT_SERVICE) -> Prometheus:
+def connect(
+    url: str | None, api_client_factory, namespace: str = DEFAULT_NAMESPACE, service: str = DEFAULT_SERVICE
+) -> Prometheus:
     """The Prometheus a command should read: flag, environment, then the installer's wiring."""
     url = url or os.environ.get(ENV_URL) or None
     if url:
         if not url.startswith(("http://", "https://")):
-            raise PrometheusError(f"--prometheus: {url!r} is not an http(s) URL; "
-                                  "write it like http://127.0.0.1:9090")
+            raise PrometheusError(
+                f"--prometheus: {url!r} is not an http(s) URL; write it like http://127.0.0.1:9090"
+            )
         return Prometheus(url)
     return Prometheus(api_client=api_client_factory(), namespace=namespace, service=service)
 
@@ -124,8 +139,14 @@ def _key(metric: dict[str, str], by: Iterable[str]) -> tuple[str, ...]:
     return tuple(metric.get(k, "") for k in by)
 
 
-def window_delta(prom: Prometheus, metric: str, labels: dict[str, str], by: tuple[str, ...],
-                 window: float, at: float | None = None) -> dict[tuple[str, ...], float]:
+def window_delta(
+    prom: Prometheus,
+    metric: str,
+    labels: dict[str, str],
+    by: tuple[str, ...],
+    window: float,
+    at: float | None = None,
+) -> dict[tuple[str, ...], float]:
     """How much ``metric`` grew in the ``window`` seconds up to ``at``, summed by ``by``."""
     sel = selector(labels)
     seconds = f"{max(int(window), 1)}s"
@@ -146,8 +167,14 @@ def _series_id(metric: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(metric.items()))
 
 
-def present(prom: Prometheus, metric: str, labels: dict[str, str], window: float,
-            by: tuple[str, ...] = (), at: float | None = None) -> list[dict[str, str]]:
+def present(
+    prom: Prometheus,
+    metric: str,
+    labels: dict[str, str],
+    window: float,
+    by: tuple[str, ...] = (),
+    at: float | None = None,
+) -> list[dict[str, str]]:
     """Label sets of ``metric`` series seen in the window (``by``: only those labels)."""
     seconds = f"{max(int(window), 1)}s"
     expr = f"last_over_time({metric}{selector(labels)}[{seconds}])"

@@ -36,10 +36,16 @@ def build_outputs(settings) -> list[Output]:
     if settings.s3_bucket is not None:
         from retina_capture.outputs.s3 import S3Output
 
-        outputs.append(S3Output(bucket=settings.s3_bucket, region=settings.s3_region,
-                                endpoint=settings.s3_endpoint, path=settings.s3_path,
-                                access_key_id=settings.s3_access_key_id or "",
-                                secret_access_key=settings.s3_secret_access_key or ""))
+        outputs.append(
+            S3Output(
+                bucket=settings.s3_bucket,
+                region=settings.s3_region,
+                endpoint=settings.s3_endpoint,
+                path=settings.s3_path,
+                access_key_id=settings.s3_access_key_id or "",
+                secret_access_key=settings.s3_secret_access_key or "",
+            )
+        )
     return outputs
 
 
@@ -54,8 +60,12 @@ def write_all(outputs: list[Output], tarball: Path, *, attempts: int, backoff: f
     for out in outputs:
         tries = attempts if out.retry else 1
         try:
-            where = with_backoff(lambda out=out: out.write(tarball), what=f"{out.name} upload",
-                                 attempts=tries, first_delay=backoff)
+            where = with_backoff(
+                lambda out=out: out.write(tarball),
+                what=f"{out.name} upload",
+                attempts=tries,
+                first_delay=backoff,
+            )
         except Exception as exc:
             message = str(exc) if isinstance(exc, OutputError) else f"{type(exc).__name__}: {exc}"
             if tries > 1:

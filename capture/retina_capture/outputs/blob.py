@@ -42,7 +42,8 @@ class BlobOutput:
     def write(self, tarball: Path) -> str:
         # retry_total=0: the worker's own backoff decides how often to retry
         client = ContainerClient.from_container_url(
-            self._sas_url, retry_total=0, connection_timeout=10, read_timeout=self._timeout)
+            self._sas_url, retry_total=0, connection_timeout=10, read_timeout=self._timeout
+        )
         try:
             with client, tarball.open("rb") as fh:
                 client.upload_blob(tarball.name, fh, overwrite=True, max_concurrency=2)
@@ -51,6 +52,5 @@ class BlobOutput:
             text = str(exc).split("\n")[0]
             if "?" in text and "sig=" in text:
                 text = text.split("?")[0] + "?<SAS redacted>"
-            raise OutputError(f"blob upload of {tarball.name} failed: {type(exc).__name__}: {text}") \
-                from None
+            raise OutputError(f"blob upload of {tarball.name} failed: {type(exc).__name__}: {text}") from None
         return f"{self.describe().split('?')[0]}/{tarball.name}"

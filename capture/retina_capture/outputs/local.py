@@ -76,8 +76,10 @@ class PvcOutput:
 
     def check(self) -> None:
         if not self.mount_path.is_dir():
-            raise OutputError(f"--pvc-mount-path: {self.mount_path} is not a directory; "
-                              "mount the PersistentVolumeClaim there")
+            raise OutputError(
+                f"--pvc-mount-path: {self.mount_path} is not a directory; "
+                "mount the PersistentVolumeClaim there"
+            )
         if not os.access(self.mount_path, os.W_OK):
             raise OutputError(f"--pvc-mount-path: {self.mount_path} is not writable")
 

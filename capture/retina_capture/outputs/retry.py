@@ -12,8 +12,14 @@ T = TypeVar("T")
 MAX_BACKOFF = 30.0
 
 
-def with_backoff(action: Callable[[], T], *, what: str, attempts: int, first_delay: float,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
+def with_backoff(
+    action: Callable[[], T],
+    *,
+    what: str,
+    attempts: int,
+    first_delay: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call ``action`` up to ``attempts`` times, waiting first_delay, 2x, 4x ... (max 30 s)."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
@@ -22,8 +28,9 @@ def with_backoff(action: Callable[[], T], *, what: str, attempts: int, first_del
         except Exception as exc:
             if attempt == attempts:
                 raise
-            log.warning("%s failed (attempt %d of %d): %s; retrying in %.1fs",
-                        what, attempt, attempts, exc, delay)
+            log.warning(
+                "%s failed (attempt %d of %d): %s; retrying in %.1fs", what, attempt, attempts, exc, delay
+            )
             sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
     raise AssertionError("unreachable")

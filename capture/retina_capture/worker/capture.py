@@ -45,7 +45,8 @@ class CaptureError(RuntimeError):
 
 def tcpdump_binary() -> str:
     path = shutil.which("tcpdump") or next(
-        (p for p in ("/usr/bin/tcpdump", "/usr/sbin/tcpdump") if Path(p).exists()), None)
+        (p for p in ("/usr/bin/tcpdump", "/usr/sbin/tcpdump") if Path(p).exists()), None
+    )
     if path is None:
         raise CaptureError("tcpdump not found; install the Debian package 'tcpdump'")
     return path
@@ -58,21 +59,37 @@ def validate_expression(expr: str, interface: str, flag: str = "--tcpdump-filter
         argv.append(expr)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
-        detail = " ".join(line.strip() for line in proc.stderr.splitlines()
-                          if not line.startswith("Warning")) or f"exit {proc.returncode}"
+        detail = (
+            " ".join(line.strip() for line in proc.stderr.splitlines() if not line.startswith("Warning"))
+            or f"exit {proc.returncode}"
+        )
         if "No such device" in detail or "doesn't exist" in detail:
             raise FilterError(f"--interfaces: {interface!r}: {detail}")
         if "permission" in detail.lower() or "not permitted" in detail.lower():
-            raise CaptureError(f"tcpdump may not capture on {interface!r}: {detail} (the "
-                               "capture needs CAP_NET_RAW and CAP_NET_ADMIN)")
+            raise CaptureError(
+                f"tcpdump may not capture on {interface!r}: {detail} (the "
+                "capture needs CAP_NET_RAW and CAP_NET_ADMIN)"
+            )
         raise FilterError(f"{flag}: tcpdump rejects the filter {expr!r}: {detail}")
 
 
 def tcpdump_argv(interface: str, path: Path, expr: str, packet_size: int, file_size_mb: int) -> list[str]:
     """The tcpdump command for one interface (``-Z root``: rotated files are opened after
     tcpdump would otherwise have dropped to the ``tcpdump`` user)."""
-    argv = [tcpdump_binary(), "-i", interface, "-n", "-Z", "root", "-B", str(KERNEL_BUFFER_KIB),
-            "-s", str(packet_size), "-w", str(path)]
+    argv = [
+        tcpdump_binary(),
+        "-i",
+        interface,
+        "-n",
+        "-Z",
+        "root",
+        "-B",
+        str(KERNEL_BUFFER_KIB),
+        "-s",
+        str(packet_size),
+        "-w",
+        str(path),
+    ]
     if file_size_mb > 0:
         argv += ["-C", str(file_size_mb)]
     if expr:
@@ -89,8 +106,12 @@ class TcpdumpStats:
 
 
 _STAT = re.compile(r"^(\d+) packets? (captured|received by filter|dropped by kernel|dropped by interface)")
-_STAT_FIELD = {"captured": "captured", "received by filter": "received",
-               "dropped by kernel": "dropped_by_kernel", "dropped by interface": "dropped_by_interface"}
+_STAT_FIELD = {
+    "captured": "captured",
+    "received by filter": "received",
+    "dropped by kernel": "dropped_by_kernel",
+    "dropped by interface": "dropped_by_interface",
+}
 
 
 @dataclass
@@ -118,15 +139,18 @@ class Tcpdump:
 
     def index(self, path: Path) -> int:
         """0 for ``x.pcap``, N for ``x.pcapN``."""
-        return int(path.name[len(self.path.name):] or 0)
+        return int(path.name[len(self.path.name) :] or 0)
 
     def overflowed(self, overflow: int) -> bool:
         return self.path.with_name(f"{self.path.name}{overflow}").exists()
 
     def files(self) -> list[Path]:
         """The file and its rotations (``x.pcap``, ``x.pcap1``, ``x.pcap2`` ...)."""
-        found = [p for p in self.path.parent.glob(self.path.name + "*")
-                 if p.name == self.path.name or p.name[len(self.path.name):].isdigit()]
+        found = [
+            p
+            for p in self.path.parent.glob(self.path.name + "*")
+            if p.name == self.path.name or p.name[len(self.path.name) :].isdigit()
+        ]
         return sorted(found, key=self.index)
 
 
@@ -153,9 +177,19 @@ def _files_size(runs: list[Tcpdump]) -> int:
     return total
 
 
-def run_capture(*, interfaces: list[str], expr: str, workdir: Path, stem: str, duration: float,
-                max_size_mb: int, packet_size: int, file_count: int,
-                stop: threading.Event | None = None, env: dict[str, str] | None = None) -> CaptureResult:
+def run_capture(
+    *,
+    interfaces: list[str],
+    expr: str,
+    workdir: Path,
+    stem: str,
+    duration: float,
+    max_size_mb: int,
+    packet_size: int,
+    file_count: int,
+    stop: threading.Event | None = None,
+    env: dict[str, str] | None = None,
+) -> CaptureResult:
     """Capture until the first limit; return the pcap files and tcpdump's counters."""
     stop = stop or threading.Event()
     max_bytes = max_size_mb * MB
@@ -171,9 +205,15 @@ def run_capture(*, interfaces: list[str], expr: str, workdir: Path, stem: str, d
             path = workdir / f"{stem}-{label}.pcap"
             argv = tcpdump_argv(iface, path, expr, packet_size, file_size_mb)
             log.debug("starting %s", argv)
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True, env=env or {"LANG": "C"},
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env or {"LANG": "C"},
+                start_new_session=True,
+            )
             run = Tcpdump(iface, path, proc)
             run.reader = threading.Thread(target=run.read_stderr, daemon=True, name=f"tcpdump-{iface}")
             run.reader.start()
@@ -182,11 +222,17 @@ def run_capture(*, interfaces: list[str], expr: str, workdir: Path, stem: str, d
         for run in runs:
             while not run.ready.wait(POLL_SECONDS):
                 if run.proc.poll() is not None or time.monotonic() > deadline:
-                    raise CaptureError(f"tcpdump on {run.interface} did not start: "
-                                       + " ".join(run.lines[-3:]))
+                    raise CaptureError(
+                        f"tcpdump on {run.interface} did not start: " + " ".join(run.lines[-3:])
+                    )
         started_wall, started = time.time(), time.monotonic()
-        log.info("capture started on %s (duration %.1fs, max size %d MB)%s",
-                 ", ".join(interfaces), duration, max_size_mb, f", filter: {expr}" if expr else "")
+        log.info(
+            "capture started on %s (duration %.1fs, max size %d MB)%s",
+            ", ".join(interfaces),
+            duration,
+            max_size_mb,
+            f", filter: {expr}" if expr else "",
+        )
         reason, problem = "", None
         while not reason:
             if stop.wait(POLL_SECONDS):
@@ -200,12 +246,17 @@ def run_capture(*, interfaces: list[str], expr: str, workdir: Path, stem: str, d
                 if dead.reader is not None:
                     dead.reader.join(timeout=5)  # its last words on stderr
                 reason = "tcpdump-exited"
-                problem = (f"tcpdump on {dead.interface} exited early ({dead.proc.returncode}) after "
-                           f"{time.monotonic() - started:.1f}s: " + " ".join(dead.lines[-3:]))
+                problem = (
+                    f"tcpdump on {dead.interface} exited early ({dead.proc.returncode}) after "
+                    f"{time.monotonic() - started:.1f}s: " + " ".join(dead.lines[-3:])
+                )
                 log.error("%s; keeping the packets captured so far", problem)
         stopped = time.time()
-        log.info("capture stopped (%s) after %.1fs; letting tcpdump drain its buffers",
-                 reason, time.monotonic() - started)
+        log.info(
+            "capture stopped (%s) after %.1fs; letting tcpdump drain its buffers",
+            reason,
+            time.monotonic() - started,
+        )
         time.sleep(DRAIN_SECONDS)
     finally:
         _stop_all(runs)
@@ -214,17 +265,29 @@ def run_capture(*, interfaces: list[str], expr: str, workdir: Path, stem: str, d
             if run.index(p) >= overflow:
                 p.unlink()
     files = [p for run in runs for p in run.files()]
-    result = CaptureResult(files=files, stop_reason=reason, started=started_wall, stopped=stopped,
-                           stats={r.interface: r.stats for r in runs}, problem=problem)
+    result = CaptureResult(
+        files=files,
+        stop_reason=reason,
+        started=started_wall,
+        stopped=stopped,
+        stats={r.interface: r.stats for r in runs},
+        problem=problem,
+    )
     if problem is not None:
         (workdir / INCOMPLETE_NOTE).write_text(
             f"This capture is incomplete: {problem}.\n"
             f"It covers {stopped - started_wall:.1f}s of the {duration:.1f}s asked for; the pcap files "
-            "hold every packet captured until then.\n")
+            "hold every packet captured until then.\n"
+        )
     for run in runs:
         s = run.stats
-        log.info("tcpdump on %s: %s packets captured, %s received by filter, %s dropped by kernel",
-                 run.interface, s.captured, s.received, s.dropped_by_kernel)
+        log.info(
+            "tcpdump on %s: %s packets captured, %s received by filter, %s dropped by kernel",
+            run.interface,
+            s.captured,
+            s.received,
+            s.dropped_by_kernel,
+        )
     log.info("capture size %d bytes in %d file(s)", result.size, len(files))
     return result
 

@@ -113,10 +113,18 @@ def run(settings: CaptureSettings, stop: threading.Event | None = None) -> int:
         ", ".join(f"{o.name}={o.describe()}" for o in outputs),
     )
     try:
-        result = run_capture(interfaces=plan.interfaces, expr=expr, workdir=workdir, stem=stem,
-                    duration=settings.duration, max_size_mb=settings.max_size,
-                    packet_size=settings.packet_size, file_count=settings.file_count,
-                    stop=stop, env=_child_env())
+        result = run_capture(
+            interfaces=plan.interfaces,
+            expr=expr,
+            workdir=workdir,
+            stem=stem,
+            duration=settings.duration,
+            max_size_mb=settings.max_size,
+            packet_size=settings.packet_size,
+            file_count=settings.file_count,
+            stop=stop,
+            env=_child_env(),
+        )
         if settings.include_metadata:
             collect_metadata(workdir)
         pack(workdir, tarball)
@@ -139,11 +147,12 @@ def run(settings: CaptureSettings, stop: threading.Event | None = None) -> int:
         return EXIT_FAILED
     tarball.unlink(missing_ok=True)
     if result.problem is not None:
-        _error(f"the capture is incomplete: {result.problem}; what was captured is in {tarball.name}, "
-               "written to " + ", ".join(report.written.values()))
+        _error(
+            f"the capture is incomplete: {result.problem}; what was captured is in {tarball.name}, "
+            "written to " + ", ".join(report.written.values())
+        )
         return EXIT_FAILED
-    print(f"retina-capture: {tarball.name} written to "
-          + ", ".join(report.written.values()), file=sys.stderr)
+    print(f"retina-capture: {tarball.name} written to " + ", ".join(report.written.values()), file=sys.stderr)
     return EXIT_OK
 
 

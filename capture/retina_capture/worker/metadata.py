@@ -54,9 +54,12 @@ def _run_into(fh, argv: list[str]) -> None:
         fh.write(f"(not run: {argv[0]} is not installed)\n\n")
         return
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=COMMAND_TIMEOUT,
-                              env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                                   "LANG": "C"})
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"},
+        )
     except subprocess.TimeoutExpired:
         fh.write(f"(timed out after {COMMAND_TIMEOUT:.0f}s)\n\n")
         return

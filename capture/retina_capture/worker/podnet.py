@@ -57,8 +57,7 @@ def find_host_veth(ip: str) -> str | None:
         if not macs:
             return None
         for entry in ipr.fdb("dump"):
-            if entry.get("NDA_MASTER") == oif and entry.get("NDA_LLADDR") in macs \
-                    and entry["ifindex"] != oif:
+            if entry.get("NDA_MASTER") == oif and entry.get("NDA_LLADDR") in macs and entry["ifindex"] != oif:
                 port_name, port_kind = _link(ipr, entry["ifindex"])
                 if port_kind == "veth":
                     return port_name
@@ -76,8 +75,9 @@ def plan_interfaces(interfaces: tuple[str, ...], pod_ips: tuple[str, ...]) -> In
     found = {ip: veth for ip in pod_ips if (veth := find_host_veth(ip)) is not None}
     unknown = [ip for ip in pod_ips if ip not in found]
     if unknown:
-        log.info("no host veth known for %s: capturing on 'any' restricted to the pod IPs",
-                 ", ".join(unknown))
+        log.info(
+            "no host veth known for %s: capturing on 'any' restricted to the pod IPs", ", ".join(unknown)
+        )
         return InterfacePlan(interfaces=["any"], hosts=list(pod_ips), found=found)
     veths = sorted(set(found.values()))
     log.info("capturing pod traffic on %s", ", ".join(f"{ip}={found[ip]}" for ip in pod_ips))

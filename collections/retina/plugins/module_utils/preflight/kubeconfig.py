@@ -64,8 +64,9 @@ class KubeconfigSource:
         return "kubeconfig " + self.config_file
 
 
-def find_kubeconfig(explicit: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
-                    home: Optional[str] = None) -> KubeconfigSource:
+def find_kubeconfig(
+    explicit: Optional[str] = None, environ: Optional[Mapping[str, str]] = None, home: Optional[str] = None
+) -> KubeconfigSource:
     """Decide where the configuration comes from (no file is parsed; nothing is imported)."""
     env = os.environ if environ is None else environ
     if explicit:
@@ -89,8 +90,9 @@ def find_kubeconfig(explicit: Optional[str] = None, environ: Optional[Mapping[st
     )
 
 
-def load_api_client(explicit: Optional[str] = None, context: Optional[str] = None,
-                    environ: Optional[Mapping[str, str]] = None) -> Any:
+def load_api_client(
+    explicit: Optional[str] = None, context: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
+) -> Any:
     """A ``kubernetes.client.ApiClient`` from the first source in :data:`PRECEDENCE`.
 
     Raises :class:`KubeconfigError` when there is none, or when the chosen one cannot be loaded
@@ -116,8 +118,9 @@ def load_api_client(explicit: Optional[str] = None, context: Optional[str] = Non
         raise KubeconfigError(f"{source.describe()}: {error}") from None
 
 
-def default_namespace(explicit: Optional[str] = None, context: Optional[str] = None,
-                      environ: Optional[Mapping[str, str]] = None) -> str:
+def default_namespace(
+    explicit: Optional[str] = None, context: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
+) -> str:
     """The namespace a command works in when none is given, as kubectl decides it: the context's
     namespace, in a pod the service account's namespace, else ``default``."""
     try:

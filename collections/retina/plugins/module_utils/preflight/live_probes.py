@@ -98,7 +98,7 @@ def check_bcc(ctx: NodeContext) -> CheckResult:
             "bcc",
             title,
             WARN,
-            "import did not finish in %ss: not verified (a slow or loaded node?)" % BCC_IMPORT_TIMEOUT,
+            f"import did not finish in {BCC_IMPORT_TIMEOUT}s: not verified (a slow or loaded node?)",
             fix="Re-run preflight when the node is less busy; on slow nodes raise the agent's "
             "bpfCompileTimeout (180s by default)",
             detail={"python": sys.executable, "timeout": BCC_IMPORT_TIMEOUT},
