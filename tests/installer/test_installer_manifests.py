@@ -138,7 +138,16 @@ def test_daemonset_follows_the_agent_contract(default_render: Rendered) -> None:
     container = pod["containers"][0]
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert pod["tolerations"] == [{"operator": "Exists"}]
-    assert container["command"] == ["retina-agent", "--config", "/etc/retina/config.yaml"]
+    # The node's address, not every interface of a hostNetwork pod ($(NODE_IP) from status.hostIP).
+    assert container["command"] == [
+        "retina-agent",
+        "--config",
+        "/etc/retina/config.yaml",
+        "--bind-address",
+        "$(NODE_IP)",
+    ]
+    node_ip = next(e for e in container["env"] if e["name"] == "NODE_IP")
+    assert node_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
     sc = container["securityContext"]
     assert sc["privileged"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
