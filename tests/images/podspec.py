@@ -66,6 +66,7 @@ def podman_run_argv(
         network="host" if pod_spec.get("hostNetwork") else pod_network,
         volume_dirs=volume_dirs,
         host_paths=host_paths,
+        env=env,  # $(VAR) in command/args, as the kubelet expands it
         extra=tuple(extra),
         detach=detach,
     )
