@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -356,7 +357,11 @@ def test_real_alertmanager_posts_to_the_operator(operator, kube_emulator, tmp_pa
     assert capture["spec"]["captureConfiguration"]["captureTarget"] == {"nodeNames": ["node-1"]}
     assert capture["spec"]["captureConfiguration"]["filters"]["include"] == ["10.244.1.10"]
     assert capture["metadata"]["labels"][LABEL_FINGERPRINT]  # Alertmanager's own fingerprint
-    print(f"alert posted to Alertmanager -> Capture created: {elapsed:.2f} s")
+    # kopf's runner swaps sys.stdout while it runs: the figure goes to a file when asked for.
+    if os.environ.get("RETINA_TIMING_FILE"):
+        with open(os.environ["RETINA_TIMING_FILE"], "a") as fh:
+            fh.write(f"alert posted to Alertmanager -> Capture created: {elapsed:.2f} s\n")
+    assert elapsed < 60
 
 
 # -- the installer -------------------------------------------------------------------------------
