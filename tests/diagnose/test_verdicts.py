@@ -38,7 +38,7 @@ def diagnose(lab, a: str, b: str, *extra: str, capsys) -> tuple[int, dict]:
     return code, (json.loads(out.out) if out.out.strip() else {"stderr": out.err})
 
 
-def diagnose_until(lab, a, b, predicate, capsys, timeout: float = 40) -> dict:
+def diagnose_until(lab, a, b, predicate, capsys, timeout: float = 90) -> dict:
     """Diagnose until Prometheus has scraped what the test did (or the deadline passes)."""
     last: dict = {}
 
