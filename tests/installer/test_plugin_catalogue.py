@@ -83,10 +83,13 @@ def test_role_specs_defaults_and_capabilities_follow_the_catalogue() -> None:
     )
     capabilities = yaml.safe_load((roles / "agent/vars/main.yml").read_text())["__agent_plugin_capabilities"]
     assert capabilities == {spec.name: list(spec.capabilities) for spec in catalogue.PLUGINS.values()}
-    # Every eBPF plugin loads programs; exactly the TC ones manage qdiscs.
+    # Every eBPF plugin loads programs; of them exactly the TC ones manage qdiscs (NET_ADMIN).
+    # netfilter, no eBPF, needs NET_ADMIN to read the kernel's rule counters.
     for spec in catalogue.PLUGINS.values():
         assert ("BPF" in spec.capabilities) == spec.ebpf
-        assert spec.net_admin == ("tc_clsact" in spec.needs)
+        if spec.ebpf:
+            assert spec.net_admin == ("tc_clsact" in spec.needs)
+    assert catalogue.PLUGINS["netfilter"].capabilities == ("NET_ADMIN",)
 
 
 def test_every_check_the_catalogue_names_is_run_by_the_preflight() -> None:

@@ -37,7 +37,7 @@ def test_agent_serves_named_drops_of_a_selected_namespace(node):  # noqa: F811
         assert len(m.series(COUNT)) == 1
         assert m.value("networkobservability_netfilter_rules", netns=node.netns, backend="iptables-nft") > 50
         status = m.series("controlplane_networkobservability_plugin_status")
-        assert {"plugin": "netfilter", "state": "running", "reason": ""} in status
+        assert {"plugin": "netfilter", "state": "running", "reason": "", "attach": ""} in status
         assert "absent-i15" in agent.log()  # the missing namespace is reported, once
 
 
