@@ -61,7 +61,7 @@ def test_sigterm_removes_every_tc_filter_and_qdisc(lab_node, attach):
         assert json.loads(state.read_text()) == {}
         if created:  # we created it, so we removed it (unless another agent now uses it)
             wait_for(
-                lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 5, message="our clsact removed"
+                lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 30, message="our clsact removed"
             )
         assert "stopped; TC filters and programs removed" in agent.log()
     finally:
