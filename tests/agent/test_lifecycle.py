@@ -132,7 +132,9 @@ def test_restart_after_crash_comes_up_clean(lab_node):
             assert removed == (len(logged[0]) if logged else 0)
         assert our_tc_filters(pid) == []
         # gone, unless another agent on a shared machine holds it (made it, filters follow)
-        wait_for(lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 30, message="our clsact removed")
+        wait_for(
+            lambda: "clsact" not in _qdiscs(veth) or _any_filters(veth), 30, message="our clsact removed"
+        )
     finally:
         first.cleanup()
 
