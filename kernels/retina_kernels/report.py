@@ -159,9 +159,12 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
     ]
     for s in summaries:
         if "phases" not in s:
+            pre = s.get("preflight")
+            verdict = f"{pre['verdict']} (exit {pre['exit']})" if pre else "-"
+            error = (s.get("error") or "").strip().splitlines()[-1:]
             lines.append(
-                f"| {s['kernel']} | {s['package']} {s['package_version']} | | failed: "
-                f"{(s.get('error') or '').strip().splitlines()[-1:]} | | | | | | | | | | |"
+                f"| {s['kernel']} | {s['package']} {s['package_version']} | {'yes' if s['btf'] else 'no'} "
+                f"| {verdict} | lab failed: {error} | | | | | | | | | {s['boot_seconds']:.0f}s |"
             )
             continue
         p = s["phases"]

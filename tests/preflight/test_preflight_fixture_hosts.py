@@ -1,7 +1,13 @@
-"""`retina-preflight --root TREE` on host trees copied from real hosts: expected verdicts and exit codes."""
+"""`retina-preflight --root TREE` on host trees: expected verdicts and exit codes.
+
+Two kinds of tree live in tests/preflight/hosts, each labelled by its SOURCE.md: hand-written
+models of distributions we cannot boot here (centos7, elrepo-6.9, ubuntu-22.04-*), and trees
+captured from Debian's kernels booted under qemu by scripts/kernel_matrix.sh (debian-*), whose
+live verdicts (live.json) `--root` must reproduce."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,6 +16,33 @@ import pytest
 from tests.helpers.preflight import HOSTS, by_id, plugins, run_cli
 
 EBPF = ("packetforward", "dropreason", "dns", "tcpretrans", "packetparser", "latency")
+CAPTURED = sorted(p.name for p in HOSTS.glob("debian-*"))
+
+
+def test_every_fixture_says_where_it_came_from() -> None:
+    trees = [p for p in HOSTS.iterdir() if p.is_dir()]
+    assert len(CAPTURED) >= 2, "the kernel matrix's captured trees are missing"
+    for tree in trees:
+        source = (tree / "SOURCE.md").read_text()
+        captured = tree.name.startswith("debian-")
+        assert ("captured from a booted guest" in source) is captured, tree.name
+        assert source.splitlines()[0].endswith("hand-written, not copied from a host") is not captured, (
+            tree.name
+        )
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_captured_tree_reproduces_the_guests_live_verdicts(name: str) -> None:
+    """The tree a booted Debian kernel gave, read with --root: the verdicts the live run had."""
+    live = json.loads((HOSTS / name / "live.json").read_text())
+    code, report = run_cli("--root", str(HOSTS / name))
+    assert {c["id"]: c["verdict"] for c in report["checks"]} == live["checks"]
+    assert {p["name"]: p["status"] for p in report["plugins"]} == live["plugins"]
+    assert code == live["exit"]
+    # and what preflight predicted is what the agent did in that guest (when its lab finished)
+    if live["agent"]:
+        running = {n for n, state in live["agent"].items() if state == "running"}
+        assert running == {n for n, s in live["plugins"].items() if s in ("available", "degraded")}
 
 
 def test_centos7_310_kernel_fails_and_only_the_non_ebpf_plugins_run() -> None:
