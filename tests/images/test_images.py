@@ -52,6 +52,9 @@ def _agent_config(manifests: dict[str, Any], node: LabNode, port: int) -> dict[s
     config["metricsIntervalDuration"] = "1s"
     lab_veths = [f"{veth[:-1]}*" for veth in node.host_veths[:1]]  # rlv<lab id>*
     config["plugins"] = {"packetforward": {"interfaces": lab_veths}, "dns": {"interfaces": lab_veths}}
+    # cls_bpf, so the programs of the agent in the container show in `tc filter show` with its
+    # owner tag (@1.); TCX attachment and its clean-up are held by tests/datapath and test_lifecycle.
+    config["dataPathAttach"] = "cls_bpf"
     return config
 
 
