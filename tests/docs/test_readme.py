@@ -14,7 +14,13 @@ from tests.docs.readme import REPO, Block, blocks
 
 ROLES = REPO / "collections" / "retina" / "roles"
 #: Variables of the playbooks themselves (playbooks/*.yml), not of a role.
-PLAYBOOK_VARS = {"retina_nodes", "retina_become", "retina_rollout_timeout", "preflight_skip_nodes"}
+PLAYBOOK_VARS = {
+    "retina_nodes",
+    "retina_become",
+    "retina_rollout_timeout",
+    "retina_rollout_wait",
+    "preflight_skip_nodes",
+}
 
 
 def role_options() -> set[str]:
