@@ -83,7 +83,13 @@ def install(kube: KubeEmulator, tmp_path: Path, inventory: Path, **extra: Any): 
     return run_playbook(
         PLAYBOOKS / "install.yml",
         tmp_path,
-        {"retina_become": False, "prometheus_helm_values_path": str(tmp_path / "values.yaml"), **extra},
+        # The emulator runs no DaemonSet controller: no rollout to wait for (tests/e2e waits for real ones).
+        {
+            "retina_become": False,
+            "retina_rollout_wait": False,
+            "prometheus_helm_values_path": str(tmp_path / "values.yaml"),
+            **extra,
+        },
         inventory=inventory,
         env={"KUBECONFIG": str(kube.kubeconfig_path)},
     )
@@ -132,7 +138,7 @@ def test_additional_scrape_config_mode_and_uninstall(
     proc = run_playbook(
         PLAYBOOKS / "install.yml",
         tmp_path,
-        {"retina_become": False, **options},
+        {"retina_become": False, "retina_rollout_wait": False, **options},
         inventory=localhost_inventory(tmp_path),
         env=env,
     )
