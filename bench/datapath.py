@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
 
 from retina_agent.agent import Agent  # noqa: E402
 from retina_agent.bpf import syscall  # noqa: E402

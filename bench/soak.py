@@ -46,7 +46,7 @@ import dns.query
 import kubernetes
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))  # the test lab (not installed)
 
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import AgentProcess, process_stats, wait_for  # noqa: E402
