@@ -14,6 +14,12 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 log = logging.getLogger(__name__)
 
 ARPHRD_ETHER = 1
+# ifi_family of a device's own RTM_NEWLINK/RTM_DELLINK. A bridge also sends link messages about
+# its ports with ifi_family AF_BRIDGE (port state, cost, flags, the forward-delay timer 15 s
+# after a port comes up, RTM_DELLINK when a port leaves the bridge while the device stays).
+# They carry no IFLA_LINKINFO: read as a device, a pod's veth would lose its kind ("pods"
+# selectors stop matching it) or be taken for gone.
+AF_UNSPEC = 0
 # The node's ports carry its traffic exactly once: pods' veths, bonds and physical NICs (which
 # have no link kind). Bridges, tunnels, ifb and dummies would count packets a second time.
 
@@ -109,6 +115,8 @@ class LinkWatcher:
             if self._stop.is_set():
                 return
             for msg in messages:
+                if msg.get("family", AF_UNSPEC) != AF_UNSPEC:
+                    continue  # a bridge's news about one of its ports, not a device (see AF_UNSPEC)
                 try:
                     link = Link.from_message(msg)
                     if msg["event"] == "RTM_NEWLINK":
