@@ -249,7 +249,12 @@ class TcManager:
             known = self._links.get(link.index)
             self._links[link.index] = link
             if known is not None and known.name != link.name:
-                self._attached.pop(link.index, None)  # a new device under an old index
+                # Renamed (a CNI names a veth once it is set up), or a new device under an index
+                # whose RTM_DELLINK was missed: let go of what we hold there before attaching
+                # again (cls_bpf would take a second slot and count every packet twice; a TCX
+                # hook refuses the program twice and the old link would outlive our stop).
+                with IPRoute() as ipr:
+                    self._detach(ipr, link.index)
         self._sync(link)
 
     def _on_gone_link(self, link: Link) -> None:
