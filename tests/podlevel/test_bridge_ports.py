@@ -4,7 +4,7 @@ A bridge CNI's node (cni0; the lab's bridge) gets link messages of family AF_BRI
 port: at a cost or state change, and 15 s after a port came up (the forward-delay timer, STP
 off). The agent took them for the veth itself, without its kind, and turned packetparser off
 on every pod's veth: flows stopped 15 s after each pod started (issue 15). The fast check of
-the mechanism is ``tests/datapath/test_bridge_ports.py``; this one is what a user sees.
+the mechanism is ``tests/datapath/test_link_events.py``; this one is what a user sees.
 """
 
 from __future__ import annotations
