@@ -230,6 +230,22 @@ class ObservedLab:
         raise AssertionError(f"no rule with {needle!r} in {chain}:\n{out}")
 
 
+def scrape_health(prom: PrometheusServer) -> str:
+    """Per scraped target: good scrapes of all in the last 10 minutes and the slowest one, for a
+    failure's message (a loaded machine makes scrapes miss their 1 s timeout: gaps, not bugs)."""
+    window = "[10m]"
+    total = {s["metric"].get("instance"): s["value"][1] for s in prom.query(f"count_over_time(up{window})")}
+    good = {s["metric"].get("instance"): s["value"][1] for s in prom.query(f"sum_over_time(up{window})")}
+    slowest = {
+        s["metric"].get("instance"): float(s["value"][1])
+        for s in prom.query(f"max_over_time(scrape_duration_seconds{window})")
+    }
+    return "; ".join(
+        f"{i}: {good.get(i, '?')}/{n} scrapes good, slowest {slowest.get(i, 0):.2f} s"
+        for i, n in total.items()
+    )
+
+
 @contextlib.contextmanager
 def observed_lab(tmp_path):
     with contextlib.ExitStack() as stack:

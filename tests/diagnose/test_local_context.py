@@ -11,7 +11,10 @@ from retina_lab.agent import AgentProcess, wait_for
 from retina_lab.cluster import NODE, seed_lab
 from retina_lab.prometheus import PrometheusServer
 from retina_lab.traffic import send_udp
+from tests.diagnose.lab import scrape_health
 from tests.podlevel.test_packetparser import wait_veths
+
+POD_LEVEL = "networkobservability_adv_"
 
 
 def test_local_context_policy_drop_without_the_netfilter_plugin(kube_emulator, lab_node, capsys):
@@ -57,9 +60,14 @@ def test_local_context_policy_drop_without_the_netfilter_plugin(kube_emulator, l
 
             with contextlib.suppress(TimeoutError):  # the assertions show the last verdict
                 wait_for(verdict, 40, 1.0, "the drops in Prometheus")
+            # What the agent itself exposes, for a failure's message: agent or Prometheus?
+            exposed = [line for line in agent.scrape_text().splitlines() if line.startswith(POD_LEVEL)]
+            scrapes = scrape_health(prom)
     finally:
         b.run(["iptables", "-D", *rule], check=False)
-    assert last["context"] == "local", last
+    assert last["context"] == "local", json.dumps(
+        {"diagnose": last, "agent": exposed, "scrapes": scrapes}, indent=1
+    )
     assert last["verdict"] == "POLICY_DROP", last["findings"]
     assert last["counts"]["drops_a_to_b"]["NETFILTER_DROP"] == 25
     assert "enable the agent's netfilter plugin to name the rule and policy" in last["summary"]

@@ -4,10 +4,10 @@ verdict, each on its own pod pair of one shared lab (see ``lab.py``)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import subprocess
+import sys
 
 import dns.message
 import dns.query
@@ -16,7 +16,7 @@ import dns.rcode
 from retina_capture.cli.main import main
 from retina_lab.agent import wait_for
 from retina_lab.traffic import TcpServer, send_udp, udp_sink
-from tests.diagnose.lab import tw_chain
+from tests.diagnose.lab import scrape_health, tw_chain
 
 
 def diagnose(lab, a: str, b: str, *extra: str, capsys) -> tuple[int, dict]:
@@ -38,12 +38,14 @@ def diagnose(lab, a: str, b: str, *extra: str, capsys) -> tuple[int, dict]:
     return code, (json.loads(out.out) if out.out.strip() else {"stderr": out.err})
 
 
-def diagnose_until(lab, a, b, predicate, capsys, timeout: float = 30) -> dict:
+def diagnose_until(lab, a, b, predicate, capsys, timeout: float = 60) -> dict:
     """Diagnose until Prometheus has scraped what the test did (or the deadline passes).
 
     The agent harvests and Prometheus scrapes every second: verdicts arrive in 0.1-2.2 s (load
-    average 7 on 2 cores). The 90 s this once had hid a defect (flows lost 15 s after the lab's
-    pods came up, tests/podlevel/test_bridge_ports.py), not slowness.
+    average 7 on 2 cores). The deadline only matters on a machine so loaded that scrapes miss
+    their 1 s timeout (a timeout prints the scrapes' health). The 90 s it once had covered a
+    defect, not slowness: flows lost 15 s after the lab's pods came up
+    (tests/podlevel/test_bridge_ports.py).
     """
     last: dict = {}
 
@@ -53,8 +55,10 @@ def diagnose_until(lab, a, b, predicate, capsys, timeout: float = 30) -> dict:
         assert code == 0, last
         return predicate(last)
 
-    with contextlib.suppress(TimeoutError):  # the caller asserts, showing the last result
+    try:
         wait_for(ready, timeout, 1.0, "the verdict")
+    except TimeoutError:  # the caller asserts, showing the last result; this shows the scrapes
+        print(f"no verdict within {timeout:.0f} s; {scrape_health(lab.prometheus)}", file=sys.stderr)
     return last
 
 
