@@ -15,30 +15,10 @@ from kubernetes.client.rest import ApiException
 
 from retina_lab import kube_auth
 from retina_lab.kube import KubeEmulator
-from tests.kube_fixtures import apply_rendered_rbac, rendered_agent_objects
+from tests.kube_fixtures import apply_rendered_rbac, custom_resource_definition, rendered_agent_objects
 
 RBAC = "rbac.authorization.k8s.io/v1"
-CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.example.com"},
-    "spec": {
-        "group": "example.com",
-        "scope": "Namespaced",
-        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
+CRD = custom_resource_definition("example.com", "Widget", "widgets", status_subresource=True)
 
 
 def role(
