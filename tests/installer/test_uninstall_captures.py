@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from retina_capture.operator.handlers import FINALIZER
 from retina_lab.kube import KubeEmulator
+from tests.helpers.capture import wait_until
 from tests.installer.ansible_run import PLAYBOOKS, VENV_BIN, run_playbook
 from tests.kube_fixtures import (
     AGENT_NAMESPACE,
@@ -45,15 +45,6 @@ def capture(name: str) -> dict:
             "outputConfiguration": {"hostPath": "incident"},
         },
     }
-
-
-def wait_for(predicate, what: str, timeout: float = 30):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 class OperatorPod:
@@ -149,13 +140,13 @@ def test_uninstall_lets_the_running_operator_release_captures_first(
         custom.create_namespaced_custom_object(
             "retina.sh", "v1alpha1", "web", "captures", capture("incident")
         )
-        wait_for(
+        wait_until(
             lambda: (
                 len(kube.objects("Job", "web")) == 2
                 and FINALIZER in kube.objects("Capture", "web")[0]["metadata"].get("finalizers", [])
             ),
-            "the operator's Jobs and finalizer",
             60,
+            "the operator's Jobs and finalizer",
         )
 
         proc = uninstall(kube, tmp_path)
