@@ -8,7 +8,6 @@ long as that Deployment, as its pod would."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 
 from retina_capture.operator.handlers import FINALIZER
 from retina_lab.kube import KubeEmulator
-from tests.helpers.capture import wait_until
+from tests.helpers.capture import stop_group, wait_until
 from tests.installer.ansible_run import PLAYBOOKS, VENV_BIN, run_playbook
 from tests.kube_fixtures import (
     AGENT_NAMESPACE,
@@ -78,13 +77,7 @@ class OperatorPod:
 
     def stop(self) -> None:
         self._done.set()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc, grace=15)
 
 
 @pytest.fixture
