@@ -37,18 +37,14 @@ SERVER_NAMES = (
 )
 SERVER_IPS = ("127.0.0.1", "::1")
 
-#: The CA signs certificates and CRLs only; nothing else.
+#: The CA signs certificates and CRLs (first line), nothing else (the rest).
+# fmt: off
 _CA_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    key_cert_sign=True,
-    crl_sign=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    encipher_only=False,
-    decipher_only=False,
+    digital_signature=True, key_cert_sign=True, crl_sign=True,
+    content_commitment=False, key_encipherment=False, data_encipherment=False, key_agreement=False,
+    encipher_only=False, decipher_only=False,
 )
+# fmt: on
 
 
 @dataclass(frozen=True)
