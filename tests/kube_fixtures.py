@@ -219,3 +219,37 @@ def refusals_of(kube: KubeEmulator, user: str) -> list[str]:
 
 AGENT_USER = f"system:serviceaccount:{AGENT_NAMESPACE}:retina-agent"
 OPERATOR_USER = f"system:serviceaccount:{AGENT_NAMESPACE}:retina-operator"
+
+
+#: The schema of a CRD that keeps whatever its instances hold (what a test needs to store them).
+ANY_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def custom_resource_definition(
+    group: str,
+    kind: str,
+    plural: str,
+    *,
+    schema: dict[str, Any] | None = None,
+    status_subresource: bool = False,
+    short_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """A namespaced ``apiextensions.k8s.io/v1`` CRD serving and storing ``v1`` of ``kind``."""
+    names: dict[str, Any] = {
+        "plural": plural,
+        "singular": kind.lower(),
+        "kind": kind,
+        "listKind": f"{kind}List",
+    }
+    if short_names:
+        names["shortNames"] = short_names
+    version: dict[str, Any] = {"name": "v1", "served": True, "storage": True}
+    if status_subresource:
+        version["subresources"] = {"status": {}}
+    version["schema"] = {"openAPIV3Schema": schema or ANY_OBJECT_SCHEMA}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {"group": group, "scope": "Namespaced", "names": names, "versions": [version]},
+    }

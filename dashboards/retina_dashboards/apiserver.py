@@ -7,19 +7,22 @@ counts requests that got no answer in time.
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import timeseries
+
 from retina_dashboards.common import (
     ADV,
     EMPTY_WHEN_HEALTHY,
-    HEATMAP,
     NEEDS_POD_LEVEL,
-    NODE,
+    buckets,
     cluster_variable,
     datasource_variable,
     describe,
     heatmap_panel,
     node_variable,
+    quantile,
     query,
     rate,
+    rate_panel,
     stat_panel,
     timeseries_panel,
 )
@@ -33,12 +36,17 @@ HANDSHAKE = ADV + "node_apiserver_tcp_handshake_latency_bucket"
 NO_RESPONSE = ADV + "node_apiserver_no_response"
 
 
-def _quantile(q: float, bucket: str, by: str = "le") -> str:
-    return f"histogram_quantile({q}, sum by ({by}) ({rate(bucket)}))"
-
-
 def _pod(text: str, *more: str) -> str:
     return describe(text, NEEDS_POD_LEVEL, *more)
+
+
+def _percentiles_by_node(title: str, text: str, bucket: str) -> timeseries.Panel:
+    """p50 and p99 of a histogram, one pair of series per node."""
+    targets = [
+        query(quantile(0.5, bucket, "instance, le"), "{{instance}} p50"),
+        query(quantile(0.99, bucket, "instance, le"), "{{instance}} p99"),
+    ]
+    return timeseries_panel(title, _pod(text), targets, unit="ms")
 
 
 def build() -> dict:
@@ -46,19 +54,19 @@ def build() -> dict:
         stat_panel(
             "p50 latency",
             _pod("Median time from request to first response byte."),
-            query(_quantile(0.5, LATENCY)),
+            query(quantile(0.5, LATENCY)),
             unit="ms",
         ),
         stat_panel(
             "p99 latency",
             _pod("99th percentile; 63.5 ms means at or above the largest bucket."),
-            query(_quantile(0.99, LATENCY)),
+            query(quantile(0.99, LATENCY)),
             unit="ms",
         ),
         stat_panel(
             "p99 TCP handshake",
             _pod("SYN to SYN-ACK, measured in the kernel."),
-            query(_quantile(0.99, HANDSHAKE)),
+            query(quantile(0.99, HANDSHAKE)),
             unit="ms",
         ),
         stat_panel(
@@ -68,36 +76,20 @@ def build() -> dict:
             unit="reqps",
         ),
     ]
-    by_node = "instance, le"
     latency = [
-        timeseries_panel(
-            "Latency percentiles by node",
-            _pod("Request to first response byte."),
-            [
-                query(_quantile(0.5, LATENCY, by_node), "{{instance}} p50"),
-                query(_quantile(0.99, LATENCY, by_node), "{{instance}} p99"),
-            ],
-            unit="ms",
-        ),
+        _percentiles_by_node("Latency percentiles by node", "Request to first response byte.", LATENCY),
         heatmap_panel(
             "Latency distribution",
             _pod("Requests per latency bucket."),
-            query(f"sum by (le) (increase({LATENCY}{{{NODE}}}[$__rate_interval]))", "{{le}}", fmt=HEATMAP),
+            buckets(LATENCY),
             unit="ms",
         ),
-        timeseries_panel(
-            "TCP handshake percentiles by node",
-            _pod("SYN to SYN-ACK."),
-            [
-                query(_quantile(0.5, HANDSHAKE, by_node), "{{instance}} p50"),
-                query(_quantile(0.99, HANDSHAKE, by_node), "{{instance}} p99"),
-            ],
-            unit="ms",
-        ),
-        timeseries_panel(
+        _percentiles_by_node("TCP handshake percentiles by node", "SYN to SYN-ACK.", HANDSHAKE),
+        rate_panel(
             "Requests without response/s by node",
             _pod("Requests the API server did not answer in time.", EMPTY_WHEN_HEALTHY),
-            [query(f"sum by (instance) ({rate(NO_RESPONSE)})", "{{instance}}")],
+            NO_RESPONSE,
+            "instance",
             unit="reqps",
         ),
     ]

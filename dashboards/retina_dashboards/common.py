@@ -123,6 +123,30 @@ def query(
     return q
 
 
+def sum_rate(metric: str, by: str, matchers: str = NODE, *, top: int | None = None) -> str:
+    """``sum by (by) (rate(metric{matchers}[$__rate_interval]))``: a counter's per-second rate for
+    each value of the ``by`` labels; with ``top``, only the ``top`` largest series (``topk``)."""
+    expr = f"sum by ({by}) ({rate(metric, matchers)})"
+    return f"topk({top}, {expr})" if top else expr
+
+
+def series_legend(by: str) -> str:
+    """The legend that names a series by its ``by`` labels: ``"instance, reason"`` ->
+    ``"{{instance}} {{reason}}"``."""
+    return " ".join("{{" + label.strip() + "}}" for label in by.split(","))
+
+
+def quantile(q: float, bucket: str, by: str = "le", matchers: str = NODE) -> str:
+    """The ``q`` quantile of a histogram's ``_bucket`` series, per value of the ``by`` labels
+    (which must include ``le``)."""
+    return f"histogram_quantile({q}, sum by ({by}) ({rate(bucket, matchers)}))"
+
+
+def buckets(bucket: str, matchers: str = NODE) -> prom.Dataquery:
+    """A histogram's observations per bucket in each interval, as a heatmap reads them."""
+    return query(f"sum by (le) (increase({bucket}{{{matchers}}}[$__rate_interval]))", "{{le}}", fmt=HEATMAP)
+
+
 def describe(text: str, *markers: str) -> str:
     return " ".join([text, *markers])
 
@@ -161,6 +185,25 @@ def timeseries_panel(
     if stacked:
         panel = panel.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
     return _common(panel, title, description, targets, width, height)
+
+
+def rate_panel(
+    title: str,
+    description: str,
+    metric: str,
+    by: str,
+    matchers: str = NODE,
+    *,
+    legend: str | None = None,
+    top: int | None = None,
+    unit: str = "short",
+    width: int = 12,
+    stacked: bool = False,
+) -> timeseries.Panel:
+    """A time series of a counter's rate split by the ``by`` labels (:func:`sum_rate`), each
+    series named by those labels unless ``legend`` says otherwise."""
+    target = query(sum_rate(metric, by, matchers, top=top), legend or series_legend(by))
+    return timeseries_panel(title, description, [target], unit=unit, width=width, stacked=stacked)
 
 
 def stat_panel(

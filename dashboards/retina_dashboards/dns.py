@@ -5,11 +5,11 @@ from __future__ import annotations
 from retina_dashboards.common import (
     ADV,
     BASIC,
-    HEATMAP,
     NEEDS_POD_LEVEL,
     NODE,
     POD,
     TABLE,
+    buckets,
     cluster_variable,
     datasource_variable,
     describe,
@@ -17,9 +17,12 @@ from retina_dashboards.common import (
     namespace_variable,
     node_variable,
     pod_variable,
+    quantile,
     query,
     rate,
+    rate_panel,
     stat_panel,
+    sum_rate,
     table_panel,
     timeseries_panel,
 )
@@ -31,10 +34,6 @@ TITLE = "Retina / DNS"
 RESPONSES = BASIC + "dns_responses_total"
 LATENCY = BASIC + "dns_latency_seconds_bucket"
 NOT_NOERROR = 'rcode!="NOERROR"'
-
-
-def _quantile(q: float, by: str = "le") -> str:
-    return f"histogram_quantile({q}, sum by ({by}) ({rate(LATENCY)}))"
 
 
 def build() -> dict:
@@ -59,7 +58,10 @@ def build() -> dict:
             unit="percentunit",
         ),
         stat_panel(
-            "p99 latency", "99th percentile of request-to-response time.", query(_quantile(0.99)), unit="s"
+            "p99 latency",
+            "99th percentile of request-to-response time.",
+            query(quantile(0.99, LATENCY)),
+            unit="s",
         ),
     ]
     traffic = [
@@ -67,24 +69,20 @@ def build() -> dict:
             "Requests and responses/s by node",
             "Node-level DNS counters.",
             [
-                query(f"sum by (instance) ({rate(BASIC + 'dns_request_count')})", "{{instance}} requests"),
-                query(f"sum by (instance) ({rate(BASIC + 'dns_response_count')})", "{{instance}} responses"),
+                query(sum_rate(BASIC + "dns_request_count", "instance"), "{{instance}} requests"),
+                query(sum_rate(BASIC + "dns_response_count", "instance"), "{{instance}} responses"),
             ],
             unit="reqps",
         ),
-        timeseries_panel(
+        rate_panel(
             "Responses/s by return code",
             "NXDOMAIN: the name does not exist; SERVFAIL: the server failed.",
-            [query(f"sum by (rcode) ({rate(RESPONSES)})", "{{rcode}}")],
+            RESPONSES,
+            "rcode",
             unit="reqps",
             stacked=True,
         ),
-        timeseries_panel(
-            "Responses/s by query type",
-            "A, AAAA, SRV, PTR, ...",
-            [query(f"sum by (qtype) ({rate(RESPONSES)})", "{{qtype}}")],
-            unit="reqps",
-        ),
+        rate_panel("Responses/s by query type", "A, AAAA, SRV, PTR, ...", RESPONSES, "qtype", unit="reqps"),
         timeseries_panel(
             "Error ratio by node",
             "Non-NOERROR responses / all responses.",
@@ -103,13 +101,17 @@ def build() -> dict:
         timeseries_panel(
             "Latency percentiles",
             "Request-to-response time measured in the kernel.",
-            [query(_quantile(0.5), "p50"), query(_quantile(0.9), "p90"), query(_quantile(0.99), "p99")],
+            [
+                query(quantile(0.5, LATENCY), "p50"),
+                query(quantile(0.9, LATENCY), "p90"),
+                query(quantile(0.99, LATENCY), "p99"),
+            ],
             unit="s",
         ),
         heatmap_panel(
             "Latency distribution",
             "Responses per latency bucket (networkobservability_dns_latency_seconds).",
-            query(f"sum by (le) (increase({LATENCY}{{{NODE}}}[$__rate_interval]))", "{{le}}", fmt=HEATMAP),
+            buckets(LATENCY),
         ),
     ]
     adv_response = ADV + "dns_response_count"

@@ -15,6 +15,7 @@ from retina_dashboards.common import (
     node_variable,
     query,
     rate,
+    rate_panel,
     stat_panel,
     table_panel,
     timeseries_panel,
@@ -59,31 +60,35 @@ def build() -> dict:
         ),
     ]
     traffic = [
-        timeseries_panel(
+        rate_panel(
             "Packets/s by node and direction",
             "networkobservability_forward_count: ingress and egress packets.",
-            [query(f"sum by (instance, direction) ({rate(fwd)})", "{{instance}} {{direction}}")],
+            fwd,
+            "instance, direction",
             unit="pps",
         ),
-        timeseries_panel(
+        rate_panel(
             "Bytes/s by node and direction",
             "networkobservability_forward_bytes: ingress and egress bytes.",
-            [query(f"sum by (instance, direction) ({rate(fwd_bytes)})", "{{instance}} {{direction}}")],
+            fwd_bytes,
+            "instance, direction",
             unit="Bps",
         ),
     ]
     drops = [
-        timeseries_panel(
+        rate_panel(
             "Drops/s by reason",
             "Kernel drop reasons (NETFILTER_DROP is an iptables/nftables DROP, "
             "NO_SOCKET a closed port, ...).",
-            [query(f"sum by (reason) ({rate(drop)})", "{{reason}}")],
+            drop,
+            "reason",
             unit="pps",
         ),
-        timeseries_panel(
+        rate_panel(
             "Dropped bytes/s by node and reason",
             "networkobservability_drop_bytes.",
-            [query(f"sum by (instance, reason) ({rate(drop_bytes)})", "{{instance}} {{reason}}")],
+            drop_bytes,
+            "instance, reason",
             unit="Bps",
         ),
         table_panel(
@@ -102,23 +107,20 @@ def build() -> dict:
             "networkobservability_tcp_state.",
             [query(f"sum by (state) ({BASIC}tcp_state{{{NODE}}})", "{{state}}")],
         ),
-        timeseries_panel(
+        rate_panel(
             "TCP retransmissions/s by node",
             "Retransmitted segments (tcp_retransmit_skb tracepoint).",
-            [query(f"sum by (instance) ({rate(BASIC + 'tcpretrans_count')})", "{{instance}}")],
+            BASIC + "tcpretrans_count",
+            "instance",
             unit="pps",
         ),
-        timeseries_panel(
+        rate_panel(
             "TCP trouble counters/s",
             "TcpExt counters that point at problems: listen queue overflows, "
             "backlog drops, timeouts, loss probes, aborts.",
-            [
-                query(
-                    f"sum by (statistic_name) (rate({BASIC}tcp_connection_stats"
-                    f'{{{NODE}, statistic_name=~"{TCP_TROUBLE}"}}[$__rate_interval]))',
-                    "{{statistic_name}}",
-                )
-            ],
+            BASIC + "tcp_connection_stats",
+            "statistic_name",
+            f'{NODE}, statistic_name=~"{TCP_TROUBLE}"',
         ),
         timeseries_panel(
             "Open UDP sockets by node",
@@ -132,29 +134,20 @@ def build() -> dict:
         ),
     ]
     interfaces = [
-        timeseries_panel(
+        rate_panel(
             "Interface errors and drops/s (top 10)",
             "Per-interface error and drop counters (all_interfaces excluded).",
-            [
-                query(
-                    "topk(10, sum by (instance, interface_name, statistic_name) "
-                    f"(rate({BASIC}interface_stats{{{NODE}, "
-                    'interface_name!="all_interfaces"}[$__rate_interval])))',
-                    "{{instance}} {{interface_name}} {{statistic_name}}",
-                )
-            ],
+            BASIC + "interface_stats",
+            "instance, interface_name, statistic_name",
+            f'{NODE}, interface_name!="all_interfaces"',
+            top=10,
         ),
-        timeseries_panel(
+        rate_panel(
             "IP error counters/s",
             "IpExt counters: checksum errors, no route, truncated packets.",
-            [
-                query(
-                    f"sum by (statistic_name) (rate({BASIC}ip_connection_stats"
-                    f'{{{NODE}, statistic_name=~"InCsumErrors|InNoRoutes|'
-                    'InTruncatedPkts"}[$__rate_interval]))',
-                    "{{statistic_name}}",
-                )
-            ],
+            BASIC + "ip_connection_stats",
+            "statistic_name",
+            f'{NODE}, statistic_name=~"InCsumErrors|InNoRoutes|InTruncatedPkts"',
         ),
         table_panel(
             "Interface error and drop counters",
@@ -189,36 +182,29 @@ def build() -> dict:
             ],
             width=12,
         ),
-        timeseries_panel(
+        rate_panel(
             "Lost events/s",
             describe("Events the kernel could not hand to the agent (full buffers).", EMPTY_WHEN_HEALTHY),
-            [
-                query(
-                    f"sum by (instance, type, reason) ({rate(CONTROL + 'lost_events_counter')})",
-                    "{{instance}} {{type}} {{reason}}",
-                )
-            ],
+            CONTROL + "lost_events_counter",
+            "instance, type, reason",
             width=8,
         ),
-        timeseries_panel(
+        rate_panel(
             "Harvest failures/s",
             describe("Failed reads of a plugin's kernel maps.", EMPTY_WHEN_HEALTHY),
-            [
-                query(
-                    f"sum by (instance, plugin) ({rate(CONTROL + 'harvest_failures_total')})",
-                    "{{instance}} {{plugin}}",
-                )
-            ],
+            CONTROL + "harvest_failures_total",
+            "instance, plugin",
             width=8,
         ),
-        timeseries_panel(
+        rate_panel(
             "Pod-level series dropped at the cap/s",
             describe(
                 "New adv_* series refused because the series cap was reached.",
                 NEEDS_POD_LEVEL,
                 EMPTY_WHEN_HEALTHY,
             ),
-            [query(f"sum by (instance) ({rate(CONTROL + 'series_overflow_total')})", "{{instance}}")],
+            CONTROL + "series_overflow_total",
+            "instance",
             width=8,
         ),
     ]

@@ -23,9 +23,9 @@ from retina_dashboards.common import (
     pod_variable,
     query,
     rate,
+    rate_panel,
     stat_panel,
     table_panel,
-    timeseries_panel,
 )
 from retina_dashboards.common import dashboard as make_dashboard
 
@@ -34,6 +34,9 @@ TITLE = "Retina / Pod traffic"
 
 FWD, FWD_BYTES = ADV + "forward_count", ADV + "forward_bytes"
 DROP, DROP_BYTES = ADV + "drop_count", ADV + "drop_bytes"
+TCP_FLAGS, RETRANS = ADV + "tcpflags_count", ADV + "tcpretrans_count"
+#: Series per pod, named namespace/pod.
+BY_POD, POD_LEGEND = "namespace, podname", "{{namespace}}/{{podname}}"
 #: Remote context: series that name both workloads; the namespace variable filters the source.
 REMOTE = NODE + ', source_namespace=~"$namespace", source_workload_name!="", destination_workload_name!=""'
 EGRESS = POD + ', direction="egress"'
@@ -73,7 +76,6 @@ def service_map_queries() -> tuple[str, str]:
 
 
 def build() -> dict:
-    pod_legend = "{{namespace}}/{{podname}}"
     summary = [
         stat_panel(
             "Pod bytes/s",
@@ -96,7 +98,7 @@ def build() -> dict:
         stat_panel(
             "Pod TCP retransmissions/s",
             _pod("Retransmitted segments of the pods."),
-            query(f"sum({rate(ADV + 'tcpretrans_count', POD)})"),
+            query(f"sum({rate(RETRANS, POD)})"),
             unit="pps",
         ),
     ]
@@ -113,37 +115,46 @@ def build() -> dict:
             unit="Bps",
             width=24,
         ),
-        timeseries_panel(
+        rate_panel(
             "Egress bytes/s by pod",
             _pod("Bytes the pods sent."),
-            [query(f"topk(10, sum by (namespace, podname) ({rate(FWD_BYTES, EGRESS)}))", pod_legend)],
+            FWD_BYTES,
+            BY_POD,
+            EGRESS,
+            legend=POD_LEGEND,
+            top=10,
             unit="Bps",
         ),
-        timeseries_panel(
+        rate_panel(
             "Ingress bytes/s by pod",
             _pod("Bytes the pods received."),
-            [query(f"topk(10, sum by (namespace, podname) ({rate(FWD_BYTES, INGRESS)}))", pod_legend)],
+            FWD_BYTES,
+            BY_POD,
+            INGRESS,
+            legend=POD_LEGEND,
+            top=10,
             unit="Bps",
         ),
-        timeseries_panel(
+        rate_panel(
             "Packets/s by workload",
             _pod("Packets by owning workload and direction."),
-            [
-                query(
-                    "topk(10, sum by (namespace, workload_kind, workload_name, "
-                    f"direction) ({rate(FWD, POD)}))",
-                    "{{namespace}}/{{workload_kind}}/{{workload_name}} {{direction}}",
-                )
-            ],
+            FWD,
+            "namespace, workload_kind, workload_name, direction",
+            POD,
+            legend="{{namespace}}/{{workload_kind}}/{{workload_name}} {{direction}}",
+            top=10,
             unit="pps",
             width=24,
         ),
     ]
     drops = [
-        timeseries_panel(
+        rate_panel(
             "Drops/s by pod and reason",
             _pod("Dropped packets carrying the pod's address, by kernel reason."),
-            [query(f"sum by (namespace, podname, reason) ({rate(DROP, POD)})", pod_legend + " {{reason}}")],
+            DROP,
+            BY_POD + ", reason",
+            POD,
+            legend=POD_LEGEND + " {{reason}}",
             unit="pps",
         ),
         table_panel(
@@ -157,25 +168,33 @@ def build() -> dict:
         ),
     ]
     tcp = [
-        timeseries_panel(
+        rate_panel(
             "TCP flags/s",
             _pod(
                 "TCP segments by flag: many RST or SYN without "
                 "SYNACK point at refused or unanswered connections."
             ),
-            [query(f"sum by (flag) ({rate(ADV + 'tcpflags_count', POD)})", "{{flag}}")],
+            TCP_FLAGS,
+            "flag",
+            POD,
             unit="pps",
         ),
-        timeseries_panel(
+        rate_panel(
             "TCP resets/s by pod",
             _pod("RST segments by pod."),
-            [query(f"sum by (namespace, podname) ({rate(ADV + 'tcpflags_count', RST)})", pod_legend)],
+            TCP_FLAGS,
+            BY_POD,
+            RST,
+            legend=POD_LEGEND,
             unit="pps",
         ),
-        timeseries_panel(
+        rate_panel(
             "TCP retransmissions/s by pod",
             _pod("Retransmitted segments by pod."),
-            [query(f"sum by (namespace, podname) ({rate(ADV + 'tcpretrans_count', POD)})", pod_legend)],
+            RETRANS,
+            BY_POD,
+            POD,
+            legend=POD_LEGEND,
             unit="pps",
             width=24,
         ),
@@ -199,19 +218,15 @@ def build() -> dict:
             unit="Bps",
             width=24,
         ),
-        timeseries_panel(
+        rate_panel(
             "Drops/s between workloads",
             _remote("Dropped packets by source and destination workload and reason."),
-            [
-                query(
-                    "sum by (source_namespace, source_workload_name, "
-                    "destination_namespace, destination_workload_name, reason) "
-                    f"({rate(DROP, REMOTE)})",
-                    "{{source_namespace}}/{{source_workload_name}} -> "
-                    "{{destination_namespace}}/{{destination_workload_name}} "
-                    "{{reason}}",
-                )
-            ],
+            DROP,
+            "source_namespace, source_workload_name, destination_namespace, destination_workload_name, "
+            "reason",
+            REMOTE,
+            legend="{{source_namespace}}/{{source_workload_name}} -> "
+            "{{destination_namespace}}/{{destination_workload_name}} {{reason}}",
             unit="pps",
             width=24,
         ),

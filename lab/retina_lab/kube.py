@@ -421,7 +421,7 @@ class KubeEmulator:
     def ca_path(self) -> Path | None:
         """The PEM file of the CA that signed the serving certificate (``ca.crt`` for pods;
         ``requests.get(kube.url + ..., verify=kube.ca_path)``); None when serving plain HTTP."""
-        return self._certs.ca_path if self._certs else None
+        return self._certs.ca_cert if self._certs else None
 
     @property
     def running(self) -> bool:
@@ -504,7 +504,7 @@ class KubeEmulator:
         path = Path(path)
         cluster: Obj = {"server": self.url}
         if self._certs:  # embedded, so that a copied kubeconfig still works
-            ca = self._certs.ca_path.read_bytes()
+            ca = self._certs.ca_cert.read_bytes()
             cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
         config = {
             "apiVersion": "v1",

@@ -1,16 +1,14 @@
-"""``kubectl retina capture download [--merge]`` from a real (moto) S3 server."""
+"""``kubectl retina capture download [--merge]`` from a real (moto) S3 server, from a folder, and
+through download pods that cannot start or are interrupted."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import socket
 import subprocess
 import tarfile
 from pathlib import Path
 
-import boto3
 import dpkt
 import pytest
 import requests
@@ -18,6 +16,23 @@ import requests
 from retina_capture.cli.main import main
 from retina_capture.cli.merge import read_merged
 from tests import kube_fixtures
+from tests.helpers.download import (
+    MERGED_NODES,
+    NODE_IPS,
+    S3_KEYS,
+    STAMP,
+    blob_container,
+    blob_container_sas_url,
+    create_capture,
+    download_pods,
+    kubectl_retina,
+    node_packets,
+    node_tarballs,
+    s3_client,
+    s3_options,
+    tarball,
+    udp_frame,
+)
 from tests.kube_fixtures import CAPTURE_USER, capture_user_kubeconfig_for, refusals_of, small_cluster
 
 # pytest fixtures shared from tests/kube_fixtures.py
@@ -25,114 +40,34 @@ kube_emulator = kube_fixtures.kube_emulator
 kube_api_client = kube_fixtures.kube_api_client
 
 
-def udp_frame(src: str, dst: str, payload: bytes) -> bytes:
-    udp = dpkt.udp.UDP(sport=4000, dport=5000, data=payload)
-    udp.ulen = len(bytes(udp))
-    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_UDP, data=udp)
-    ip.len = len(bytes(ip))
-    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip))
-
-
-def tarball(directory: Path, capture: str, node: str, packets: list[tuple[float, bytes]]) -> Path:
-    """A worker-style tarball: one top folder with a pcap and a metadata file."""
-    stem = f"{capture}-{node}-20260101120000UTC"
-    pcap = io.BytesIO()
-    writer = dpkt.pcap.Writer(pcap)
-    for ts, frame in packets:
-        writer.writepkt(frame, ts=ts)
-    path = directory / f"{stem}.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in ((f"{stem}/{stem}.pcap", pcap.getvalue()), (f"{stem}/ip-resources.txt", b"lo\n")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def node_packets() -> dict[str, list[tuple[float, bytes]]]:
-    return {
-        "node-1": [
-            (1000.0 + i * 0.2, udp_frame("10.244.1.10", "10.244.2.10", f"n1-{i}".encode())) for i in range(3)
-        ],  # 1000.0, 1000.2, 1000.4
-        "node-2": [
-            (1000.1 + i * 0.2, udp_frame("10.244.2.10", "10.244.1.10", f"n2-{i}".encode())) for i in range(2)
-        ],  # 1000.1, 1000.3
-    }
+def pod_names(kube, namespace: str) -> list[str]:
+    return sorted(p["metadata"]["name"] for p in kube.objects("Pod", namespace))
 
 
 def test_download_merge_from_s3(kube_emulator, moto_s3, tmp_path, capsys, monkeypatch) -> None:
     small_cluster(kube_emulator)
-    monkeypatch.setenv("RETINA_CAPTURE_S3_ACCESS_KEY_ID", "testing-id")
-    monkeypatch.setenv("RETINA_CAPTURE_S3_SECRET_ACCESS_KEY", "testing-secret")
-    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
-    assert (
-        main(
-            [
-                "capture",
-                "create",
-                "--name",
-                "dl",
-                "-n",
-                "web",
-                "--node-names",
-                "node-1,node-2",
-                "--s3-bucket",
-                "caps",
-                "--s3-endpoint",
-                moto_s3.url,
-                "--s3-region",
-                "us-east-1",
-                "--no-wait",
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
-        == 0
-    )
+    for key, value in S3_KEYS.items():
+        monkeypatch.setenv(key, value)
+    kubeconfig = capture_user_kubeconfig_for(kube_emulator)
+    create_capture(kubeconfig, "dl", "web", "--node-names", "node-1,node-2", *s3_options(moto_s3))
 
     # What the two workers would have uploaded (plus an unrelated object that must be ignored).
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_s3.url,
-        region_name="us-east-1",
-        aws_access_key_id="testing-id",
-        aws_secret_access_key="testing-secret",
-    )
+    s3 = s3_client(moto_s3)
     s3.create_bucket(Bucket="caps")
-    made = tmp_path / "made"
-    made.mkdir()
-    for node, packets in node_packets().items():
-        path = tarball(made, "dl", node, packets)
+    made = node_tarballs(tmp_path / "made", "dl")
+    for path in made:
         s3.upload_file(str(path), "caps", f"retina/captures/{path.name}")
     s3.put_object(Bucket="caps", Key="retina/captures/dl-other.txt", Body=b"x")
-    capsys.readouterr()
 
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "capture",
-                "download",
-                "--name",
-                "dl",
-                "-n",
-                "web",
-                "-o",
-                str(out),
-                "--merge",
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
-        == 0
-    )
+    assert kubectl_retina(kubeconfig, "download", "--name", "dl", "-n", "web", "-o", str(out), "--merge") == 0
     printed = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
         "dl-merged.pcapng",
-        "dl-node-1-20260101120000UTC.tar.gz",
-        "dl-node-2-20260101120000UTC.tar.gz",
+        f"dl-node-1-{STAMP}.tar.gz",
+        f"dl-node-2-{STAMP}.tar.gz",
     ]
-    for path in made.iterdir():
+    for path in made:
         assert (out / path.name).read_bytes() == path.read_bytes()  # byte-identical download
     assert "merged 5 packets (node-1: 3, node-2: 2)" in printed
 
@@ -150,111 +85,55 @@ def test_download_merge_from_s3(kube_emulator, moto_s3, tmp_path, capsys, monkey
     with (out / "dl-merged.pcapng").open("rb") as fh:
         stamps = [ts for ts, _ in dpkt.pcapng.Reader(fh)]
     assert stamps == sorted(stamps) and len(stamps) == 5
-    # ... and so does tcpdump (libpcap), with the node as the interface name.
+    # ... and so does tcpdump (libpcap): each node's packets, in time order.
     shown = subprocess.run(
-        ["tcpdump", "-r", str(out / "dl-merged.pcapng"), "-nn", "-e", "--interface=any"],
+        ["tcpdump", "-r", str(out / "dl-merged.pcapng"), "-nn", "-tt"],
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
-    if shown.returncode != 0:  # older tcpdump without per-interface names for pcapng
-        shown = subprocess.run(
-            ["tcpdump", "-r", str(out / "dl-merged.pcapng"), "-nn"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
     assert shown.returncode == 0, shown.stderr
-    assert len(shown.stdout.splitlines()) == 5
+    assert [(line.split()[0], line.split()[2].rsplit(".", 1)[0]) for line in shown.stdout.splitlines()] == [
+        (f"{1000 + i / 10:.6f}", NODE_IPS[node]) for i, node in enumerate(MERGED_NODES)
+    ]
 
 
 def test_merge_from_a_directory_without_the_api(tmp_path, capsys) -> None:
-    for node, packets in node_packets().items():
-        tarball(tmp_path, "local", node, packets)
+    node_tarballs(tmp_path, "local")
     out = tmp_path / "merged"
-    assert (
-        main(
-            [
-                "capture",
-                "download",
-                "--name",
-                "local",
-                "--from-dir",
-                str(tmp_path),
-                "-o",
-                str(out),
-                "--merge",
-                "--kubeconfig",
-                os.devnull,
-            ]
-        )
-        == 0
+    code = kubectl_retina(
+        os.devnull, "download", "--name", "local", "--from-dir", str(tmp_path), "-o", str(out), "--merge"
     )
-    assert [p.node for p in read_merged(out / "local-merged.pcapng")] == [
-        "node-1",
-        "node-2",
-        "node-1",
-        "node-2",
-        "node-1",
-    ]
-
-
-def download_pods(kube) -> list[str]:
-    return [
-        p["metadata"]["name"]
-        for p in kube.objects("Pod", "web")
-        if p["metadata"].get("labels", {}).get("retina.sh/app") == "capture-download"
-    ]
+    assert code == 0, capsys.readouterr().err
+    assert [p.node for p in read_merged(out / "local-merged.pcapng")] == MERGED_NODES
 
 
 def test_a_download_pod_that_cannot_start_is_named_and_removed(kube_emulator, tmp_path, capsys) -> None:
     """No kubelet here: the pod stays Pending. The CLI says which node, gives up, deletes the pod."""
     small_cluster(kube_emulator)
-    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
-    assert (
-        main(
-            [
-                "capture",
-                "create",
-                "--name",
-                "hp",
-                "-n",
-                "web",
-                "--node-names",
-                "node-1",
-                "--host-path",
-                "incidents",
-                "--no-wait",
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
-    code = main(
-        [
-            "capture",
-            "download",
-            "--name",
-            "hp",
-            "-n",
-            "web",
-            "-o",
-            str(tmp_path / "out"),
-            "--pod-start-timeout",
-            "2",
-            "--kubeconfig",
-            kubeconfig,
-        ]
+    seeded = pod_names(kube_emulator, "web")
+    kubeconfig = capture_user_kubeconfig_for(kube_emulator)
+    create_capture(kubeconfig, "hp", "web", "--node-names", "node-1", "--host-path", "incidents")
+    code = kubectl_retina(
+        kubeconfig,
+        "download",
+        "--name",
+        "hp",
+        "-n",
+        "web",
+        "-o",
+        str(tmp_path / "out"),
+        "--pod-start-timeout",
+        "2",
     )
     err = capsys.readouterr().err
     assert code == 1, err
     assert "node node-1 (/var/lib/retina/captures/incidents)" in err and "did not start within 2s" in err
     assert "no tarballs to download yet" in err
-    assert download_pods(kube_emulator) == []  # removed although it never ran
+    assert pod_names(kube_emulator, "web") == seeded  # removed although it never ran
     assert refusals_of(kube_emulator, CAPTURE_USER) == []
-    assert main(["capture", "download", "--name", "nope", "-n", "web", "--kubeconfig", kubeconfig]) == 1
+    assert kubectl_retina(kubeconfig, "download", "--name", "nope", "-n", "web") == 1
     assert "--name: no capture 'nope'" in capsys.readouterr().err
 
 
@@ -262,51 +141,20 @@ def test_ctrl_c_while_waiting_still_removes_the_download_pods(kube_emulator, tmp
     from retina_capture.cli import download_pod
 
     small_cluster(kube_emulator)
-    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
-    assert (
-        main(
-            [
-                "capture",
-                "create",
-                "--name",
-                "hp",
-                "-n",
-                "web",
-                "--node-names",
-                "node-1,node-2",
-                "--host-path",
-                "x",
-                "--no-wait",
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
-        == 0
-    )
+    seeded = pod_names(kube_emulator, "web")
+    kubeconfig = capture_user_kubeconfig_for(kube_emulator)
+    create_capture(kubeconfig, "hp", "web", "--node-names", "node-1,node-2", "--host-path", "x")
     seen: list[int] = []
 
     def interrupted(*_args, **_kwargs):
-        seen.append(len(download_pods(kube_emulator)))
+        seen.append(len(download_pods(kube_emulator, "web")))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(download_pod, "_wait_running", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        main(
-            [
-                "capture",
-                "download",
-                "--name",
-                "hp",
-                "-n",
-                "web",
-                "-o",
-                str(tmp_path),
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
+        kubectl_retina(kubeconfig, "download", "--name", "hp", "-n", "web", "-o", str(tmp_path))
     assert seen == [2]  # both pods existed when the user pressed Ctrl-C ...
-    assert download_pods(kube_emulator) == []  # ... and none is left
+    assert pod_names(kube_emulator, "web") == seeded  # ... and none is left
 
 
 def test_download_pod_is_least_privilege_and_pinned_like_the_job() -> None:
@@ -378,42 +226,12 @@ def test_blob_names_cannot_write_outside_the_output_directory(
     kube_emulator, azurite, tmp_path, capsys, monkeypatch
 ) -> None:
     """Blob names are chosen by whoever can write to the container: base names only, '..' refused."""
-    from datetime import UTC, datetime, timedelta
-
-    from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
-
-    from tests.helpers.capture import AZURITE_ACCOUNT, AZURITE_KEY
-
     small_cluster(kube_emulator)
-    service = BlobServiceClient(f"{azurite.url}/{AZURITE_ACCOUNT}", credential=AZURITE_KEY)
-    container = service.create_container("caps")
-    sas = generate_container_sas(
-        AZURITE_ACCOUNT,
-        "caps",
-        account_key=AZURITE_KEY,
-        permission=ContainerSasPermissions(read=True, list=True, write=True),
-        expiry=datetime.now(UTC) + timedelta(hours=1),
-    )
-    monkeypatch.setenv("RETINA_CAPTURE_BLOB_UPLOAD", f"{azurite.url}/{AZURITE_ACCOUNT}/caps?{sas}")
-    kubeconfig = str(kube_emulator.kubeconfig_path)
-    assert (
-        main(
-            [
-                "capture",
-                "create",
-                "--name",
-                "bl",
-                "-n",
-                "web",
-                "--node-names",
-                "node-1",
-                "--no-wait",
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
-        == 0
-    ), capsys.readouterr().err
+    container = blob_container(azurite, "caps")
+    sas_url = blob_container_sas_url(azurite, "caps")
+    monkeypatch.setenv("RETINA_CAPTURE_BLOB_UPLOAD", sas_url)
+    kubeconfig = capture_user_kubeconfig_for(kube_emulator)
+    create_capture(kubeconfig, "bl", "web", "--node-names", "node-1")
 
     made = tmp_path / "made"
     made.mkdir()
@@ -422,21 +240,22 @@ def test_blob_names_cannot_write_outside_the_output_directory(
     container.upload_blob(good.name, good.read_bytes())
     container.upload_blob(f"bl-x/{nested.name}", nested.read_bytes())  # a folder: saved by base name
     # The SDK would normalise '..' away; a raw request stores it, as any client of the container can.
-    escape = "bl-x/%2E%2E/%2E%2E/%2E%2E/escaped-node-9-20260101120000UTC.tar.gz"
+    escape = f"bl-x/%2E%2E/%2E%2E/%2E%2E/escaped-node-9-{STAMP}.tar.gz"
+    container_url, sas = sas_url.split("?", 1)
     put = requests.put(
-        f"{azurite.url}/{AZURITE_ACCOUNT}/caps/{escape}?{sas}",
+        f"{container_url}/{escape}?{sas}",
         data=good.read_bytes(),
         headers={"x-ms-blob-type": "BlockBlob"},
         timeout=30,
     )
     assert put.status_code == 201, put.text
-    assert "bl-x/../../../escaped-node-9-20260101120000UTC.tar.gz" in [b.name for b in container.list_blobs()]
+    assert f"bl-x/../../../escaped-node-9-{STAMP}.tar.gz" in [b.name for b in container.list_blobs()]
     capsys.readouterr()
 
-    out = tmp_path / "deep" / "out"
-    code = main(
-        ["capture", "download", "--name", "bl", "-n", "web", "-o", str(out), "--kubeconfig", kubeconfig]
-    )
+    # Deep enough that every reading of the name ('..' from the output or from its 'bl-x') stays
+    # inside tmp_path, where the search below looks.
+    out = tmp_path / "a" / "b" / "c" / "out"
+    code = kubectl_retina(kubeconfig, "download", "--name", "bl", "-n", "web", "-o", str(out))
     err = capsys.readouterr().err
     assert code == 1, err  # something was refused: the user must hear of it
     assert sorted(p.name for p in out.iterdir()) == sorted([good.name, nested.name])
@@ -444,11 +263,12 @@ def test_blob_names_cannot_write_outside_the_output_directory(
     assert "escaped-node-9" in err and "not written" in err
     everything = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     assert not any("escaped" in p for p in everything), everything
+    assert refusals_of(kube_emulator, CAPTURE_USER) == []
 
 
 def big_tarball(directory: Path, capture: str, node: str, megabytes: int, start: float) -> Path:
     """A tarball holding ``megabytes`` MB of 1400-byte UDP frames in two rotated pcap files."""
-    stem = f"{capture}-{node}-20260101120000UTC"
+    stem = f"{capture}-{node}-{STAMP}"
     path = directory / f"{stem}.tar.gz"
     count = megabytes * 1_000_000 // 1400
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
@@ -498,18 +318,8 @@ def test_from_dir_that_is_not_a_directory_is_a_usage_error(tmp_path, capsys, set
     target = tmp_path / "captures"
     if setup == "file":
         target.write_text("x")
-    code = main(
-        [
-            "capture",
-            "download",
-            "--name",
-            "x",
-            "--from-dir",
-            str(target),
-            "--merge",
-            "--kubeconfig",
-            str(tmp_path / "no-kubeconfig"),
-        ]
+    code = kubectl_retina(
+        tmp_path / "no-kubeconfig", "download", "--name", "x", "--from-dir", str(target), "--merge"
     )
     err = capsys.readouterr().err
     assert code == 2
@@ -519,14 +329,14 @@ def test_from_dir_that_is_not_a_directory_is_a_usage_error(tmp_path, capsys, set
 
 def test_garbage_tarball_in_from_dir_is_named(tmp_path, capsys) -> None:
     tarball(tmp_path, "g", "node-1", node_packets()["node-1"])
-    (tmp_path / "g-node-2-20260101120000UTC.tar.gz").write_bytes(b"this is not gzip" * 100)
+    (tmp_path / f"g-node-2-{STAMP}.tar.gz").write_bytes(b"this is not gzip" * 100)
     out = tmp_path / "out"
     code = main(
         ["capture", "download", "--name", "g", "--from-dir", str(tmp_path), "-o", str(out), "--merge"]
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "g-node-2-20260101120000UTC.tar.gz: not a readable capture tarball" in err
+    assert f"g-node-2-{STAMP}.tar.gz: not a readable capture tarball" in err
     assert "Traceback" not in err and not (out / "g-merged.pcapng").exists()
     assert list(out.iterdir()) == []  # no partial output, no scratch left
 

@@ -11,7 +11,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +22,11 @@ import pytest
 from images.names import image_refs
 from retina_capture import jobs as jobs_mod
 from retina_capture.cli import download_pod
-from retina_capture.cli.main import main
 from retina_capture.cli.merge import read_merged
 from retina_lab.kube import KubeEmulator
 from retina_lab.noderunner import NodeRunner
-from tests.helpers.capture import free_port
+from tests.helpers.capture import free_port, pcaps_in, wait_until
+from tests.helpers.download import create_capture, kubectl_retina
 from tests.kube_fixtures import CAPTURE_USER, capture_user_kubeconfig_for, refusals_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -64,14 +63,6 @@ def _payloads(pcap_bytes: bytes) -> list[bytes]:
     return out
 
 
-def _pcaps_in(tarball: Path) -> bytes:
-    with tarfile.open(tarball) as tar:
-        (member,) = [m for m in tar.getmembers() if m.name.endswith(".pcap")]
-        data = tar.extractfile(member)
-        assert data is not None
-        return data.read()
-
-
 def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_image, tmp_path) -> None:
     kube, runner = cluster
     kubeconfig = str(capture_user_kubeconfig_for(kube))
@@ -80,33 +71,22 @@ def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_i
     host_dir = Path(jobs_mod.HOST_PATH_BASE) / name
     port = free_port()
     try:
-        assert (
-            main(
-                [
-                    "capture",
-                    "create",
-                    "--name",
-                    name,
-                    "-n",
-                    NS,
-                    "--node-names",
-                    ",".join(NODES),
-                    "--host-path",
-                    name,
-                    "--interfaces",
-                    "lo",
-                    "--tcpdump-filter",
-                    f"udp dst port {port}",
-                    "--duration",
-                    "4s",
-                    "--image",
-                    agent_image,
-                    "--no-wait",
-                    "--kubeconfig",
-                    kubeconfig,
-                ]
-            )
-            == 0
+        create_capture(
+            kubeconfig,
+            name,
+            NS,
+            "--node-names",
+            ",".join(NODES),
+            "--host-path",
+            name,
+            "--interfaces",
+            "lo",
+            "--tcpdump-filter",
+            f"udp dst port {port}",
+            "--duration",
+            "4s",
+            "--image",
+            agent_image,
         )
 
         # Numbered datagrams to loopback until both Jobs are done (bounded: 240 s, 20 per second).
@@ -128,21 +108,7 @@ def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_i
         assert [len(list(host_dir.glob(f"{name}-{n}-*UTC.tar.gz"))) for n in NODES] == [1, 1], on_host
 
         out = tmp_path / "out"
-        code = main(
-            [
-                "capture",
-                "download",
-                "--name",
-                name,
-                "-n",
-                NS,
-                "-o",
-                str(out),
-                "--merge",
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
+        code = kubectl_retina(kubeconfig, "download", "--name", name, "-n", NS, "-o", str(out), "--merge")
         assert code == 0
         got = sorted(p.name for p in out.glob("*.tar.gz"))
         assert got == [p.name for p in on_host]
@@ -153,7 +119,8 @@ def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_i
         counts = {}
         for node in NODES:
             (tarball,) = out.glob(f"{name}-{node}-*UTC.tar.gz")
-            payloads = _payloads(_pcaps_in(tarball))
+            (pcap,) = pcaps_in(tarball)
+            payloads = _payloads(pcap)
             numbers = [int(p.removeprefix(b"retina-dl-")) for p in payloads]
             assert numbers and numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
             counts[node] = len(numbers)
@@ -166,16 +133,13 @@ def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_i
         selector = f"{jobs_mod.LABEL_APP}={download_pod.LABEL_APP_VALUE}"
         assert core.list_namespaced_pod(NS, label_selector=selector).items == []
         assert refusals_of(kube, CAPTURE_USER) == []
-        _wait_for(lambda: not [c for c in runner.containers() if "download" in str(c)], 60)
+        wait_until(
+            lambda: not [c for c in runner.containers() if "download" in str(c)],
+            60,
+            "download containers to go",
+        )
     finally:
         admin.close()
         shutil.rmtree(host_dir, ignore_errors=True)
         for left in Path("/var/log/retina/captures").glob(f"{name}-*"):
             shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
-
-
-def _wait_for(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.5)

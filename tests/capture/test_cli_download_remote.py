@@ -3,191 +3,96 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import threading
+import time
 
-import boto3
 import pytest
 
-from retina_capture.cli.main import main
 from retina_capture.cli.merge import read_merged
 from tests import kube_fixtures
-from tests.capture.test_cli_download import node_packets, tarball
-from tests.helpers.capture import AZURITE_ACCOUNT, AZURITE_KEY
+from tests.helpers.download import (
+    MERGED_NODES,
+    S3_KEYS,
+    STAMP,
+    blob_container,
+    blob_container_sas_url,
+    create_capture,
+    kubectl_retina,
+    node_packets,
+    node_tarballs,
+    s3_client,
+    s3_options,
+    tarball,
+)
 from tests.kube_fixtures import CAPTURE_USER, capture_user_kubeconfig_for, refusals_of, small_cluster
 
 kube_emulator = kube_fixtures.kube_emulator
 
 
-def _sas_url(azurite, container: str) -> str:
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-
-    sas = generate_container_sas(
-        AZURITE_ACCOUNT,
-        container,
-        account_key=AZURITE_KEY,
-        permission=ContainerSasPermissions(read=True, list=True, write=True),
-        expiry=datetime.now(UTC) + timedelta(hours=1),
-    )
-    return f"{azurite.url}/{AZURITE_ACCOUNT}/{container}?{sas}"
-
-
 def test_download_merge_from_azure_blob(kube_emulator, azurite, tmp_path, capsys, monkeypatch) -> None:
-    from azure.storage.blob import BlobServiceClient
-
     small_cluster(kube_emulator)
-    container = BlobServiceClient(
-        f"{azurite.url}/{AZURITE_ACCOUNT}", credential=AZURITE_KEY
-    ).create_container("caps")
-    monkeypatch.setenv("RETINA_CAPTURE_BLOB_UPLOAD", _sas_url(azurite, "caps"))
-    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
-    assert (
-        main(
-            [
-                "capture",
-                "create",
-                "--name",
-                "bl",
-                "-n",
-                "web",
-                "--node-names",
-                "node-1,node-2",
-                "--no-wait",
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
-        == 0
-    ), capsys.readouterr().err
+    container = blob_container(azurite, "caps")
+    monkeypatch.setenv("RETINA_CAPTURE_BLOB_UPLOAD", blob_container_sas_url(azurite, "caps"))
+    kubeconfig = capture_user_kubeconfig_for(kube_emulator)
+    create_capture(kubeconfig, "bl", "web", "--node-names", "node-1,node-2")
 
     # What the two workers upload, plus another capture's tarball and a stray blob: both ignored.
-    made = tmp_path / "made"
-    made.mkdir()
-    for node, packets in node_packets().items():
-        path = tarball(made, "bl", node, packets)
+    made = node_tarballs(tmp_path / "made", "bl")
+    for path in made:
         container.upload_blob(path.name, path.read_bytes())
-    other = tarball(made, "blx", "node-1", node_packets()["node-1"])
+    other = tarball(tmp_path / "made", "blx", "node-1", node_packets()["node-1"])
     container.upload_blob(other.name, other.read_bytes())
     container.upload_blob("bl-notes.txt", b"x")
-    capsys.readouterr()
 
     out = tmp_path / "out"
-    code = main(
-        [
-            "capture",
-            "download",
-            "--name",
-            "bl",
-            "-n",
-            "web",
-            "-o",
-            str(out),
-            "--merge",
-            "--kubeconfig",
-            kubeconfig,
-        ]
-    )
+    code = kubectl_retina(kubeconfig, "download", "--name", "bl", "-n", "web", "-o", str(out), "--merge")
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert sorted(p.name for p in out.iterdir()) == [
         "bl-merged.pcapng",
-        "bl-node-1-20260101120000UTC.tar.gz",
-        "bl-node-2-20260101120000UTC.tar.gz",
+        f"bl-node-1-{STAMP}.tar.gz",
+        f"bl-node-2-{STAMP}.tar.gz",
     ]
-    for node in ("node-1", "node-2"):
-        name = f"bl-{node}-20260101120000UTC.tar.gz"
-        assert (out / name).read_bytes() == (made / name).read_bytes()
+    for path in made:
+        assert (out / path.name).read_bytes() == path.read_bytes()
     assert "merged 5 packets (node-1: 3, node-2: 2)" in printed.out
-    assert [p.node for p in read_merged(out / "bl-merged.pcapng")] == [
-        "node-1",
-        "node-2",
-        "node-1",
-        "node-2",
-        "node-1",
-    ]
+    assert [p.node for p in read_merged(out / "bl-merged.pcapng")] == MERGED_NODES
     assert refusals_of(kube_emulator, CAPTURE_USER) == []
 
 
 @pytest.fixture
-def two_namespaces_in_s3(kube_emulator, moto_s3, tmp_path, capsys, monkeypatch):
+def two_namespaces_in_s3(kube_emulator, moto_s3, tmp_path, monkeypatch):
     """Captures ``a`` and ``b`` in ``web`` and ``a`` in ``db``, each with its node tarballs in S3."""
     small_cluster(kube_emulator)
-    monkeypatch.setenv("RETINA_CAPTURE_S3_ACCESS_KEY_ID", "testing-id")
-    monkeypatch.setenv("RETINA_CAPTURE_S3_SECRET_ACCESS_KEY", "testing-secret")
-    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_s3.url,
-        region_name="us-east-1",
-        aws_access_key_id="testing-id",
-        aws_secret_access_key="testing-secret",
-    )
+    for key, value in S3_KEYS.items():
+        monkeypatch.setenv(key, value)
+    kubeconfig = capture_user_kubeconfig_for(kube_emulator)
+    s3 = s3_client(moto_s3)
     s3.create_bucket(Bucket="caps")
     made = tmp_path / "made"
-    made.mkdir()
     for ns, name in (("web", "a"), ("web", "b"), ("db", "a")):
         prefix = f"{ns}/caps"  # one prefix per namespace: both namespaces have a capture "a"
-        assert (
-            main(
-                [
-                    "capture",
-                    "create",
-                    "--name",
-                    name,
-                    "-n",
-                    ns,
-                    "--node-names",
-                    "node-1,node-2",
-                    "--s3-bucket",
-                    "caps",
-                    "--s3-endpoint",
-                    moto_s3.url,
-                    "--s3-region",
-                    "us-east-1",
-                    "--s3-path",
-                    prefix,
-                    "--no-wait",
-                    "--kubeconfig",
-                    kubeconfig,
-                ]
-            )
-            == 0
+        create_capture(
+            kubeconfig, name, ns, "--node-names", "node-1,node-2", *s3_options(moto_s3, "--s3-path", prefix)
         )
-        for node, packets in node_packets().items():
-            where = made / ns
-            where.mkdir(exist_ok=True)
-            path = tarball(where, name, node, packets)
+        for path in node_tarballs(made / ns, name):
             s3.upload_file(str(path), "caps", f"{prefix}/{path.name}")
-    capsys.readouterr()
     return kubeconfig, made
 
 
 def test_download_all_in_a_namespace(kube_emulator, two_namespaces_in_s3, tmp_path, capsys) -> None:
     kubeconfig, made = two_namespaces_in_s3
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "capture",
-                "download",
-                "--all",
-                "-n",
-                "web",
-                "-o",
-                str(out),
-                "--merge",
-                "--kubeconfig",
-                kubeconfig,
-            ]
-        )
-        == 0
-    ), capsys.readouterr().err
+    code = kubectl_retina(kubeconfig, "download", "--all", "-n", "web", "-o", str(out), "--merge")
+    assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{c}-{n}-20260101120000UTC.tar.gz" for c in "ab" for n in ("node-1", "node-2")]
+        [f"{c}-{n}-{STAMP}.tar.gz" for c in "ab" for n in ("node-1", "node-2")]
         + ["a-merged.pcapng", "b-merged.pcapng"]
     )
     for path in (made / "web").iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes()
-    assert len(read_merged(out / "b-merged.pcapng")) == 5
+    for capture in "ab":  # each merge holds its own capture's packets, not the other's nor db's
+        assert [p.node for p in read_merged(out / f"{capture}-merged.pcapng")] == MERGED_NODES
 
 
 def test_download_all_namespaces_keeps_namespaces_apart(
@@ -195,19 +100,20 @@ def test_download_all_namespaces_keeps_namespaces_apart(
 ) -> None:
     kubeconfig, made = two_namespaces_in_s3
     out = tmp_path / "out"
-    assert main(["capture", "download", "-A", "-o", str(out), "--kubeconfig", kubeconfig]) == 0, (
-        capsys.readouterr().err
-    )
+    assert kubectl_retina(kubeconfig, "download", "-A", "-o", str(out)) == 0, capsys.readouterr().err
     assert refusals_of(kube_emulator, CAPTURE_USER) == []
     got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert got == sorted(str(p.relative_to(made)) for p in made.rglob("*") if p.is_file())
-    assert len(got) == 6
+    assert got == sorted(
+        f"{ns}/{c}-{n}-{STAMP}.tar.gz"
+        for ns, c in (("web", "a"), ("web", "b"), ("db", "a"))
+        for n in ("node-1", "node-2")
+    )
     for path in made.rglob("*.tar.gz"):
         assert (out / path.relative_to(made)).read_bytes() == path.read_bytes()
 
     # list -A shows the same three captures, in Retina's columns.
     capsys.readouterr()
-    assert main(["capture", "list", "-A", "--kubeconfig", kubeconfig]) == 0
+    assert kubectl_retina(kubeconfig, "list", "-A") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAMESPACE", "CAPTURE", "NAME", "JOBS", "COMPLETIONS", "AGE", "STATUS"]
     assert [(r.split()[0], r.split()[1], r.split()[3]) for r in lines[1:]] == [
@@ -217,54 +123,39 @@ def test_download_all_namespaces_keeps_namespaces_apart(
     ]
 
 
-@pytest.mark.parametrize(
-    "flags", [[], ["--name", "a", "--all"], ["--all", "-A"], ["--all", "--from-dir", "."]]
+ONE_SELECTION = (
+    "--name: give the capture's --name, or --all (every capture in the namespace), or -A/--all-namespaces"
 )
-def test_download_needs_exactly_one_selection(flags, tmp_path, capsys) -> None:
-    code = main(["capture", "download", *flags, "-o", str(tmp_path), "--kubeconfig", str(tmp_path / "none")])
-    err = capsys.readouterr().err
-    assert code == 2 and "kubeconfig" not in err
-    assert ("--from-dir" if "--from-dir" in flags else "--name") in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ([], ONE_SELECTION),
+        (["--name", "a", "--all"], f"{ONE_SELECTION} (not --name and --all together)"),
+        (["--all", "-A"], f"{ONE_SELECTION} (not --all and -A together)"),
+        (["--all", "--from-dir", "."], "--from-dir: merges one capture; give its --name"),
+    ],
+)
+def test_download_needs_exactly_one_selection(flags, message, tmp_path, capsys) -> None:
+    """A usage error naming the flags, before any kubeconfig is read (there is none here)."""
+    code = kubectl_retina(tmp_path / "none", "download", *flags, "-o", str(tmp_path))
+    assert (code, capsys.readouterr().err) == (2, f"error: {message}\n")
 
 
 @pytest.mark.parametrize("outcome", ["Complete", "Failed"])
 def test_cleanup_after_upload_deletes_jobs_and_secret_only_when_every_node_uploaded(
     kube_emulator, tmp_path, capsys, monkeypatch, outcome
 ) -> None:
-    import threading
-    import time
-
     small_cluster(kube_emulator)
-    monkeypatch.setenv("RETINA_CAPTURE_S3_ACCESS_KEY_ID", "testing-id")
-    monkeypatch.setenv("RETINA_CAPTURE_S3_SECRET_ACCESS_KEY", "testing-secret")
-    kubeconfig = str(capture_user_kubeconfig_for(kube_emulator))
+    for key, value in S3_KEYS.items():
+        monkeypatch.setenv(key, value)
+    kubeconfig = capture_user_kubeconfig_for(kube_emulator)
     codes: list[int] = []
+    create = ["create", "--name", "cu", "-n", "web", "--node-names", "node-1,node-2", "--s3-bucket", "caps"]
+    waiting = ["--s3-endpoint", "http://127.0.0.1:9", "--duration", "5s", "--poll-interval", "0.1"]
     run = threading.Thread(
-        target=lambda: codes.append(
-            main(
-                [
-                    "capture",
-                    "create",
-                    "--name",
-                    "cu",
-                    "-n",
-                    "web",
-                    "--node-names",
-                    "node-1,node-2",
-                    "--s3-bucket",
-                    "caps",
-                    "--s3-endpoint",
-                    "http://127.0.0.1:9",
-                    "--duration",
-                    "5s",
-                    "--poll-interval",
-                    "0.1",
-                    "--cleanup-after-upload",
-                    "--kubeconfig",
-                    kubeconfig,
-                ]
-            )
-        ),
+        target=lambda: codes.append(kubectl_retina(kubeconfig, *create, *waiting, "--cleanup-after-upload")),
         daemon=True,
     )
     run.start()
@@ -307,20 +198,16 @@ def test_cleanup_after_upload_deletes_jobs_and_secret_only_when_every_node_uploa
 
 
 def test_cleanup_after_upload_needs_waiting(tmp_path, capsys) -> None:
-    code = main(
-        [
-            "capture",
-            "create",
-            "--name",
-            "cu",
-            "--host-path",
-            "x",
-            "--no-wait",
-            "--cleanup-after-upload",
-            "-n",
-            "web",
-            "--kubeconfig",
-            str(tmp_path / "none"),
-        ]
+    code = kubectl_retina(
+        tmp_path / "none",
+        "create",
+        "--name",
+        "cu",
+        "-n",
+        "web",
+        "--host-path",
+        "x",
+        "--no-wait",
+        "--cleanup-after-upload",
     )
     assert code == 2 and "--cleanup-after-upload" in capsys.readouterr().err

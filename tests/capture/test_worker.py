@@ -14,7 +14,7 @@ from collections import Counter
 import dpkt
 import pytest
 
-from tests.helpers.capture import only_tarball, pcaps_in
+from tests.helpers.capture import only_tarball, pcaps_in, udp_packets
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,27 +48,6 @@ def send_udp(pod, targets: list[tuple[str, int]], count: int, size: int = 100, *
     spec = {"targets": targets, "count": count, "size": size, **extra}
     out = pod.run(["python3", "-c", SENDER, json.dumps(spec)], timeout=60)
     return int(out.stdout.strip())
-
-
-def udp_packets(pcap: bytes) -> list[tuple[str, int, int]]:
-    """(destination address, destination port, captured length) of every UDP packet."""
-    reader = dpkt.pcap.Reader(io.BytesIO(pcap))
-    linktype = reader.datalink()
-    out = []
-    for _ts, buf in reader:
-        if linktype == dpkt.pcap.DLT_EN10MB:
-            ip = dpkt.ethernet.Ethernet(buf).data
-        elif linktype == dpkt.pcap.DLT_LINUX_SLL2:
-            ip = dpkt.sll2.SLL2(buf).data
-        else:
-            ip = dpkt.sll.SLL(buf).data
-        if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
-            out.append((socket.inet_ntop(socket.AF_INET, ip.dst), ip.data.dport, len(buf)))
-        elif isinstance(ip, dpkt.ip6.IP6) and isinstance(ip.data, dpkt.udp.UDP):
-            out.append((socket.inet_ntop(socket.AF_INET6, ip.dst), ip.data.dport, len(buf)))
-        else:
-            out.append(("other", 0, len(buf)))
-    return out
 
 
 def warm_up(lab) -> None:

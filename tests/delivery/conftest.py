@@ -25,6 +25,13 @@ from tests.images.conftest import built_images  # noqa: F401 - pytest fixture
 BUILD_SCRIPT = REPO / "scripts" / "build_images.sh"
 
 
+def run(
+    argv: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A command's exit code and text output; never raises on failure (the test reads both)."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
 @dataclass
 class Saved:
     dir: Path
@@ -38,13 +45,7 @@ def saved_images(built_images: dict[str, str], tmp_path_factory: pytest.TempPath
     """``build_images.sh --no-build --save DIR`` of the images the session built."""
     out = tmp_path_factory.mktemp("saved") / "images"
     started = time.monotonic()
-    proc = subprocess.run(
-        [str(BUILD_SCRIPT), "--no-build", "--save", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    proc = run([str(BUILD_SCRIPT), "--no-build", "--save", str(out)], timeout=1800)
     seconds = time.monotonic() - started
     assert proc.returncode == 0, f"--save failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return Saved(out, json.loads((out / "images.json").read_text()), seconds, proc.stdout)
@@ -107,13 +108,7 @@ class Containerd:
     dir: Path
 
     def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ctr", "--address", self.address, "-n", "k8s.io", *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        return run(["ctr", "--address", self.address, "-n", "k8s.io", *args], timeout=300)
 
 
 @pytest.fixture
@@ -158,13 +153,7 @@ class PodmanStore:
     runroot: Path
 
     def podman(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["podman", "--root", str(self.root), "--runroot", str(self.runroot), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        return run(["podman", "--root", str(self.root), "--runroot", str(self.runroot), *args], timeout=300)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import base64
 import json
 import re
 import subprocess
-import sys
 import tarfile
 import time
 import urllib.request
@@ -19,8 +18,8 @@ import pytest
 import yaml
 
 from images.names import image_refs
-from tests.delivery.conftest import BUILD_SCRIPT, Containerd, PodmanStore, Registry, Saved
-from tests.installer.ansible_run import run_playbook
+from tests.delivery.conftest import BUILD_SCRIPT, Containerd, PodmanStore, Registry, Saved, run
+from tests.installer.ansible_run import localhost_inventory, run_playbook
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -33,25 +32,6 @@ def _recap(stdout: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
 
 
-def _inventory(tmp_path: Path) -> Path:
-    path = tmp_path / "inventory.yml"
-    path.write_text(
-        json.dumps(
-            {
-                "all": {
-                    "hosts": {
-                        "localhost": {
-                            "ansible_connection": "local",
-                            "ansible_python_interpreter": sys.executable,
-                        }
-                    }
-                }
-            }
-        )
-    )
-    return path
-
-
 def _deliver(
     saved: Saved, tmp_path: Path, runtime_vars: dict
 ) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -62,7 +42,7 @@ def _deliver(
         PLAYBOOK,
         tmp_path,
         {"images_archive_dir": str(saved.dir), "manifest_dir": str(tmp_path / "manifests"), **runtime_vars},
-        inventory=_inventory(tmp_path),
+        inventory=localhost_inventory(tmp_path),
         timeout=1800,
     )
     return proc, time.monotonic() - started
@@ -87,6 +67,7 @@ def test_save_writes_oci_archives_checksums_and_digests(saved_images: Saved) -> 
         cwd=saved_images.dir,
         capture_output=True,
         text=True,
+        timeout=300,
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
@@ -104,13 +85,8 @@ def test_push_to_a_registry_with_credentials_from_the_environment(
     built_images: dict[str, str], registry: Registry
 ) -> None:
     target = f"{registry.address}/retina-onprem"
-    no_credentials = subprocess.run(
-        [str(BUILD_SCRIPT), "--no-build", "--push", target, "--insecure-registry"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    push = [str(BUILD_SCRIPT), "--no-build", "--push", target, "--insecure-registry"]
+    no_credentials = run(push, timeout=900)
     assert no_credentials.returncode == 1
     assert (
         "unauthorized" in no_credentials.stderr.lower() or "authentication" in no_credentials.stderr.lower()
@@ -122,14 +98,7 @@ def test_push_to_a_registry_with_credentials_from_the_environment(
         "RETINA_REGISTRY_PASSWORD": registry.password,
     }
     started = time.monotonic()
-    proc = subprocess.run(
-        [str(BUILD_SCRIPT), "--no-build", "--push", target, "--insecure-registry"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-        env=env,
-    )
+    proc = run(push, timeout=1800, env=env)
     print(f"pushed both images in {time.monotonic() - started:.0f}s\n{proc.stdout}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert registry.password not in proc.stdout + proc.stderr
@@ -155,13 +124,7 @@ def test_push_to_a_registry_with_credentials_from_the_environment(
 
 
 def test_push_refuses_a_url_and_half_the_credentials() -> None:
-    proc = subprocess.run(
-        [str(BUILD_SCRIPT), "--no-build", "--push", "https://registry.example/retina"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run([str(BUILD_SCRIPT), "--no-build", "--push", "https://registry.example/retina"], timeout=120)
     assert proc.returncode == 1 and "without a scheme" in proc.stderr
     from images.deliver import DeliveryError, push
 

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from tests.delivery.conftest import PodmanStore
-from tests.delivery.test_delivery import PLAYBOOK, _inventory
-from tests.installer.ansible_run import run_playbook
+from tests.delivery.test_delivery import PLAYBOOK
+from tests.installer.ansible_run import localhost_inventory, run_playbook
 
 
 def _run(tmp_path: Path, archive_dir: Path, **extra: object):
@@ -18,7 +18,7 @@ def _run(tmp_path: Path, archive_dir: Path, **extra: object):
         PLAYBOOK,
         tmp_path,
         {"images_archive_dir": str(archive_dir), "manifest_dir": str(tmp_path / "manifests"), **extra},
-        inventory=_inventory(tmp_path),
+        inventory=localhost_inventory(tmp_path),
     )
 
 

@@ -5,6 +5,7 @@ tests/capture/conftest.py; test modules import these helpers from here, never fr
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+
+import dpkt
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -38,6 +41,21 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it started:
+    SIGTERM to its process group, SIGKILL when it has not exited after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def _port_open(port: int) -> bool:
@@ -72,13 +90,7 @@ class Server:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        stop_group(self.proc)
         wait_until(lambda: not _port_open(self.port), 10, f"{self.name} port to close")
 
     @property
@@ -160,3 +172,24 @@ def pcaps_in(tarball: Path) -> list[bytes]:
     with tarfile.open(tarball) as tar:
         members = sorted((m for m in tar.getmembers() if ".pcap" in m.name), key=lambda m: m.name)
         return [tar.extractfile(m).read() for m in members]  # type: ignore[union-attr]
+
+
+def udp_packets(pcap: bytes) -> list[tuple[str, int, int]]:
+    """(destination address, destination port, captured length) of every UDP packet."""
+    reader = dpkt.pcap.Reader(io.BytesIO(pcap))
+    linktype = reader.datalink()
+    out = []
+    for _ts, buf in reader:
+        if linktype == dpkt.pcap.DLT_EN10MB:
+            ip = dpkt.ethernet.Ethernet(buf).data
+        elif linktype == dpkt.pcap.DLT_LINUX_SLL2:
+            ip = dpkt.sll2.SLL2(buf).data
+        else:
+            ip = dpkt.sll.SLL(buf).data
+        if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
+            out.append((socket.inet_ntop(socket.AF_INET, ip.dst), ip.data.dport, len(buf)))
+        elif isinstance(ip, dpkt.ip6.IP6) and isinstance(ip.data, dpkt.udp.UDP):
+            out.append((socket.inet_ntop(socket.AF_INET6, ip.dst), ip.data.dport, len(buf)))
+        else:
+            out.append(("other", 0, len(buf)))
+    return out

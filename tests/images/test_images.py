@@ -13,10 +13,10 @@ import ast
 import copy
 import json
 import subprocess
-import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from retina_capture.spec import CaptureSpec
 from retina_lab import LabNode
 from retina_lab.agent import Metrics, free_port, wait_for
 from retina_lab.traffic import send_udp, udp_sink
+from tests.helpers.capture import pcaps_in, udp_packets
 from tests.images.conftest import Containers
 from tests.images.podspec import cap_names, podman_run_argv
 
@@ -145,6 +146,24 @@ def _start_agent(
     return name
 
 
+def _run_agent(
+    rendered_agent: dict[str, Any],
+    image: str,
+    containers: Containers,
+    node: LabNode,
+    config_dir: Path,
+    tweak: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[str, int, dict[str, Any]]:
+    """The rendered DaemonSet's pod on this machine: its init containers, then the agent (changed
+    by ``tweak``) with the rendered config on a free port, until ready; (name, port, /readyz)."""
+    pod = _pod(rendered_agent)
+    port = free_port()
+    _run_init_container(pod, image, containers)
+    config = _agent_config(rendered_agent, node, port)
+    name = _start_agent(pod, image, containers, config, config_dir, tweak=tweak)
+    return name, port, _wait_ready(containers, name, port)
+
+
 #: The agent is PID 1 of its container (the image's entrypoint), so its TC filters are named
 #: ``retina_<program>@1.<process start time>``. Agents other tests run attach to pod veths too.
 IN_CONTAINER_OWNER = "@1."
@@ -185,16 +204,9 @@ def test_agent_image_runs_as_the_daemonset_declares_and_counts_pod_traffic(
     declared = set(security["capabilities"]["add"])
     assert security["capabilities"]["drop"] == ["ALL"]
 
-    port = free_port()
-    _run_init_container(pod, built_images["agent"], containers)
-    name = _start_agent(
-        pod,
-        built_images["agent"],
-        containers,
-        _agent_config(rendered_agent, lab_node, port),
-        tmp_path / "config",
+    name, port, ready = _run_agent(
+        rendered_agent, built_images["agent"], containers, lab_node, tmp_path / "config"
     )
-    ready = _wait_ready(containers, name, port)
     assert {p: s["state"] for p, s in ready["plugins"].items()} == {p: "running" for p in ready["plugins"]}, (
         f"not every plugin runs in the container: {ready}"
     )
@@ -245,17 +257,14 @@ def test_agent_without_net_admin_reports_tc_plugins_unavailable_and_keeps_runnin
         caps = container["securityContext"]["capabilities"]
         caps["add"] = [c for c in caps["add"] if c != "NET_ADMIN"]
 
-    port = free_port()
-    _run_init_container(pod, built_images["agent"], containers)
-    name = _start_agent(
-        pod,
+    name, port, ready = _run_agent(
+        rendered_agent,
         built_images["agent"],
         containers,
-        _agent_config(rendered_agent, lab_node, port),
+        lab_node,
         tmp_path / "config",
         tweak=without_net_admin,
     )
-    ready = _wait_ready(containers, name, port)
     assert _effective_caps(name) == _grantable(declared - {"NET_ADMIN"})
     states = {p: s["state"] for p, s in ready["plugins"].items()}
     tc_plugins = {"packetforward", "dns"} & set(states)
@@ -310,10 +319,10 @@ def test_capture_worker_image_writes_a_pod_capture_to_the_host_path(
     out = base / "img-test-out"
     tarballs = sorted(out.glob("*.tar.gz"))
     assert len(tarballs) == 1, f"expected one tarball in {out}, found {tarballs}\n{logs[-2000:]}"
-    with tarfile.open(tarballs[0]) as tar:
-        names = tar.getnames()
-        pcaps = [m for m in tar.getmembers() if m.name.endswith((".pcap", ".pcapng")) and m.size > 24]
-    assert pcaps, f"no pcap with packets in {tarballs[0].name}: {names}\n{logs[-2000:]}"
+    # Pod b's traffic: the datagrams from pod a, and no UDP to anywhere else.
+    udp = Counter((dst, port) for pcap in pcaps_in(tarballs[0]) for dst, port, _ in udp_packets(pcap))
+    udp.pop(("other", 0), None)
+    assert set(udp) == {(lab_node["b"].ip, 7102)}, f"{udp}\n{logs[-2000:]}"
 
 
 LEANNESS_PROBE = """

@@ -12,37 +12,29 @@ import pytest
 
 from retina_lab.kube import KubeEmulator
 from tests.installer.ansible_run import PLAYBOOKS, REPO, localhost_inventory, run_playbook
-from tests.kube_fixtures import kube_emulator  # noqa: F401 - pytest fixture
+from tests.kube_fixtures import (
+    custom_resource_definition,
+    kube_emulator,  # noqa: F401 - pytest fixture
+)
 
 CENTOS7 = REPO / "tests" / "preflight" / "hosts" / "centos7"
 MANAGED = "app.kubernetes.io/managed-by"
 MONITORING_NS = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}
 
-PROMETHEUS_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "prometheuses.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "scope": "Namespaced",
-        "names": {
-            "plural": "prometheuses",
-            "singular": "prometheus",
-            "kind": "Prometheus",
-            "listKind": "PrometheusList",
-        },
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
+PROMETHEUS_CRD = custom_resource_definition("monitoring.coreos.com", "Prometheus", "prometheuses")
+
+
+def seed_prometheus(kube: KubeEmulator, spec: dict[str, Any]) -> dict[str, Any]:
+    """The prometheus-operator's CRD, the monitoring namespace, and Prometheus ``monitoring/k8s``."""
+    prometheus = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "Prometheus",
+        "metadata": {"name": "k8s", "namespace": "monitoring"},
+        "spec": spec,
+    }
+    kube.seed([PROMETHEUS_CRD, MONITORING_NS])
+    kube.seed([prometheus])
+    return prometheus
 
 
 def ours(kube: KubeEmulator) -> list[str]:
@@ -123,25 +115,11 @@ def test_additional_scrape_config_mode_and_uninstall(
     kube_emulator: KubeEmulator,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    prometheus = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "Prometheus",
-        "metadata": {"name": "k8s", "namespace": "monitoring"},
-        "spec": {"replicas": 1, "serviceMonitorSelector": {}},
-    }
-    kube_emulator.seed([PROMETHEUS_CRD, MONITORING_NS])
-    kube_emulator.seed([prometheus])
+    prometheus = seed_prometheus(kube_emulator, {"replicas": 1, "serviceMonitorSelector": {}})
     before = ours(kube_emulator)
-    env = {"KUBECONFIG": str(kube_emulator.kubeconfig_path)}
     options = {"prometheus_mode": "additional_scrape_config", "agent_operator_enabled": False}
 
-    proc = run_playbook(
-        PLAYBOOKS / "install.yml",
-        tmp_path,
-        {"retina_become": False, "retina_rollout_wait": False, **options},
-        inventory=localhost_inventory(tmp_path),
-        env=env,
-    )
+    proc = install(kube_emulator, tmp_path, localhost_inventory(tmp_path), **options)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     patched = kube_emulator.objects("Prometheus", "monitoring")[0]
     assert patched["spec"]["additionalScrapeConfigs"] == {
@@ -152,7 +130,9 @@ def test_additional_scrape_config_mode_and_uninstall(
     assert secrets == ["retina-additional-scrape-configs"]
     assert not kube_emulator.objects("Deployment", "retina-system"), "operator disabled, yet deployed"
 
-    proc = run_playbook(PLAYBOOKS / "uninstall.yml", tmp_path, options, env=env)
+    proc = run_playbook(
+        PLAYBOOKS / "uninstall.yml", tmp_path, options, env={"KUBECONFIG": str(kube_emulator.kubeconfig_path)}
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert ours(kube_emulator) == before
     restored = kube_emulator.objects("Prometheus", "monitoring")[0]
@@ -164,14 +144,9 @@ def test_prometheus_reading_another_secret_is_left_alone(
     kube_emulator: KubeEmulator,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    prometheus = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "Prometheus",
-        "metadata": {"name": "k8s", "namespace": "monitoring"},
-        "spec": {"additionalScrapeConfigs": {"name": "team-jobs", "key": "jobs.yaml"}},
-    }
-    kube_emulator.seed([PROMETHEUS_CRD, MONITORING_NS])
-    kube_emulator.seed([prometheus])
+    prometheus = seed_prometheus(
+        kube_emulator, {"additionalScrapeConfigs": {"name": "team-jobs", "key": "jobs.yaml"}}
+    )
     proc = run_playbook(
         REPO / "tests" / "installer" / "playbooks" / "prometheus.yml",
         tmp_path,

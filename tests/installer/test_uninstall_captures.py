@@ -8,10 +8,8 @@ long as that Deployment, as its pod would."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 
 from retina_capture.operator.handlers import FINALIZER
 from retina_lab.kube import KubeEmulator
+from tests.helpers.capture import stop_group, wait_until
 from tests.installer.ansible_run import PLAYBOOKS, VENV_BIN, run_playbook
 from tests.kube_fixtures import (
     AGENT_NAMESPACE,
@@ -45,15 +44,6 @@ def capture(name: str) -> dict:
             "outputConfiguration": {"hostPath": "incident"},
         },
     }
-
-
-def wait_for(predicate, what: str, timeout: float = 30):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 class OperatorPod:
@@ -87,13 +77,7 @@ class OperatorPod:
 
     def stop(self) -> None:
         self._done.set()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc, grace=15)
 
 
 @pytest.fixture
@@ -149,13 +133,13 @@ def test_uninstall_lets_the_running_operator_release_captures_first(
         custom.create_namespaced_custom_object(
             "retina.sh", "v1alpha1", "web", "captures", capture("incident")
         )
-        wait_for(
+        wait_until(
             lambda: (
                 len(kube.objects("Job", "web")) == 2
                 and FINALIZER in kube.objects("Capture", "web")[0]["metadata"].get("finalizers", [])
             ),
-            "the operator's Jobs and finalizer",
             60,
+            "the operator's Jobs and finalizer",
         )
 
         proc = uninstall(kube, tmp_path)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 from collections.abc import Iterator
@@ -15,30 +16,10 @@ from kubernetes.client.rest import ApiException
 
 from retina_lab import kube_auth
 from retina_lab.kube import KubeEmulator
-from tests.kube_fixtures import apply_rendered_rbac, rendered_agent_objects
+from tests.kube_fixtures import apply_rendered_rbac, custom_resource_definition, rendered_agent_objects
 
 RBAC = "rbac.authorization.k8s.io/v1"
-CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.example.com"},
-    "spec": {
-        "group": "example.com",
-        "scope": "Namespaced",
-        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
+CRD = custom_resource_definition("example.com", "Widget", "widgets", status_subresource=True)
 
 
 def role(
@@ -121,10 +102,12 @@ def test_service_account_token_from_the_token_request_api(kube: KubeEmulator) ->
     answer = core.create_namespaced_service_account_token(
         "reader",
         "web",
-        {"spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}},
+        {"spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 1800}},
     )
     assert answer.kind == "TokenRequest" and answer.api_version == "authentication.k8s.io/v1"
-    assert answer.status.expiration_timestamp is not None
+    # it expires when asked (half an hour from now, not the default hour), as bound tokens do
+    left = (answer.status.expiration_timestamp - datetime.datetime.now(datetime.UTC)).total_seconds()
+    assert 1800 - 60 < left <= 1800, left
     token = answer.status.token
 
     who = requests.post(

@@ -15,6 +15,7 @@ from kubernetes.dynamic import DynamicClient
 
 from retina_lab.kube import KubeEmulator, label_selector_matches, strategic_merge_patch
 from retina_lab.manifests import ManifestError, validate_manifest
+from tests.kube_fixtures import custom_resource_definition
 
 POD = {
     "apiVersion": "v1",
@@ -23,36 +24,19 @@ POD = {
     "spec": {"nodeName": "node-1", "containers": [{"name": "web", "image": "nginx"}]},
 }
 
-CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.example.com"},
-    "spec": {
-        "group": "example.com",
-        "scope": "Namespaced",
-        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {
-                                "type": "object",
-                                "properties": {"size": {"type": "integer", "minimum": 0}},
-                            },
-                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                        },
-                    }
-                },
-            }
-        ],
+CRD = custom_resource_definition(
+    "example.com",
+    "Widget",
+    "widgets",
+    status_subresource=True,
+    schema={
+        "type": "object",
+        "properties": {
+            "spec": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 0}}},
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
     },
-}
+)
 
 
 def pod(name: str, node: str, ns: str = "default", **labels: str) -> dict:

@@ -5,7 +5,9 @@ in-cluster config, and nothing left behind."""
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +15,10 @@ import kubernetes
 import pytest
 from kubernetes.stream import stream
 
+from images.podman import podman
 from retina_lab.kube import KubeEmulator
 from retina_lab.noderunner import NodeRunner
+from retina_lab.noderunner.kubelet import LABEL_RUNNER
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NS = "runner-test"
@@ -210,7 +214,7 @@ def test_a_deployment_pod_on_the_pod_network_reaches_the_api_in_cluster(cluster,
         "in-cluster log line",
         lambda: "in-cluster ok" in (text := core.read_namespaced_pod_log(name, NS)) and text,
     )
-    assert "hi" in log
+    assert re.search(r"^in-cluster ok \d+ hi$", log, re.M), log  # listed its namespace, read the ConfigMap
     out = stream(
         core.connect_get_namespaced_pod_exec,
         name,
@@ -342,6 +346,23 @@ def test_pods_log_of_an_unknown_pod_is_a_kubernetes_status(cluster) -> None:
     assert err.value.status == 404
 
 
-def test_containers_are_labelled_with_the_runner_id(cluster) -> None:
-    _, runner, _ = cluster
-    assert all(name.startswith(f"rn{runner.runner_id}_") for name in runner.containers())
+def test_containers_are_named_and_labelled_with_the_runner_id(cluster, built_images) -> None:
+    """What ``runner.containers()`` and the clean-up find a runner's containers by: the name
+    prefix and the label, on a container that runs now (not an empty list)."""
+    kube, runner, client = cluster
+    core = kubernetes.client.CoreV1Api(client)
+    container = {"name": "main", "image": built_images["agent"], "command": ["sleep", "3600"]}
+    pod = {"metadata": {"name": "labelled", "labels": {"app": "labelled"}}}
+    core.create_namespaced_pod(NS, {**pod, "spec": {"hostNetwork": True, "containers": [container]}})
+    try:
+        runner.wait_for("labelled pod running", lambda: _running_pods(kube, "labelled", 1))
+        listed = json.loads(podman("ps", "-a", "--filter", "name=_labelled_", "--format", "json").stdout)
+        [(name, labels)] = [(c["Names"][0], c.get("Labels") or {}) for c in listed]
+        assert name.startswith(f"rn{runner.runner_id}_main_labelled_{NS}_"), name
+        assert labels.get(LABEL_RUNNER) == runner.runner_id, labels
+        assert name in runner.containers()
+    finally:
+        core.delete_namespaced_pod("labelled", NS)
+        runner.wait_for(
+            "labelled container removed", lambda: not any("_labelled_" in c for c in runner.containers())
+        )

@@ -18,7 +18,7 @@ import threading
 import aiohttp
 import aiohttp.web
 
-from retina_lab.noderunner.tls import ServingCerts
+from retina_lab.kube_tls import ServingCerts
 
 _HOP_HEADERS = {
     "connection",

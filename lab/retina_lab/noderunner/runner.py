@@ -28,13 +28,13 @@ from typing import Any, TypeVar
 import yaml
 
 from images.podman import remove_containers
+from retina_lab.kube_tls import make_serving_certs
 from retina_lab.noderunner.apifront import ApiFront
 from retina_lab.noderunner.client import ApiClient
 from retina_lab.noderunner.controllers import Controllers
 from retina_lab.noderunner.kubelet import Kubelet, leftover_containers
 from retina_lab.noderunner.podnet import PodNetwork
 from retina_lab.noderunner.streams import PodStreams
-from retina_lab.noderunner.tls import make_serving_certs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
