@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_results:
         results = {k.name: json.loads((args.out / k.name / "result.json").read_text()) for k in kernels}
     else:
-        prepared = prepare(args.cache, kernels[0])
+        prepared = prepare(args.cache, kernels)
         print(
             f"prepared in {prepared.seconds:.0f}s: root disk {prepared.rootfs.name}, "
             f"headers {prepared.headers}"
