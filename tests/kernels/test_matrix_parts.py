@@ -12,6 +12,7 @@ import pytest
 from retina_agent.config import AgentConfig
 from retina_kernels import debian, matrix
 from retina_kernels.catalog import KERNELS, Kernel, parse_kernels
+from retina_kernels.cli import HAND_WRITTEN, write_docs
 from retina_kernels.initramfs import load_order
 from retina_kernels.kernel import KernelTree
 from retina_kernels.report import compare_phases, predictions, tc_attach
@@ -201,3 +202,12 @@ def test_matrix_skips_only_without_mirror_and_cache(tmp_path: Path, unreachable_
     assert "6.1, 5.10" in matrix.cannot_run(tmp_path, kernels)  # a -cloud package is not 6.1's
     (tmp_path / "apt/bookworm/archives/linux-image-6.1.0-50-amd64_6.1.1-1_amd64.deb").touch()
     assert matrix.cannot_run(tmp_path, kernels) is None
+
+
+def test_regenerated_docs_keep_their_hand_written_part(tmp_path: Path) -> None:
+    docs = tmp_path / "kernels.md"
+    write_docs(docs, "# table v1\n")
+    assert docs.read_text() == "# table v1\n"
+    docs.write_text(docs.read_text() + f"\n{HAND_WRITTEN}\n\n## 6.12\nhangs after ...\n")
+    write_docs(docs, "# table v2\n")
+    assert docs.read_text() == f"# table v2\n\n{HAND_WRITTEN}\n\n## 6.12\nhangs after ...\n"
