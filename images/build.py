@@ -45,8 +45,9 @@ IMAGE_EXTRAS: dict[str, tuple[str, ...]] = {
     "operator": ("capture",),  # kopf operator: kubernetes, kopf (and what the capture CLI uses)
 }
 CONTAINERFILES = {kind: REPO / "images" / kind / "Containerfile" for kind in IMAGE_EXTRAS}
-#: Wheelhouses of the images' dependencies, one directory per hash of what they hold.
-WHEEL_CACHE = Path("/var/cache/retina-onprem/wheelhouses")
+#: Wheelhouses of the images' dependencies, one directory per hash of what they hold (also the
+#: kernel matrix's guest venv: kernels/retina_kernels/rootfs.py). RETINA_WHEEL_CACHE moves it.
+WHEEL_CACHE = Path(os.environ.get("RETINA_WHEEL_CACHE", "/var/cache/retina-onprem/wheelhouses"))
 #: Wheel timestamps (1980-01-01, the zip epoch): the same sources give the same wheel bytes.
 SOURCE_DATE_EPOCH = "315532800"
 

@@ -1,6 +1,6 @@
 """``retina-kernel-matrix``: boot each kernel under qemu, run preflight, the agent and a lab, report.
 
-sudo .venv/bin/retina-kernel-matrix --kernels 5.10,6.1,6.1-cloud,6.12 --docs docs/kernels.md
+sudo scripts/kernel_matrix.sh --kernels 5.10,6.1,6.1-cloud,6.12 --out /tmp/km (it writes docs/kernels.md)
 """
 
 from __future__ import annotations
@@ -16,6 +16,19 @@ from .catalog import KERNELS, parse_kernels
 from .fixtures import save_fixture
 from .matrix import DEFAULT_CACHE, prepare, run_kernels
 from .report import markdown, summarize
+
+#: docs/kernels.md: the tables are generated; from this line on the file is written by hand
+#: (how to run, what it costs, what is known about kernels that do not pass) and kept.
+HAND_WRITTEN = (
+    "<!-- Written by hand from here on: kept when retina-kernel-matrix regenerates the tables above. -->"
+)
+
+
+def write_docs(path: Path, generated: str) -> None:
+    """``generated`` into ``path``, keeping its hand-written part (from ``HAND_WRITTEN`` on)."""
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(HAND_WRITTEN) :] if HAND_WRITTEN in old else ""
+    path.write_text(generated + ("\n" + kept if kept else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_results:
         results = {k.name: json.loads((args.out / k.name / "result.json").read_text()) for k in kernels}
     else:
-        prepared = prepare(args.cache, kernels[0])
+        prepared = prepare(args.cache, kernels)
         print(
             f"prepared in {prepared.seconds:.0f}s: root disk {prepared.rootfs.name}, "
             f"headers {prepared.headers}"
@@ -92,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     command = f"retina-kernel-matrix --kernels {args.kernels}"
     text = markdown(summaries, command)
     if args.docs:
-        args.docs.write_text(text)
+        write_docs(args.docs, text)
     print(text)
     print(f"total {time.monotonic() - started:.0f}s")
     return 0 if all(s.get("predicted_all") and not s.get("error") for s in summaries) else 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 MIRROR = "http://deb.debian.org/debian"
@@ -22,6 +24,16 @@ LISTS_MAX_AGE = 7 * 24 * 3600
 
 class FetchError(RuntimeError):
     """A package could not be resolved or downloaded."""
+
+
+def mirror_unreachable(timeout: float = 15) -> str | None:
+    """Why Debian's mirror cannot be reached from here, or None when it answers."""
+    url = f"{MIRROR}/dists/bookworm/Release"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except (OSError, urllib.error.URLError) as exc:
+        return f"{url}: {exc}"
 
 
 class Suite:
@@ -75,8 +87,14 @@ class Suite:
             )
         return proc.stdout
 
+    @property
+    def has_lists(self) -> bool:
+        """Package lists were fetched once (offline, the matrix can run from them)."""
+        return (self.root / ".updated").exists()
+
     def update(self, log=print) -> None:
-        """Write the sources list and fetch the suite's package lists (kept for a week)."""
+        """Write the sources list and fetch the suite's package lists (kept for a week; older
+        lists are used when the mirror cannot be reached, with a line in the log)."""
         for d in (self.lists / "partial", self.archives, self.root / "cache" / "archives" / "partial"):
             d.mkdir(parents=True, exist_ok=True)
         line = f"deb [signed-by={KEYRING}] {MIRROR} {self.name} main\n"
@@ -92,7 +110,17 @@ class Suite:
         self.sources.write_text(line)
         self.status.touch()
         log(f"apt: fetching the {self.name} package lists")
-        self._apt("apt-get", "update", "-q")
+        try:
+            # Error-Mode=any: a list that failed to download is an error, not a warning
+            self._apt("apt-get", "update", "-q", "-o", "APT::Update::Error-Mode=any")
+        except FetchError as exc:
+            if not stamp.exists():
+                raise
+            log(
+                f"apt: {self.name} lists not refreshed, using those of "
+                f"{time.ctime(stamp.stat().st_mtime)}: {exc}"
+            )
+            return
         stamp.touch()
 
     def depends_of(self, package: str, pattern: str) -> str:

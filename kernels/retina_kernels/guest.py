@@ -17,6 +17,7 @@ Runs as PID 1 of a qemu guest (see initramfs.py), writes everything to the resul
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import shutil
@@ -55,6 +56,55 @@ def say(message: str) -> None:
     print(line, flush=True)
     with open(RESULTS / "guest.log", "a") as f:
         f.write(line + "\n")
+
+
+class Progress:
+    """The step the guest is in, told on the console every ``HEARTBEAT`` seconds.
+
+    The host takes a console silent for long as a hung guest, so a heartbeat shows the guest is
+    alive; one that stays in the same step past ``STEP_STALL`` is stuck: its Python stacks (all
+    threads) and the kernel's blocked tasks and CPU backtraces (sysrq w, l) go to the console,
+    so the console log says where it hung, and the step's name lands in result.json.
+    """
+
+    def __init__(self) -> None:
+        self.step, self.since, self.limit = "boot", time.monotonic(), STEP_STALL
+        self.on_stuck = None  # called with the step's name once its stacks are out
+        self._stop = threading.Event()
+
+    def enter(self, step: str, limit: float | None = None) -> None:
+        """Now in ``step``, which may take ``limit`` seconds (default ``STEP_STALL``)."""
+        self.step, self.since, self.limit = step, time.monotonic(), limit or STEP_STALL
+        say(f"step: {step}")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            step, spent = self.step, time.monotonic() - self.since
+            say(f"heartbeat: in step {step} for {spent:.0f}s")
+            if spent > self.limit:
+                say(f"step {step} made no progress for {spent:.0f}s: Python stacks, then sysrq w and l")
+                faulthandler.dump_traceback(file=sys.stdout, all_threads=True)
+                for key in "wl":  # blocked tasks; backtraces of every CPU
+                    with contextlib.suppress(OSError), open("/proc/sysrq-trigger", "w") as f:
+                        f.write(key)
+                time.sleep(10)  # the kernel's dump reaches the console
+                if self.on_stuck is not None:
+                    self.on_stuck(step)
+                return
+
+    def start(self) -> Progress:
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+#: Console heartbeat interval, and how long one step may run before its stacks are dumped (the
+#: agent's start, bcc compiling every plugin under emulation, has a limit of its own).
+HEARTBEAT = 30.0
+STEP_STALL = 900.0
+PROGRESS = Progress()
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -178,11 +228,6 @@ def rss_peak_kb(pid: int) -> tuple[int, int]:
     return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
 
 
-def tc_filters(dev: str) -> list[str]:
-    out = sh("tc", "filter", "show", "dev", dev, "ingress", check=False).stdout
-    return [w for w in out.split() if w.startswith("retina_")]
-
-
 def drops_by_reason(m) -> dict[str, float]:
     found: dict[str, float] = {}
     for name, labels, value in m.samples:
@@ -197,6 +242,7 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
 
 FORWARD = "networkobservability_forward_count"
 DROPS = "networkobservability_drop_count"
+NETFILTER_DROPS = "networkobservability_netfilter_drop_count"
 #: How long a phase's counters may take to show (the emulated agent harvests slowly).
 SETTLE_DEADLINE = 300.0
 
@@ -207,6 +253,7 @@ def _counted(m) -> tuple:
         m.value(FORWARD, direction="egress"),
         m.value("networkobservability_dns_request_count"),
         m.value("networkobservability_dns_response_count"),
+        m.value(NETFILTER_DROPS),
         tuple(sorted((k, v) for k, v in drops_by_reason(m).items() if k not in ("UNKNOWN", "NOT_SPECIFIED"))),
     )
 
@@ -256,9 +303,8 @@ def _silent_listener() -> socket.socket:
 
 
 def _tail_to_console(path: Path, stop: threading.Event) -> None:
-    """The agent's log lines on the console while it starts, and a heartbeat each minute when it
-    logs nothing (bcc compiling): the host takes a console silent for long as a hung guest."""
-    offset, started, last = 0, time.monotonic(), time.monotonic()
+    """The agent's log lines on the console while it starts (what it compiled, what it attached)."""
+    offset = 0
     while not stop.wait(5):
         with contextlib.suppress(OSError):
             with open(path, "rb") as f:
@@ -268,17 +314,13 @@ def _tail_to_console(path: Path, stop: threading.Event) -> None:
             for line in chunk.decode(errors="replace").splitlines():
                 if "urllib3" not in line:  # the silent API server's retries
                     say("agent: " + line[:240])
-                    last = time.monotonic()
-        if time.monotonic() - last > 60:
-            say(f"agent: still starting after {time.monotonic() - started:.0f}s")
-            last = time.monotonic()
 
 
 def run_lab() -> dict:
     from retina_agent.config import PLUGIN_NAMES
-    from retina_agent.demo import _dns
+    from retina_agent.demo.cli import _dns
     from retina_lab import LabNode
-    from retina_lab.agent import AgentProcess
+    from retina_lab.agent import AgentProcess, _tcx_links, our_tc_filters
     from retina_lab.traffic import TcpServer, connect_refused, send_udp, udp_sink
 
     out: dict = {}
@@ -288,6 +330,7 @@ def run_lab() -> dict:
     sink = None
     servers: list = []
     try:
+        PROGRESS.enter("lab: node up")
         node.up()
         web, db, dns_pod = node["web"], node["db"], node["dns"]
         db.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "5433", "-j", "DROP"])
@@ -341,13 +384,20 @@ def run_lab() -> dict:
         servers.append(silent)
         kubeconfig = Path("/tmp/kubeconfig")
         kubeconfig.write_text(KUBECONFIG.format(port=silent.getsockname()[1]))
-        say("lab up; starting retina-agent with every plugin (compiling under emulation)")
+        PROGRESS.enter(
+            "lab: retina-agent starting with every plugin (compiling under emulation)",
+            limit=AGENT_READY_TIMEOUT + 120,
+        )
         agent = AgentProcess(
             {
                 "enabledPlugin": list(PLUGIN_NAMES),
                 "enablePodLevel": True,
                 "podLevel": {"kubeconfig": str(kubeconfig), "nodeName": "retina-guest"},
-                "plugins": {"latency": {"apiServer": [f"{db.ip}:6443"]}},
+                # netfilter reads the rule counters of db's namespace too (the lab's DROP is there)
+                "plugins": {
+                    "latency": {"apiServer": [f"{db.ip}:6443"]},
+                    "netfilter": {"namespaces": ["host", db.netns]},
+                },
                 "bpfCompileTimeout": "55m",
             },
             interval="1s",
@@ -365,14 +415,28 @@ def run_lab() -> dict:
         out["compile_line"] = compiled[-1].split("] ", 1)[-1] if compiled else None
         out["rss_kb_after_start"], out["peak_rss_kb_after_start"] = rss_peak_kb(agent.proc.pid)
         say(f"agent ready in {out['agent_ready_seconds']}s: {out['compile_line']}")
+        PROGRESS.enter("lab: the agent's readyz, plugin states and TC attachments")
         out["readyz"] = agent.readyz()
         first = scrape(agent)
         out["plugins"] = {
-            lab["plugin"]: {"state": lab["state"], "reason": lab["reason"]}
+            lab["plugin"]: {"state": lab["state"], "reason": lab["reason"], "attach": lab.get("attach", "")}
             for n, lab, v in first.samples
             if n == "controlplane_networkobservability_plugin_status" and v
         }
-        out["tc_filters"] = {pod.host_veth: tc_filters(pod.host_veth) for pod in node.pods.values()}
+        # What the kernel says is attached (cls_bpf filters and TCX links), per pod veth.
+        attached = our_tc_filters(agent.proc.pid)
+        out["tc_filters"] = {
+            pod.host_veth: sorted(f for f in attached if f.startswith(pod.host_veth + "/"))
+            for pod in node.pods.values()
+        }
+        # How, by the kernel's account: cls_bpf filters on clsact, or TCX links the agent holds.
+        cls_bpf = any(
+            "retina_" in sh("tc", "filter", "show", "dev", pod.host_veth, d, check=False).stdout
+            for pod in node.pods.values()
+            for d in ("ingress", "egress")
+        )
+        out["tc_mode"] = ["cls_bpf"] * cls_bpf + ["tcx"] * bool(_tcx_links(agent.proc.pid))
+        PROGRESS.enter("lab: warm-up")
         # Warm-up: neighbours resolved, so the counted phases below carry no ARP of their own.
         _dns(web, dns_pod.ip, ["warmup.svc.cluster.local"])
         send_udp(web, db.ip, 5432, 1, PAYLOAD)
@@ -382,6 +446,7 @@ def run_lab() -> dict:
         out["phases"] = {}
 
         def phase(name: str, drive, reached) -> None:
+            PROGRESS.enter(f"lab: phase {name}")
             before = scrape(agent)
             facts = drive() or {}
             after = settle(agent, before, lambda m: reached(before, m, facts))
@@ -412,6 +477,7 @@ def run_lab() -> dict:
                 "forward": fwd,
                 "forward_bytes": fwd_bytes,
                 "drops": delta(drops_by_reason(after), drops_by_reason(before)),
+                "netfilter": {"drops": grew(before, after, NETFILTER_DROPS, netns=db.netns)},
                 "dns": dns,
                 "dns_rcodes": rcodes,
             }
@@ -453,7 +519,11 @@ def run_lab() -> dict:
         phase(
             "udp_dropped",
             udp_dropped,
-            lambda b, m, f: forwarded(UDP_DROPPED)(b, m, f) and grew(b, m, DROPS) >= UDP_DROPPED,
+            lambda b, m, f: (
+                forwarded(UDP_DROPPED)(b, m, f)
+                and grew(b, m, DROPS) >= UDP_DROPPED
+                and grew(b, m, NETFILTER_DROPS, netns=db.netns) >= UDP_DROPPED
+            ),
         )
         # read after the phase: iptables' own netlink buffers are not the lab's drops
         line = db.run(["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout.splitlines()[2]
@@ -465,11 +535,13 @@ def run_lab() -> dict:
             dns_queries,
             lambda b, m, f: grew(b, m, "networkobservability_dns_response_count") >= queries,
         )
+        PROGRESS.enter("lab: final scrape")
         last = scrape(agent)
         out["drop_reasons_seen"] = sorted(drops_by_reason(last))
         out["rss_kb"], out["peak_rss_kb"] = rss_peak_kb(agent.proc.pid)
         out["agent_log_tail"] = agent.log()[-6000:]
     finally:
+        PROGRESS.enter("lab: clean-up")
         if agent is not None:
             with contextlib.suppress(Exception):
                 (RESULTS / "agent.log").write_text(agent.log())
@@ -495,12 +567,34 @@ def kfree_skb_reasons() -> list[str]:
     return sorted(fmt.symbols("reason").values())
 
 
+def power_off(result: dict) -> None:
+    """result.json written and synced, the results disk unmounted, the guest powered off."""
+    result["finished"] = time.time()
+    (RESULTS / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    say("done; powering off")
+    os.sync()
+    subprocess.run(["umount", "/results"], check=False, timeout=60)
+    with open("/proc/sysrq-trigger", "w") as f:
+        f.write("o")
+    time.sleep(60)
+
+
 def main() -> int:
     os.environ.setdefault("PATH", "/opt/retina/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     result: dict = {"started": time.time()}
+
+    def stuck(step: str) -> None:  # from the watchdog thread: the main thread may never return
+        result["error"] = f"the guest made no progress in step {step!r} (stacks on the console)"
+        result["stuck_step"] = step
+        power_off(result)
+
+    PROGRESS.on_stuck = stuck
+    PROGRESS.start()
     try:
+        PROGRESS.enter("node: mounts and modules")
         result["kernel"] = prepare_node()
         say(f"kernel {result['kernel']['release']}, {result['kernel']['cpus']} CPUs")
+        PROGRESS.enter("retina-preflight --json (live)")
         started = time.monotonic()
         code, live = run_preflight()
         result["preflight"] = {"exit": code, "report": live, "seconds": round(time.monotonic() - started, 1)}
@@ -508,6 +602,7 @@ def main() -> int:
             f"preflight: exit {code}, {live['summary'].get('verdict')}, "
             f"failed {live['summary'].get('failed')}, warned {live['summary'].get('warned')}"
         )
+        PROGRESS.enter("preflight: the host tree captured, retina-preflight --root on it")
         tree = RESULTS / "tree"
         result["tree"] = capture_tree(tree, live)
         code, offline = run_preflight("--root", str(tree))
@@ -519,14 +614,8 @@ def main() -> int:
         result["error"] = traceback.format_exc()
         say(f"error: {result['error']}")
     finally:
-        result["finished"] = time.time()
-        (RESULTS / "result.json").write_text(json.dumps(result, indent=1, default=str))
-        say("done; powering off")
-        os.sync()
-        subprocess.run(["umount", "/results"], check=False)
-        with open("/proc/sysrq-trigger", "w") as f:
-            f.write("o")
-        time.sleep(60)
+        PROGRESS.stop()
+        power_off(result)
     return 0
 
 

@@ -8,6 +8,8 @@ never ran). bullseye/bookworm ship modules in /lib/modules, trixie (merged /usr)
 
 from __future__ import annotations
 
+import bisect
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,28 @@ class KernelTree:
             if (self.root / base / self.release).is_dir():
                 return self.root / base / self.release
         raise FileNotFoundError(f"{self.package} has no modules directory for {self.release}")
+
+    @property
+    def system_map(self) -> Path:
+        return self.root / "boot" / f"System.map-{self.release}"
+
+    def symbolize(self, registers: str) -> list[str]:
+        """Each vCPU's instruction pointer in qemu's ``info registers -a`` as ``symbol+offset``
+        (the guest boots with ``nokaslr``, so System.map's addresses are the running ones)."""
+        table = []
+        for line in self.system_map.read_text().splitlines():
+            address, kind, name = line.split()[:3]
+            if kind in "tTwW":
+                table.append((int(address, 16), name))
+        table.sort()
+        starts = [a for a, _ in table]
+        found = []
+        for cpu, rip in enumerate(re.findall(r"RIP=([0-9a-f]{16})", registers)):
+            address = int(rip, 16)
+            i = bisect.bisect_right(starts, address) - 1
+            where = f"{table[i][1]}+{address - table[i][0]:#x}" if i >= 0 else "?"
+            found.append(f"CPU {cpu}: {rip} {where}")
+        return found
 
     def config_value(self, key: str) -> str | None:
         for line in self.config.read_text().splitlines():

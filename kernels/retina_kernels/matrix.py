@@ -9,28 +9,29 @@ and an empty results disk (vdc), read back afterwards with ``debugfs rdump`` (no
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import Kernel
-from .debian import Suite, unpack
+from .catalog import ROOTFS_SUITE, Kernel
+from .debian import MIRROR, Suite, mirror_unreachable, unpack
 from .initramfs import build_initramfs
 from .kernel import KernelTree, fetch_kernel
-from .qemu import boot, pick_accel
-from .rootfs import EXT4_OPTIONS, make_ext4, rootfs_image
+from .qemu import QEMU, boot, pick_accel
+from .rootfs import EXT4_OPTIONS, headers_package, make_ext4, rootfs_image
 
 #: Outside any clone, so CI's fresh clones on this machine reuse it.
 DEFAULT_CACHE = Path("/var/cache/retina-kernels")
 #: How long one guest may run (boot, preflight, bcc compiling every plugin under TCG, the lab).
 BOOT_TIMEOUT = 5400.0
-#: A guest whose console stays silent this long is hung (while the agent starts it prints the
-#: agent's log or a heartbeat each minute; preflight, bcc import included, is the longest quiet
-#: stretch).
-STALL = 900.0
+#: A guest whose console stays silent this long is hung: its init prints a heartbeat every 30 s
+#: (guest.Progress), so only a wedged kernel (or a lost disk completion under TCG) stays quiet.
+STALL = 300.0
 
 
 @dataclass
@@ -44,13 +45,57 @@ class Prepared:
     seconds: float
 
 
-def prepare(cache: Path, probe_kernel: Kernel, log=print) -> Prepared:
+def cannot_run(cache: Path, kernels: list[Kernel]) -> str | None:
+    """Why this machine cannot boot the matrix (None: it can). Only what no setup fixes here:
+    not root, no qemu, or Debian's mirror out of reach with nothing cached to run from."""
+    if os.geteuid() != 0:
+        return "booting kernels needs root (debootstrap, chroot, depmod, mke2fs -d)"
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} is not installed (Debian package qemu-system-x86; scripts/setup.sh installs it)"
+    why = mirror_unreachable()
+    if why is None:
+        return None
+    suites = sorted({ROOTFS_SUITE, *(k.suite for k in kernels)})
+    cached = (
+        all(Suite(s, cache).has_lists for s in suites)
+        and any((cache / "rootfs").glob("system-*/.complete"))
+        and all(_kernel_cached(k, cache) for k in kernels)
+    )
+    if cached:
+        return None
+    return (
+        f"Debian's mirror {MIRROR} cannot be reached ({why}) and {cache} does not hold the "
+        f"kernel packages and root file system of {', '.join(k.name for k in kernels)} yet"
+    )
+
+
+def _kernel_cached(kernel: Kernel, cache: Path) -> bool:
+    """The kernel's package was downloaded once (of its flavour: -cloud-amd64 is not -amd64)."""
+    return any(
+        deb.name.split("_")[0].endswith(f"-{kernel.flavour}")
+        and ("-cloud-" in deb.name) == kernel.flavour.startswith("cloud")
+        for deb in Suite(kernel.suite, cache).archives.glob("linux-image-[0-9]*.deb")
+    )
+
+
+def _kernel_disks(kernels: list[Kernel], cache: Path, log=print) -> None:
+    headers = headers_package(cache, log=log)
+    for kernel in kernels:
+        kernel_disk(fetch_kernel(kernel, cache, log=log), headers, cache)
+
+
+def prepare(cache: Path, kernels: list[Kernel], log=print) -> Prepared:
+    """Everything the boots share, built or reused: the kernels' packages and disks are fetched
+    in a thread while the root file system builds (downloads beside debootstrap's CPU work)."""
     started = time.monotonic()
-    suite = Suite("bookworm", cache)
+    suite = Suite(ROOTFS_SUITE, cache)
     suite.update(log=log)
     busybox = unpack(suite.download("busybox-static", log=log), cache / "busybox") / "bin" / "busybox"
-    rootfs, headers = rootfs_image(cache, log=log)
-    tree = fetch_kernel(probe_kernel, cache, log=log)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        disks = pool.submit(_kernel_disks, kernels, cache, log)
+        rootfs, headers = rootfs_image(cache, log=log)
+        disks.result()
+    tree = fetch_kernel(kernels[0], cache, log=log)
     accel = pick_accel(tree.vmlinuz, busybox, cache, log=log)
     return Prepared(rootfs, headers, busybox, accel, time.monotonic() - started)
 
@@ -136,11 +181,19 @@ def run_kernel(
                 smp=smp,
                 memory_mb=memory_mb,
                 stall=STALL,
+                append="nokaslr",  # System.map's addresses hold: a stalled guest's CPUs symbolized
             )
             if not ran.stalled:
                 break
-            log(f"{kernel.name}: the guest's console was silent for {STALL:.0f}s: killed (attempt {attempt})")
+            where = tree.symbolize(ran.registers)
+            log(
+                f"{kernel.name}: the guest's console was silent for {STALL:.0f}s: killed "
+                f"(attempt {attempt}); vCPUs at {'; '.join(where) or '(no registers)'}"
+            )
             (out_dir / f"console.stalled-{attempt}.log").write_text(ran.console)
+            (out_dir / f"registers.stalled-{attempt}.txt").write_text(
+                ran.registers + "\n" + "\n".join(where) + "\n"
+            )
             make_results_disk(results)
         log(f"{kernel.name}: guest ran {ran.seconds:.0f}s (qemu exit {ran.returncode})")
         staging = work / "results"
@@ -187,8 +240,6 @@ def run_kernels(
 ) -> dict[str, dict]:
     """Boot ``kernels`` (``parallel`` guests at a time: bcc compiles on one vCPU, so two guests
     keep a 2-core host busy); returns each kernel's result by name, in the order given."""
-    from concurrent.futures import ThreadPoolExecutor
-
     for kernel in kernels:  # downloads and disks one at a time, before any guest competes
         kernel_disk(fetch_kernel(kernel, cache, log=log), prepared.headers, cache)
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -48,6 +49,22 @@ class Boot:
     seconds: float
     console: str
     stalled: bool = False  # the console stayed silent for the stall limit: killed
+    registers: str = ""  # when stalled: every vCPU's registers (qemu's ``info registers -a``)
+
+
+def _monitor(path: Path, command: str, quiet: float = 3.0) -> str:
+    """One command on qemu's human monitor (a unix socket); its output, read until quiet."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(quiet)
+        sock.connect(str(path))
+        sock.sendall(command.encode() + b"\n")
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks).decode(errors="replace")
 
 
 def boot(
@@ -83,8 +100,6 @@ def boot(
         "-no-reboot",
         "-display",
         "none",
-        "-monitor",
-        "none",
         "-serial",
         f"file:{console_log}",
     ]
@@ -93,8 +108,12 @@ def boot(
         opts += {"snapshot": ",snapshot=on", "ro": ",readonly=on", "rw": ""}[mode]
         argv += ["-drive", opts]
     started = time.monotonic()
+    registers = ""
     # qemu's own output is short (an error line): a file, so no pipe can fill while we poll.
-    with tempfile.TemporaryFile("w+") as qemu_out:
+    with tempfile.TemporaryDirectory(prefix="retina-qemu-") as tmp, tempfile.TemporaryFile("w+") as qemu_out:
+        # The monitor: when the guest stalls, where each vCPU is (its registers) before the kill.
+        monitor = Path(tmp) / "monitor.sock"
+        argv += ["-monitor", f"unix:{monitor},server=on,wait=off"]
         proc = subprocess.Popen(argv, stdout=qemu_out, stderr=subprocess.STDOUT, text=True)
         # ``stall``: a guest whose console stays silent that long is taken as hung (under TCG on
         # a loaded host a virtio completion can get lost: jbd2 then blocks for good) and killed.
@@ -112,6 +131,11 @@ def boot(
             if grown != size:
                 size, quiet_since = grown, now
             stalled = stall is not None and now - quiet_since > stall
+            if stalled:
+                try:
+                    registers = _monitor(monitor, "info registers -a")
+                except OSError as exc:
+                    registers = f"(the monitor did not answer: {exc})"
             if stalled or now - started > timeout:
                 proc.kill()
                 proc.wait()
@@ -121,7 +145,7 @@ def boot(
     console = console_log.read_text(errors="replace") if console_log.exists() else ""
     if code not in (0, None):
         console += f"\n[qemu exited {code}: {out.strip()[-1000:]}]"
-    return Boot(code, time.monotonic() - started, console, stalled)
+    return Boot(code, time.monotonic() - started, console, stalled, registers)
 
 
 def _probe_initrd(busybox: Path, out: Path) -> Path:

@@ -26,23 +26,30 @@ def expected_phases(result: dict) -> dict[str, dict[str, Any]]:
     reason = (lambda phase: PHASE_DROP_REASON[phase]) if has_reason else (lambda phase: "UNKNOWN")
     # Before 5.17 every kfree_skb is an UNKNOWN drop, the lab's and the rest of the guest's
     # (netlink and loopback buffers freed meanwhile, NOT_SPECIFIED on newer kernels): at least.
+    # The netfilter plugin reads db's rule counters: the lab's DROP rule, and nothing else drops.
     return {
-        "udp_delivered": {"forward": {"ingress": udp["sent"], "egress": udp["sent"]}},
+        "udp_delivered": {
+            "forward": {"ingress": udp["sent"], "egress": udp["sent"]},
+            "netfilter": {"drops": 0},
+        },
         # dropped in db's INPUT chain, after the bridge forwarded it: ingress at web's veth and
         # egress at db's veth both saw it
         "udp_dropped": {
             "forward": {"ingress": dropped["sent"], "egress": dropped["sent"]},
             "drops": {reason("udp_dropped"): dropped["iptables_dropped"]},
+            "netfilter": {"drops": dropped["iptables_dropped"]},
         },
-        # a SYN and the RST back, per connect
+        # a SYN and the RST back, per connect (the kernel refuses it: no rule involved)
         "closed_port": {
             "forward": {"ingress": 2 * closed["connects"], "egress": 2 * closed["connects"]},
             "drops": {reason("closed_port"): closed["connects"]},
+            "netfilter": {"drops": 0},
         },
         "dns": {
             "forward": {"ingress": 2 * dns["queries"], "egress": 2 * dns["queries"]},
             "dns": {"request": dns["queries"], "response": dns["queries"]},
             "dns_rcodes": {"NOERROR": dns["noerror"], "NXDOMAIN": dns["nxdomain"]},
+            "netfilter": {"drops": 0},
         },
     }
 
@@ -84,6 +91,16 @@ def predictions(result: dict) -> dict[str, dict[str, Any]]:
     return out
 
 
+def tc_attach(lab: dict) -> str:
+    """How the data path is attached: the agent's ``attach`` label on its running TC plugins,
+    checked against what the guest's kernel showed (cls_bpf filters, TCX links)."""
+    said = sorted({p.get("attach", "") for p in lab["plugins"].values() if p.get("attach")})
+    seen = lab.get("tc_mode", [])
+    if said == seen:
+        return ", ".join(said) or "none"
+    return f"agent says {', '.join(said) or 'none'}, kernel shows {', '.join(seen) or 'none'}"
+
+
 def summarize(result: dict) -> dict[str, Any]:
     """The per-kernel report (what docs/kernels.md shows and the tests assert)."""
     host, kernel = result["host"], result.get("kernel", {})
@@ -118,7 +135,7 @@ def summarize(result: dict) -> dict[str, Any]:
         summary["agent_ready_seconds"] = lab["agent_ready_seconds"]
         summary["rss_mb"] = round(lab["rss_kb"] / 1024)
         summary["peak_rss_mb"] = round(lab["peak_rss_kb"] / 1024)
-        summary["tc_attach"] = "cls_bpf (clsact)" if any(lab["tc_filters"].values()) else "none"
+        summary["tc_attach"] = tc_attach(lab)
     summary["drop_reason_names"] = len(kernel.get("drop_reason_names") or [])
     summary["btf"] = kernel.get("btf")
     summary["boot_seconds"] = host["boot_seconds"]
@@ -140,6 +157,13 @@ def _pair(phase: dict, quantity: str, key: str) -> str:
     return f"{row['counted'][key]:.0f}/{bound}{row['expected'][key]:.0f}{'' if ok else ' ✗'}"
 
 
+def _netfilter(phases: dict) -> str:
+    """The rule counter's drops in the dropping phase (``-``: a run from before the plugin)."""
+    if "netfilter" not in phases["udp_dropped"]:
+        return "-"
+    return _pair(phases["udp_dropped"], "netfilter", "drops")
+
+
 def markdown(summaries: list[dict[str, Any]], command: str) -> str:
     """docs/kernels.md: one row per kernel, then each kernel's checks and plugins."""
     lines = [
@@ -153,9 +177,9 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
         "kernels before 5.17 whose drops all count as UNKNOWN, the lab's and every other skb freed).",
         "",
         "| kernel | package | BTF | preflight | plugins running | preflight predicted | UDP fwd in/out "
-        "| iptables drops | closed-port drops | DNS req/resp | drop reasons (kernel) | compile | agent RSS "
-        "| guest run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| iptables drops | netfilter rule counter | closed-port drops | DNS req/resp "
+        "| drop reasons (kernel) | attach | compile | agent RSS | guest run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summaries:
         if "phases" not in s:
@@ -164,7 +188,7 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
             error = (s.get("error") or "").strip().splitlines()[-1:]
             lines.append(
                 f"| {s['kernel']} | {s['package']} {s['package_version']} | {'yes' if s['btf'] else 'no'} "
-                f"| {verdict} | lab failed: {error} | | | | | | | | | {s['boot_seconds']:.0f}s |"
+                f"| {verdict} | lab failed: {error} | | | | | | | | | | | {s['boot_seconds']:.0f}s |"
             )
             continue
         p = s["phases"]
@@ -182,9 +206,11 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
             f"| {_pair(p['udp_delivered'], 'forward', 'ingress')} "
             f"/ {_pair(p['udp_delivered'], 'forward', 'egress')} "
             f"| {_pair(p['udp_dropped'], 'drops', drop_key)} {drop_key} "
+            f"| {_netfilter(p)} "
             f"| {_pair(p['closed_port'], 'drops', closed_key)} {closed_key} "
             f"| {_pair(p['dns'], 'dns', 'request')} / {_pair(p['dns'], 'dns', 'response')} "
-            f"| {s['drop_reason_names'] or 'no reason field'} | {_compile_seconds(s['compile'])} "
+            f"| {s['drop_reason_names'] or 'no reason field'} | {s['tc_attach']} "
+            f"| {_compile_seconds(s['compile'])} "
             f"| {s['rss_mb']} MB (peak {s['peak_rss_mb']}) | {s['boot_seconds']:.0f}s |"
         )
     for s in summaries:

@@ -8,11 +8,11 @@ Built in two cached layers under ``<cache>/rootfs``:
    lab's tools (dnsmasq-base, kmod, procps) and Debian's newest 6.1 headers: the same headers for
    every kernel booted, which is the mismatched-headers case the agent is designed for.
    Keyed by that package list; minutes, done once per machine.
-2. the project: a venv at /opt/retina with the agent image's dependency wheels (images/build.py
-   wheelhouse, the versions the tests ran with), the ``podlevel`` extra (the agent image has no
-   Kubernetes client, so pod-level metrics and packetparser need it added) and this
-   repository's wheel; bcc linked in as the Containerfile does. Redone (seconds) when the wheel
-   changes.
+2. the project: a venv at /opt/retina with the agent image's dependency wheels (the wheelhouse
+   images/build.py makes for the agent image, pod-level clients included, at the versions the
+   tests ran with) and this repository's wheel; bcc and nftables linked in as the Containerfile
+   does; the test lab and the matrix (not in the wheel) copied beside it. Redone (seconds) when
+   the wheel or those sources change.
 
 The result is an ext4 image (``mke2fs -d``, no mounting), keyed by both layers; qemu boots it
 with ``snapshot=on``, so every boot starts from the same bytes.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from .debian import MIRROR, Suite
 REPO = Path(__file__).resolve().parents[2]
 
 #: Debian packages of the guest, beyond debootstrap's minbase (the agent image's runtime
-#: packages plus what the lab and the guest program use).
+#: packages, images/agent/Containerfile, plus what the lab and the guest program use).
 PACKAGES = (
     "python3",
     "python3-venv",
@@ -44,6 +43,7 @@ PACKAGES = (
     "iproute2",
     "iptables",
     "nftables",
+    "python3-nftables",
     "dnsmasq-base",
     "kmod",
     "procps",
@@ -116,41 +116,6 @@ def build_system(cache: Path, headers: str, log=print) -> Path:
     return root
 
 
-def _podlevel_wheels(cache: Path) -> Path:
-    """Wheels of the ``podlevel`` extra (kubernetes, ijson, dnspython) at the tested versions:
-    the agent runs with pod-level metrics (packetparser needs them), the lab queries DNS."""
-    from images.build import pinned_closure, requirements
-
-    reqs = requirements(("podlevel",))
-    pins = pinned_closure(reqs)
-    key = hashlib.sha256("\n".join([sys.version, *reqs, "--", *pins]).encode()).hexdigest()[:12]
-    house = cache / "wheels" / f"podlevel-{key}"
-    if not (house / ".complete").exists():
-        shutil.rmtree(house, ignore_errors=True)
-        house.mkdir(parents=True)
-        (house / "requirements.txt").write_text("\n".join(reqs) + "\n")
-        (house / "constraints.txt").write_text("\n".join(pins) + "\n")
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "-q",
-                "-w",
-                str(house / "wheels"),
-                "-r",
-                str(house / "requirements.txt"),
-                "-c",
-                str(house / "constraints.txt"),
-            ],
-            timeout=1200,
-            what="pip wheel of the podlevel extra",
-        )
-        (house / ".complete").touch()
-    return house
-
-
 def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
     """Layer 2: the venv with the project; returns (rootfs dir, key of its contents)."""
     from images.build import build_wheel, wheelhouse
@@ -158,7 +123,6 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
     with tempfile.TemporaryDirectory(prefix="retina-kernels-wheel-") as tmp:
         wheel = build_wheel(Path(tmp))
         house = wheelhouse("agent", log=log)
-        lab = _podlevel_wheels(cache)
         # The test lab and the matrix itself are not in the wheel (lab/ and kernels/ are not
         # installed): their sources go into the guest's site-packages beside it.
         sources = hashlib.sha256(wheel.read_bytes())
@@ -166,7 +130,7 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
             for path in sorted(package.rglob("*.py")):
                 sources.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
         digest = sources.hexdigest()[:12]
-        deps_key = f"{system.name.removeprefix('system-')}-{house.name}-{lab.name}"
+        deps_key = f"{system.name.removeprefix('system-')}-{house.name}"
         key = f"{deps_key}-{digest}"
         stamp = system / "opt" / "retina" / ".installed"
         installed = stamp.read_text() if stamp.exists() else ""
@@ -183,20 +147,18 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
             shutil.copytree(package, staging / "src" / name, ignore=shutil.ignore_patterns("__pycache__"))
         script = ""
         if not installed.startswith(deps_key + "-"):  # dependencies changed: a new venv
-            log("rootfs: a new /opt/retina venv with the agent image's and the podlevel dependencies")
+            log("rootfs: a new /opt/retina venv with the agent image's dependencies")
             shutil.copytree(house / "wheels", staging / "deps")
-            shutil.copytree(lab / "wheels", staging / "lab")
-            shutil.copy2(lab / "requirements.txt", staging / "podlevel.txt")
             shutil.copy2(house / "requirements.txt", staging / "requirements.txt")
             shutil.rmtree(system / "opt" / "retina", ignore_errors=True)
             script = (
                 "python3 -m venv /opt/retina; "
                 "/opt/retina/bin/pip install -q --no-index --find-links /tmp/retina-wheels/deps "
-                "--find-links /tmp/retina-wheels/lab -r /tmp/retina-wheels/requirements.txt "
-                "-r /tmp/retina-wheels/podlevel.txt; "
+                "-r /tmp/retina-wheels/requirements.txt; "
                 "SITE=$(/opt/retina/bin/python -c "
                 "'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
                 'ln -s /usr/lib/python3/dist-packages/bcc "$SITE/bcc"; '
+                'ln -s /usr/lib/python3/dist-packages/nftables "$SITE/nftables"; '
             )
         log(f"rootfs: installing {wheel.name} ({digest}) into /opt/retina")
         _chroot(
@@ -206,7 +168,8 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
             "SITE=$(/opt/retina/bin/python -c "
             "'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
             'rm -rf "$SITE/retina_lab" "$SITE/retina_kernels"; cp -r /tmp/retina-wheels/src/* "$SITE/"; '
-            "/opt/retina/bin/python -c 'import bcc, retina_agent, retina_lab, retina_kernels.guest'",
+            "/opt/retina/bin/python -c 'import bcc, nftables, kubernetes, dns, retina_agent, retina_lab, "
+            "retina_kernels.guest, retina_agent.demo.cli'",
             timeout=900,
             what="pip install in the guest root",
         )

@@ -3,15 +3,19 @@ expectations and predictions, and the agent's compile timeout the matrix relies 
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from retina_agent.config import AgentConfig
-from retina_kernels.catalog import Kernel, parse_kernels
+from retina_kernels import debian, matrix
+from retina_kernels.catalog import KERNELS, Kernel, parse_kernels
+from retina_kernels.cli import HAND_WRITTEN, write_docs
 from retina_kernels.initramfs import load_order
 from retina_kernels.kernel import KernelTree
-from retina_kernels.report import compare_phases, predictions
+from retina_kernels.report import compare_phases, predictions, tc_attach
 
 
 def test_unknown_kernel_is_a_clear_error() -> None:
@@ -40,23 +44,26 @@ def test_boot_modules_load_dependencies_first_and_skip_built_ins(tmp_path: Path)
     }
 
 
-def _result(reasons: list[str], drops: dict, forward: int = 100) -> dict:
+def _result(reasons: list[str], drops: dict, forward: int = 100, netfilter: int = 40) -> dict:
     both = {"ingress": forward, "egress": forward}
+    none = {"drops": 0}
     return {
         "kernel": {"drop_reason_names": reasons},
         "lab": {
             "phases": {
-                "udp_delivered": {"sent": 100, "forward": both, "drops": {}},
+                "udp_delivered": {"sent": 100, "forward": both, "drops": {}, "netfilter": none},
                 "udp_dropped": {
                     "sent": 40,
                     "iptables_dropped": 40,
                     "forward": {"ingress": 40, "egress": 40},
                     "drops": drops,
+                    "netfilter": {"drops": netfilter},
                 },
                 "closed_port": {
                     "connects": 3,
                     "forward": {"ingress": 6, "egress": 6},
                     "drops": {"NO_SOCKET" if reasons else "UNKNOWN": 3},
+                    "netfilter": none,
                 },
                 "dns": {
                     "queries": 10,
@@ -65,11 +72,12 @@ def _result(reasons: list[str], drops: dict, forward: int = 100) -> dict:
                     "forward": {"ingress": 20, "egress": 20},
                     "dns": {"request": 10, "response": 10},
                     "dns_rcodes": {"NOERROR": 5, "NXDOMAIN": 5},
+                    "netfilter": none,
                 },
             },
             "plugins": {
-                "dropreason": {"state": "running", "reason": "no reason field"},
-                "packetparser": {"state": "unavailable", "reason": "no BTF"},
+                "dropreason": {"state": "running", "reason": "no reason field", "attach": ""},
+                "packetparser": {"state": "unavailable", "reason": "no BTF", "attach": ""},
             },
         },
         "preflight": {
@@ -99,6 +107,31 @@ def test_expected_counts_follow_the_kernels_drop_reasons() -> None:
     # with reasons, a count is exact: double counting shows
     double = compare_phases(_result(["NETFILTER_DROP", "NO_SOCKET"], {"NETFILTER_DROP": 80}))
     assert not double["udp_dropped"]["drops"]["ok"]
+    # the netfilter plugin's rule counter is exact on every kernel: iptables' own count
+    missed = compare_phases(_result([], {"UNKNOWN": 44}, netfilter=39))
+    assert missed["udp_dropped"]["netfilter"] == {
+        "expected": {"drops": 40},
+        "counted": {"drops": 39},
+        "at_least": [],
+        "ok": False,
+    }
+    assert missed["udp_delivered"]["netfilter"]["ok"]
+
+
+def test_attach_mode_is_what_the_agent_says_and_the_kernel_shows() -> None:
+    lab = {
+        "plugins": {
+            "packetforward": {"state": "running", "attach": "cls_bpf"},
+            "dns": {"state": "running", "attach": "cls_bpf"},
+            "dropreason": {"state": "running", "attach": ""},
+        },
+        "tc_mode": ["cls_bpf"],
+    }
+    assert tc_attach(lab) == "cls_bpf"
+    lab["tc_mode"] = ["tcx"]
+    assert tc_attach(lab) == "agent says cls_bpf, kernel shows tcx"
+    lab["tc_mode"] = []
+    assert tc_attach(lab) == "agent says cls_bpf, kernel shows none"
 
 
 def test_degraded_predicts_running_and_available_predicts_running() -> None:
@@ -113,3 +146,68 @@ def test_compile_timeout_is_a_bounded_duration() -> None:
     for bad in ("1s", "2h", "soon"):
         with pytest.raises(ValueError, match="bpfCompileTimeout"):
             AgentConfig.model_validate({"bpfCompileTimeout": bad})
+
+
+def test_stalled_guest_cpus_are_named_from_system_map(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / "System.map-9.9.9").write_text(
+        "ffffffff81000000 T _stext\n"
+        "ffffffff81001000 t csd_lock_wait\n"
+        "ffffffff81002000 D some_data\n"
+        "ffffffff81003000 T default_idle\n"
+    )
+    tree = KernelTree(Kernel("x", "trixie", "amd64"), "linux-image-9.9.9", "9.9.9-1", "9.9.9", tmp_path)
+    registers = "CPU#0\nRAX=0 RIP=ffffffff81001010 RFL=00000246\nCPU#1\nRIP=ffffffff81003002 RFL=2\n"
+    assert tree.symbolize(registers) == [
+        "CPU 0: ffffffff81001010 csd_lock_wait+0x10",
+        "CPU 1: ffffffff81003002 default_idle+0x2",
+    ]
+
+
+@pytest.fixture
+def unreachable_mirror(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Debian's mirror replaced by a closed port on loopback (nothing listens on port 9)."""
+    mirror = "http://127.0.0.1:9/debian"
+    monkeypatch.setattr(debian, "MIRROR", mirror)
+    monkeypatch.setattr(matrix, "MIRROR", mirror)
+    return mirror
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("apt-get") is None, reason="apt as root")
+def test_lists_are_kept_when_the_mirror_is_out_of_reach(tmp_path: Path, unreachable_mirror: str) -> None:
+    suite = debian.Suite("bookworm", tmp_path)
+    with pytest.raises(debian.FetchError, match="apt-get update"):
+        suite.update(log=lambda line: None)  # nothing fetched yet: an error
+    suite.root.joinpath(".updated").touch()
+    os.utime(suite.root / ".updated", (0, 0))  # a week old: refreshed, but cannot be
+    said: list[str] = []
+    suite.update(log=said.append)
+    assert said[-1].startswith("apt: bookworm lists not refreshed, using those of ")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("qemu-system-x86_64") is None, reason="root, qemu")
+def test_matrix_skips_only_without_mirror_and_cache(tmp_path: Path, unreachable_mirror: str) -> None:
+    kernels = [KERNELS["6.1"], KERNELS["5.10"]]
+    why = matrix.cannot_run(tmp_path, kernels)
+    assert why is not None and why.startswith(f"Debian's mirror {unreachable_mirror} cannot be reached")
+    assert why.endswith(f"{tmp_path} does not hold the kernel packages and root file system of 6.1, 5.10 yet")
+    # the same machine with everything cached runs offline
+    for suite in ("bookworm", "bullseye"):
+        (tmp_path / "apt" / suite / "archives").mkdir(parents=True)
+        (tmp_path / "apt" / suite / ".updated").touch()
+    (tmp_path / "rootfs" / "system-x").mkdir(parents=True)
+    (tmp_path / "rootfs" / "system-x" / ".complete").touch()
+    (tmp_path / "apt/bookworm/archives/linux-image-6.1.0-50-cloud-amd64_6.1.1-1_amd64.deb").touch()
+    (tmp_path / "apt/bullseye/archives/linux-image-5.10.0-32-amd64_5.10.1-1_amd64.deb").touch()
+    assert "6.1, 5.10" in matrix.cannot_run(tmp_path, kernels)  # a -cloud package is not 6.1's
+    (tmp_path / "apt/bookworm/archives/linux-image-6.1.0-50-amd64_6.1.1-1_amd64.deb").touch()
+    assert matrix.cannot_run(tmp_path, kernels) is None
+
+
+def test_regenerated_docs_keep_their_hand_written_part(tmp_path: Path) -> None:
+    docs = tmp_path / "kernels.md"
+    write_docs(docs, "# table v1\n")
+    assert docs.read_text() == "# table v1\n"
+    docs.write_text(docs.read_text() + f"\n{HAND_WRITTEN}\n\n## 6.12\nhangs after ...\n")
+    write_docs(docs, "# table v2\n")
+    assert docs.read_text() == f"# table v2\n\n{HAND_WRITTEN}\n\n## 6.12\nhangs after ...\n"
