@@ -7,7 +7,9 @@ pass ``BPF_TCX_*`` options. The attribute layouts below are the kernel's UAPI ``
 - ``link_create_tcx``: a TCX bpf_link on an interface (dies with its last fd: with the agent);
 - ``prog_query``: the program ids attached at a TCX hook (tests, coexistence checks);
 - ``prog_info`` / ``map_info``: ``BPF_OBJ_GET_INFO_BY_FD`` (names, run_time_ns, key/value sizes);
-- ``enable_stats``: ``BPF_ENABLE_STATS``, run-time accounting held on by an fd, not a sysctl.
+- ``enable_stats``: ``BPF_ENABLE_STATS``, run-time accounting held on by an fd, not a sysctl;
+- ``prog_test_run``: ``BPF_PROG_TEST_RUN``, a program run on a given packet in a kernel loop
+  (the benchmark's cost per run without run-time accounting).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 
 # bpf() commands (include/uapi/linux/bpf.h, enum bpf_cmd)
+BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -153,6 +156,34 @@ def map_fd_by_id(map_id: int) -> int:
 def enable_stats() -> int:
     """Turn on run_time_ns/run_cnt accounting while the returned fd stays open."""
     return bpf(BPF_ENABLE_STATS, struct.pack("=I", BPF_STATS_RUN_TIME))
+
+
+SKB_CTX_IFINDEX = 40  # offsetof(struct __sk_buff, ifindex)
+SKB_CTX_SIZE = 48  # up to and including tc_index: the fields a test run may set that we use
+
+
+def prog_test_run(prog_fd: int, packet: bytes, repeat: int, ifindex: int = 0) -> tuple[int, int]:
+    """Run a TC program ``repeat`` times on ``packet`` (an Ethernet frame) in the kernel, as if
+    it arrived on ``ifindex``; returns (its last return value, mean ns per run as the kernel
+    timed the loop)."""
+    number = _SYSCALL_BPF.get(platform.machine())
+    if number is None:
+        raise OSError(38, f"no bpf() syscall number known for {platform.machine()}")
+    data = ctypes.create_string_buffer(packet, len(packet))
+    ctx = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    struct.pack_into("=I", ctx, SKB_CTX_IFINDEX, ifindex)
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    # test: prog_fd retval data_size_in data_size_out data_in data_out repeat duration
+    #       ctx_size_in ctx_size_out ctx_in ctx_out
+    struct.pack_into(
+        "=IIIIQQIIIIQQ", attr, 0, prog_fd, 0, len(packet), 0, ctypes.addressof(data), 0,
+        repeat, 0, SKB_CTX_SIZE, 0, ctypes.addressof(ctx), 0,
+    )  # fmt: skip
+    if _libc().syscall(number, BPF_PROG_TEST_RUN, attr, _ATTR_SIZE) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf(BPF_PROG_TEST_RUN): {os.strerror(err)}")
+    retval, duration = struct.unpack_from("=I", attr, 4)[0], struct.unpack_from("=I", attr, 36)[0]
+    return retval, duration
 
 
 def tcx_supported() -> bool:

@@ -1,9 +1,12 @@
 """packetparser: pod-level flows at TC on every pod's veth (Retina's advanced metrics).
 
 The kernel aggregates packets, bytes and TCP flags per flow key in a per-CPU LRU hash; only
-flows touching an IP of interest are counted (the filter map is kept by ``PodLevel``). Every
-interval the agent reads the map in batches, turns per-flow deltas into series with the
-context labels of the MetricsConfiguration in force, and removes flows idle for a while.
+flows touching an IP of interest are counted (the filter map is kept by ``PodLevel``). The
+kernel checks the filter on a flow's first packet only (a known flow costs one lookup, not
+three), so when IPs leave the selection the agent deletes the flows that touch none of the
+remaining ones. Every interval the agent reads the map in batches, turns per-flow deltas into
+series with the context labels of the MetricsConfiguration in force, and removes flows idle
+for a while.
 
 Metrics: ``adv_forward_count``, ``adv_forward_bytes`` (direction + context) and
 ``adv_tcpflags_count`` (flag + context).
@@ -12,6 +15,7 @@ Metrics: ``adv_forward_count``, ``adv_forward_bytes`` (direction + context) and
 from __future__ import annotations
 
 import ctypes
+import logging
 import struct
 import time
 from collections.abc import Iterable
@@ -20,7 +24,7 @@ from retina_agent.bpf.datapath import N_TCP_FLAGS, Feature
 from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram
 from retina_agent.plugins.base import PluginUnavailable, TcPlugin
-from retina_agent.podlevel import addr_str
+from retina_agent.podlevel import addr_bytes, addr_str
 from retina_agent.podlevel.context import DIRECTIONS
 from retina_agent.podlevel.flows import FlowHarvester
 
@@ -28,6 +32,7 @@ FLAGS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
 assert len(FLAGS) == N_TCP_FLAGS
 FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS = "adv_forward_count", "adv_forward_bytes", "adv_tcpflags_count"
 METRICS = (FORWARD_COUNT, FORWARD_BYTES, TCPFLAGS)
+log = logging.getLogger(__name__)
 
 
 class FlowKey(ctypes.Structure):
@@ -76,6 +81,7 @@ class PacketParser(TcPlugin):
         self.ctx.datapath.set_filter(not pod_level.bypass_filter)
         self.use_pod_filter(loaded)
         self.harvester = FlowHarvester(self.flows, 2 + len(FLAGS), self._account)
+        self._interest: frozenset[str] = pod_level.interest_now  # as of the last prune
         pod_level.register_metric(FORWARD_COUNT, "Packets of pod traffic by direction and context")
         pod_level.register_metric(FORWARD_BYTES, "Bytes of pod traffic by direction and context")
         pod_level.register_metric(TCPFLAGS, "TCP packets of pod traffic by flag and context", ("flag",))
@@ -86,7 +92,24 @@ class PacketParser(TcPlugin):
         self._plans = {m: pod_level.plan(m) for m in METRICS}
         self._now = time.monotonic()
         self.harvester.harvest()
+        self._prune_deselected()
         pod_level.series.expire({m: pod_level.ttl(m) for m in METRICS}, self._now)
+
+    def _prune_deselected(self) -> None:
+        """Delete the kernel's flows that touch no IP of interest any more (pods that left the
+        selection): the kernel checks the filter only when it creates a flow."""
+        pod_level = self.ctx.pod_level
+        interest = pod_level.interest_now
+        if interest is self._interest:
+            return
+        left = not pod_level.bypass_filter and bool(self._interest - interest)
+        self._interest = interest
+        if not left:
+            return
+        keys = {addr_bytes(ip) for ip in interest}
+        n = self.harvester.drop(lambda raw: raw[:16] not in keys and raw[16:32] not in keys)
+        if n:
+            log.debug("removed %d flows of pods that left the selection", n)
 
     def _account(self, raw_key: bytes, deltas: list[int]) -> None:
         plans, series, now = self._plans, self.ctx.pod_level.series, self._now

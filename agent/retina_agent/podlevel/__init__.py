@@ -181,6 +181,11 @@ class PodLevel:
             ips = frozenset(ip for ip in ips if spec.namespace_selected(cache.namespace_of(ip) or ""))
         return ips
 
+    @property
+    def interest_now(self) -> frozenset[str]:
+        """The IPs of interest as last written to the filter maps (``refresh``)."""
+        return self._interest
+
     # -- BPF filter maps ---------------------------------------------------------------------
     def register_filter(self, bpf_map) -> None:
         with self._lock:

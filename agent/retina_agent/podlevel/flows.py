@@ -60,5 +60,13 @@ class FlowHarvester:
             for key in [k for k in self.last if k not in seen]:  # evicted by the LRU
                 del self.last[key]
 
+    def drop(self, doomed: Callable[[bytes], bool]) -> int:
+        """Delete the flows (seen at the last harvest) whose raw key ``doomed`` picks; how many."""
+        keys = [k for k in self.last if doomed(k)]
+        for key in keys:
+            self.map.delete_raw(key)
+            del self.last[key]
+        return len(keys)
+
     def __len__(self) -> int:
         return len(self.last)
