@@ -110,6 +110,28 @@ class Installed:
         start = tag.split(".")[1]
         return [f for f in our_tc_filters() if f.endswith(f".{start}")]
 
+    def agent_memory(self) -> dict[str, int]:
+        """The agent container's memory cgroup (v1): peak, limit and how often the limit was hit
+        (the BPF compile at start is the agent's peak)."""
+        agent = self.ready_pod("retina-agent")
+        worker = (
+            self.runner.kubelet.worker_for(NAMESPACE, agent["metadata"]["name"])
+            if self.runner.kubelet
+            else None
+        )
+        assert worker is not None
+        name = worker.containers["retina-agent"].podman_name
+        cgroup = Path(
+            "/sys/fs/cgroup/memory"
+            + podman("inspect", "--format", "{{.State.CgroupPath}}", name).stdout.strip()
+        )
+        files = {
+            "peak": "memory.max_usage_in_bytes",
+            "limit": "memory.limit_in_bytes",
+            "failcnt": "memory.failcnt",
+        }
+        return {k: int((cgroup / f).read_text()) for k, f in files.items() if (cgroup / f).exists()}
+
     def diagnose(self, app: str, namespace: str = NAMESPACE) -> str:
         out = []
         for pod in self.kube.objects("Pod", namespace):

@@ -125,12 +125,14 @@ def test_basic_the_agent_pod_counts_lab_traffic_and_prometheus_scrapes_it(instal
     config["scrape_configs"] = [job]
     (prom.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     # The agent attaches to new pod veths by itself (netlink): wait for it before counting.
+    started = time.monotonic()
     try:
         installed.runner.wait_for(
             "packetforward on the lab pods' veths", lambda: _attached(installed, lab.host_veths, "pf"), 60
         )
     except TimeoutError as exc:
         raise AssertionError(f"{exc}: {installed.agent_tc_programs()}") from None
+    print(f"packetforward on the lab veths after waiting {time.monotonic() - started:.1f}s")
     sink = udp_sink(lab["b"], 7201)
     try:
         with prom:
@@ -165,6 +167,10 @@ def test_basic_the_agent_pod_counts_lab_traffic_and_prometheus_scrapes_it(instal
     finally:
         sink.close()
     assert refusals_of(installed.kube, AGENT_USER) == [], "the agent's RBAC lacks what it uses"
+    # It ran as one process all along (an OOM kill of its BPF compile would restart it).
+    statuses = installed.ready_pod("retina-agent")["status"]["containerStatuses"]
+    assert [s["restartCount"] for s in statuses] == [0], statuses
+    print(f"agent container memory (bytes): {installed.agent_memory()}")
 
 
 WEB_NS, WEB = "e2e-web", "web"
@@ -521,6 +527,18 @@ def test_upload_failure_keeps_the_tarball_on_the_node_and_the_pod_says_where(
         with tarfile.open(path) as tar:
             assert any(m.name.endswith(".pcap") for m in tar.getmembers())
         assert "s3 output failed" in message
+        # The CLI sends the user to the Job logs: kubectl, as the capture user, shows the path.
+        hint = f"kubectl logs -n {CAPTURE_NS} -l retina.sh/app=capture,capture-name={name}"
+        assert hint in proc.stderr, proc.stderr
+        logs = subprocess.run(
+            ["kubectl", "--kubeconfig", str(capture_user), *hint.split()[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert logs.returncode == 0, logs.stderr
+        assert f"the capture was kept on this node at {path}" in logs.stdout, logs.stdout[-3000:]
         proc = kubectl_retina(capture_user, "delete", "-n", CAPTURE_NS, "--name", name)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     finally:
