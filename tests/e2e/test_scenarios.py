@@ -164,6 +164,22 @@ def test_basic_the_agent_pod_counts_lab_traffic_and_prometheus_scrapes_it(instal
                 raise AssertionError(
                     f"{exc}: before {before}, now {counted()}\n{installed.diagnose('retina-agent')}"
                 ) from None
+            # How the scrapes went (the figures the notes give for a loaded machine), and what
+            # the earlier check (increase over the whole series) makes of the same samples.
+            old_check = prom.query(f"sum(increase({FORWARD}{{{selector}}}[1h]))")
+            print("sum(increase(forward_count[1h])):", old_check[0]["value"][1] if old_check else None)
+            scrapes = {
+                what: prom.query(f'{what}({metric}{{job="retina-pods"}}[10m])')
+                for what, metric in (
+                    ("count_over_time", "up"),
+                    ("sum_over_time", "up"),
+                    ("max_over_time", "scrape_duration_seconds"),
+                    ("avg_over_time", "scrape_duration_seconds"),
+                )
+            }
+            print(
+                "scrapes of the agent pod:", {k: v[0]["value"][1] if v else None for k, v in scrapes.items()}
+            )
     finally:
         sink.close()
     assert refusals_of(installed.kube, AGENT_USER) == [], "the agent's RBAC lacks what it uses"
