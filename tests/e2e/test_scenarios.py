@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -686,8 +687,13 @@ def test_uninstall_with_a_capture_present_leaves_nothing_of_ours(
     assert programs, "the agent pod attached nothing"
     agent_start = programs[0].rsplit(".", 1)[1]
     client = kubernetes.config.new_client_from_config(config_file=str(capture_user))
+    port, prefix = 7302, b"retina-left-"
     body = _capture_resource(name)
     body["spec"]["captureConfiguration"]["captureOption"]["duration"] = "10m"  # still running
+    # Only the test's datagrams: what is packed after the stop stays small, whatever else the
+    # machine carries (packing a capture of all traffic on a loaded node can outlast the pod's
+    # grace period: see the notes).
+    body["spec"]["captureConfiguration"]["tcpdumpFilter"] = f"udp dst port {port}"
     kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(
         "retina.sh", "v1alpha1", CAPTURE_NS, "captures", body
     )
@@ -704,9 +710,23 @@ def test_uninstall_with_a_capture_present_leaves_nothing_of_ours(
     writable = _writable_host_paths(kube)
     # Every host path a workload of ours may write is one the product documents.
     assert writable <= set(HOST_PATHS), writable
+    # Numbered datagrams a -> b until the uninstall is over (the capture is stopped meanwhile).
+    uninstalling = threading.Event()
+    sink = udp_sink(lab["b"], port)
+    sender = threading.Thread(
+        target=_send_numbered_while,
+        args=(lambda: not uninstalling.is_set(), lab["a"], lab["b"].ip, port, prefix),
+        daemon=True,
+    )
+    sender.start()
     try:
         started = time.monotonic()
-        proc = installed.playbook("uninstall.yml")
+        try:
+            proc = installed.playbook("uninstall.yml")
+        finally:
+            uninstalling.set()
+            sender.join(30)
+            sink.close()
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
         print(f"uninstall.yml took {time.monotonic() - started:.0f}s")
         assert _ours(kube) == [], "left in the cluster"
@@ -723,5 +743,8 @@ def test_uninstall_with_a_capture_present_leaves_nothing_of_ours(
         kept = sorted(Path("/var/lib/retina/captures/e2e-cr").glob(f"{name}-{NODE}-*UTC.tar.gz"))
         assert len(kept) == 1, kept
         assert not list(Path("/var/log/retina/captures").glob(f"{name}-*"))
+        # ... holding an unbroken run of the datagrams (tcpdump on "any" sees each at a's and b's veth)
+        seen = sorted(set(_numbered(_pcap_of(kept[0]), prefix)))
+        assert seen and seen == list(range(seen[0], seen[0] + len(seen))), seen
     finally:
         _remove_capture_files(name)
