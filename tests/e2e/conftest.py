@@ -23,7 +23,9 @@ import kubernetes
 import pytest
 import yaml
 
-from retina_lab.agent import free_port
+from images.podman import podman
+from retina_agent.tc import process_tag
+from retina_lab.agent import free_port, our_tc_filters
 from retina_lab.kube import KubeEmulator
 from retina_lab.noderunner import NodeRunner
 from tests.images.conftest import built_images  # noqa: F401 (the fixture: images as shipped)
@@ -31,6 +33,9 @@ from tests.installer.ansible_run import PLAYBOOKS, run_playbook
 
 NODE = "e2e-node-1"
 NAMESPACE = "retina-system"
+#: The default plugins plus packetparser (pod-level flows), from the first install: a user who
+#: sets ``agent_pod_level: true`` wants pod-level flow metrics, which only packetparser makes.
+PLUGINS = ["linuxutil", "packetforward", "packetparser", "dropreason", "dns", "tcpretrans"]
 #: Host paths the product documents (README, collections/retina/README.md); nothing else may be written.
 HOST_PATHS = ("/var/run/retina", "/var/lib/retina/captures", "/var/log/retina/captures")
 
@@ -44,6 +49,7 @@ class Installed:
     options: dict[str, Any]
     admin: kubernetes.client.ApiClient
     agent_port: int
+    images: dict[str, str]
 
     def playbook(self, name: str, **extra: Any) -> subprocess.CompletedProcess[str]:
         return run_playbook(
@@ -63,11 +69,13 @@ class Installed:
             .items
         ]
 
-    def ready_pod(self, app: str, timeout: float = 240, not_named: str = "") -> dict[str, Any]:
+    def ready_pod(
+        self, app: str, timeout: float = 240, not_named: str = "", namespace: str = NAMESPACE
+    ) -> dict[str, Any]:
         """The Running, Ready pod of ``app.kubernetes.io/name=app`` (raw API dict)."""
 
         def ready() -> dict[str, Any] | None:
-            for pod in self.kube.objects("Pod", NAMESPACE):
+            for pod in self.kube.objects("Pod", namespace):
                 if (
                     pod["metadata"]["name"] != not_named
                     and pod["metadata"].get("labels", {}).get("app.kubernetes.io/name") == app
@@ -83,34 +91,60 @@ class Installed:
         try:
             return self.runner.wait_for(f"{app} pod Running and Ready", ready, timeout=timeout)
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{self.diagnose(app)}") from None
+            raise AssertionError(f"{exc}\n{self.diagnose(app, namespace)}") from None
 
-    def diagnose(self, app: str) -> str:
+    def agent_tc_programs(self) -> list[str]:
+        """What the running agent pod's process has attached (``dev/direction/retina_<x>_<dir>@tag``,
+        cls_bpf filters and TCX links alike), read from the kernel."""
+        agent = self.ready_pod("retina-agent")
+        worker = (
+            self.runner.kubelet.worker_for(NAMESPACE, agent["metadata"]["name"])
+            if self.runner.kubelet
+            else None
+        )
+        assert worker is not None, "no pod worker for the agent pod"
+        name = worker.containers["retina-agent"].podman_name
+        tag = process_tag(int(podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip()))
+        assert tag is not None, f"the agent container {name} has no process"
+        # the owner tag is <pid>.<start time>; the pid may be one of the container's PID namespace
+        start = tag.split(".")[1]
+        return [f for f in our_tc_filters() if f.endswith(f".{start}")]
+
+    def agent_memory(self) -> dict[str, int]:
+        """The agent container's memory cgroup (v1): peak, limit and how often the limit was hit
+        (the BPF compile at start is the agent's peak)."""
+        agent = self.ready_pod("retina-agent")
+        worker = (
+            self.runner.kubelet.worker_for(NAMESPACE, agent["metadata"]["name"])
+            if self.runner.kubelet
+            else None
+        )
+        assert worker is not None
+        name = worker.containers["retina-agent"].podman_name
+        cgroup = Path(
+            "/sys/fs/cgroup/memory"
+            + podman("inspect", "--format", "{{.State.CgroupPath}}", name).stdout.strip()
+        )
+        files = {
+            "peak": "memory.max_usage_in_bytes",
+            "limit": "memory.limit_in_bytes",
+            "failcnt": "memory.failcnt",
+        }
+        return {k: int((cgroup / f).read_text()) for k, f in files.items() if (cgroup / f).exists()}
+
+    def diagnose(self, app: str, namespace: str = NAMESPACE) -> str:
         out = []
-        for pod in self.kube.objects("Pod", NAMESPACE):
+        for pod in self.kube.objects("Pod", namespace):
             if pod["metadata"].get("labels", {}).get("app.kubernetes.io/name") != app:
                 continue
             out.append(json.dumps(pod.get("status"), indent=1)[:3000])
             worker = (
-                self.runner.kubelet.worker_for(NAMESPACE, pod["metadata"]["name"])
+                self.runner.kubelet.worker_for(namespace, pod["metadata"]["name"])
                 if self.runner.kubelet
                 else None
             )
             for run in worker.containers.values() if worker else []:
-                logs = subprocess.run(
-                    [
-                        "podman",
-                        "--runtime",
-                        "runc",
-                        "--cgroup-manager=cgroupfs",
-                        "logs",
-                        "--tail",
-                        "60",
-                        run.podman_name,
-                    ],
-                    capture_output=True,
-                    text=True,
-                )
+                logs = podman("logs", "--tail", "60", run.podman_name, check=False)
                 out.append(f"--- {run.podman_name}\n{logs.stdout[-4000:]}{logs.stderr[-4000:]}")
         return "\n".join(out)
 
@@ -154,13 +188,14 @@ def installed(
         "preflight_report_dir": str(tmp / "preflight"),
         "agent_port": agent_port,
         "agent_pod_level": True,
+        "agent_plugins": PLUGINS,
         "agent_metrics_interval": "1s",
         "prometheus_helm_values_path": str(tmp / "retina-prometheus-values.yaml"),
         "prometheus_scrape_interval": "1s",
     }
     with KubeEmulator() as kube, NodeRunner.for_emulator(kube, nodes=[NODE]) as runner:
         admin = kubernetes.config.new_client_from_config(config_file=str(kube.kubeconfig_path))
-        state = Installed(kube, runner, tmp, inventory, options, admin, agent_port)
+        state = Installed(kube, runner, tmp, inventory, options, admin, agent_port, dict(built_images))
         started = time.monotonic()
         proc = state.playbook("install.yml")
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

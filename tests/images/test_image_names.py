@@ -5,15 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from images.build import IMAGE_EXTRAS, requirements
-from images.names import ImagesFileError, image_refs
+from images.names import REPO, ImagesFileError, image_refs
 
 
 def test_refs_from_the_repository_file() -> None:
+    # The tag is not pinned here: a worktree may build under its own tag (deploy/images.yaml).
+    data = yaml.safe_load((REPO / "deploy" / "images.yaml").read_text())
+    assert data["registry"] == "localhost/retina-onprem"
     assert image_refs() == {
-        "agent": "localhost/retina-onprem/agent:0.1.0",
-        "operator": "localhost/retina-onprem/operator:0.1.0",
+        "agent": f"localhost/retina-onprem/agent:{data['tag']}",
+        "operator": f"localhost/retina-onprem/operator:{data['tag']}",
     }
 
 

@@ -132,6 +132,26 @@ def test_pod_level_variant_validates_and_adds_metricsconfiguration(tmp_path: Pat
     assert config["enabledPlugin"] == ["linuxutil", "packetparser", "dns"]
 
 
+def test_default_metricsconfiguration_gives_the_labels_the_pod_dashboards_select(tmp_path: Path) -> None:
+    """Every label the shipped pod-traffic dashboard selects or groups adv_ metrics by is one the
+    agent makes under the installer's default MetricsConfiguration (forward_count had no
+    ``direction``: the dashboard's ingress and egress panels stayed empty; the e2e pod-level
+    scenario found it)."""
+    import re
+
+    from retina_agent.enrichment.metricsconfig import validate_spec
+    from retina_agent.podlevel.context import plan_for
+
+    mc = by_kind(render(tmp_path, agent_pod_level=True)["agent"], "MetricsConfiguration", "retina-metrics")
+    forward = validate_spec(mc["spec"]).context_options["forward_count"]
+    dashboard = COLLECTION / "roles" / "dashboards" / "files" / "dashboards" / "retina-pod-traffic.json"
+    exprs = re.findall(r'"expr": "((?:[^"\\]|\\.)*)"', dashboard.read_text())
+    wanted = [e for e in exprs if "direction" in e and "networkobservability_adv_forward" in e]
+    assert wanted, "the dashboard no longer splits pod traffic by direction: update this test"
+    for remote in (False, True):  # local context (the default) and agent_remote_context
+        assert "direction" in plan_for(forward, remote=remote).additional, wanted[0]
+
+
 def test_daemonset_follows_the_agent_contract(default_render: Rendered) -> None:
     agent = default_render["agent"]
     ds = by_kind(agent, "DaemonSet", "retina-agent")
