@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from images.podman import podman, podman_argv
+from retina_lab.noderunner import claims
 from retina_lab.noderunner.client import ApiClient, ApiFailure
 from retina_lab.noderunner.env import container_env, service_env
 from retina_lab.noderunner.podnet import PodNetns, PodNetwork
@@ -159,6 +160,7 @@ class PodWorker(threading.Thread):
                 self.pod_ip = self.netns.ip
             self.dir.mkdir(parents=True, exist_ok=True)
             pod["status"] = self._base_status("Pending")
+            pod = claims.as_host_paths(pod, kubelet.api)  # a claim mounts its bound volume's directory
             volume_dirs = materialise(pod, self.dir, kubelet.lookup_raw, kubelet.token_for, kubelet.ca_bytes)
             runs = [(c, True) for c in spec.get("initContainers") or []] + [
                 (c, False) for c in spec["containers"]
@@ -637,7 +639,7 @@ class Kubelet:
         reasons = []
         try:
             for node in nodes:
-                why = fits(pod["spec"], node)
+                why = fits(pod["spec"], node) or claims.unschedulable(pod, node, self.api)
                 if why is None:
                     self.api.patch(path, {"spec": {"nodeName": node["metadata"]["name"]}})
                     return
