@@ -83,7 +83,8 @@ class PodWorker(threading.Thread):
         self.stop_requested = threading.Event()
         self.status: Obj = {}
         self.host_ip = kubelet.node_ip
-        self.pod_ip = kubelet.node_ip
+        # A pod with its own network namespace has no IP until the namespace exists (never the node's)
+        self.pod_ip = kubelet.node_ip if pod["spec"].get("hostNetwork") else ""
 
     # -- API --------------------------------------------------------------------------------
     @property
