@@ -134,6 +134,7 @@ def _builtin_types() -> list[ResourceType]:
         rt("v1", "configmaps", "ConfigMap", short=["cm"]),
         rt("v1", "serviceaccounts", "ServiceAccount", short=["sa"]),
         rt("v1", "persistentvolumeclaims", "PersistentVolumeClaim", short=["pvc"], status=True),
+        rt("v1", "persistentvolumes", "PersistentVolume", namespaced=False, short=["pv"], status=True),
         rt("v1", "events", "Event", short=["ev"]),
         rt("apps/v1", "deployments", "Deployment", short=["deploy"], status=True),
         rt("apps/v1", "replicasets", "ReplicaSet", short=["rs"], status=True),

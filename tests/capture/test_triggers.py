@@ -149,6 +149,51 @@ def test_matchers_follow_alertmanager_rules() -> None:
     assert t.matches({"alertname": "RetinaDrops"})  # a missing label is the empty string
 
 
+def test_a_namespace_target_leaves_host_network_pods_out_of_the_filter(
+    kube_emulator, kube_api_client
+) -> None:
+    """A host-network pod's IP is its node's: in the include filter it would capture every packet
+    of the node (found end to end: a retina-system alert captured the agent pod's 127.0.0.1)."""
+    from retina_capture.triggers.decide import TriggerEngine
+
+    small_cluster(kube_emulator)
+    ext = kubernetes.client.ApiextensionsV1Api(kube_api_client)
+    ext.create_custom_resource_definition(CAPTURE_CRD)
+    ext.create_custom_resource_definition(TRIGGER_CRD)
+    host_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "node-agent", "namespace": "web"},
+        "spec": {
+            "nodeName": "node-1",
+            "hostNetwork": True,
+            "containers": [{"name": "c", "image": "busybox"}],
+        },
+        "status": {"phase": "Running", "podIP": "192.168.0.11"},
+    }
+    in_ops = {**host_pod, "metadata": {"name": "node-agent", "namespace": "ops"}}
+    kube_emulator.seed(
+        [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ops"}}, host_pod, in_ops]
+    )
+    body = trigger(name="ns", namespace="web")
+    kubernetes.client.CustomObjectsApi(kube_api_client).create_namespaced_custom_object(
+        GROUP, VERSION, "web", "capturetriggers", body
+    )
+    engine = TriggerEngine(kube_api_client)
+    spec = parse_trigger(body)
+    made = engine.handle(spec, alert(namespace="web"))
+    assert made is not None and made.result == "Created", made
+    [capture] = kube_emulator.objects("Capture", "web")
+    config = capture["spec"]["captureConfiguration"]
+    assert config["filters"]["include"] == ["10.244.1.10", "10.244.2.10"]  # pods a and b, not 192.168.0.11
+    assert config["captureTarget"] == {"nodeNames": ["node-1", "node-2"]}
+    # a namespace of host-network pods only: no Capture, and the reason says why
+    none = engine.handle(spec, alert(fingerprint="ff", namespace="ops"))
+    assert none is not None and none.result == "TargetNotFound", none
+    assert "only host-network pods" in none.reason
+    assert len(kube_emulator.objects("Capture", "web")) == 1
+
+
 # -- the operator and its webhook ----------------------------------------------------------------
 @pytest.fixture
 def operator(kube_emulator, kube_api_client, monkeypatch, tmp_path) -> Iterator[dict[str, Any]]:

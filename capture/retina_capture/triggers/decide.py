@@ -203,9 +203,16 @@ class TriggerEngine:
             pods = self.core.list_namespaced_pod(
                 target.namespace, field_selector="status.phase=Running"
             ).items
-            pods = [p for p in pods if p.spec.node_name and p.status.pod_ip][:MAX_NAMESPACE_PODS]
-            if not pods:
-                raise LookupError(f"no running pod in namespace {target.namespace!r}")
+            pods = [p for p in pods if p.spec.node_name and p.status.pod_ip]
+            # A host-network pod's IP is its node's: as an include filter it would capture every
+            # packet of the node. Its traffic cannot be told from the node's, so it is left out.
+            own_ip = [p for p in pods if not p.spec.host_network][:MAX_NAMESPACE_PODS]
+            if not own_ip:
+                raise LookupError(
+                    f"no running pod in namespace {target.namespace!r}"
+                    + (" with an address of its own (only host-network pods)" if pods else "")
+                )
+            pods = own_ip
         else:
             pods = []
             for ns, name in target.pods:

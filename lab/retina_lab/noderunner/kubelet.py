@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from images.podman import podman, podman_argv
+from retina_lab.noderunner import claims
 from retina_lab.noderunner.client import ApiClient, ApiFailure
 from retina_lab.noderunner.env import container_env, service_env
 from retina_lab.noderunner.podnet import PodNetns, PodNetwork
@@ -82,7 +83,8 @@ class PodWorker(threading.Thread):
         self.stop_requested = threading.Event()
         self.status: Obj = {}
         self.host_ip = kubelet.node_ip
-        self.pod_ip = kubelet.node_ip
+        # A pod with its own network namespace has no IP until the namespace exists (never the node's)
+        self.pod_ip = kubelet.node_ip if pod["spec"].get("hostNetwork") else ""
 
     # -- API --------------------------------------------------------------------------------
     @property
@@ -159,6 +161,7 @@ class PodWorker(threading.Thread):
                 self.pod_ip = self.netns.ip
             self.dir.mkdir(parents=True, exist_ok=True)
             pod["status"] = self._base_status("Pending")
+            pod = claims.as_host_paths(pod, kubelet.api)  # a claim mounts its bound volume's directory
             volume_dirs = materialise(pod, self.dir, kubelet.lookup_raw, kubelet.token_for, kubelet.ca_bytes)
             runs = [(c, True) for c in spec.get("initContainers") or []] + [
                 (c, False) for c in spec["containers"]
@@ -637,7 +640,7 @@ class Kubelet:
         reasons = []
         try:
             for node in nodes:
-                why = fits(pod["spec"], node)
+                why = fits(pod["spec"], node) or claims.unschedulable(pod, node, self.api)
                 if why is None:
                     self.api.patch(path, {"spec": {"nodeName": node["metadata"]["name"]}})
                     return

@@ -30,6 +30,7 @@ import yaml
 from images.podman import remove_containers
 from retina_lab.kube_tls import make_serving_certs
 from retina_lab.noderunner.apifront import ApiFront
+from retina_lab.noderunner.claims import VolumeBinder
 from retina_lab.noderunner.client import ApiClient
 from retina_lab.noderunner.controllers import Controllers
 from retina_lab.noderunner.kubelet import Kubelet, leftover_containers
@@ -80,6 +81,7 @@ class NodeRunner:
         self.api = ApiClient(api_url, token, verify=ca or True)
         self._add_subresource = add_subresource
         self.controllers = Controllers(self.api)
+        self.volume_binder = VolumeBinder(self.api)
         self.kubelet: Kubelet | None = None
         self._node_labels, self._node_taints = node_labels, node_taints
         self._stop = threading.Event()
@@ -145,7 +147,7 @@ class NodeRunner:
     def _loop(self) -> None:
         assert self.kubelet is not None
         while not self._stop.wait(LOOP_SECONDS):
-            for part in (self.controllers.sync, self.kubelet.sync):
+            for part in (self.controllers.sync, self.volume_binder.sync, self.kubelet.sync):
                 try:
                     part()
                 except Exception as exc:  # the API server restarting, a race: next round

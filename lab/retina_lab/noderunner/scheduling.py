@@ -70,3 +70,7 @@ def fits(pod_spec: Mapping[str, Any], node: Obj) -> str | None:
         ):
             return f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
     return None
+
+
+#: One node selector term against a node; a PersistentVolume's nodeAffinity too (claims.py).
+node_selector_term_matches = _term_matches
