@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
+from retina_lab.agent import AgentProcess, _tcx_links, our_tc_filters, wait_for
 from retina_lab.traffic import connect_refused
 
 
@@ -82,8 +82,10 @@ def test_tcx_links_die_with_a_killed_agent(lab_node):
             10,
             message="the data path on the pod veth",
         )
-        ours = set(_tcx_programs(index))
-        assert ours, "no TCX program on the veth"
+        # the killed agent's own programs: other agents (other owners) may attach to this veth too
+        ours = {prog for ifindex, _, prog in _tcx_links(pid) if ifindex == index}
+        assert ours, "no TCX program of the agent on the veth"
+        assert ours <= set(_tcx_programs(index)), "the agent's links are not attached to the veth"
         agent.signal(signal.SIGKILL)
         agent.proc.wait(10)
         wait_for(
