@@ -6,6 +6,7 @@ Everything started here is stopped by a finalizer, also when the test fails.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.capture import AZURITE, BIN, Server, WorkerRun, free_port
+from tests.images.conftest import built_images  # noqa: F401 (the fixture: images as shipped)
 
 
 @pytest.fixture
@@ -84,3 +86,12 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
     yield out
     for path in out.values():
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def agent_image(built_images: dict[str, str]) -> str:  # noqa: F811
+    """The agent image as scripts/build_images.sh builds it from this tree (once per run): the
+    node-runner capture tests run what users run, never an image left over from another tree."""
+    if os.geteuid() != 0:
+        pytest.fail("the node runner needs root (rootful podman, network namespaces)")
+    return built_images["agent"]

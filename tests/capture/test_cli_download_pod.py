@@ -6,11 +6,9 @@ streams the tarballs back over ``pods/exec`` and is removed."""
 from __future__ import annotations
 
 import io
-import os
 import secrets
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,6 @@ import dpkt
 import kubernetes
 import pytest
 
-from images.names import image_refs
 from retina_capture import jobs as jobs_mod
 from retina_capture.cli import download_pod
 from retina_capture.cli.merge import read_merged
@@ -32,17 +29,6 @@ from tests.kube_fixtures import CAPTURE_USER, capture_user_kubeconfig_for, refus
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NODES = ["dl-node-a", "dl-node-b"]
 NS = "web"
-
-
-@pytest.fixture(scope="module")
-def agent_image(request: pytest.FixtureRequest) -> str:
-    """The agent image as scripts/build_images.sh built it (built now only if it is missing)."""
-    if os.geteuid() != 0:
-        pytest.fail("the node runner needs root (rootful podman, network namespaces)")
-    ref = image_refs()["agent"]
-    if subprocess.run(["podman", "image", "exists", ref], check=False).returncode != 0:
-        ref = request.getfixturevalue("built_images")["agent"]
-    return ref
 
 
 @pytest.fixture(scope="module")

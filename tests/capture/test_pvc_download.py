@@ -8,11 +8,9 @@ the download pod from running, with the scheduler's reason, until a volume binds
 from __future__ import annotations
 
 import io
-import os
 import secrets
 import shutil
 import socket
-import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -23,7 +21,6 @@ import kubernetes
 import pytest
 from kubernetes.stream import stream
 
-from images.names import image_refs
 from retina_capture import jobs as jobs_mod
 from retina_capture.cli import download_pod
 from retina_capture.cli.main import main
@@ -38,17 +35,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NODE = "pvc-node-a"
 NS = "pvc"
 MARK = b"retina-pvc-"
-
-
-@pytest.fixture(scope="module")
-def agent_image(request: pytest.FixtureRequest) -> str:
-    """The agent image as scripts/build_images.sh built it (built now only if it is missing)."""
-    if os.geteuid() != 0:
-        pytest.fail("the node runner needs root (rootful podman, network namespaces)")
-    ref = image_refs()["agent"]
-    if subprocess.run(["podman", "image", "exists", ref], check=False).returncode != 0:
-        ref = request.getfixturevalue("built_images")["agent"]
-    return ref
 
 
 @pytest.fixture(scope="module")
