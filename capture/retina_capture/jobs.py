@@ -49,6 +49,11 @@ DEADLINE_MARGIN_SECONDS = 900
 #: tcpdump: NET_RAW (packet socket), NET_ADMIN (promiscuous mode); SETUID/SETGID for its
 #: user switch (-Z root), without which it exits "Couldn't change to 'root'".
 CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]
+#: Seconds a capture pod gets after SIGTERM (a deleted Capture, an uninstall): the worker stops
+#: tcpdump, then still collects the metadata, packs and writes every output (uploads retried). The
+#: kubelet's default of 30 s cut that off on a loaded node (metadata alone took 12 s, then SIGKILL:
+#: nothing written); the pod ends as soon as the worker does, so a longer grace costs nothing else.
+STOP_GRACE_SECONDS = 180
 #: What a capture pod may use: tcpdump's ring (8 MiB per interface), gzip, the upload clients.
 WORKER_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 
@@ -190,6 +195,7 @@ def build_job(
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": STOP_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "tolerations": [{"operator": "Exists"}],  # capture on tainted nodes too, as Retina does
         "containers": [container],

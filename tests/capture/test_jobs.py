@@ -152,6 +152,9 @@ def test_capture_jobs_run_with_least_privilege_and_keep_captures_on_the_node() -
     assert pod["automountServiceAccountToken"] is False
     assert set(container["resources"]["limits"]) == {"cpu", "memory"}
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # a stopped capture is still packed and written: more than the kubelet's 30 s default (the
+    # e2e uninstall scenario lost its tarball to SIGKILL on a loaded node without it)
+    assert pod["terminationGracePeriodSeconds"] >= 120
     keep = {v["name"]: v for v in pod["volumes"]}["keep"]
     assert keep["hostPath"] == {"path": "/var/log/retina/captures", "type": "DirectoryOrCreate"}
     assert {"name": "keep", "mountPath": "/var/log/retina/captures"} in container["volumeMounts"]

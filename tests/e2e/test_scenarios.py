@@ -8,6 +8,7 @@ uninstalls.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -27,6 +28,7 @@ import kubernetes
 import pytest
 import yaml
 
+from images.podman import podman_argv
 from retina_agent.demo.node import LabPod
 from retina_capture.operator.handlers import FINALIZER
 from retina_lab import LabNode
@@ -690,9 +692,7 @@ def test_uninstall_with_a_capture_present_leaves_nothing_of_ours(
     port, prefix = 7302, b"retina-left-"
     body = _capture_resource(name)
     body["spec"]["captureConfiguration"]["captureOption"]["duration"] = "10m"  # still running
-    # Only the test's datagrams: what is packed after the stop stays small, whatever else the
-    # machine carries (packing a capture of all traffic on a loaded node can outlast the pod's
-    # grace period: see the notes).
+    # Only the test's datagrams: the kept tarball's content is known, whatever else the machine carries.
     body["spec"]["captureConfiguration"]["tcpdumpFilter"] = f"udp dst port {port}"
     kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(
         "retina.sh", "v1alpha1", CAPTURE_NS, "captures", body
@@ -707,6 +707,12 @@ def test_uninstall_with_a_capture_present_leaves_nothing_of_ours(
         )
 
     installed.runner.wait_for("the capture's pod running", capturing, timeout=120)
+    # The capture pod's log, kept past its removal (it tells how the stop went).
+    [container] = [c for c in installed.runner.containers() if f"_{name}-" in c]
+    log_file = installed.tmp / f"{name}.log"
+    follow = subprocess.Popen(
+        podman_argv("logs", "-f", "-t", container), stdout=log_file.open("w"), stderr=subprocess.STDOUT
+    )
     writable = _writable_host_paths(kube)
     # Every host path a workload of ours may write is one the product documents.
     assert writable <= set(HOST_PATHS), writable
@@ -741,10 +747,15 @@ def test_uninstall_with_a_capture_present_leaves_nothing_of_ours(
         # The deleted capture stopped early and still wrote what it had to its output (the
         # user's hostPath); nothing of it stays in the node's build directory.
         kept = sorted(Path("/var/lib/retina/captures/e2e-cr").glob(f"{name}-{NODE}-*UTC.tar.gz"))
-        assert len(kept) == 1, kept
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            follow.wait(30)  # ends with the container
+        assert len(kept) == 1, f"{kept}\ncapture pod log:\n{log_file.read_text()[-3000:]}"
         assert not list(Path("/var/log/retina/captures").glob(f"{name}-*"))
         # ... holding an unbroken run of the datagrams (tcpdump on "any" sees each at a's and b's veth)
         seen = sorted(set(_numbered(_pcap_of(kept[0]), prefix)))
         assert seen and seen == list(range(seen[0], seen[0] + len(seen))), seen
     finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
         _remove_capture_files(name)
