@@ -99,8 +99,7 @@ class ApiFront:
         self._thread = self._loop = None
 
     async def _start(self) -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.certs.server_cert, self.certs.server_key)
+        context = self.certs.server_context()
         upstream_tls = ssl.create_default_context(cafile=self.backend_ca) if self.backend_ca else None
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),

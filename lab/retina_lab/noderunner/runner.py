@@ -65,17 +65,8 @@ class NodeRunner:
         self.workdir = Path(workdir or self._own_dir.name)  # type: ignore[union-attr]
         n = int(self.runner_id, 16)
         self.podnet = PodNetwork(self.runner_id, f"10.{240 + n % 10}.{(n // 10) % 256}.0/24")
-        self.certs = make_serving_certs(
-            self.workdir / "pki",
-            ["127.0.0.1", self.podnet.gateway],
-            [
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-        )
+        # valid for the in-cluster service names (kube_tls.SERVER_NAMES) and the pods' gateway
+        self.certs = make_serving_certs(self.workdir / "pki", ["127.0.0.1", self.podnet.gateway])
         ca = str(ca_path) if ca_path else None
         self.front = ApiFront(api_url, self.certs, ["127.0.0.1", self.podnet.gateway], backend_ca=ca)
         self.api = ApiClient(api_url, token, verify=ca or True)
