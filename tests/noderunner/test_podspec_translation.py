@@ -64,6 +64,21 @@ def test_dropping_one_capability_keeps_the_runtime_defaults_but_that_one() -> No
 
 
 @pytest.mark.parametrize(
+    ("spec", "hostname"),
+    [
+        ({}, "web-7d4f-abcde"),  # the pod's name, as the kubelet sets it
+        ({"hostname": "db-0"}, "db-0"),  # spec.hostname wins
+        ({"hostNetwork": True}, None),  # a host-network pod keeps the node's name
+    ],
+)
+def test_the_container_hostname_is_the_pods(spec: dict, hostname: str | None) -> None:
+    container = {"name": "c", "image": "img"}
+    argv = podman_run_argv(spec, container, name="n", network="ns:/run/netns/x", pod_name="web-7d4f-abcde")
+    given = [argv[i + 1] for i, a in enumerate(argv) if a == "--hostname"]
+    assert given == ([hostname] if hostname else [])
+
+
+@pytest.mark.parametrize(
     ("container", "pod_extra", "field"),
     [
         ({"securityContext": {"runAsNonRoot": True}}, {}, "runAsNonRoot"),

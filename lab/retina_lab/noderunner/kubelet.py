@@ -281,6 +281,7 @@ class PodWorker(threading.Thread):
             container,
             name=podman_name,
             network=self.netns.podman_network if self.netns else None,
+            pod_name=self.name,
             volume_dirs=volume_dirs,
             env_file=env_file,
             env=env,

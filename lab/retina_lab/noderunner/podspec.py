@@ -4,6 +4,7 @@
 pod spec                                          podman run
 ================================================  ===============================================
 ``hostNetwork: true``                             ``--network host`` (else the pod's netns)
+``hostname`` (else the pod's name)                ``--hostname`` (not with ``hostNetwork``)
 ``hostPID: true``                                 ``--pid host``
 ``privileged: true``                              ``--privileged``
 ``capabilities.drop`` / ``add``                   ``--cap-drop X`` / ``--cap-add CAP_X``
@@ -295,6 +296,7 @@ def podman_run_argv(
     name: str,
     image: str | None = None,
     network: str | None = None,
+    pod_name: str | None = None,
     volume_dirs: Mapping[str, Path | str] | None = None,
     host_paths: Mapping[str, Path] | None = None,
     env_file: Path | None = None,
@@ -307,6 +309,7 @@ def podman_run_argv(
     """``run`` arguments (after podman's global flags) for ``container`` of ``pod_spec``.
 
     ``network`` is ``host`` or the pod's network namespace (``ns:/run/netns/NAME``);
+    ``pod_name`` is the container's host name (``spec.hostname`` wins), as the kubelet sets it;
     ``volume_dirs`` maps a volume's name to its directory on the node (``"tmpfs"``: a tmpfs);
     ``host_paths`` maps a hostPath to another host directory (a test's temporary one).
     """
@@ -317,6 +320,9 @@ def podman_run_argv(
     if network is None:
         raise UnsupportedSpec(f"{where}: the pod has no hostNetwork and no pod network was given")
     argv = ["run", "--name", name, "--network", network, "--pull=never", *ULIMITS]
+    hostname = pod_spec.get("hostname") or pod_name
+    if hostname and not pod_spec.get("hostNetwork"):  # a host-network pod keeps the node's name
+        argv += ["--hostname", str(hostname)]
     if pod_spec.get("hostPID"):
         argv += ["--pid", "host"]
     if pod_spec.get("hostIPC"):
