@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
+from retina_lab.agent import AgentProcess, _tcx_links, our_tc_filters, wait_for
 from retina_lab.traffic import connect_refused
 
 
@@ -82,8 +82,9 @@ def test_tcx_links_die_with_a_killed_agent(lab_node):
             10,
             message="the data path on the pod veth",
         )
-        ours = set(_tcx_programs(index))
-        assert ours, "no TCX program on the veth"
+        # ours only: other agents on a shared machine attach to every veth too
+        ours = {prog for i, _, prog in _tcx_links(pid) if i == index}
+        assert ours and ours <= set(_tcx_programs(index)), "no TCX program of ours on the veth"
         agent.signal(signal.SIGKILL)
         agent.proc.wait(10)
         wait_for(
