@@ -115,9 +115,11 @@ class Stream:
                 raise RuntimeError("iperf3 server did not start")
             time.sleep(0.1)
         argv = ["iperf3", "-c", b.ip, "-p", str(self.port), "-t", "86400"]
-        argv += ["-u", "-b", "0", "-l", "64"] if udp else []
+        # TCP: fixed 4 MiB socket buffers (no autotuning swings; still far more than the
+        # bandwidth-delay product of a veth, so the rate stays CPU-bound)
+        argv += ["-u", "-b", "0", "-l", "64"] if udp else ["-w", "4M"]
         self.client = a.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # past slow start and the first burst
+        time.sleep(1.0 if udp else 3.0)  # past slow start and the first bursts
         if cpu is not None:
             for proc in (self.client, self.server):
                 pin(proc.pid, cpu, nice)
@@ -343,6 +345,7 @@ def measure_set(
     empty: EmptyProgram | None = None,
     test_run_trials: int = 15,
     traffic: tuple[int | None, int] = (None, 0),
+    tcp_window: float | None = None,
 ) -> dict:
     agent = Agent(config)
     main_tid = threading.get_native_id()
@@ -408,7 +411,7 @@ def measure_set(
             udp_stream.close()
         tcp_stream = Stream(node, udp=False, cpu=traffic[0], nice=traffic[1])
         try:
-            tcp = alternate({"off": nothing, "on": ours}, tcp_stream, rounds, window)
+            tcp = alternate({"off": nothing, "on": ours}, tcp_stream, rounds, tcp_window or window)
         finally:
             tcp_stream.close()
     finally:
@@ -567,6 +570,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=100, help="alternation rounds per comparison")
     p.add_argument("--window", type=float, default=0.3, help="seconds measured per state")
     p.add_argument(
+        "--tcp-window",
+        type=float,
+        default=0.6,
+        help="seconds measured per state in the TCP phase (a TCP stream's rate swings more)",
+    )
+    p.add_argument(
         "--stats-rounds",
         type=int,
         default=30,
@@ -596,6 +605,7 @@ def main() -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "rounds": args.rounds,
         "window_s": args.window,
+        "tcp_window_s": args.tcp_window,
         "kernel": os.uname().release,
         "node_netns": os.environ.get(NODE_NETNS_ENV),
         "traffic_cpu": args.cpu if args.cpu >= 0 else None,
@@ -621,6 +631,7 @@ def main() -> int:
                     args.stats_rounds,
                     empty,
                     traffic=traffic,
+                    tcp_window=args.tcp_window,
                 )
             if args.only in (None, "pod_level"):
                 # latency times the API server the kubeconfig names (the emulator)
@@ -639,6 +650,7 @@ def main() -> int:
                     args.stats_rounds,
                     empty,
                     traffic=traffic,
+                    tcp_window=args.tcp_window,
                 )
         finally:
             retina.detach()
