@@ -153,6 +153,17 @@ class BpfMap(Generic[K, V]):
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
 
+    def lookup_raw(self, key: bytes) -> bytes | None:
+        """The value bytes of ``key`` (all CPUs' values for a per-CPU map), or None."""
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        buf = self._value_buf_type()
+        rc = _libbpf().bpf_map_lookup_elem(self.fd, kbuf, ctypes.byref(buf))
+        if rc != 0:
+            if ctypes.get_errno() == errno.ENOENT or rc == -errno.ENOENT:
+                return None
+            _check(rc, "bpf_map_lookup_elem")
+        return bytes(buf)
+
     def delete_raw(self, key: bytes) -> bool:
         buf = ctypes.create_string_buffer(key, len(key))
         return _libbpf().bpf_map_delete_elem(self.fd, buf) == 0

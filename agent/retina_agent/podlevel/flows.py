@@ -54,6 +54,11 @@ class FlowHarvester:
             self.last[raw_key] = (raw_value, 0)
             self.account(raw_key, deltas)
         for key in prune:
+            # The batch read above may be long past (a loaded node deschedules this thread): a
+            # flow that resumed since would lose its new packets with the entry. Read it again
+            # right before deleting; if it moved, keep it and let the next harvest count it.
+            if self.map.lookup_raw(key) != self.last[key][0]:
+                continue
             self.map.delete_raw(key)
             self.last.pop(key, None)
         if len(seen) != len(self.last):
