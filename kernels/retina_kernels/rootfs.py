@@ -44,6 +44,7 @@ PACKAGES = (
     "iptables",
     "nftables",
     "python3-nftables",
+    "tcpdump",  # the agent image has it (capture worker); the lab records the pods' veths
     "dnsmasq-base",
     "kmod",
     "procps",
