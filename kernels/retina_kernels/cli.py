@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: predicted all plugins: {summary.get('predicted_all')}, "
             f"counts exact: {summary.get('counts_exact')}, error: {bool(summary.get('error'))}"
         )
-    command = f"retina-kernel-matrix --kernels {args.kernels}"
+    command = f"scripts/kernel_matrix.sh --kernels {args.kernels}" + (
+        f" --from-results --out {args.out}" if args.from_results else ""
+    )
     text = markdown(summaries, command)
     if args.docs:
         write_docs(args.docs, text)

@@ -173,6 +173,7 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
         "system (bcc, Debian's 6.1 headers for every kernel, the project's wheel), running",
         "`retina-preflight --json`, the agent with every plugin and a small lab (pods web, db, dns on a",
         "bridge; UDP delivered, UDP dropped by iptables, connects to a closed port, DNS to dnsmasq).",
+        "The netfilter plugin reads the rule counters of the pod whose iptables rule drops.",
         "Counts are `counted/expected` from what the lab sent (✗: they differ; `≥`: a lower bound, for",
         "kernels before 5.17 whose drops all count as UNKNOWN, the lab's and every other skb freed).",
         "",

@@ -44,6 +44,7 @@ PACKAGES = (
     "iptables",
     "nftables",
     "python3-nftables",
+    "tcpdump",  # the agent image has it (capture worker); the lab records the pods' veths
     "dnsmasq-base",
     "kmod",
     "procps",
@@ -112,6 +113,9 @@ def build_system(cache: Path, headers: str, log=print) -> Path:
     (root / "etc" / "resolv.conf").write_text("")  # the guest has no network beyond its own
     (root / "etc" / "hostname").write_text("retina-guest\n")
     (root / ".complete").write_text(f"{headers}\n")
+    for old in root.parent.glob("system-*"):  # the layer this one replaces (900 MB each)
+        if old != root:
+            shutil.rmtree(old, ignore_errors=True)
     log(f"rootfs: system layer built in {time.monotonic() - started:.0f}s")
     return root
 

@@ -211,3 +211,21 @@ def test_regenerated_docs_keep_their_hand_written_part(tmp_path: Path) -> None:
     docs.write_text(docs.read_text() + f"\n{HAND_WRITTEN}\n\n## 6.12\nhangs after ...\n")
     write_docs(docs, "# table v2\n")
     assert docs.read_text() == f"# table v2\n\n{HAND_WRITTEN}\n\n## 6.12\nhangs after ...\n"
+
+
+def test_phases_settle_on_the_labs_counts_not_the_guests_background_drops() -> None:
+    """6.12 names the guest's background drops (its own scrapes, API retries): they never stop,
+    so a settle that watched them waited out every phase's deadline (5 min each)."""
+    from retina_agent.demo.agent_process import Metrics
+    from retina_kernels.guest import _counted
+
+    def scrape(queue_purge: int, netfilter: int) -> Metrics:
+        return Metrics(
+            'networkobservability_forward_count{direction="ingress"} 100\n'
+            'networkobservability_forward_count{direction="egress"} 100\n'
+            f'networkobservability_drop_count{{reason="QUEUE_PURGE",direction="unknown"}} {queue_purge}\n'
+            f'networkobservability_drop_count{{reason="NETFILTER_DROP",direction="unknown"}} {netfilter}\n'
+        )
+
+    assert _counted(scrape(488, 40)) == _counted(scrape(490, 40))
+    assert _counted(scrape(488, 40)) != _counted(scrape(488, 41))
