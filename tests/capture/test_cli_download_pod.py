@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import secrets
 import shutil
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from retina_capture.cli.merge import read_merged
 from retina_lab.kube import KubeEmulator
 from retina_lab.noderunner import NodeRunner
 from tests.helpers.capture import free_port, pcaps_in, wait_until
-from tests.helpers.download import create_capture, kubectl_retina
+from tests.helpers.download import create_capture, kubectl_retina, send_until_jobs_end
 from tests.kube_fixtures import CAPTURE_USER, capture_user_kubeconfig_for, refusals_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -75,20 +73,8 @@ def test_host_path_capture_downloads_through_a_pod_on_each_node(cluster, agent_i
             agent_image,
         )
 
-        # Numbered datagrams to loopback until both Jobs are done (bounded: 240 s, 20 per second).
-        sent, summary = 0, {}
-        deadline = time.monotonic() + 240
-        batch = kubernetes.client.BatchV1Api(admin)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            while time.monotonic() < deadline:
-                sock.sendto(f"retina-dl-{sent:06d}".encode(), ("127.0.0.1", port))
-                sent += 1
-                if sent % 20 == 0:
-                    jobs = batch.list_namespaced_job(NS, label_selector=jobs_mod.capture_selector(name)).items
-                    summary = jobs_mod.summarize_jobs(admin.sanitize_for_serialization(j) for j in jobs)
-                    if summary["phase"] != "Running":
-                        break
-                time.sleep(0.05)
+        # Numbered datagrams to loopback until the Jobs are done (bounded: 240 s, 20 per second).
+        sent, summary = send_until_jobs_end(admin, NS, name, port, lambda n: f"retina-dl-{n:06d}".encode())
         assert summary["phase"] == "Succeeded", summary
         on_host = sorted(host_dir.glob(f"{name}-*UTC.tar.gz"))
         assert [len(list(host_dir.glob(f"{name}-{n}-*UTC.tar.gz"))) for n in NODES] == [1, 1], on_host

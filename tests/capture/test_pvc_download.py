@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import secrets
 import shutil
-import socket
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from retina_lab.kube import KubeEmulator
 from retina_lab.noderunner import NodeRunner
 from retina_lab.noderunner.claims import local_path_volume
 from tests.helpers.capture import free_port
+from tests.helpers.download import send_until_jobs_end
 from tests.images.conftest import built_images  # noqa: F401 (the fixture, used when the image is missing)
 from tests.kube_fixtures import CAPTURE_USER, capture_user_kubeconfig_for, refusals_of
 
@@ -133,20 +132,8 @@ def test_pvc_capture_is_written_into_the_claim_and_downloaded_through_a_pod(
             )
             == 0
         )
-        # Numbered datagrams to loopback until the Job is done (bounded: 240 s, 20 per second).
-        sent, summary = 0, {}
-        deadline = time.monotonic() + 240
-        batch = kubernetes.client.BatchV1Api(admin)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            while time.monotonic() < deadline:
-                sock.sendto(MARK + f"{sent:06d}".encode(), ("127.0.0.1", port))
-                sent += 1
-                if sent % 20 == 0:
-                    jobs = batch.list_namespaced_job(NS, label_selector=jobs_mod.capture_selector(name)).items
-                    summary = jobs_mod.summarize_jobs(admin.sanitize_for_serialization(j) for j in jobs)
-                    if summary["phase"] != "Running":
-                        break
-                time.sleep(0.05)
+        # Numbered datagrams to loopback until the Jobs are done (bounded: 240 s, 20 per second).
+        sent, summary = send_until_jobs_end(admin, NS, name, port, lambda n: MARK + f"{n:06d}".encode())
         assert summary["phase"] == "Succeeded", summary
         # The worker wrote into the claim, i.e. into the volume's directory on the node.
         in_volume = sorted(volume_dir.glob(f"{name}-{NODE}-*UTC.tar.gz"))

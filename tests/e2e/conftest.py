@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from retina_lab.agent import free_port, our_tc_filters
 from retina_lab.kube import KubeEmulator
 from retina_lab.noderunner import NodeRunner
 from tests.images.conftest import built_images  # noqa: F401 (the fixture: images as shipped)
-from tests.installer.ansible_run import PLAYBOOKS, run_playbook
+from tests.installer.ansible_run import PLAYBOOKS, localhost_inventory, run_playbook
 
 NODE = "e2e-node-1"
 NAMESPACE = "retina-system"
@@ -166,22 +165,8 @@ def installed(
     if os.geteuid() != 0:
         pytest.fail("the end-to-end scenarios need root (rootful podman, network namespaces, BPF)")
     tmp = tmp_path_factory.mktemp("e2e")
-    inventory = tmp / "inventory.yml"
     # The node of the inventory is this machine: preflight audits it for real.
-    inventory.write_text(
-        json.dumps(
-            {
-                "all": {
-                    "hosts": {
-                        "localhost": {
-                            "ansible_connection": "local",
-                            "ansible_python_interpreter": sys.executable,
-                        }
-                    }
-                }
-            }
-        )
-    )
+    inventory = localhost_inventory(tmp)
     agent_port = free_port()
     options = {
         "retina_become": False,  # root already, no sudo here

@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -48,7 +47,7 @@ from retina_lab.prometheus import PrometheusServer
 from tests.e2e.conftest import NAMESPACE, NODE, Installed
 from tests.e2e.test_scenarios import kubernetes_sd_targets
 from tests.images.conftest import built_images  # noqa: F401 (the fixture: images as shipped)
-from tests.installer.ansible_run import REPO
+from tests.installer.ansible_run import REPO, localhost_inventory
 from tests.kube_fixtures import OPERATOR_USER, refusals_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -105,21 +104,7 @@ def site(
     if os.geteuid() != 0:
         pytest.fail("the end-to-end scenarios need root (rootful podman, network namespaces, BPF)")
     tmp = tmp_path_factory.mktemp("e2e-alert")
-    inventory = tmp / "inventory.yml"
-    inventory.write_text(
-        json.dumps(
-            {
-                "all": {
-                    "hosts": {
-                        "localhost": {
-                            "ansible_connection": "local",
-                            "ansible_python_interpreter": sys.executable,
-                        }
-                    }
-                }
-            }
-        )
-    )
+    inventory = localhost_inventory(tmp)
     token = secrets.token_urlsafe(32)
     token_file = tmp / "alertmanager-secrets" / "token"
     token_file.parent.mkdir()

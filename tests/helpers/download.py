@@ -8,12 +8,15 @@ import contextlib
 import io
 import socket
 import tarfile
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import dpkt
+import kubernetes
 
 from retina_capture import jobs as jobs_mod
 from retina_capture.cli import download_pod
@@ -138,3 +141,26 @@ def download_pods(kube: Any, namespace: str) -> list[str]:
         for p in kube.objects("Pod", namespace)
         if p["metadata"].get("labels", {}).get(jobs_mod.LABEL_APP) == download_pod.LABEL_APP_VALUE
     ]
+
+
+def send_until_jobs_end(
+    admin: Any, namespace: str, capture: str, port: int, payload: Callable[[int], bytes], timeout: float = 240
+) -> tuple[int, dict[str, Any]]:
+    """Numbered datagrams to loopback ``port`` (20 per second, bounded by ``timeout``) until the
+    capture's Jobs stop running; (datagrams sent, the Jobs' summary)."""
+    batch = kubernetes.client.BatchV1Api(admin)
+    sent, summary = 0, {}
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while time.monotonic() < deadline:
+            sock.sendto(payload(sent), ("127.0.0.1", port))
+            sent += 1
+            if sent % 20 == 0:
+                jobs = batch.list_namespaced_job(
+                    namespace, label_selector=jobs_mod.capture_selector(capture)
+                ).items
+                summary = jobs_mod.summarize_jobs(admin.sanitize_for_serialization(j) for j in jobs)
+                if summary["phase"] != "Running":
+                    break
+            time.sleep(0.05)
+    return sent, summary
