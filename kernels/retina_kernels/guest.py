@@ -338,7 +338,7 @@ def _tail_to_console(path: Path, stop: threading.Event) -> None:
 
 def run_lab() -> dict:
     from retina_agent.config import PLUGIN_NAMES
-    from retina_agent.demo.cli import _dns
+    from retina_agent.demo.cli import _dns, dnsmasq_argv
     from retina_lab import LabNode
     from retina_lab.agent import AgentProcess, _tcx_links, our_tc_filters
     from retina_lab.traffic import TcpServer, connect_refused, send_udp, udp_sink
@@ -357,17 +357,7 @@ def run_lab() -> dict:
         sink = udp_sink(db, 5432)
         sink.settimeout(0.5)
         dnsmasq = dns_pod.popen(
-            [
-                "dnsmasq",
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                f"--listen-address={dns_pod.ip}",
-                f"--address=/svc.cluster.local/{db.ip}",
-                "--address=/missing.cluster.local/",
-                "--user=root",
-            ],
+            dnsmasq_argv(dns_pod.ip, db.ip, "--user=root"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -47,6 +47,22 @@ def _dns(pod: LabPod, server: str, names: list[str]) -> None:
                 dns.query.udp(dns.message.make_query(name, "A"), server, timeout=1)
 
 
+def dnsmasq_argv(listen_ip: str, answer_ip: str, *extra: str) -> list[str]:
+    """The demo's DNS server: ``*.svc.cluster.local`` answers ``answer_ip``, ``*.missing.cluster.local``
+    is NXDOMAIN, nothing else (no upstream, no /etc/hosts)."""
+    return [
+        "dnsmasq",
+        "--no-daemon",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        f"--listen-address={listen_ip}",
+        f"--address=/svc.cluster.local/{answer_ip}",
+        "--address=/missing.cluster.local/",
+        *extra,
+    ]
+
+
 class Demo:
     def __init__(self, port: int, duration: float) -> None:
         self.port = port
@@ -69,18 +85,7 @@ class Demo:
             sink.bind(("0.0.0.0", 5432))
             self.sinks.append(sink)
         self.dnsmasq = dns_pod.popen(
-            [
-                "dnsmasq",
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                f"--listen-address={dns_pod.ip}",
-                f"--address=/svc.cluster.local/{db.ip}",
-                "--address=/missing.cluster.local/",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            dnsmasq_argv(dns_pod.ip, db.ip), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         print(f"  dnsmasq in dns: *.svc.cluster.local -> {db.ip}, *.missing.cluster.local -> NXDOMAIN")
         self.agent = AgentProcess({"apiServer": {"host": "127.0.0.1", "port": self.port}})
