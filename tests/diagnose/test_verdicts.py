@@ -193,11 +193,16 @@ def test_flows_both_ways(lab, capsys):
         lab,
         "data/api-6f8d-q2w4e",
         "data/db-0",
-        lambda r: r["verdict"] == "FLOWS_OK" and r["counts"]["packets_b_to_a"] > 0,
+        lambda r: (
+            r["verdict"] == "FLOWS_OK"
+            and r["counts"]["packets_b_to_a"] > 0
+            and r["counts"].get("bytes_a_to_b", 0) >= 4000
+        ),
         capsys,
     )
     assert result["verdict"] == "FLOWS_OK", (result["findings"], result["counts"])
-    assert result["counts"]["packets_a_to_b"] >= 20
+    # every payload byte counted; segments may be fewer than the 20 writes (Nagle, autocorking)
+    assert result["counts"]["bytes_a_to_b"] >= 4000 and result["counts"]["packets_a_to_b"] >= 1
     # at most the closing sockets' own bookkeeping (QUEUE_PURGE), never a lost packet
     drops = {**result["counts"]["drops_a_to_b"], **result["counts"]["drops_b_to_a"]}
     assert set(drops) <= {"QUEUE_PURGE", "SOCKET_CLOSE"}, drops

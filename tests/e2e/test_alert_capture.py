@@ -128,7 +128,9 @@ def site(
         core.create_namespaced_secret(
             NAMESPACE, {"metadata": {"name": WEBHOOK_SECRET}, "stringData": {"token": token}}
         )
-        state = Installed(kube, runner, tmp, inventory, options, admin, options["agent_port"])
+        state = Installed(
+            kube, runner, tmp, inventory, options, admin, options["agent_port"], dict(built_images)
+        )
         started = time.monotonic()
         proc = state.playbook("install.yml")
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
