@@ -3,9 +3,9 @@
 The kernel aggregates packets, bytes and TCP flags per flow key in a per-CPU LRU hash; only
 flows touching an IP of interest are counted (the filter map is kept by ``PodLevel``); when IPs
 leave the selection the agent deletes the kernel's flows that touch none of the remaining ones,
-so the map holds only what is counted. Every interval the agent reads the map in batches, turns per-flow deltas into
-series with the context labels of the MetricsConfiguration in force, and removes flows idle
-for a while.
+so the map holds only what is counted. Every interval the agent reads the map in batches,
+turns per-flow deltas into series with the context labels of the MetricsConfiguration in
+force, and removes flows idle for a while.
 
 Metrics: ``adv_forward_count``, ``adv_forward_bytes`` (direction + context) and
 ``adv_tcpflags_count`` (flag + context).
