@@ -1,6 +1,6 @@
-"""packetparser checks the IPs of interest on a flow's first packet only (a known flow costs one
-map lookup); when pods leave the selection, their flows leave the kernel map, and the same
-5-tuple's next packets do not create it again (the filter applies to every new flow).
+"""When pods leave the selection, packetparser's agent side deletes their flows from the kernel
+map, and the same 5-tuple's next packets do not create it again (the kernel's filter applies to
+every new flow).
 
 A deselected pod's veth stops counting, so its flow also goes idle and would be pruned as idle
 after ``IDLE_HARVESTS_BEFORE_PRUNE`` unchanged harvests; the removal is therefore awaited for
