@@ -53,6 +53,16 @@ def _btf_facts(spec: ProgramSpec) -> tuple[list[str], dict[str, dict[int, str]],
     return cflags, enums, warnings
 
 
+def _verifier_reason(lines: list[str]) -> list[str]:
+    """Why the verifier refused a program (bcc prints its whole log): the instruction it stopped
+    at and its reason, the two lines before its ``processed N insns`` summary."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("processed ") and " insns" in lines[i]:
+            last = [ln.strip()[:200] for ln in lines[max(0, i - 2) : i] if ln.strip()]
+            return [f"verifier: {' / '.join(last)}"] if last else []
+    return []
+
+
 def _compile_one(spec_json: dict, fds: list[int]) -> dict:
     from bcc import BPF  # only ever imported in this child
 
@@ -89,9 +99,8 @@ def _compile_one(spec_json: dict, fds: list[int]) -> dict:
             except Exception as exc:  # report, never crash the batch
                 os.dup2(saved, 2)
                 errbuf.seek(0)
-                detail = [
-                    ln for ln in errbuf.read().decode(errors="replace").splitlines() if "error" in ln.lower()
-                ][:5]
+                lines = errbuf.read().decode(errors="replace").splitlines()
+                detail = [ln for ln in lines if "error" in ln.lower()][:5] + _verifier_reason(lines)
                 message = str(exc).strip()
                 if detail:
                     message += ": " + " | ".join(detail)
