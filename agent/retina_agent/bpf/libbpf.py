@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import threading
 from functools import cache
 from pathlib import Path
@@ -107,13 +108,29 @@ _log_lock = threading.Lock()
 _log: list[str] = []
 
 
+# va_copy by hand: where va_list is a struct (x86_64: 24 bytes, aarch64: 32) the callback gets a
+# pointer to it, and a copy of those bytes is a va_list of its own.
+_VA_LIST_SIZE = {"x86_64": 24, "aarch64": 32}.get(platform.machine())
+_FALLBACK_MESSAGE = 1 << 16
+
+
+def _format(fmt: bytes, args: int) -> str:
+    """One message, whole: libbpf prints the verifier's log in one call, and the reason is at its
+    end, so the length is measured first (on a copy of the va_list, which vsnprintf consumes)."""
+    size = _FALLBACK_MESSAGE
+    if _VA_LIST_SIZE:
+        copy = ctypes.create_string_buffer(_VA_LIST_SIZE)
+        ctypes.memmove(copy, args, _VA_LIST_SIZE)
+        size = _libc().vsnprintf(None, 0, fmt, ctypes.addressof(copy)) + 1
+    buf = ctypes.create_string_buffer(max(size, 1))
+    _libc().vsnprintf(buf, len(buf), fmt, args)
+    return buf.value.decode(errors="replace")
+
+
 @_PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
-    if level > LIBBPF_INFO:
-        return 0
-    buf = ctypes.create_string_buffer(8192)
-    _libc().vsnprintf(buf, len(buf), fmt, args)
-    _log.append(buf.value.decode(errors="replace"))
+    if level <= LIBBPF_INFO:
+        _log.append(_format(fmt, args))
     return 0
 
 
