@@ -77,20 +77,24 @@ def lib() -> ctypes.CDLL:
     _sig(lib, "bpf_object__btf", p, p)
     _sig(lib, "bpf_object__find_map_by_name", p, p, s)
     _sig(lib, "bpf_object__find_program_by_name", p, p, s)
-    _sig(lib, "bpf_object__next_map", p, p, p)
     _sig(lib, "bpf_map__name", s, p)
     _sig(lib, "bpf_map__fd", i, p)
     _sig(lib, "bpf_map__type", i, p)
     _sig(lib, "bpf_map__set_max_entries", i, p, ctypes.c_uint32)
     _sig(lib, "bpf_map__initial_value", p, p, ctypes.POINTER(ctypes.c_size_t))
     _sig(lib, "bpf_program__fd", i, p)
-    _sig(lib, "bpf_program__set_type", i, p, ctypes.c_int)
     _sig(lib, "btf__parse_raw", p, s)
     _sig(lib, "btf__free", None, p)
     _sig(lib, "btf__resolve_type", i, p, ctypes.c_uint32)
     _sig(lib, "btf__find_by_name_kind", ctypes.c_int32, p, s, ctypes.c_uint32)
     _sig(lib, "btf__type_by_id", ctypes.POINTER(BtfType), p, ctypes.c_uint32)
     _sig(lib, "btf__name_by_offset", s, p, ctypes.c_uint32)
+    # map elements by fd (maps.BpfMap)
+    _sig(lib, "bpf_map_lookup_elem", i, i, p, p)
+    _sig(lib, "bpf_map_update_elem", i, i, p, p, ctypes.c_uint64)
+    _sig(lib, "bpf_map_delete_elem", i, i, p)
+    _sig(lib, "bpf_map_get_next_key", i, i, p, p)
+    _sig(lib, "bpf_map_lookup_batch", i, i, p, p, p, p, ctypes.POINTER(ctypes.c_uint32), p)
     return lib
 
 
@@ -203,14 +207,6 @@ class BpfObject:
         if not m:
             raise LibbpfError(f"{self.name} has no map {name}")
         return m
-
-    def map_names(self) -> list[str]:
-        names, m = [], None
-        while True:
-            m = lib().bpf_object__next_map(self._obj, m)
-            if not m:
-                return names
-            names.append(lib().bpf_map__name(m).decode())
 
     def constants(self) -> dict[str, tuple[int, int]]:
         """Every ``const volatile`` of the object: name -> (offset in .rodata, size)."""
