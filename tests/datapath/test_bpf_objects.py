@@ -82,6 +82,18 @@ def test_the_agents_folder_named_by_a_relative_path_is_the_same_build():
     assert build.build(relative) == []
 
 
+def test_an_object_is_the_same_from_any_checkout(tmp_path):
+    """No absolute path in the objects (BTF line info): an image layer or a wheel built from two
+    checkouts holds the same bytes."""
+    for checkout in ("one", "two"):
+        (tmp_path / checkout).mkdir()
+        shutil.copy(HERE / "foreign.c", tmp_path / checkout / "foreign.c")
+        build.build(tmp_path / checkout)
+    one, two = ((tmp_path / c / "objects" / "foreign.bpf.o").read_bytes() for c in ("one", "two"))
+    assert one == two
+    assert str(tmp_path).encode() not in one and str(build.PACKAGE_DIR).encode() not in one
+
+
 def test_a_source_that_does_not_compile_names_the_file_and_line(tmp_path):
     (tmp_path / "broken.c").write_text(
         '#include "common.h"\nSEC("tc") int f(struct __sk_buff *s) { return x; }\n'

@@ -130,8 +130,11 @@ def compile_one(source: Source, clang: str = "clang") -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".o", dir=source.object.parent)
     os.close(fd)
     try:
+        # the same object from any checkout: no absolute paths in its line info
+        prefix_maps = {source.path.parent: ".", PACKAGE_DIR: "retina_agent/bpf"}
         cmd = [
             clang, "-O2", "-g", "-Wall", "-target", "bpf", *_uapi_include(), f"-I{PACKAGE_DIR}",
+            "-fdebug-compilation-dir=.", *(f"-fdebug-prefix-map={k}={v}" for k, v in prefix_maps.items()),
             *source.defines(), "-c", str(source.path), "-o", tmp,
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
