@@ -94,6 +94,18 @@ def test_an_object_is_the_same_from_any_checkout(tmp_path):
     assert str(tmp_path).encode() not in one and str(build.PACKAGE_DIR).encode() not in one
 
 
+def test_new_compiler_flags_make_every_object_stale(tmp_path, monkeypatch):
+    """The record once covered the C and the -D flags only: a change of clang's flags left the old
+    objects "fresh" (this checkout ran yesterday's build while a fresh clone did not)."""
+    shutil.copy(HERE / "foreign.c", tmp_path / "foreign.c")
+    build.build(tmp_path)
+    (source,) = build.sources(tmp_path)
+    assert build.is_fresh(source)
+    monkeypatch.setattr(build, "CFLAGS", [*build.CFLAGS, "-DNEW_FLAG"])
+    assert not build.is_fresh(source)
+    assert build.build(tmp_path) == [source.object]
+
+
 def test_a_source_that_does_not_compile_names_the_file_and_line(tmp_path):
     (tmp_path / "broken.c").write_text(
         '#include "common.h"\nSEC("tc") int f(struct __sk_buff *s) { return x; }\n'
