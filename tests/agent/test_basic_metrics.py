@@ -20,11 +20,35 @@ DROP = "networkobservability_drop_count"
 DROP_BYTES = "networkobservability_drop_bytes"
 
 
+def _no_router_solicitations(node) -> None:
+    """The lab's interfaces keep soliciting a router (none answers) at 4, 8, 16 s... after link-up,
+    and the bridge floods each to every port: stop them, so what is counted is the test's traffic."""
+    for pod in node.pods.values():
+        pod.run(["sysctl", "-qw", "net.ipv6.conf.eth0.router_solicitations=0"])
+    for dev in (*node.host_veths, node.bridge):
+        subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{dev}.router_solicitations=0"], check=True)
+
+
+def _quiet(agent: AgentProcess, name: str, quiet: float = 2.5, timeout: float = 30):
+    """The scrape once ``name`` has not moved for ``quiet`` seconds (over a harvest interval)."""
+    last, since = agent.scrape(), time.monotonic()
+
+    def settled():
+        nonlocal last, since
+        m = agent.scrape()
+        if any(m.value(name, direction=d) != last.value(name, direction=d) for d in ("ingress", "egress")):
+            last, since = m, time.monotonic()
+        return m if time.monotonic() - since >= quiet else None
+
+    return wait_for(settled, timeout, 0.3, f"{name} settled")
+
+
 def test_udp_between_pods_raises_forward_counters(lab_node):
     """Node-level forward counters have no interface label and count every attached interface,
     so this test runs its own agent attached to this lab's two veths only: then the count is
     exact but for ARP/ND frames of the pods themselves (at most a few; ARP is warmed first)."""
     a, b = lab_node["a"], lab_node["b"]
+    _no_router_solicitations(lab_node)
     sink = udp_sink(b, 7001)
     agent = AgentProcess(
         {
@@ -44,8 +68,10 @@ def test_udp_between_pods_raises_forward_counters(lab_node):
         )
         send_udp(a, b.ip, 7001, 1)  # ARP resolved before counting starts
         fc, fb = "networkobservability_forward_count", "networkobservability_forward_bytes"
-        before = agent.wait_metric(lambda m: m.value(fc, direction="egress") >= 1, message="warm-up")
-        before = agent.scrape_until(lambda m: False, timeout=1.5)  # one more harvest: settled
+        agent.wait_metric(lambda m: m.value(fc, direction="egress") >= 1, message="warm-up")
+        # The agent is ready in well under a second, inside the veths' link-up chatter (IPv6 DAD,
+        # MLD, router solicitations, IGMP: ~20 frames each in their first 2 s): count after it.
+        before = _quiet(agent, fc)
         n, size = 300, 100
         send_udp(a, b.ip, 7001, n, size)
         frame = size + 8 + 20 + 14  # payload + UDP + IPv4 + Ethernet header
