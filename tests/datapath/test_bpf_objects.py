@@ -151,10 +151,17 @@ def test_an_unknown_constant_or_map_is_named():
         [
             ProgramSpec(plugin="constant", obj=FOREIGN.obj, constants={"prot": 53}),
             ProgramSpec(plugin="map", obj=FOREIGN.obj, max_entries={"seen_tcp": 4}),
+            ProgramSpec(plugin="value", obj=FOREIGN.obj, constants={"port": "dns"}),
+            ProgramSpec(plugin="too big", obj=FOREIGN.obj, constants={"port": 70000}),
+            FOREIGN,
         ]
     )
     assert str(results["constant"]) == "foreign.bpf.o has no constant prot (known: port)"
     assert str(results["map"]) == "foreign.bpf.o has no map seen_tcp"
+    assert str(results["value"]) == "foreign.bpf.o: constant port='dns' is not an integer"
+    assert str(results["too big"]) == "foreign.bpf.o: constant port=70000 does not fit in 2 bytes"
+    assert isinstance(results["foreign"], LoadedProgram)  # the batch's good spec still loads
+    results["foreign"].close()
 
 
 def test_a_tracepoint_without_reason_degrades_dropreason_and_one_without_family_stops_tcpretrans(lab_node):

@@ -244,8 +244,10 @@ class BpfObject:
             offset, width = layout[name]
             if offset + width > size.value:
                 raise LibbpfError(f"{self.name}: constant {name} lies outside .rodata")
+            if not isinstance(value, int):
+                raise LibbpfError(f"{self.name}: constant {name}={value!r} is not an integer")
             try:
-                raw = int(value).to_bytes(width, "little", signed=int(value) < 0)
+                raw = value.to_bytes(width, "little", signed=value < 0)
             except OverflowError:
                 raise LibbpfError(
                     f"{self.name}: constant {name}={value} does not fit in {width} bytes"

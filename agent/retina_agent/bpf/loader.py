@@ -90,10 +90,11 @@ def _load_one(spec_json: dict, fds: list[int]) -> dict:
             for name in spec.maps:
                 result["maps"][name] = len(fds) + len(mine)
                 mine.append(os.dup(obj.map_fd(name)))
-    except (build.StaleObject, LibbpfError, TracepointError, OSError) as exc:  # report, never crash
+    except Exception as exc:  # report it as this plugin's error, never crash the batch
         for fd in mine:
             os.close(fd)
-        return {"error": str(exc).strip()}
+        known = (build.StaleObject, LibbpfError, TracepointError, OSError)
+        return {"error": str(exc).strip() if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"}
     fds.extend(mine)
     return result
 
