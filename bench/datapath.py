@@ -72,23 +72,20 @@ POD_LEVEL = [*BASIC, "packetparser", "latency"]
 ETH_P_ALL = 0x0003
 SO_ATTACH_BPF = 50
 
-# Retina's packetforward, re-created: per-CPU packet and byte counters by direction, from a
-# socket filter that returns 0 (nothing is queued to the socket).
-RETINA_SOCKET_FILTER = r"""
-#include <uapi/linux/if_packet.h>
-struct pf_value { u64 packets; u64 bytes; };
-BPF_PERCPU_ARRAY(retina_pf, struct pf_value, 2);
-int retina_packetforward(struct __sk_buff *skb)
-{
-    u32 dir = skb->pkt_type == PACKET_OUTGOING ? 1 : 0;
-    struct pf_value *v = retina_pf.lookup(&dir);
-    if (v) {
-        v->packets += 1;
-        v->bytes += skb->len;
-    }
-    return 0;
-}
-"""
+# Retina's packetforward, re-created (bpf/retina_design.c): per-CPU packet and byte counters by
+# direction, from a socket filter that returns 0 (nothing is queued to the socket).
+BPF_DIR = Path(__file__).resolve().parent / "bpf"  # the two programs below, built by build.build
+
+
+def bpf_object(name: str):
+    """bench/bpf/<name>.c, built if stale, opened and loaded with libbpf (kept open: it owns the fds)."""
+    from retina_agent.bpf import build
+    from retina_agent.bpf.libbpf import BpfObject
+
+    build.build(BPF_DIR)
+    obj = BpfObject(BPF_DIR / "objects" / f"{name}.bpf.o")
+    obj.load()
+    return obj
 
 
 # -- traffic ---------------------------------------------------------------------------------
@@ -167,10 +164,8 @@ class RetinaDesign:
     """A socket filter on an AF_PACKET/ETH_P_ALL raw socket per pod veth."""
 
     def __init__(self, veths: list[str]) -> None:
-        from bcc import BPF  # only the benchmark imports bcc; the agent never does
-
-        self.bpf = BPF(text=RETINA_SOCKET_FILTER)
-        self.fd = self.bpf.load_func("retina_packetforward", BPF.SOCKET_FILTER).fd
+        self.bpf = bpf_object("retina_design")
+        self.fd = self.bpf.program_fd("retina_packetforward")
         self.veths = veths
         self.sockets: list[socket.socket] = []
 
@@ -195,10 +190,8 @@ class EmptyProgram:
     for any program on this machine (its two clock reads and the call)."""
 
     def __init__(self, veths: list[str]) -> None:
-        from bcc import BPF
-
-        self.bpf = BPF(text="int empty(struct __sk_buff *skb) { return -1; }")
-        self.fd = self.bpf.load_func("empty", BPF.SCHED_CLS).fd
+        self.bpf = bpf_object("empty")
+        self.fd = self.bpf.program_fd("empty")
         self.indexes = [int(Path(f"/sys/class/net/{v}/ifindex").read_text()) for v in veths]
         self.links: list[int] = []
 

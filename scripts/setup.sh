@@ -13,6 +13,7 @@ fi
 
 APT_PACKAGES=(
   python3 python3-venv python3-dev python3-bpfcc bpfcc-tools bpftool libbpf1
+  clang libbpf-dev  # BPF C compiled into objects by retina_agent.bpf.build (the agent loads them with libbpf1)
   iproute2 iptables nftables conntrack ethtool iperf3 dnsmasq-base tcpdump procps kmod
   prometheus prometheus-alertmanager git ca-certificates
   gcc libc6-dev libnetfilter-queue-dev  # builds netfilterqueue (tests' stand-in for netem delay)
@@ -72,6 +73,10 @@ fi
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ln -sfn /usr/lib/python3/dist-packages/bcc "$SITE/bcc"
 ln -sfn /usr/lib/python3/dist-packages/nftables "$SITE/nftables"  # python3-nftables, likewise
+
+# BPF objects (agent/retina_agent/bpf/objects/*.bpf.o): compiled before the project is installed
+# (stale ones only), with Debian's python3 (the build needs nothing from the venv).
+PYTHONPATH=agent /usr/bin/python3 -m retina_agent.bpf.build
 
 STAMP=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$STAMP" ]; then

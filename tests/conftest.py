@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from retina_agent.bpf import build
 from retina_lab import LabNode
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
 
 # The Kubernetes API emulator fixtures (kube_emulator, kube_api_client, small_cluster).
 pytest_plugins = ["tests.kube_fixtures"]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Folders of BPF C the tests load: the agent's, the benchmark's, the tests' own.
+BPF_FOLDERS = [build.PACKAGE_DIR, ROOT / "bench" / "bpf", ROOT / "tests" / "datapath" / "bpf"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bpf_objects() -> None:
+    """The BPF objects, built as ``python -m retina_agent.bpf.build`` does when missing or older
+    than their C (a fresh clone has none: they are build products, not sources)."""
+    for folder in BPF_FOLDERS:
+        build.build(folder)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from retina_agent.bpf.spec import LoadError
 from retina_agent.config import AgentConfig
 from retina_agent.metrics import CONTROLPLANE, add, counter, gauge, retina_counter
 from retina_agent.plugins import REGISTRY
-from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable, TcPlugin, bpf_source
+from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable, TcPlugin
 from retina_agent.server import MetricsServer, ServerLimits
 from retina_agent.status import RUNNING, STOPPED, UNAVAILABLE, PluginStates
 from retina_agent.tc import TcManager
@@ -88,12 +88,10 @@ class Agent:
             elif spec is not None:
                 specs.append(spec)
         started = time.monotonic()
-        self.datapath, loaded = datapath.load(
-            features, bpf_source("datapath.c"), specs, timeout=self.config.bpf_compile_timeout
-        )
+        self.datapath, loaded = datapath.load(features, specs, timeout=self.config.bpf_compile_timeout)
         if specs or features:
             log.info(
-                "compiled and loaded %d BPF objects in %.1fs",
+                "loaded %d BPF objects in %.1fs",
                 len(specs) + (1 if features else 0),
                 time.monotonic() - started,
             )

@@ -1,8 +1,8 @@
 """Another owner's TC programs (a CNI such as Cilium), to test coexistence with ours.
 
-Two small counting programs: one attached as a TCX link, one as a cls_bpf filter. Each
-counts the UDP packets to one port that pass its hook, and returns TC_ACT_UNSPEC (TCX_NEXT),
-so whatever follows it runs too.
+Two small counting programs (``bpf/foreign.c``): one attached as a TCX link, one as a cls_bpf
+filter. Each counts the UDP packets to one port that pass its hook, and returns TC_ACT_UNSPEC
+(TCX_NEXT), so whatever follows it runs too.
 """
 
 from __future__ import annotations
@@ -21,35 +21,7 @@ from retina_agent.bpf.client import load_programs
 from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 
-SOURCE = r"""
-#include <uapi/linux/pkt_cls.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/ip.h>
-
-BPF_ARRAY(seen_tcx, u64, 1);
-BPF_ARRAY(seen_cls, u64, 1);
-
-static __always_inline int count(struct __sk_buff *skb, int cls)
-{
-    struct iphdr ip;
-    u16 dport;
-    if (skb->protocol != __builtin_bswap16(ETH_P_IP)
-        || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0
-        || ip.protocol != IPPROTO_UDP
-        || bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4 + 2, &dport, 2) < 0
-        || dport != __builtin_bswap16(PORT))
-        return TC_ACT_UNSPEC;
-    u32 zero = 0;
-    u64 *v = cls ? seen_cls.lookup(&zero) : seen_tcx.lookup(&zero);
-    if (v)
-        __sync_fetch_and_add(v, 1);
-    return TC_ACT_UNSPEC;
-}
-
-int foreign_tcx(struct __sk_buff *skb) { return count(skb, 0); }
-int foreign_cls(struct __sk_buff *skb) { return count(skb, 1); }
-"""
+OBJECT = Path(__file__).parent / "bpf" / "objects" / "foreign.bpf.o"  # from bpf/foreign.c (conftest)
 FILTER_NAME = "cni_foreign"
 FILTER_PRIO = 1
 EEXIST = 17
@@ -65,9 +37,9 @@ class ForeignPrograms:
             [
                 ProgramSpec(
                     plugin="foreign",
-                    source=SOURCE,
-                    cflags=[f"-DPORT={port}"],
-                    sched_cls=["foreign_tcx", "foreign_cls"],
+                    obj=str(OBJECT),
+                    constants={"port": port},
+                    programs=["foreign_tcx", "foreign_cls"],
                     maps=["seen_tcx", "seen_cls"],
                 )
             ]

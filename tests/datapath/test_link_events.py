@@ -20,7 +20,6 @@ from retina_agent.bpf import datapath, syscall
 from retina_agent.bpf.datapath import FEATURE_BITS, InterfaceBits
 from retina_agent.demo.node import run
 from retina_agent.links import LinkSelector
-from retina_agent.plugins.base import bpf_source
 from retina_agent.tc import OWNER, TcManager
 from retina_lab.agent import wait_for
 
@@ -33,9 +32,7 @@ def ifindex(name: str) -> int:
 def data_path(tmp_path, mode: str = "auto"):
     """The data path (packetforward only: a small build) and a TcManager attaching it to the
     pods' veths, as the agent does; stopped and closed at the end."""
-    loaded, _ = datapath.load(
-        [datapath.Feature("packetforward", maps=["pf_counts"])], bpf_source("datapath.c")
-    )
+    loaded, _ = datapath.load([datapath.Feature("packetforward", maps=["pf_counts"])])
     bits = InterfaceBits(loaded.maps["dp_ifaces"], loaded.maps["dp_ifaces_hi"])
     manager = TcManager(tmp_path, mode)
     try:

@@ -1,4 +1,4 @@
-"""The data path's seams: a plugin that fails to build costs only itself, map layouts are
+"""The data path's seams: a plugin that fails to load costs only itself, map layouts are
 checked against the kernel's, and a damaged TC state file never stops the agent."""
 
 from __future__ import annotations
@@ -12,23 +12,23 @@ import pytest
 from retina_agent.bpf import datapath
 from retina_agent.bpf.maps import BpfMap, MapLayoutError
 from retina_agent.bpf.spec import LoadedProgram, LoadError
-from retina_agent.plugins.base import bpf_source
 from retina_agent.plugins.packetforward import PfValue
 from retina_lab.agent import AgentProcess
 
 
-def test_a_feature_that_fails_to_compile_costs_only_its_plugin():
+def test_a_feature_that_fails_to_load_costs_only_its_plugin():
     features = [
         datapath.Feature("packetforward", maps=["pf_counts"]),
-        # a broken build of latency only: its histogram size names nothing
+        # latency's histogram map of 0 entries: the kernel refuses to create it
         datapath.Feature(
-            "latency", maps=["apiservers", "pending", "latency_hist"], cflags=["-DLAT_SLOTS=no_such_size"]
+            "latency", maps=["apiservers", "pending", "latency_hist"], max_entries={"latency_hist": 0}
         ),
     ]
-    loaded, _ = datapath.load(features, bpf_source("datapath.c"))
+    loaded, _ = datapath.load(features)
     try:
         assert isinstance(loaded.plugins["latency"], LoadError)
-        assert "no_such_size" in str(loaded.plugins["latency"])
+        assert "latency_hist" in str(loaded.plugins["latency"])
+        assert "Invalid argument" in str(loaded.plugins["latency"])
         pf = loaded.plugins["packetforward"]
         assert isinstance(pf, LoadedProgram)
         assert set(loaded.programs) == {"ingress", "egress"}  # the data path itself loaded
@@ -40,9 +40,7 @@ def test_a_feature_that_fails_to_compile_costs_only_its_plugin():
 
 
 def test_map_layout_is_checked_against_the_kernel_map():
-    loaded, _ = datapath.load(
-        [datapath.Feature("packetforward", maps=["pf_counts"])], bpf_source("datapath.c")
-    )
+    loaded, _ = datapath.load([datapath.Feature("packetforward", maps=["pf_counts"])])
     try:
         fd = loaded.plugins["packetforward"].maps["pf_counts"]
 
@@ -103,9 +101,7 @@ def test_stale_filters_are_removed_and_reported(lab_node, tmp_path):
 
     veth = lab_node["a"].host_veth
     index = int(Path(f"/sys/class/net/{veth}/ifindex").read_text())
-    loaded, _ = datapath.load(
-        [datapath.Feature("packetforward", maps=["pf_counts"])], bpf_source("datapath.c")
-    )
+    loaded, _ = datapath.load([datapath.Feature("packetforward", maps=["pf_counts"])])
     dead = "retina_dp_ingress@999999.1"  # no such process
     try:
         with IPRoute() as ipr:

@@ -13,12 +13,12 @@ MAX_FDS = 250  # SCM_RIGHTS carries at most 253 fds in one message
 
 
 def explain(error: str, spec: ProgramSpec) -> str:
-    """Add the likely fix to a loader error (bcc's own words rarely name it)."""
-    refused = "Need super-user privileges" in error or "Operation not permitted" in error or "EPERM" in error
+    """Add the likely fix to a loader error (libbpf's own words rarely name it)."""
+    refused = "Operation not permitted" in error or "EPERM" in error
     if not refused:
         return error
     needs = ["CAP_BPF (or CAP_SYS_ADMIN)"]
-    if spec.sched_cls:
+    if spec.programs:
         needs.append("CAP_NET_ADMIN for TC programs")
     if spec.tracepoints:
         needs.append("CAP_PERFMON for tracepoints")
@@ -30,7 +30,7 @@ def explain(error: str, spec: ProgramSpec) -> str:
 
 
 def load_programs(specs: list[ProgramSpec], timeout: float = 180.0) -> dict[str, LoadedProgram | LoadError]:
-    """Compile, load and attach every spec in one child process. Never raises for a plugin."""
+    """Load and attach every spec in one child process. Never raises for a plugin."""
     if not specs:
         return {}
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -48,7 +48,7 @@ def load_programs(specs: list[ProgramSpec], timeout: float = 180.0) -> dict[str,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            return {s.plugin: LoadError(f"BPF compile timed out after {timeout:.0f}s") for s in specs}
+            return {s.plugin: LoadError(f"BPF loader timed out after {timeout:.0f}s") for s in specs}
         ours.settimeout(5)
         try:
             msg, fds, _, _ = socket.recv_fds(ours, 1 << 20, MAX_FDS)

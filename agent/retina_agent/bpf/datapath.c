@@ -5,22 +5,33 @@
 //
 // Which plugins run where is data, not code: dp_ifaces maps an ifindex to a bit per plugin
 // (F_*), written by the agent from each plugin's interface selector and state. A plugin
-// that fails or stops loses its bit; the others keep running. Plugins compiled out (not
-// enabled, or failed to compile) have no code here at all (FEAT_* macros).
+// that fails or stops loses its bit; the others keep running. Plugins not enabled (or that
+// failed to load) are off in the object's constants (feat_*, set before load): the verifier
+// drops their code, and their maps are created with one entry.
 //
-// Every constant shared with Python comes from -D flags (retina_agent/bpf/datapath.py);
-// nothing here is read from kernel-internal structs. Verdict: always TC_ACT_UNSPEC (TCX_NEXT).
-#include <uapi/linux/pkt_cls.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/ipv6.h>
-#include <uapi/linux/tcp.h>
-#include <uapi/linux/udp.h>
+// Sizes and bits shared with Python come from -D flags given at build time
+// (retina_agent/bpf/datapath.py, build.py); nothing here is read from kernel-internal
+// structs. Verdict: always TC_ACT_UNSPEC (TCX_NEXT).
+#include "common.h"
+
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
 
 #if !defined(F_PF) || !defined(F_DNS) || !defined(F_PP) || !defined(F_LAT) || !defined(MAX_IFACES)
-#error "feature bits and sizes come from retina_agent/bpf/datapath.py as -D flags"
+#error "feature bits and sizes come from retina_agent/bpf/datapath.py (python -m retina_agent.bpf.build)"
 #endif
+
+// Which plugins are in this load (set before load; FEATURE_CONSTANTS in datapath.py).
+const volatile u8 feat_pf = 0;
+const volatile u8 feat_dns = 0;
+const volatile u8 feat_pp = 0;
+const volatile u8 feat_lat = 0;
+const volatile u8 pod_level = 0;  // dns: pod-level events (packetparser is pod-level anyway)
 
 #define SWAP16(x) __builtin_bswap16(x)
 // ETH + IPv6 (the longer) + TCP: what the common parse reads.
@@ -28,16 +39,16 @@
 
 // ifindex -> F_* bits of the plugins on it. An array (the lookup is inlined: a bounds check and
 // a load) for the usual indexes, a hash for the rare larger ones (a host with long pod churn).
-BPF_ARRAY(dp_ifaces, u32, MAX_IFACES);
-BPF_HASH(dp_ifaces_hi, u32, u32, 4096);
+RETINA_MAP(BPF_MAP_TYPE_ARRAY, u32, u32, MAX_IFACES) dp_ifaces SEC(".maps");
+RETINA_MAP(BPF_MAP_TYPE_HASH, u32, u32, 4096) dp_ifaces_hi SEC(".maps");
 
 static __always_inline u32 iface_features(u32 ifindex)
 {
     u32 *bits;
     if (ifindex < MAX_IFACES)
-        bits = dp_ifaces.lookup(&ifindex);
+        bits = bpf_map_lookup_elem(&dp_ifaces, &ifindex);
     else
-        bits = dp_ifaces_hi.lookup(&ifindex);
+        bits = bpf_map_lookup_elem(&dp_ifaces_hi, &ifindex);
     return bits ? *bits : 0;
 }
 
@@ -46,7 +57,7 @@ struct dp_settings {
     u32 filter_enabled;  // 0: count every flow (bypassLookupIPOfInterest)
     u16 api_ports[4];    // latency: API server ports, a cheap test before the map lookup
 };
-BPF_ARRAY(dp_settings, struct dp_settings, 1);
+RETINA_MAP(BPF_MAP_TYPE_ARRAY, u32, struct dp_settings, 1) dp_settings SEC(".maps");
 
 // What the one parse found. Ports stay in network byte order (compared with constants).
 struct pkt {
@@ -67,7 +78,7 @@ struct pkt {
 static __always_inline u32 sample_rate(void)
 {
     u32 zero = 0;
-    struct dp_settings *s = dp_settings.lookup(&zero);
+    struct dp_settings *s = bpf_map_lookup_elem(&dp_settings, &zero);
     return s && s->sample_rate > 1 ? s->sample_rate : 1;
 }
 
@@ -78,32 +89,27 @@ static __always_inline int sampled(u32 rate)
 }
 
 // ---------------------------------------------------------------------------- packetforward
-#ifdef FEAT_PF
 struct pf_value {
     u64 packets;
     u64 bytes;
 };
-BPF_PERCPU_ARRAY(pf_counts, struct pf_value, 2);  // 0 = ingress, 1 = egress
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pf_value, 2) pf_counts SEC(".maps");  // 0 = ingress, 1 = egress
 
 static __always_inline void pf_count(struct __sk_buff *skb, u32 direction)
 {
-    struct pf_value *v = pf_counts.lookup(&direction);
+    struct pf_value *v = bpf_map_lookup_elem(&pf_counts, &direction);
     if (v) {
         v->packets += 1;
         v->bytes += skb->len;
     }
 }
-#endif
 
-#if defined(FEAT_PP) || (defined(FEAT_DNS) && defined(POD_LEVEL))
 #include "pod_filter.h"
-#endif
 
 // ---------------------------------------------------------------------------------------- dns
 // Every message is counted once: at the ingress of the port it enters by, or at egress when
 // the node itself sent it (ingress_ifindex == 0). Requests are remembered (client address,
 // port, DNS id) so the response gives the query-to-response latency (log2 histogram, us).
-#ifdef FEAT_DNS
 #define DNS_PORT_BE 0x3500  // htons(53)
 #define MAX_LABELS 40
 
@@ -135,12 +141,11 @@ struct dns_latency_value {
     u64 count;
 };
 
-BPF_PERCPU_ARRAY(dns_totals, u64, 2);  // 0 = requests, 1 = responses
-BPF_PERCPU_HASH(dns_responses, struct rcode_key, u64, 1024);
-BPF_PERCPU_ARRAY(dns_latency, struct dns_latency_value, 1);
-BPF_TABLE("lru_hash", struct inflight_key, u64, dns_inflight, 16384);
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, u64, 2) dns_totals SEC(".maps");  // 0 = requests, 1 = responses
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_HASH, struct rcode_key, u64, 1024) dns_responses SEC(".maps");
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct dns_latency_value, 1) dns_latency SEC(".maps");
+RETINA_MAP(BPF_MAP_TYPE_LRU_HASH, struct inflight_key, u64, 16384) dns_inflight SEC(".maps");
 
-#ifdef POD_LEVEL
 struct dns_event {
     u8 src[16];
     u8 dst[16];
@@ -151,8 +156,11 @@ struct dns_event {
     u8 data[DNS_CAPTURE];
 };
 
-BPF_RINGBUF_OUTPUT(dns_events, 64);  // 64 pages
-BPF_PERCPU_ARRAY(dns_lost, u64, 1);
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 64 * 4096);  // 64 pages
+} dns_events SEC(".maps");
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, u64, 1) dns_lost SEC(".maps");
 
 static __always_inline void dns_emit(struct __sk_buff *skb, struct pkt *p, u32 dnsoff)
 {
@@ -161,10 +169,10 @@ static __always_inline void dns_emit(struct __sk_buff *skb, struct pkt *p, u32 d
         return;
     if (!either_of_interest(p->src, p->dst))
         return;
-    struct dns_event *ev = dns_events.ringbuf_reserve(sizeof(struct dns_event));
+    struct dns_event *ev = bpf_ringbuf_reserve(&dns_events, sizeof(struct dns_event), 0);
     if (!ev) {
         u32 zero = 0;
-        u64 *lost = dns_lost.lookup(&zero);
+        u64 *lost = bpf_map_lookup_elem(&dns_lost, &zero);
         if (lost)
             *lost += 1;
         return;
@@ -180,13 +188,12 @@ static __always_inline void dns_emit(struct __sk_buff *skb, struct pkt *p, u32 d
     ev->len = 0;
     if (n >= 12 && bpf_skb_load_bytes(skb, dnsoff, ev->data, n) == 0)
         ev->len = n;
-    dns_events.ringbuf_submit(ev, 0);
+    bpf_ringbuf_submit(ev, 0);
 }
-#endif
 
 static __always_inline void dns_bump(u32 slot)
 {
-    u64 *v = dns_totals.lookup(&slot);
+    u64 *v = bpf_map_lookup_elem(&dns_totals, &slot);
     if (v)
         *v += 1;
 }
@@ -221,12 +228,11 @@ static __always_inline void dns_handle(struct __sk_buff *skb, struct pkt *p, int
         key.port = SWAP16(p->sport);
     }
     u64 now = bpf_ktime_get_ns();
-#ifdef POD_LEVEL
-    dns_emit(skb, p, dnsoff);
-#endif
+    if (pod_level)
+        dns_emit(skb, p, dnsoff);
     if (!response) {
         dns_bump(0);
-        dns_inflight.update(&key, &now);
+        bpf_map_update_elem(&dns_inflight, &key, &now, BPF_ANY);
         return;
     }
     dns_bump(1);
@@ -246,17 +252,17 @@ static __always_inline void dns_handle(struct __sk_buff *skb, struct pkt *p, int
     else
         qtype = 0;
     struct rcode_key rk = {.qtype = qtype, .rcode = flags & 0xf};
-    u64 zero = 0, *n = dns_responses.lookup_or_try_init(&rk, &zero);
+    u64 zero = 0, *n = lookup_or_try_init(&dns_responses, &rk, &zero);
     if (n)
         *n += 1;
 
-    u64 *sent = dns_inflight.lookup(&key);
+    u64 *sent = bpf_map_lookup_elem(&dns_inflight, &key);
     if (!sent)
         return;
     u64 delta = now - *sent;
-    dns_inflight.delete(&key);
+    bpf_map_delete_elem(&dns_inflight, &key);
     u32 zero_idx = 0;
-    struct dns_latency_value *lat = dns_latency.lookup(&zero_idx);
+    struct dns_latency_value *lat = bpf_map_lookup_elem(&dns_latency, &zero_idx);
     if (!lat)
         return;
     u64 us = delta / 1000;
@@ -271,12 +277,10 @@ static __always_inline void dns_handle(struct __sk_buff *skb, struct pkt *p, int
     lat->sum_ns += delta;
     lat->count += 1;
 }
-#endif
 
 // ------------------------------------------------------------------------------ packetparser
 // Pod-level flows: packets, bytes and TCP flags per flow key in a per-CPU LRU hash, for flows
 // touching an IP of interest. With dataSamplingRate N, 1 packet in N is counted N times.
-#ifdef FEAT_PP
 struct flow_key {
     u8 src[16];
     u8 dst[16];
@@ -293,12 +297,12 @@ struct flow_value {
     u64 flags[N_TCP_FLAGS];  // FIN SYN SYNACK ACK RST PSH URG ECE CWR NS, as Retina
 };
 
-BPF_TABLE("lru_percpu_hash", struct flow_key, struct flow_value, flows, MAX_FLOWS);
+RETINA_MAP(BPF_MAP_TYPE_LRU_PERCPU_HASH, struct flow_key, struct flow_value, 1) flows SEC(".maps");  // maxFlows, set before load
 
 static __always_inline void pp_handle(struct __sk_buff *skb, struct pkt *p, u8 direction)
 {
     u32 zero = 0;
-    struct dp_settings *s = dp_settings.lookup(&zero);
+    struct dp_settings *s = bpf_map_lookup_elem(&dp_settings, &zero);
     u32 rate = s && s->sample_rate > 1 ? s->sample_rate : 1;
     if (!sampled(rate))
         return;
@@ -311,11 +315,11 @@ static __always_inline void pp_handle(struct __sk_buff *skb, struct pkt *p, u8 d
     key.dport = SWAP16(p->dport);
     key.proto = p->proto;
     key.direction = direction;
-    struct flow_value *v = flows.lookup(&key);
+    struct flow_value *v = bpf_map_lookup_elem(&flows, &key);
     if (!v) {
         struct flow_value fresh = {};
-        flows.update(&key, &fresh);
-        v = flows.lookup(&key);
+        bpf_map_update_elem(&flows, &key, &fresh, BPF_ANY);
+        v = bpf_map_lookup_elem(&flows, &key);
         if (!v)
             return;
     }
@@ -335,13 +339,11 @@ static __always_inline void pp_handle(struct __sk_buff *skb, struct pkt *p, u8 d
         if (p->tcp_ns) v->flags[9] += rate;                   // NS
     }
 }
-#endif
 
 // ----------------------------------------------------------------------------------- latency
 // The node's connections to the Kubernetes API server. Handshake: SYN out -> SYN-ACK in.
 // Request: first payload out with nothing pending -> first payload in. Linear 1 ms slots from
 // 0.5 ms (slot k: <= k + 0.5 ms; the last is the overflow).
-#ifdef FEAT_LAT
 struct server_key {
     u8 addr[16];
     u16 port;
@@ -360,14 +362,14 @@ struct lat_histogram {
     u64 count;
 };
 
-BPF_HASH(apiservers, struct server_key, u8, 64);
-BPF_TABLE("lru_hash", struct conn_key, u64, handshakes, 4096);
-BPF_TABLE("lru_hash", struct conn_key, u64, pending, 4096);
-BPF_PERCPU_ARRAY(latency_hist, struct lat_histogram, 2);  // 0 = request, 1 = handshake
+RETINA_MAP(BPF_MAP_TYPE_HASH, struct server_key, u8, 64) apiservers SEC(".maps");
+RETINA_MAP(BPF_MAP_TYPE_LRU_HASH, struct conn_key, u64, 4096) handshakes SEC(".maps");
+RETINA_MAP(BPF_MAP_TYPE_LRU_HASH, struct conn_key, u64, 4096) pending SEC(".maps");
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct lat_histogram, 2) latency_hist SEC(".maps");  // 0 = request, 1 = handshake
 
 static __always_inline void lat_observe(u32 which, u64 delta_ns)
 {
-    struct lat_histogram *h = latency_hist.lookup(&which);
+    struct lat_histogram *h = bpf_map_lookup_elem(&latency_hist, &which);
     if (!h)
         return;
     u64 slot = (delta_ns / 1000 + 499) / 1000;
@@ -384,7 +386,7 @@ static __always_inline void lat_handle(struct __sk_buff *skb, struct pkt *p, int
         return;  // forwarded, not the node's own connection
     u16 server_port_be = egress ? p->dport : p->sport;
     u32 zero = 0;
-    struct dp_settings *s = dp_settings.lookup(&zero);
+    struct dp_settings *s = bpf_map_lookup_elem(&dp_settings, &zero);
     if (!s)
         return;
     u16 port = SWAP16(server_port_be);
@@ -401,7 +403,7 @@ static __always_inline void lat_handle(struct __sk_buff *skb, struct pkt *p, int
         key.client_port = SWAP16(p->dport);
     }
     server.port = port;
-    if (!apiservers.lookup(&server))
+    if (!bpf_map_lookup_elem(&apiservers, &server))
         return;
     __builtin_memcpy(key.server, server.addr, 16);
     key.server_port = port;
@@ -410,26 +412,25 @@ static __always_inline void lat_handle(struct __sk_buff *skb, struct pkt *p, int
     u8 syn = p->tcpflags & 0x02, ack = p->tcpflags & 0x10;
     if (egress) {
         if (syn && !ack)
-            handshakes.update(&key, &now);
-        else if (payload && !pending.lookup(&key))
-            pending.update(&key, &now);
+            bpf_map_update_elem(&handshakes, &key, &now, BPF_ANY);
+        else if (payload && !bpf_map_lookup_elem(&pending, &key))
+            bpf_map_update_elem(&pending, &key, &now, BPF_ANY);
         return;
     }
     if (syn && ack) {
-        u64 *sent = handshakes.lookup(&key);
+        u64 *sent = bpf_map_lookup_elem(&handshakes, &key);
         if (sent) {
             lat_observe(1, now - *sent);
-            handshakes.delete(&key);
+            bpf_map_delete_elem(&handshakes, &key);
         }
     } else if (payload) {
-        u64 *sent = pending.lookup(&key);
+        u64 *sent = bpf_map_lookup_elem(&pending, &key);
         if (sent) {
             lat_observe(0, now - *sent);
-            pending.delete(&key);
+            bpf_map_delete_elem(&pending, &key);
         }
     }
 }
-#endif
 
 // ------------------------------------------------------------------------------ the one parse
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
@@ -502,30 +503,24 @@ static __always_inline int handle(struct __sk_buff *skb, const int egress)
     u32 features = iface_features(skb->ifindex);
     if (!features)
         return TC_ACT_UNSPEC;
-#ifdef FEAT_PF
-    if (features & F_PF)
+    if (feat_pf && (features & F_PF))
         pf_count(skb, egress);
-#endif
     if (!(features & (F_DNS | F_PP | F_LAT)))
         return TC_ACT_UNSPEC;
     struct pkt p = {};
     if (parse(skb, &p) < 0)
         return TC_ACT_UNSPEC;
-#ifdef FEAT_DNS
-    if ((features & F_DNS) && (p.sport == DNS_PORT_BE || p.dport == DNS_PORT_BE))
+    if (feat_dns && (features & F_DNS) && (p.sport == DNS_PORT_BE || p.dport == DNS_PORT_BE))
         dns_handle(skb, &p, egress);
-#endif
-#ifdef FEAT_PP
     // On the host side of a pod's veth, TC ingress sees what the pod sent, egress what it gets.
-    if (features & F_PP)
+    if (feat_pp && (features & F_PP))
         pp_handle(skb, &p, egress ? 0 : 1);
-#endif
-#ifdef FEAT_LAT
-    if ((features & F_LAT) && p.tcp)
+    if (feat_lat && (features & F_LAT) && p.tcp)
         lat_handle(skb, &p, egress);
-#endif
     return TC_ACT_UNSPEC;
 }
 
-int dp_ingress(struct __sk_buff *skb) { return handle(skb, 0); }
-int dp_egress(struct __sk_buff *skb) { return handle(skb, 1); }
+SEC("tc") int dp_ingress(struct __sk_buff *skb) { return handle(skb, 0); }
+SEC("tc") int dp_egress(struct __sk_buff *skb) { return handle(skb, 1); }
+
+char LICENSE[] SEC("license") = "GPL";

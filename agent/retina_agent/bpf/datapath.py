@@ -1,12 +1,13 @@
 """The TC data path: one program per hook and direction for every TC plugin (``datapath.c``).
 
 Each TC plugin (packetforward, dns, packetparser, latency) contributes a ``Feature``: its bit,
-its maps and its compile flags. The agent compiles one object from them (``load``); when that
-fails, each feature is compiled on its own to find the one at fault, and the object is built
-again without it, so a plugin's compile failure costs only that plugin.
+its maps, its constants and map sizes. The agent loads one object (``datapath.bpf.o``, built
+by ``python -m retina_agent.bpf.build``) with those features on (``load``); when that fails,
+each feature is loaded on its own to find the one at fault, and the object is loaded again
+without it, so a plugin's failure costs only that plugin.
 
-This module is the one home of every constant the C shares with Python: they reach the C as
-``-D`` flags (``cflags``), and the plugins read them from here.
+This module is the one home of every size and bit the C shares with Python: they reach the C
+as ``-D`` flags at build time (``build_defines``), and the plugins read them from here.
 """
 
 from __future__ import annotations
@@ -23,12 +24,21 @@ from retina_agent.bpf.spec import LoadedProgram, LoadError, ProgramSpec
 
 # Feature bits in the dp_ifaces map (ifindex -> bits of the plugins on that interface).
 FEATURE_BITS = {"packetforward": 1, "dns": 2, "packetparser": 4, "latency": 8}
-FEATURE_MACROS = {
-    "packetforward": "FEAT_PF",
-    "dns": "FEAT_DNS",
-    "packetparser": "FEAT_PP",
-    "latency": "FEAT_LAT",
+# The constant that turns a feature on in the object (off: the verifier drops its code).
+FEATURE_CONSTANTS = {
+    "packetforward": "feat_pf",
+    "dns": "feat_dns",
+    "packetparser": "feat_pp",
+    "latency": "feat_lat",
 }
+# Every map of a feature in datapath.c: created with one entry when the feature is off.
+FEATURE_MAPS = {
+    "packetforward": ["pf_counts"],
+    "dns": ["dns_totals", "dns_responses", "dns_latency", "dns_inflight", "dns_events", "dns_lost"],
+    "packetparser": ["flows"],
+    "latency": ["apiservers", "handshakes", "pending", "latency_hist"],
+}
+POD_FILTER_MAP = "ips_of_interest"
 # Short names: what TC filter names and test listings show per plugin (retina_pp_ingress).
 FEATURE_SHORT = {"packetforward": "pf", "dns": "dns", "packetparser": "pp", "latency": "lat"}
 MAX_IFACES = 65536  # dp_ifaces array size; larger ifindexes go to dp_ifaces_hi
@@ -40,8 +50,8 @@ PROGRAMS = {"ingress": "dp_ingress", "egress": "dp_egress"}
 SHARED_MAPS = ["dp_ifaces", "dp_ifaces_hi", "dp_settings"]
 
 
-def cflags() -> list[str]:
-    """The shared constants as ``-D`` flags (every build of datapath.c gets all of them)."""
+def build_defines() -> list[str]:
+    """The shared sizes and bits as ``-D`` flags for clang (build.py)."""
     bits = {f"F_{FEATURE_SHORT[n].upper()}": b for n, b in FEATURE_BITS.items()}
     values = {
         **bits,
@@ -60,21 +70,33 @@ class Feature:
 
     plugin: str
     maps: list[str]
-    cflags: list[str] = field(default_factory=list)
+    constants: dict[str, int] = field(default_factory=dict)
+    max_entries: dict[str, int] = field(default_factory=dict)
 
     @property
     def bit(self) -> int:
         return FEATURE_BITS[self.plugin]
 
 
-def _spec(features: list[Feature], source: str, name: str = "datapath") -> ProgramSpec:
-    flags = cflags()
+def _spec(features: list[Feature], obj: str, name: str = "datapath") -> ProgramSpec:
+    on = {f.plugin for f in features}
+    constants = {FEATURE_CONSTANTS[p]: 1 for p in on}
+    sizes = {m: 1 for p, names in FEATURE_MAPS.items() if p not in on for m in names}
+    sizes[POD_FILTER_MAP] = 1
     maps = list(SHARED_MAPS)
     for f in features:
-        flags.append(f"-D{FEATURE_MACROS[f.plugin]}")
-        flags += [c for c in f.cflags if c not in flags]
+        constants |= f.constants
+        for m, n in f.max_entries.items():  # the pod filter's size: the largest asked for
+            sizes[m] = max(n, sizes[m]) if m == POD_FILTER_MAP else n
         maps += [m for m in f.maps if m not in maps]
-    return ProgramSpec(plugin=name, source=source, cflags=flags, sched_cls=list(PROGRAMS.values()), maps=maps)
+    return ProgramSpec(
+        plugin=name,
+        obj=obj,
+        constants=constants,
+        max_entries=sizes,
+        programs=list(PROGRAMS.values()),
+        maps=maps,
+    )
 
 
 @dataclass
@@ -96,14 +118,17 @@ class Loaded:
 
 
 def load(
-    features: list[Feature], source: str, others: list[ProgramSpec] | None = None, timeout: float = 180.0
+    features: list[Feature],
+    others: list[ProgramSpec] | None = None,
+    timeout: float = 180.0,
+    obj: str = "datapath",
 ) -> tuple[Loaded | None, dict[str, LoadedProgram | LoadError]]:
-    """Compile and load one object for ``features`` (and ``others``, the tracepoint plugins'
-    objects, in the same loader run); isolate a feature that fails to build. ``timeout`` bounds
-    each loader run (``bpfCompileTimeout``: bcc on a small node or an emulated kernel is slow)."""
+    """Load the data path object with ``features`` on (and ``others``, the tracepoint plugins'
+    objects, in the same loader run); isolate a feature that fails to load. ``timeout`` bounds
+    each loader run (``bpfCompileTimeout``: an emulated kernel is slow)."""
     specs = list(others or [])
     if features:
-        specs.append(_spec(features, source))
+        specs.append(_spec(features, obj))
     results = load_programs(specs, timeout=timeout) if specs else {}
     if not features:
         return None, results
@@ -111,7 +136,7 @@ def load(
     result = results.pop("datapath", None)
     if isinstance(result, LoadError) and len(features) > 1:
         # Which feature breaks the build? Each alone, in one loader run.
-        alone = load_programs([_spec([f], source, name=f.plugin) for f in features], timeout=timeout)
+        alone = load_programs([_spec([f], obj, name=f.plugin) for f in features], timeout=timeout)
         for f in features:
             r = alone.get(f.plugin)
             if isinstance(r, LoadError):
@@ -120,7 +145,7 @@ def load(
                 r.close()
         good = [f for f in features if f.plugin not in failed]
         if good and len(good) < len(features):
-            result = load_programs([_spec(good, source)], timeout=timeout).get("datapath")
+            result = load_programs([_spec(good, obj)], timeout=timeout).get("datapath")
     if not isinstance(result, LoadedProgram):
         error = result if isinstance(result, LoadError) else LoadError("BPF loader gave nothing")
         return Loaded(

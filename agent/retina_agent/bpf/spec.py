@@ -9,16 +9,24 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class ProgramSpec:
-    """One plugin's BPF object: C source, compile flags and what to attach or load."""
+    """One plugin's BPF object: which prebuilt object, its load-time settings, and what to
+    attach or hand back.
+
+    ``obj`` names an object built by ``python -m retina_agent.bpf.build``
+    (``dropreason`` -> ``retina_agent/bpf/objects/dropreason.bpf.o``) or is a path to one.
+    ``constants`` are the C's ``const volatile`` globals (set before load: the verifier then
+    prunes what they turn off); ``max_entries`` sizes maps.
+    """
 
     plugin: str
-    source: str
-    cflags: list[str] = field(default_factory=list)
-    tracepoints: list[tuple[str, str]] = field(default_factory=list)  # ("cat:event", fn)
-    sched_cls: list[str] = field(default_factory=list)  # functions loaded as TC programs
+    obj: str
+    constants: dict[str, int] = field(default_factory=dict)
+    max_entries: dict[str, int] = field(default_factory=dict)
+    tracepoints: list[tuple[str, str]] = field(default_factory=list)  # ("cat:event", program)
+    programs: list[str] = field(default_factory=list)  # programs handed back as fds (TC, socket)
     maps: list[str] = field(default_factory=list)
-    # Resolved in the loader from the kernel's BTF: (macro, struct, member) become
-    # ``-D<macro>=<byte offset>`` (left undefined without BTF); enums are returned by name.
+    # Resolved in the loader from the kernel's BTF: (constant, struct, member) sets the constant
+    # to the member's byte offset (left at the C's default without BTF); enums are returned by name.
     btf_offsets: list[tuple[str, str, str]] = field(default_factory=list)
     btf_enums: list[str] = field(default_factory=list)
 
@@ -54,4 +62,4 @@ class LoadedProgram:
 
 
 class LoadError(Exception):
-    """The loader could not compile, load or attach a plugin's program."""
+    """The loader could not load or attach a plugin's program."""

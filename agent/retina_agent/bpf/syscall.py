@@ -9,17 +9,22 @@ pass ``BPF_TCX_*`` options. The attribute layouts below are the kernel's UAPI ``
 - ``prog_info`` / ``map_info``: ``BPF_OBJ_GET_INFO_BY_FD`` (names, run_time_ns, key/value sizes);
 - ``enable_stats``: ``BPF_ENABLE_STATS``, run-time accounting held on by an fd, not a sysctl;
 - ``prog_test_run``: ``BPF_PROG_TEST_RUN``, a program run on a given packet in a kernel loop
-  (the benchmark's cost per run without run-time accounting).
+  (the benchmark's cost per run without run-time accounting);
+- ``attach_tracepoint``: a tracepoint perf event running a program (perf_event_open and two
+  ioctls, as bcc and libbpf do), returned as the perf event fd: the agent enables and
+  disables a plugin's tracepoints with ioctls on it, and closing it detaches the program.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import platform
 import struct
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 # bpf() commands (include/uapi/linux/bpf.h, enum bpf_cmd)
 BPF_PROG_TEST_RUN = 10
@@ -199,3 +204,50 @@ def tcx_supported() -> bool:
     if _libc().syscall(number, BPF_PROG_QUERY, buf, _ATTR_SIZE) == 0:
         return True
     return ctypes.get_errno() in (2, 28)  # ENOENT: hook known, empty; ENOSPC: more than 1
+
+
+PERF_TYPE_TRACEPOINT = 2
+PERF_SAMPLE_RAW = 1 << 10
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF = 0x2400, 0x40042408
+_SYSCALL_PERF_EVENT_OPEN = {
+    "x86_64": 298,
+    "aarch64": 241,
+    "armv7l": 364,
+    "ppc64le": 319,
+    "s390x": 331,
+    "riscv64": 241,
+}
+_PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: every kernel since 4.1 takes it
+
+
+def attach_tracepoint(prog_fd: int, tracepoint: str, tracefs: Path | None = None) -> int:
+    """Run ``prog_fd`` on ``category:event``; returns the perf event fd that holds the attachment."""
+    from retina_agent.bpf.tracefs import TracepointError, tracefs_root
+
+    category, _, event = tracepoint.partition(":")
+    id_file = (tracefs or tracefs_root()) / "events" / category / event / "id"
+    try:
+        tp_id = int(id_file.read_text())
+    except FileNotFoundError:
+        raise TracepointError(
+            f"tracepoint {tracepoint} does not exist on this kernel (no {id_file})"
+        ) from None
+    number = _SYSCALL_PERF_EVENT_OPEN.get(platform.machine())
+    if number is None:
+        raise OSError(38, f"no perf_event_open() syscall number known for {platform.machine()}")
+    attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
+    # type size config sample_period sample_type ... wakeup_events (offset 48)
+    struct.pack_into("=IIQQQ", attr, 0, PERF_TYPE_TRACEPOINT, _PERF_ATTR_SIZE, tp_id, 1, PERF_SAMPLE_RAW)
+    struct.pack_into("=I", attr, 48, 1)
+    fd = _libc().syscall(number, attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"perf_event_open({tracepoint}): {os.strerror(err)}")
+    try:
+        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise OSError(exc.errno, f"attaching a program to {tracepoint}: {os.strerror(exc.errno)}") from None
+    return fd

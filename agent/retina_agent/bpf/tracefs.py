@@ -1,8 +1,9 @@
 """Tracepoints as the running kernel describes them in tracefs.
 
-BPF C here may not use kernel-internal layouts, so tracepoint argument structs are generated
-from ``events/<system>/<event>/format`` at run time, and enum names (drop reasons) are read from
-the ``print fmt`` line of that file.
+BPF C here may not use kernel-internal layouts, so the offsets of a tracepoint's fields are
+read from ``events/<system>/<event>/format`` at run time and given to the program as constants
+(``tracepoint.h``), and enum names (drop reasons) are read from the ``print fmt`` line of that
+file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+#: Bytes of a tracepoint's record the programs copy (``tracepoint.h``, given to clang by build.py).
+TP_RECORD_MAX = 128
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 _FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);")
@@ -62,23 +65,6 @@ class TracepointFormat:
         missing = [n for n in names if n not in self.fields]
         if missing:
             raise TracepointError(f"tracepoint {self.name} has no field {', '.join(missing)}")
-
-    def c_struct(self, struct_name: str) -> str:
-        """A C struct with this tracepoint's fields at their kernel offsets (sized ints)."""
-        lines = [f"struct {struct_name} {{"]
-        pos = 0
-        for f in sorted(self.fields.values(), key=lambda f: f.offset):
-            if f.offset < pos:  # overlapping field (never in practice): skip it
-                continue
-            if f.offset > pos:
-                lines.append(f"    u8 __pad_{pos}[{f.offset - pos}];")
-            if f.is_array or f.size not in (1, 2, 4, 8):
-                lines.append(f"    u8 {f.name}[{f.size}];")
-            else:
-                lines.append(f"    u{f.size * 8} {f.name};")
-            pos = f.offset + f.size
-        lines.append("} __attribute__((packed));")
-        return "\n".join(lines)
 
     def symbols(self, field_name: str) -> dict[int, str]:
         """The ``__print_symbolic(REC-><field>, {value, "NAME"}, ...)`` table of a field."""

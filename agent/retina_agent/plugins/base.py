@@ -9,7 +9,6 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import ClassVar
 
@@ -91,15 +90,19 @@ class Plugin(ABC):
                 BpfMap(loaded.maps["ips_of_interest"], AddrKey, ctypes.c_uint8)
             )
 
-    def pod_level_cflags(self) -> list[str]:
-        """Compile flags of a program's pod-level part (the filter map's size from config)."""
-        return ["-DPOD_LEVEL", f"-DMAX_IPS={self.ctx.config.plugins.packetparser.max_ips}"]
+    def pod_level_settings(self, maps: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """Constants and map sizes of a program's pod-level part: on (``pod_level``) with the
+        filter map sized by maxIPs, or off with ``maps`` and the filter map at one entry (the
+        object always has them, but unused they should cost no memory)."""
+        if self.ctx.pod_level is None:
+            return {}, dict.fromkeys([*maps, "ips_of_interest"], 1)
+        return {"pod_level": 1}, {"ips_of_interest": self.ctx.config.plugins.packetparser.max_ips}
 
 
 class TcPlugin(Plugin):
     """A plugin that runs in the shared TC data path (``bpf/datapath.c``).
 
-    ``prepare`` returns its ``Feature`` (maps and flags); once started, ``attach_tc`` turns its
+    ``prepare`` returns its ``Feature`` (maps, constants and map sizes); once started, ``attach_tc`` turns its
     bit on for the interfaces its ``plugins.<name>.interfaces`` selects, and ``stop`` (also
     after a failure) turns it off again: the data path itself stays for the other plugins.
     """
@@ -113,20 +116,3 @@ class TcPlugin(Plugin):
     def stop(self) -> None:
         self.ctx.tc.disable(self.name)
         super().stop()
-
-
-def bpf_source(filename: str) -> str:
-    """The text of a BPF C file shipped in ``retina_agent/bpf``, local headers inlined.
-
-    bcc rewrites its map syntax (``map.lookup(&key)``) only in the main source, so a shared
-    header such as ``pod_filter.h`` is pasted in place of its ``#include "..."`` line.
-    """
-    folder = resources.files("retina_agent.bpf")
-    lines = []
-    for line in folder.joinpath(filename).read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith('#include "') and stripped.endswith('"'):
-            lines.append(folder.joinpath(stripped[len('#include "') : -1]).read_text())
-        else:
-            lines.append(line)
-    return "\n".join(lines) + "\n"

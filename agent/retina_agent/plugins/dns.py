@@ -95,11 +95,11 @@ class Dns(TcPlugin):
     name = "dns"
 
     def prepare(self) -> Feature:
-        maps, cflags = ["dns_totals", "dns_responses", "dns_latency"], []
+        maps = ["dns_totals", "dns_responses", "dns_latency"]
+        constants, sizes = self.pod_level_settings(["dns_events", "dns_lost"])
         if self.ctx.pod_level is not None:
-            cflags = self.pod_level_cflags()
             maps += ["ips_of_interest", "dns_events", "dns_lost"]
-        return Feature(self.name, maps=maps, cflags=cflags)
+        return Feature(self.name, maps=maps, constants=constants, max_entries=sizes)
 
     def start(self, loaded: LoadedProgram | None) -> None:
         super().start(loaded)

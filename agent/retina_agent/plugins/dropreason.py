@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.metrics import add, retina_gauge
-from retina_agent.plugins.base import Plugin
-from retina_agent.plugins.tracepoints import tracepoint_source
+from retina_agent.plugins.base import Plugin, PluginUnavailable
+from retina_agent.plugins.tracepoints import tracepoint_constants
 from retina_agent.podlevel import addr_str
 from retina_agent.podlevel.flows import FlowHarvester
 
@@ -30,7 +30,7 @@ ADV_METRICS = (ADV_COUNT, ADV_BYTES)
 _FLOW_KEY = struct.Struct("=16s16sIB")
 
 
-DIRECTIONS = ("ingress", "egress", "unknown")  # DROP_DIR_* in dropreason.c, by index
+DIRECTIONS = ("ingress", "egress", "unknown")  # drop_dir_* in dropreason.c, by index
 
 
 class DropKey(ctypes.Structure):
@@ -76,15 +76,14 @@ class DropReason(Plugin):
 
     def prepare(self) -> ProgramSpec:
         tracepoint = self.ctx.config.plugins.dropreason.tracepoint
-        source, fmt = tracepoint_source("dropreason.c", tracepoint, "skbaddr")
-        cflags: list[str] = []
+        constants, fmt = tracepoint_constants(tracepoint, "skbaddr", optional=("protocol", "reason"))
         self.names: dict[int, str] = {}
         if "reason" in fmt.fields:
             self.names = reason_names(fmt.symbols("reason"))
-            cflags.append("-DHAVE_REASON")
+            constants["have_reason"] = 1
             last = last_not_a_drop(self.names)
             if last is not None:
-                cflags.append(f"-DLAST_NOT_A_DROP={last}")
+                constants["last_not_a_drop"] = last
         else:
             self.degraded = (
                 f"{tracepoint} has no reason field (kernel before 5.17): drops are "
@@ -92,19 +91,23 @@ class DropReason(Plugin):
             )
             log.warning("dropreason: %s", self.degraded)
         maps = ["drop_counts"]
-        cflags += [f"-DDROP_DIR_{d.upper()}={i}" for i, d in enumerate(DIRECTIONS)]
-        offsets = [("SKB_LEN_OFFSET", "sk_buff", "len"), ("SKB_IIF_OFFSET", "sk_buff", "skb_iif")]
+        constants |= {f"drop_dir_{d}": i for i, d in enumerate(DIRECTIONS)}
+        offsets = [("skb_len_off", "sk_buff", "len"), ("skb_iif_off", "sk_buff", "skb_iif")]
+        pod_constants, sizes = self.pod_level_settings(["drop_flows"])
+        constants |= pod_constants
         if self.ctx.pod_level is not None:  # adv_drop_*: attribute drops to pods
-            cflags += self.pod_level_cflags()
+            if "protocol" not in fmt.fields:
+                raise PluginUnavailable(f"tracepoint {tracepoint} has no protocol field (pod-level drops)")
             maps += ["drop_flows", "ips_of_interest"]
             offsets += [
-                ("SKB_HEAD_OFFSET", "sk_buff", "head"),
-                ("SKB_NETWORK_HEADER_OFFSET", "sk_buff", "network_header"),
+                ("skb_head_off", "sk_buff", "head"),
+                ("skb_network_header_off", "sk_buff", "network_header"),
             ]
         return ProgramSpec(
             plugin=self.name,
-            source=source,
-            cflags=cflags,
+            obj="dropreason",
+            constants=constants,
+            max_entries=sizes,
             tracepoints=[(tracepoint, "on_kfree_skb")],
             maps=maps,
             btf_offsets=offsets,

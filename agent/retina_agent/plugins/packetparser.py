@@ -66,10 +66,12 @@ class PacketParser(TcPlugin):
         if not cfg.enable_pod_level or self.ctx.pod_level is None:
             raise PluginUnavailable("packetparser produces pod-level metrics: set enablePodLevel: true")
         options = cfg.plugins.packetparser
+        constants, sizes = self.pod_level_settings([])
         return Feature(
             self.name,
             maps=["flows", "ips_of_interest"],
-            cflags=[f"-DMAX_FLOWS={options.max_flows}", *self.pod_level_cflags()],
+            constants=constants,
+            max_entries=sizes | {"flows": options.max_flows},
         )
 
     def start(self, loaded: LoadedProgram | None) -> None:

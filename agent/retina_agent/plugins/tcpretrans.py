@@ -15,7 +15,7 @@ from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram, ProgramSpec
 from retina_agent.metrics import add, retina_gauge
 from retina_agent.plugins.base import Plugin
-from retina_agent.plugins.tracepoints import tracepoint_source
+from retina_agent.plugins.tracepoints import tracepoint_constants
 from retina_agent.podlevel import addr_str
 from retina_agent.podlevel.flows import FlowHarvester
 
@@ -34,15 +34,16 @@ class TcpRetrans(Plugin):
         tracepoint = self.ctx.config.plugins.tcpretrans.tracepoint
         pod_level = self.ctx.pod_level is not None
         fields = ("family", "saddr", "daddr", "saddr_v6", "daddr_v6") if pod_level else ("family",)
-        source, _ = tracepoint_source("tcpretrans.c", tracepoint, *fields)
-        maps, cflags = ["retrans_counts"], []
+        constants, _ = tracepoint_constants(tracepoint, *fields)
+        pod_constants, sizes = self.pod_level_settings(["retrans_pairs"])
+        maps = ["retrans_counts"]
         if pod_level:
-            cflags = self.pod_level_cflags()
             maps += ["retrans_pairs", "ips_of_interest"]
         return ProgramSpec(
             plugin=self.name,
-            source=source,
-            cflags=cflags,
+            obj="tcpretrans",
+            constants=constants | pod_constants,
+            max_entries=sizes,
             tracepoints=[(tracepoint, "on_tcp_retransmit_skb")],
             maps=maps,
         )
