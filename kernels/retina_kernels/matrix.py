@@ -28,7 +28,7 @@ from .rootfs import EXT4_OPTIONS, make_ext4, rootfs_image
 #: Outside any clone, so CI's fresh clones on this machine reuse it.
 DEFAULT_CACHE = Path("/var/cache/retina-kernels")
 #: How long one guest may run (boot, preflight, the agent's start, the lab) under TCG on a loaded host.
-BOOT_TIMEOUT = 5400.0
+BOOT_TIMEOUT = 3600.0
 #: A guest whose console stays silent this long is hung: its init prints a heartbeat every 30 s
 #: (guest.Progress), so only a wedged kernel (or a lost disk completion under TCG) stays quiet.
 STALL = 300.0

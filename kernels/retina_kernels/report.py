@@ -180,7 +180,7 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
         "",
         "| kernel | package | BTF | preflight | plugins running | preflight predicted | UDP fwd in/out "
         "| iptables drops | netfilter rule counter | closed-port drops | DNS req/resp "
-        "| drop reasons (kernel) | attach | compile | agent RSS | guest run |",
+        "| drop reasons (kernel) | attach | BPF load | agent RSS | guest run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summaries:
