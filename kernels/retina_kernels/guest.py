@@ -428,7 +428,7 @@ def run_lab() -> dict:
         out["agent_ready_seconds"] = round(time.monotonic() - started, 1)
         log = agent.log()
         compiled = [line for line in log.splitlines() if "BPF objects in" in line]
-        out["compile_line"] = compiled[-1].split("] ", 1)[-1] if compiled else None
+        out["compile_line"] = compiled[-1].split("agent: ", 1)[-1] if compiled else None  # the message
         out["rss_kb_after_start"], out["peak_rss_kb_after_start"] = rss_peak_kb(agent.proc.pid)
         say(f"agent ready in {out['agent_ready_seconds']}s: {out['compile_line']}")
         PROGRESS.enter("lab: the agent's readyz, plugin states and TC attachments")
