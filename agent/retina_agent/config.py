@@ -146,8 +146,8 @@ class AgentConfig(_Strict):
     data_path_attach: Literal["auto", "tcx", "cls_bpf"] = Field("auto", alias="dataPathAttach")
     enable_conntrack_metrics: bool = Field(False, alias="enableConntrackMetrics")
     state_dir: str = Field("/var/run/retina", alias="stateDir")
-    # Ours: how long bcc may take to compile every plugin's program at start (slow small nodes,
-    # emulated kernels in the kernel matrix take minutes).
+    # Ours: how long loading every plugin's BPF object may take at start (emulated kernels in the
+    # kernel matrix take minutes).
     bpf_compile_timeout: float = Field(180.0, alias="bpfCompileTimeout")
     plugins: PluginOptions = Field(default_factory=PluginOptions)
     pod_level: PodLevelOptions = Field(default_factory=PodLevelOptions, alias="podLevel")

@@ -44,6 +44,26 @@ def connect_refused(pod: LabPod, dst: str, port: int, count: int) -> int:
     return refused
 
 
+def random_loss_rule(port: int, probability: float = 0.3, proto: str = "tcp") -> list[str]:
+    """An iptables INPUT rule (without ``-A``/``-D``) dropping a random share of the packets to
+    ``port``: the lab's stand-in for a lossy link, since this machine has no netem."""
+    return [
+        "INPUT",
+        "-p",
+        proto,
+        "--dport",
+        str(port),
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        str(probability),
+        "-j",
+        "DROP",
+    ]
+
+
 class TcpServer:
     """Accepts connections in a pod and reads everything sent; ``reply`` (optional) maps each
     chunk received to bytes sent back (None: stay silent)."""

@@ -27,26 +27,12 @@ import time
 import uuid
 from typing import Any
 
-from retina_lab.traffic import TcpServer
+from retina_lab.traffic import TcpServer, random_loss_rule
 
 UDP_OPEN, UDP_DROPPED, TCP_CLOSED, TCP_HELD, TCP_LOSSY = 7101, 7102, 7103, 7104, 7105
 API_SERVER = 6443
 DROP_RULE = ["INPUT", "-p", "udp", "--dport", str(UDP_DROPPED), "-j", "DROP"]
-LOSS_RULE = [
-    "INPUT",
-    "-p",
-    "tcp",
-    "--dport",
-    str(TCP_LOSSY),
-    "-m",
-    "statistic",
-    "--mode",
-    "random",
-    "--probability",
-    "0.3",
-    "-j",
-    "DROP",
-]
+LOSS_RULE = random_loss_rule(TCP_LOSSY)
 
 
 #: The API-server stand-in: its own process (no GIL shared with the workload), answering the

@@ -13,7 +13,7 @@ import dns.rcode
 import pytest
 
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
-from retina_lab.traffic import TcpServer, connect_refused, send_udp, udp_sink
+from retina_lab.traffic import TcpServer, connect_refused, random_loss_rule, send_udp, udp_sink
 from tests.helpers.metrics import wait_exact
 
 DROP = "networkobservability_drop_count"
@@ -283,21 +283,7 @@ def test_retransmissions_under_random_loss(agent, lab_node):
     """30% of the segments to pod b are dropped (this kernel has no netem: iptables statistic)."""
     a, b = lab_node["a"], lab_node["b"]
     server = TcpServer(b, 7005)
-    rule = [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "7005",
-        "-m",
-        "statistic",
-        "--mode",
-        "random",
-        "--probability",
-        "0.3",
-        "-j",
-        "DROP",
-    ]
+    rule = random_loss_rule(7005)
     b.run(["iptables", "-A", *rule])
     try:
         before = agent.scrape()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -31,6 +32,11 @@ def cli(kube, capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def create(kube, capsys, flags: str) -> tuple[int, str, str]:
+    """``kubectl-retina capture create FLAGS`` as the capture user (flags split as a shell would)."""
+    return cli(kube, capsys, "capture", "create", *shlex.split(flags))
+
+
 def env_of(job: dict) -> dict[str, object]:
     container = job["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
@@ -48,24 +54,11 @@ def pinned_node(job: dict) -> str:
 
 def test_create_makes_one_pinned_job_per_linux_node(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    code, out, err = cli(
+    code, out, err = create(
         kube_emulator,
         capsys,
-        "capture",
-        "create",
-        "--name",
-        "cap1",
-        "-n",
-        "web",
-        "--host-path",
-        "incident/42",
-        "--duration",
-        "30s",
-        "--packet-size",
-        "96",
-        "--include-filter",
-        "10.244.1.10:80,*:53",
-        "--no-wait",
+        "--name cap1 -n web --host-path incident/42 --duration 30s --packet-size 96"
+        " --include-filter 10.244.1.10:80,*:53 --no-wait",
     )
     assert code == 0, err
     assert "created 3 job(s)" in out
@@ -115,20 +108,8 @@ def test_the_worker_accepts_the_job_env(kube_emulator, capsys) -> None:
 
     small_cluster(kube_emulator)
     assert (
-        cli(
-            kube_emulator,
-            capsys,
-            "capture",
-            "create",
-            "--name",
-            "w",
-            "-n",
-            "web",
-            "--pod-selectors",
-            "app=frontend",
-            "--pvc",
-            "captures",
-            "--no-wait",
+        create(
+            kube_emulator, capsys, "--name w -n web --pod-selectors app=frontend --pvc captures --no-wait"
         )[0]
         == 0
     )
@@ -142,42 +123,19 @@ def test_the_worker_accepts_the_job_env(kube_emulator, capsys) -> None:
 
 def test_pod_selectors_with_namespace_selectors(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    code, out, err = cli(
+    code, out, err = create(
         kube_emulator,
         capsys,
-        "capture",
-        "create",
-        "--name",
-        "pods",
-        "-n",
-        "default",
-        "--pod-selectors",
-        "app=postgres",
-        "--namespace-selectors",
-        "team=db",
-        "--host-path",
-        "x",
-        "--no-wait",
+        "--name pods -n default --pod-selectors app=postgres --namespace-selectors team=db"
+        " --host-path x --no-wait",
     )
     assert code == 0, err
     [job] = kube_emulator.objects("Job", "default")
     assert pinned_node(job) == "node-3"
     assert env_of(job)["RETINA_CAPTURE_POD_IPS"] == "10.244.3.10"
 
-    code, out, err = cli(
-        kube_emulator,
-        capsys,
-        "capture",
-        "create",
-        "--name",
-        "named",
-        "-n",
-        "web",
-        "--pod-names",
-        "b",
-        "--host-path",
-        "x",
-        "--no-wait",
+    code, out, err = create(
+        kube_emulator, capsys, "--name named -n web --pod-names b --host-path x --no-wait"
     )
     assert code == 0, err
     [job] = kube_emulator.objects("Job", "web")
@@ -217,19 +175,8 @@ def test_bad_input_names_the_flag_and_creates_nothing(kube_emulator, capsys, arg
 
 def test_both_malformed_filters_are_reported(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    code, _, err = cli(
-        kube_emulator,
-        capsys,
-        "capture",
-        "create",
-        "-n",
-        "web",
-        "--host-path",
-        "x",
-        "--include-filter",
-        "10.0.0.300",
-        "--exclude-filter",
-        "nope:x",
+    code, _, err = create(
+        kube_emulator, capsys, "-n web --host-path x --include-filter 10.0.0.300 --exclude-filter nope:x"
     )
     assert code == 2 and "--include-filter:" in err and "--exclude-filter:" in err
 
@@ -242,38 +189,11 @@ def test_unknown_output_is_a_usage_error(kube_emulator, capsys) -> None:
 
 def test_job_num_limit_uses_retinas_message(kube_emulator, capsys) -> None:
     small_cluster(kube_emulator)
-    code, out, err = cli(
-        kube_emulator,
-        capsys,
-        "capture",
-        "create",
-        "-n",
-        "web",
-        "--host-path",
-        "x",
-        "--job-num-limit",
-        "2",
-        "--no-wait",
-    )
+    code, out, err = create(kube_emulator, capsys, "-n web --host-path x --job-num-limit 2 --no-wait")
     assert code == 1
     assert err.strip() == "the number of capture jobs 3 exceeds the limit 2"
     assert kube_emulator.objects("Job") == []
-    assert (
-        cli(
-            kube_emulator,
-            capsys,
-            "capture",
-            "create",
-            "-n",
-            "web",
-            "--host-path",
-            "x",
-            "--job-num-limit",
-            "3",
-            "--no-wait",
-        )[0]
-        == 0
-    )
+    assert create(kube_emulator, capsys, "-n web --host-path x --job-num-limit 3 --no-wait")[0] == 0
 
 
 def test_list_and_delete(kube_emulator, capsys) -> None:

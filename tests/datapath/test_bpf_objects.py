@@ -10,6 +10,7 @@ kernel headers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -72,6 +73,13 @@ def test_a_stale_object_is_refused_with_the_command_that_rebuilds_it(tmp_path):
     loaded = load_programs([_spec(obj)])["copy"]
     assert isinstance(loaded, LoadedProgram), loaded
     loaded.close()
+
+
+def test_the_agents_folder_named_by_a_relative_path_is_the_same_build():
+    """``python -m retina_agent.bpf.build agent/retina_agent/bpf`` once lost datapath.c's -D flags
+    (the folder was compared unresolved): its fresh objects looked stale and failed to build."""
+    relative = Path(os.path.relpath(build.PACKAGE_DIR))
+    assert build.build(relative) == []
 
 
 def test_a_source_that_does_not_compile_names_the_file_and_line(tmp_path):
@@ -139,6 +147,21 @@ def test_a_tracepoint_without_reason_degrades_dropreason_and_one_without_family_
         )
         assert metrics.series("networkobservability_drop_count")  # only UNKNOWN: no reason to read
         assert {s["reason"] for s in metrics.series("networkobservability_drop_count")} == {"UNKNOWN"}
+
+
+def test_dropreason_asks_btf_for_reason_names_only_when_the_tracepoint_has_a_reason(tmp_path):
+    """On 5.10 (no reason field) the agent asked BTF for the skb_drop_reason enum it could not
+    use, and logged its absence as "drop_bytes stays 0" (bytes were fine)."""
+    from retina_agent.config import load_config
+    from retina_agent.plugins.base import PluginContext
+    from retina_agent.plugins.dropreason import DropReason
+
+    def spec(tracepoint: str) -> ProgramSpec:
+        config = load_config(None, {"plugins": {"dropreason": {"tracepoint": tracepoint}}})
+        return DropReason(PluginContext(config=config, tc=None, state_dir=tmp_path)).prepare()
+
+    assert spec("skb:consume_skb").btf_enums == []
+    assert spec("skb:kfree_skb").btf_enums == []  # this kernel prints the names in tracefs
 
 
 EM_BPF = 247

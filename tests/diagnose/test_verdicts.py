@@ -15,7 +15,7 @@ import dns.rcode
 
 from retina_capture.cli.main import main
 from retina_lab.agent import wait_for
-from retina_lab.traffic import TcpServer, send_udp, udp_sink
+from retina_lab.traffic import TcpServer, random_loss_rule, send_udp, udp_sink
 from tests.diagnose.lab import scrape_health, tw_chain
 
 
@@ -318,21 +318,7 @@ def test_retransmissions_and_a_drop_no_read_rule_accounts_for(lab, capsys):
     node = lab.node
     a = node["a"]
     # Loss in pod a's own namespace, which the netfilter plugin does not read.
-    rule = [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "7700",
-        "-m",
-        "statistic",
-        "--mode",
-        "random",
-        "--probability",
-        "0.3",
-        "-j",
-        "DROP",
-    ]
+    rule = random_loss_rule(7700)
     a.run(["iptables", "-A", *rule])
     server = TcpServer(a, 7700)
     try:

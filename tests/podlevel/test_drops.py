@@ -7,7 +7,7 @@ exact counts prove the offsets right on the running kernel.
 
 from __future__ import annotations
 
-from retina_lab.traffic import send_udp
+from retina_lab.traffic import random_loss_rule, send_udp
 from tests.podlevel.test_packetparser import pod_level_agent, seeded  # noqa: F401
 
 ADV_DROP = "networkobservability_adv_drop_count"
@@ -60,21 +60,7 @@ def test_retransmissions_attributed_to_the_sending_pod(seeded):  # noqa: F811
     kube, node = seeded
     a, b = node["a"], node["b"]
     server = TcpServer(b, 7111)
-    rule = [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "7111",
-        "-m",
-        "statistic",
-        "--mode",
-        "random",
-        "--probability",
-        "0.3",
-        "-j",
-        "DROP",
-    ]
+    rule = random_loss_rule(7111)
     b.run(["iptables", "-A", *rule])
     try:
         with pod_level_agent(kube, remote=False) as agent:

@@ -110,7 +110,8 @@ class Source:
 
 
 def sources(folder: Path = PACKAGE_DIR) -> list[Source]:
-    return [Source(p) for p in sorted(folder.glob("*.c"))]
+    # resolved: the agent's folder gets its -D flags however it was named (a relative path)
+    return [Source(p) for p in sorted(Path(folder).resolve().glob("*.c"))]
 
 
 def _uapi_include() -> list[str]:

@@ -1,7 +1,7 @@
 // datapath: ONE TC program per hook and direction for every TC plugin (packetforward, dns,
-// packetparser, latency). Each packet is parsed once, with direct packet access
-// (bpf_skb_pull_data only when its headers are not in the linear part), and that one parse
-// feeds every plugin that is on for the interface.
+// packetparser, latency). Each packet is parsed once, with direct packet access (a copy to
+// the stack only when its headers are not in the linear part; the packet is never changed),
+// and that one parse feeds every plugin that is on for the interface.
 //
 // Which plugins run where is data, not code: dp_ifaces maps an ifindex to a bit per plugin
 // (F_*), written by the agent from each plugin's interface selector and state. A plugin
@@ -34,8 +34,12 @@ const volatile u8 feat_lat = 0;
 const volatile u8 pod_level = 0;  // dns: pod-level events (packetparser is pod-level anyway)
 
 #define SWAP16(x) __builtin_bswap16(x)
-// ETH + IPv6 (the longer) + TCP: what the common parse reads.
-#define PARSE_LEN (ETH_HLEN + 40 + 20)
+// What runs for few packets (DNS messages, a flow's first packet, API server packets, headers
+// outside the linear part) is marked RARELY(...), a hint to the compiler; the per-packet path
+// jumps over it. (Cold code stays inline rather than a BPF-to-BPF call: one function per
+// program is what the 5.10 and 6.1 verifiers were shown to accept.)
+#define RARELY(x) __builtin_expect(!!(x), 0)
+#define COLD static __always_inline
 
 // ifindex -> F_* bits of the plugins on it. An array (the lookup is inlined: a bounds check and
 // a load) for the usual indexes, a hash for the rare larger ones (a host with long pod churn).
@@ -45,10 +49,14 @@ RETINA_MAP(BPF_MAP_TYPE_HASH, u32, u32, 4096) dp_ifaces_hi SEC(".maps");
 static __always_inline u32 iface_features(u32 ifindex)
 {
     u32 *bits;
-    if (ifindex < MAX_IFACES)
-        bits = bpf_map_lookup_elem(&dp_ifaces, &ifindex);
-    else
+    if (RARELY(ifindex >= MAX_IFACES)) {
         bits = bpf_map_lookup_elem(&dp_ifaces_hi, &ifindex);
+        // not folded into the array's lookup below: a lookup call that may see either map
+        // cannot be inlined by the verifier; the array's alone becomes a bounds check and a load
+        asm volatile("" ::: "memory");
+        return bits ? *bits : 0;
+    }
+    bits = bpf_map_lookup_elem(&dp_ifaces, &ifindex);
     return bits ? *bits : 0;
 }
 
@@ -59,16 +67,24 @@ struct dp_settings {
 };
 RETINA_MAP(BPF_MAP_TYPE_ARRAY, u32, struct dp_settings, 1) dp_settings SEC(".maps");
 
-// What the one parse found. Ports stay in network byte order (compared with constants).
-struct pkt {
+// The packet's addresses, ports and protocol, laid out as packetparser's flow key: the parse
+// writes them once and the flow lookup takes them as they are (no copy per packet).
+struct flow_key {
     u8 src[16];  // IPv4 as ::ffff:a.b.c.d
     u8 dst[16];
-    u16 sport;
+    u16 sport;   // host byte order
     u16 dport;
+    u8 proto;      // 0 for a later IPv4 fragment (no ports)
+    u8 direction;  // 0 = into the pod (TC egress of the host veth), 1 = out of the pod
+    u16 pad;
+};
+
+// What the one parse found.
+struct pkt {
+    struct flow_key t;
     u32 l4off;
     u32 ip_payload;  // bytes after the IP header
     u8 v4;
-    u8 proto;        // 0 for a later IPv4 fragment (no ports)
     u8 tcp;          // 1: a TCP header was read
     u8 tcpflags;
     u8 tcp_ns;
@@ -110,7 +126,7 @@ static __always_inline void pf_count(struct __sk_buff *skb, u32 direction)
 // Every message is counted once: at the ingress of the port it enters by, or at egress when
 // the node itself sent it (ingress_ifindex == 0). Requests are remembered (client address,
 // port, DNS id) so the response gives the query-to-response latency (log2 histogram, us).
-#define DNS_PORT_BE 0x3500  // htons(53)
+#define DNS_PORT 53
 #define MAX_LABELS 40
 
 struct dns_header {
@@ -162,12 +178,22 @@ struct {
 } dns_events SEC(".maps");
 RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, u64, 1) dns_lost SEC(".maps");
 
+// min(v, max) that the verifiers of 5.10 and 6.1 see as bounded where it is used. With plain C,
+// clang may keep v unclamped on the stack and compare a reloaded copy: those verifiers bound the
+// compared register only, not the stack slot the length is read from again ("R4 min value is
+// negative" at bpf_skb_load_bytes). In one asm statement the clamp's result is a new value.
+static __always_inline u64 at_most(u64 v, const u64 max)
+{
+    asm volatile("if %0 <= %1 goto +1\n\t%0 = %1" : "+r"(v) : "i"(max));
+    return v;
+}
+
 static __always_inline void dns_emit(struct __sk_buff *skb, struct pkt *p, u32 dnsoff)
 {
     u32 rate = sample_rate();
     if (!sampled(rate))
         return;
-    if (!either_of_interest(p->src, p->dst))
+    if (!either_of_interest(p->t.src, p->t.dst))
         return;
     struct dns_event *ev = bpf_ringbuf_reserve(&dns_events, sizeof(struct dns_event), 0);
     if (!ev) {
@@ -177,14 +203,12 @@ static __always_inline void dns_emit(struct __sk_buff *skb, struct pkt *p, u32 d
             *lost += 1;
         return;
     }
-    __builtin_memcpy(ev->src, p->src, 16);
-    __builtin_memcpy(ev->dst, p->dst, 16);
-    ev->sport = SWAP16(p->sport);
-    ev->dport = SWAP16(p->dport);
+    __builtin_memcpy(ev->src, p->t.src, 16);
+    __builtin_memcpy(ev->dst, p->t.dst, 16);
+    ev->sport = p->t.sport;
+    ev->dport = p->t.dport;
     ev->weight = rate;
-    u32 n = skb->len > dnsoff ? skb->len - dnsoff : 0;
-    if (n > DNS_CAPTURE)
-        n = DNS_CAPTURE;
+    u64 n = at_most(skb->len > dnsoff ? skb->len - dnsoff : 0, DNS_CAPTURE);
     ev->len = 0;
     if (n >= 12 && bpf_skb_load_bytes(skb, dnsoff, ev->data, n) == 0)
         ev->len = n;
@@ -199,12 +223,12 @@ static __always_inline void dns_bump(u32 slot)
 }
 
 // Only packets to or from port 53 get here: the DNS message is read with skb loads.
-static __always_inline void dns_handle(struct __sk_buff *skb, struct pkt *p, int egress)
+COLD void dns_handle(struct __sk_buff *skb, struct pkt *p, int egress)
 {
     if (egress && skb->ingress_ifindex != 0)
         return;  // forwarded: counted at the ingress it came by
     u32 dnsoff;
-    if (p->proto == IPPROTO_UDP)
+    if (p->t.proto == IPPROTO_UDP)
         dnsoff = p->l4off + 8;
     else if (p->tcp)
         dnsoff = p->l4off + p->tcp_hlen + 2;  // DNS over TCP: 2-byte length prefix
@@ -215,17 +239,17 @@ static __always_inline void dns_handle(struct __sk_buff *skb, struct pkt *p, int
         return;  // no DNS payload (TCP handshake, ACKs)
     u16 flags = SWAP16(h.flags);
     int response = flags >> 15;
-    if (response ? p->sport != DNS_PORT_BE : p->dport != DNS_PORT_BE)
+    if (response ? p->t.sport != DNS_PORT : p->t.dport != DNS_PORT)
         return;
 
     struct inflight_key key = {};
     key.id = h.id;
     if (response) {
-        __builtin_memcpy(key.addr, p->dst, 16);
-        key.port = SWAP16(p->dport);
+        __builtin_memcpy(key.addr, p->t.dst, 16);
+        key.port = p->t.dport;
     } else {
-        __builtin_memcpy(key.addr, p->src, 16);
-        key.port = SWAP16(p->sport);
+        __builtin_memcpy(key.addr, p->t.src, 16);
+        key.port = p->t.sport;
     }
     u64 now = bpf_ktime_get_ns();
     if (pod_level)
@@ -281,16 +305,6 @@ static __always_inline void dns_handle(struct __sk_buff *skb, struct pkt *p, int
 // ------------------------------------------------------------------------------ packetparser
 // Pod-level flows: packets, bytes and TCP flags per flow key in a per-CPU LRU hash, for flows
 // touching an IP of interest. With dataSamplingRate N, 1 packet in N is counted N times.
-struct flow_key {
-    u8 src[16];
-    u8 dst[16];
-    u16 sport;
-    u16 dport;
-    u8 proto;
-    u8 direction;  // 0 = into the pod (TC egress of the host veth), 1 = out of the pod
-    u16 pad;
-};
-
 struct flow_value {
     u64 packets;
     u64 bytes;
@@ -299,27 +313,30 @@ struct flow_value {
 
 RETINA_MAP(BPF_MAP_TYPE_LRU_PERCPU_HASH, struct flow_key, struct flow_value, 1) flows SEC(".maps");  // maxFlows, set before load
 
-static __always_inline void pp_handle(struct __sk_buff *skb, struct pkt *p, u8 direction)
+// A flow's first packet: counted only when it touches an IP of interest.
+COLD struct flow_value *pp_new_flow(struct flow_key *key, struct dp_settings *s)
 {
-    u32 zero = 0;
-    struct dp_settings *s = bpf_map_lookup_elem(&dp_settings, &zero);
+    if ((!s || s->filter_enabled) && !either_of_interest(key->src, key->dst))
+        return NULL;
+    struct flow_value fresh = {};
+    bpf_map_update_elem(&flows, key, &fresh, BPF_ANY);
+    return bpf_map_lookup_elem(&flows, key);
+}
+
+static __always_inline void pp_handle(struct __sk_buff *skb, struct pkt *p, u8 direction,
+                                      struct dp_settings *s)
+{
     u32 rate = s && s->sample_rate > 1 ? s->sample_rate : 1;
     if (!sampled(rate))
         return;
-    if ((!s || s->filter_enabled) && !either_of_interest(p->src, p->dst))
-        return;
-    struct flow_key key = {};
-    __builtin_memcpy(key.src, p->src, 16);
-    __builtin_memcpy(key.dst, p->dst, 16);
-    key.sport = SWAP16(p->sport);
-    key.dport = SWAP16(p->dport);
-    key.proto = p->proto;
-    key.direction = direction;
-    struct flow_value *v = bpf_map_lookup_elem(&flows, &key);
-    if (!v) {
-        struct flow_value fresh = {};
-        bpf_map_update_elem(&flows, &key, &fresh, BPF_ANY);
-        v = bpf_map_lookup_elem(&flows, &key);
+    struct flow_key *key = &p->t;
+    key->direction = direction;
+    // A known flow is counted at once: it touched an IP of interest when it was created, and
+    // the agent deletes flows whose pods leave the selection (PacketParser.harvest). Only a
+    // flow's first packet pays for the two IPs-of-interest lookups.
+    struct flow_value *v = bpf_map_lookup_elem(&flows, key);
+    if (RARELY(!v)) {
+        v = pp_new_flow(key, s);
         if (!v)
             return;
     }
@@ -380,27 +397,17 @@ static __always_inline void lat_observe(u32 which, u64 delta_ns)
     h->count += 1;
 }
 
-static __always_inline void lat_handle(struct __sk_buff *skb, struct pkt *p, int egress)
+// A packet on an API server port: is it the node's connection to an API server?
+COLD void lat_track(struct pkt *p, int egress, u16 port)
 {
-    if (egress && skb->ingress_ifindex != 0)
-        return;  // forwarded, not the node's own connection
-    u16 server_port_be = egress ? p->dport : p->sport;
-    u32 zero = 0;
-    struct dp_settings *s = bpf_map_lookup_elem(&dp_settings, &zero);
-    if (!s)
-        return;
-    u16 port = SWAP16(server_port_be);
-    if (port != s->api_ports[0] && port != s->api_ports[1] && port != s->api_ports[2]
-        && port != s->api_ports[3])
-        return;
     struct server_key server = {};
     struct conn_key key = {};
     if (egress) {  // node -> server
-        __builtin_memcpy(server.addr, p->dst, 16);
-        key.client_port = SWAP16(p->sport);
+        __builtin_memcpy(server.addr, p->t.dst, 16);
+        key.client_port = p->t.sport;
     } else {       // server -> node
-        __builtin_memcpy(server.addr, p->src, 16);
-        key.client_port = SWAP16(p->dport);
+        __builtin_memcpy(server.addr, p->t.src, 16);
+        key.client_port = p->t.dport;
     }
     server.port = port;
     if (!bpf_map_lookup_elem(&apiservers, &server))
@@ -432,70 +439,151 @@ static __always_inline void lat_handle(struct __sk_buff *skb, struct pkt *p, int
     }
 }
 
+static __always_inline void lat_handle(struct __sk_buff *skb, struct pkt *p, int egress,
+                                       struct dp_settings *s)
+{
+    // Two compares and a port test before any map: the API server's port is one of at most
+    // four, so the apiservers lookup runs only for packets on those ports.
+    if (!s)
+        return;
+    u16 port = egress ? p->t.dport : p->t.sport;
+    if (RARELY(port == s->api_ports[0] || port == s->api_ports[1] || port == s->api_ports[2]
+               || port == s->api_ports[3])
+        && !(egress && skb->ingress_ifindex != 0))  // forwarded: not the node's connection
+        lat_track(p, egress, port);
+}
+
+
 // ------------------------------------------------------------------------------ the one parse
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+// Headers are read in place (direct packet access) when they are in the skb's linear part, as
+// they are for packets from a local socket or a veth. Otherwise (a driver that leaves headers
+// in page fragments) they are copied to the stack with bpf_skb_load_bytes. The packet is never
+// pulled: bpf_skb_pull_data makes a cloned skb's head private (a copy of it for every TCP
+// segment, whose clone TCP keeps for retransmission) and changes the packet that the programs
+// after ours see. Only the bytes the plugins read are required: the IP header and the first
+// 20 bytes of TCP or 8 of UDP, so a TCP segment whose head holds just its headers parses in
+// place.
+#define PARSE_OK 0
+#define PARSE_NOT_IP -1
+#define PARSE_COPY 1  // a header is not in the linear part
+
+static __always_inline int take_v4(struct pkt *p, const struct iphdr *ip)
+{
+    u32 ihl = ip->ihl * 4;
+    if (ihl < sizeof(*ip))
+        return PARSE_NOT_IP;
+    p->v4 = 1;
+    p->t.proto = ip->protocol;
+    if (ip->frag_off & SWAP16(0x1fff))
+        p->t.proto = 0;  // later fragment: no L4 header
+    // ::ffff:a.b.c.d (bytes 8..11 = 00 00 ff ff: one 32-bit store each)
+    *(u32 *)(p->t.src + 8) = __builtin_bswap32(0x0000ffff);
+    *(u32 *)(p->t.dst + 8) = __builtin_bswap32(0x0000ffff);
+    __builtin_memcpy(p->t.src + 12, &ip->saddr, 4);
+    __builtin_memcpy(p->t.dst + 12, &ip->daddr, 4);
+    p->l4off = ETH_HLEN + ihl;
+    u16 tot = SWAP16(ip->tot_len);
+    p->ip_payload = tot > ihl ? tot - ihl : 0;
+    return PARSE_OK;
+}
+
+static __always_inline void take_v6(struct pkt *p, const struct ipv6hdr *ip6)
+{
+    p->t.proto = ip6->nexthdr;
+    __builtin_memcpy(p->t.src, &ip6->saddr, 16);
+    __builtin_memcpy(p->t.dst, &ip6->daddr, 16);
+    p->l4off = ETH_HLEN + sizeof(*ip6);
+    p->ip_payload = SWAP16(ip6->payload_len);
+}
+
+static __always_inline void take_tcp(struct pkt *p, const struct tcphdr *tcp)
+{
+    p->t.sport = SWAP16(tcp->source);
+    p->t.dport = SWAP16(tcp->dest);
+    p->tcp = 1;
+    p->tcpflags = ((const u8 *)tcp)[13];
+    p->tcp_ns = ((const u8 *)tcp)[12] & 1;
+    p->tcp_hlen = tcp->doff * 4;
+}
+
+static __always_inline void take_udp(struct pkt *p, const struct udphdr *udp)
+{
+    p->t.sport = SWAP16(udp->source);
+    p->t.dport = SWAP16(udp->dest);
+}
+
+// In place. PARSE_COPY when a header the plugins read is past the linear part.
+static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
 {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
-    u32 want = skb->len < PARSE_LEN ? skb->len : PARSE_LEN;
-    if (data + want > end) {  // headers outside the linear part: pull them in, once
-        if (bpf_skb_pull_data(skb, want) < 0)
-            return -1;
-        data = (void *)(long)skb->data;
-        end = (void *)(long)skb->data_end;
-    }
-    u32 l4off;
     if (skb->protocol == SWAP16(ETH_P_IP)) {
         struct iphdr *ip = data + ETH_HLEN;
         if ((void *)(ip + 1) > end)
-            return -1;
-        u32 ihl = ip->ihl * 4;
-        if (ihl < sizeof(*ip))
-            return -1;
-        p->v4 = 1;
-        p->proto = ip->protocol;
-        if (ip->frag_off & SWAP16(0x1fff))
-            p->proto = 0;  // later fragment: no L4 header
-        p->src[10] = p->src[11] = p->dst[10] = p->dst[11] = 0xff;
-        __builtin_memcpy(p->src + 12, &ip->saddr, 4);
-        __builtin_memcpy(p->dst + 12, &ip->daddr, 4);
-        l4off = ETH_HLEN + ihl;
-        u16 tot = SWAP16(ip->tot_len);
-        p->ip_payload = tot > ihl ? tot - ihl : 0;
+            return PARSE_COPY;
+        if (take_v4(p, ip) < 0)
+            return PARSE_NOT_IP;
     } else if (skb->protocol == SWAP16(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = data + ETH_HLEN;
         if ((void *)(ip6 + 1) > end)
-            return -1;
-        p->proto = ip6->nexthdr;
-        __builtin_memcpy(p->src, &ip6->saddr, 16);
-        __builtin_memcpy(p->dst, &ip6->daddr, 16);
-        l4off = ETH_HLEN + sizeof(*ip6);
-        p->ip_payload = SWAP16(ip6->payload_len);
+            return PARSE_COPY;
+        take_v6(p, ip6);
     } else {
-        return -1;
+        return PARSE_NOT_IP;
     }
-    p->l4off = l4off;
-    if (l4off > ETH_HLEN + 60)
-        return 0;
+    u32 l4off = p->l4off;
+    if (l4off > ETH_HLEN + 60)  // cannot be (ihl <= 15 words); tells the verifier the bound
+        return PARSE_OK;
     void *l4 = data + l4off;
-    if (p->proto == IPPROTO_TCP) {
+    if (p->t.proto == IPPROTO_TCP) {
         struct tcphdr *tcp = l4;
         if ((void *)(tcp + 1) > end)
-            return 0;
-        p->sport = tcp->source;
-        p->dport = tcp->dest;
-        p->tcp = 1;
-        p->tcpflags = ((u8 *)tcp)[13];
-        p->tcp_ns = ((u8 *)tcp)[12] & 1;
-        p->tcp_hlen = tcp->doff * 4;
-    } else if (p->proto == IPPROTO_UDP) {
+            return PARSE_COPY;
+        take_tcp(p, tcp);
+    } else if (p->t.proto == IPPROTO_UDP) {
         struct udphdr *udp = l4;
         if ((void *)(udp + 1) > end)
-            return 0;
-        p->sport = udp->source;
-        p->dport = udp->dest;
+            return PARSE_COPY;
+        take_udp(p, udp);
     }
-    return 0;
+    return PARSE_OK;
+}
+
+// Copies: for headers outside the linear part (rare). A packet too short for its L4 header
+// keeps its addresses and protocol, without ports.
+COLD int parse_copied(struct __sk_buff *skb, struct pkt *p)
+{
+    if (skb->protocol == SWAP16(ETH_P_IP)) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || take_v4(p, &ip) < 0)
+            return PARSE_NOT_IP;
+    } else if (skb->protocol == SWAP16(ETH_P_IPV6)) {
+        struct ipv6hdr ip6;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+            return PARSE_NOT_IP;
+        take_v6(p, &ip6);
+    } else {
+        return PARSE_NOT_IP;
+    }
+    if (p->t.proto == IPPROTO_TCP) {
+        struct tcphdr tcp;
+        if (bpf_skb_load_bytes(skb, p->l4off, &tcp, sizeof(tcp)) == 0)
+            take_tcp(p, &tcp);
+    } else if (p->t.proto == IPPROTO_UDP) {
+        struct udphdr udp;
+        if (bpf_skb_load_bytes(skb, p->l4off, &udp, sizeof(udp)) == 0)
+            take_udp(p, &udp);
+    }
+    return PARSE_OK;
+}
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+    int r = parse_direct(skb, p);
+    if (!RARELY(r == PARSE_COPY))
+        return r;
+    __builtin_memset(p, 0, sizeof(*p));
+    return parse_copied(skb, p);
 }
 
 static __always_inline int handle(struct __sk_buff *skb, const int egress)
@@ -510,13 +598,17 @@ static __always_inline int handle(struct __sk_buff *skb, const int egress)
     struct pkt p = {};
     if (parse(skb, &p) < 0)
         return TC_ACT_UNSPEC;
-    if (feat_dns && (features & F_DNS) && (p.sport == DNS_PORT_BE || p.dport == DNS_PORT_BE))
+    if (RARELY(feat_dns && (features & F_DNS) && (p.t.sport == DNS_PORT || p.t.dport == DNS_PORT)))
         dns_handle(skb, &p, egress);
+    u32 zero = 0;
+    struct dp_settings *s = NULL;
+    if (feat_pp || feat_lat)
+        s = bpf_map_lookup_elem(&dp_settings, &zero);
     // On the host side of a pod's veth, TC ingress sees what the pod sent, egress what it gets.
     if (feat_pp && (features & F_PP))
-        pp_handle(skb, &p, egress ? 0 : 1);
+        pp_handle(skb, &p, egress ? 0 : 1, s);
     if (feat_lat && (features & F_LAT) && p.tcp)
-        lat_handle(skb, &p, egress);
+        lat_handle(skb, &p, egress, s);
     return TC_ACT_UNSPEC;
 }
 

@@ -34,8 +34,25 @@ class LibbpfError(Exception):
     """libbpf could not open, configure or load an object; the message has libbpf's words."""
 
 
-class _BtfType(ctypes.Structure):
+class BtfType(ctypes.Structure):
+    """``struct btf_type`` (linux/btf.h); its kind's items follow it in memory."""
+
     _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+
+    @property
+    def kind(self) -> int:
+        return (self.info >> 24) & 0x1F
+
+    @property
+    def vlen(self) -> int:
+        return self.info & 0xFFFF
+
+    @property
+    def kind_flag(self) -> bool:
+        return bool(self.info >> 31)
+
+    def items(self, item: type[ctypes.Structure]) -> ctypes.Array:
+        return (item * self.vlen).from_address(ctypes.addressof(self) + ctypes.sizeof(BtfType))
 
 
 class _VarSecinfo(ctypes.Structure):
@@ -49,7 +66,7 @@ def _sig(lib: ctypes.CDLL, name: str, restype, *argtypes) -> None:
 
 
 @cache
-def _lib() -> ctypes.CDLL:
+def lib() -> ctypes.CDLL:
     lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
     p, i, s = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     _sig(lib, "libbpf_set_print", p, _PRINT_FN)
@@ -67,8 +84,11 @@ def _lib() -> ctypes.CDLL:
     _sig(lib, "bpf_map__initial_value", p, p, ctypes.POINTER(ctypes.c_size_t))
     _sig(lib, "bpf_program__fd", i, p)
     _sig(lib, "bpf_program__set_type", i, p, ctypes.c_int)
+    _sig(lib, "btf__parse_raw", p, s)
+    _sig(lib, "btf__free", None, p)
+    _sig(lib, "btf__resolve_type", i, p, ctypes.c_uint32)
     _sig(lib, "btf__find_by_name_kind", ctypes.c_int32, p, s, ctypes.c_uint32)
-    _sig(lib, "btf__type_by_id", ctypes.POINTER(_BtfType), p, ctypes.c_uint32)
+    _sig(lib, "btf__type_by_id", ctypes.POINTER(BtfType), p, ctypes.c_uint32)
     _sig(lib, "btf__name_by_offset", s, p, ctypes.c_uint32)
     return lib
 
@@ -99,7 +119,7 @@ def _print(level: int, fmt: bytes, args: int) -> int:
 
 @cache
 def _install_print() -> None:
-    _lib().libbpf_set_print(_print)
+    lib().libbpf_set_print(_print)
 
 
 def verifier_tail(lines: list[str]) -> list[str]:
@@ -141,7 +161,7 @@ class BpfObject:
         self._loaded = False
         with _log_lock:
             _log.clear()
-            self._obj = _lib().bpf_object__open_file(os.fsencode(self.path), None)
+            self._obj = lib().bpf_object__open_file(os.fsencode(self.path), None)
             err = ctypes.get_errno()
             lines = list(_log)
         if not self._obj:
@@ -157,12 +177,12 @@ class BpfObject:
 
     def close(self) -> None:
         if self._obj:
-            _lib().bpf_object__close(self._obj)
+            lib().bpf_object__close(self._obj)
             self._obj = None
 
     # -- before load ---------------------------------------------------------------------------
     def _map(self, name: str) -> int:
-        m = _lib().bpf_object__find_map_by_name(self._obj, name.encode())
+        m = lib().bpf_object__find_map_by_name(self._obj, name.encode())
         if not m:
             raise LibbpfError(f"{self.name} has no map {name}")
         return m
@@ -170,34 +190,26 @@ class BpfObject:
     def map_names(self) -> list[str]:
         names, m = [], None
         while True:
-            m = _lib().bpf_object__next_map(self._obj, m)
+            m = lib().bpf_object__next_map(self._obj, m)
             if not m:
                 return names
-            names.append(_lib().bpf_map__name(m).decode())
+            names.append(lib().bpf_map__name(m).decode())
 
     def constants(self) -> dict[str, tuple[int, int]]:
         """Every ``const volatile`` of the object: name -> (offset in .rodata, size)."""
-        lib = _lib()
-        btf = lib.bpf_object__btf(self._obj)
+        so = lib()
+        btf = so.bpf_object__btf(self._obj)
         if not btf:
             return {}
-        sec_id = lib.btf__find_by_name_kind(btf, b".rodata", BTF_KIND_DATASEC)
+        sec_id = so.btf__find_by_name_kind(btf, b".rodata", BTF_KIND_DATASEC)
         if sec_id < 0:
             return {}
-        sec = lib.btf__type_by_id(btf, sec_id)
-        vlen = sec.contents.info & 0xFFFF
-        infos = ctypes.cast(
-            ctypes.addressof(sec.contents) + ctypes.sizeof(_BtfType), ctypes.POINTER(_VarSecinfo)
-        )
+        sec = so.btf__type_by_id(btf, sec_id).contents
         found = {}
-        for k in range(vlen):
-            var = lib.btf__type_by_id(btf, infos[k].type)
-            if (var.contents.info >> 24) & 0x1F != BTF_KIND_VAR:
-                continue
-            found[lib.btf__name_by_offset(btf, var.contents.name_off).decode()] = (
-                infos[k].offset,
-                infos[k].size,
-            )
+        for info in sec.items(_VarSecinfo):
+            var = so.btf__type_by_id(btf, info.type).contents
+            if var.kind == BTF_KIND_VAR:
+                found[so.btf__name_by_offset(btf, var.name_off).decode()] = (info.offset, info.size)
         return found
 
     def set_constants(self, values: dict[str, int]) -> None:
@@ -212,7 +224,7 @@ class BpfObject:
                 f"{self.name} has no constant {', '.join(unknown)} (known: {', '.join(sorted(layout))})"
             )
         size = ctypes.c_size_t()
-        data = _lib().bpf_map__initial_value(self._map(".rodata"), ctypes.byref(size))
+        data = lib().bpf_map__initial_value(self._map(".rodata"), ctypes.byref(size))
         if not data:
             raise LibbpfError(f"{self.name}: .rodata has no initial value to set")
         for name, value in values.items():
@@ -231,18 +243,18 @@ class BpfObject:
         """Map sizes; a ring buffer's is in bytes, raised to a power-of-2 number of pages."""
         for name, n in sizes.items():
             m = self._map(name)
-            if _lib().bpf_map__type(m) == BPF_MAP_TYPE_RINGBUF:
+            if lib().bpf_map__type(m) == BPF_MAP_TYPE_RINGBUF:
                 page = os.sysconf("SC_PAGE_SIZE")
                 n = max(int(n), page)
                 n = 1 << (n - 1).bit_length()
-            if _lib().bpf_map__set_max_entries(m, int(n)) != 0:
+            if lib().bpf_map__set_max_entries(m, int(n)) != 0:
                 raise LibbpfError(f"{self.name}: cannot set max_entries of {name} to {n}")
 
     # -- load ------------------------------------------------------------------------------------
     def load(self) -> None:
         with _log_lock:
             _log.clear()
-            rc = _lib().bpf_object__load(self._obj)
+            rc = lib().bpf_object__load(self._obj)
             lines = list(_log)
         if rc != 0:
             err = -rc if rc < 0 else (ctypes.get_errno() or errno.EINVAL)
@@ -257,16 +269,16 @@ class BpfObject:
         self._loaded = True
 
     def program_fd(self, name: str) -> int:
-        prog = _lib().bpf_object__find_program_by_name(self._obj, name.encode())
+        prog = lib().bpf_object__find_program_by_name(self._obj, name.encode())
         if not prog:
             raise LibbpfError(f"{self.name} has no program {name}")
-        fd = _lib().bpf_program__fd(prog)
+        fd = lib().bpf_program__fd(prog)
         if fd < 0:
             raise LibbpfError(f"{self.name}: program {name} is not loaded")
         return fd
 
     def map_fd(self, name: str) -> int:
-        fd = _lib().bpf_map__fd(self._map(name))
+        fd = lib().bpf_map__fd(self._map(name))
         if fd < 0:
             raise LibbpfError(f"{self.name}: map {name} is not created")
         return fd

@@ -111,7 +111,9 @@ class DropReason(Plugin):
             tracepoints=[(tracepoint, "on_kfree_skb")],
             maps=maps,
             btf_offsets=offsets,
-            btf_enums=["skb_drop_reason"] if not self.names else [],
+            # names from BTF when the tracepoint has a reason but no table of them (a kernel
+            # without a reason field has nothing to name)
+            btf_enums=["skb_drop_reason"] if "reason" in fmt.fields and not self.names else [],
         )
 
     def start(self, loaded: LoadedProgram | None) -> None:
@@ -121,7 +123,10 @@ class DropReason(Plugin):
             self.names = reason_names(loaded.enums["skb_drop_reason"])
         self.names[NO_REASON] = "UNKNOWN"
         for warning in loaded.warnings:
-            log.warning("dropreason: %s (drop_bytes stays 0 without sk_buff.len)", warning)
+            if "skb_drop_reason" in warning:
+                log.warning("dropreason: %s (reasons are named by number)", warning)
+            else:
+                log.warning("dropreason: %s (without it drop_bytes stays 0, the direction unknown)", warning)
         self.counts = BpfMap(loaded.maps["drop_counts"], DropKey, DropValue, percpu=True)
         self.snapshot: dict[tuple[str, str], tuple[int, int]] = {}
         self.flows: FlowHarvester | None = None

@@ -1,11 +1,12 @@
 """packetparser: pod-level flows at TC on every pod's veth (Retina's advanced metrics).
 
 The kernel aggregates packets, bytes and TCP flags per flow key in a per-CPU LRU hash; only
-flows touching an IP of interest are counted (the filter map is kept by ``PodLevel``); when IPs
-leave the selection the agent deletes the kernel's flows that touch none of the remaining ones,
-so the map holds only what is counted. Every interval the agent reads the map in batches,
-turns per-flow deltas into series with the context labels of the MetricsConfiguration in
-force, and removes flows idle for a while.
+flows touching an IP of interest are counted (the filter map is kept by ``PodLevel``). The
+kernel checks the filter on a flow's first packet only (a known flow costs one lookup, not
+three), so when IPs leave the selection the agent deletes the flows that touch none of the
+remaining ones. Every interval the agent reads the map in batches, turns per-flow deltas into
+series with the context labels of the MetricsConfiguration in force, and removes flows idle
+for a while.
 
 Metrics: ``adv_forward_count``, ``adv_forward_bytes`` (direction + context) and
 ``adv_tcpflags_count`` (flag + context).
@@ -98,7 +99,7 @@ class PacketParser(TcPlugin):
 
     def _prune_deselected(self) -> None:
         """Delete the kernel's flows that touch no IP of interest any more (pods that left the
-        selection)."""
+        selection): the kernel checks the filter only when it creates a flow."""
         pod_level = self.ctx.pod_level
         interest = pod_level.interest_now
         if interest is self._interest:
