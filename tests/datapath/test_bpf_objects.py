@@ -110,6 +110,18 @@ def test_a_refused_program_reports_the_verifiers_reason():
     results["foreign"].close()
 
 
+def test_the_reason_survives_a_long_verifier_log():
+    """libbpf prints the verifier's whole log in one message; a fixed-size buffer kept its start and
+    lost the end, where the verifier says why."""
+    bad = ProgramSpec(
+        plugin="late", obj=str(HERE / "objects" / "refused_late.bpf.o"), programs=["unbounded_late"]
+    )
+    message = str(load_programs([bad])["late"])
+    verifier = message.split(" | verifier: ", 1)[1].split(" | ")
+    assert verifier[0] == "bpf_skb_load_bytes(skb, 0, buf, skb->len); @ refused_late.c:18"
+    assert verifier[-1].startswith("R4 ")
+
+
 def test_an_unknown_constant_or_map_is_named():
     results = load_programs(
         [

@@ -169,7 +169,7 @@ def build(folder: Path = PACKAGE_DIR, force: bool = False) -> list[Path]:
 def check(obj: Path) -> None:
     """Refuse a missing object, or one older than its source (when the source is there to
     compare with: in a dev tree, or a wheel that ships the C beside the objects)."""
-    source = Source(obj.parent.parent / (obj.name.removesuffix(".bpf.o") + ".c"))
+    source = Source((obj.parent.parent / (obj.name.removesuffix(".bpf.o") + ".c")).resolve())
     if not obj.is_file():
         raise StaleObject(f"BPF object {obj} does not exist: run {BUILD_COMMAND}")
     if not source.path.is_file():

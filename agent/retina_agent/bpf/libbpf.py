@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import threading
 from functools import cache
 from pathlib import Path
@@ -76,20 +77,24 @@ def lib() -> ctypes.CDLL:
     _sig(lib, "bpf_object__btf", p, p)
     _sig(lib, "bpf_object__find_map_by_name", p, p, s)
     _sig(lib, "bpf_object__find_program_by_name", p, p, s)
-    _sig(lib, "bpf_object__next_map", p, p, p)
     _sig(lib, "bpf_map__name", s, p)
     _sig(lib, "bpf_map__fd", i, p)
     _sig(lib, "bpf_map__type", i, p)
     _sig(lib, "bpf_map__set_max_entries", i, p, ctypes.c_uint32)
     _sig(lib, "bpf_map__initial_value", p, p, ctypes.POINTER(ctypes.c_size_t))
     _sig(lib, "bpf_program__fd", i, p)
-    _sig(lib, "bpf_program__set_type", i, p, ctypes.c_int)
     _sig(lib, "btf__parse_raw", p, s)
     _sig(lib, "btf__free", None, p)
     _sig(lib, "btf__resolve_type", i, p, ctypes.c_uint32)
     _sig(lib, "btf__find_by_name_kind", ctypes.c_int32, p, s, ctypes.c_uint32)
     _sig(lib, "btf__type_by_id", ctypes.POINTER(BtfType), p, ctypes.c_uint32)
     _sig(lib, "btf__name_by_offset", s, p, ctypes.c_uint32)
+    # map elements by fd (maps.BpfMap)
+    _sig(lib, "bpf_map_lookup_elem", i, i, p, p)
+    _sig(lib, "bpf_map_update_elem", i, i, p, p, ctypes.c_uint64)
+    _sig(lib, "bpf_map_delete_elem", i, i, p)
+    _sig(lib, "bpf_map_get_next_key", i, i, p, p)
+    _sig(lib, "bpf_map_lookup_batch", i, i, p, p, p, p, ctypes.POINTER(ctypes.c_uint32), p)
     return lib
 
 
@@ -107,13 +112,29 @@ _log_lock = threading.Lock()
 _log: list[str] = []
 
 
+# va_copy by hand: where va_list is a struct (x86_64: 24 bytes, aarch64: 32) the callback gets a
+# pointer to it, and a copy of those bytes is a va_list of its own.
+_VA_LIST_SIZE = {"x86_64": 24, "aarch64": 32}.get(platform.machine())
+_FALLBACK_MESSAGE = 1 << 16
+
+
+def _format(fmt: bytes, args: int) -> str:
+    """One message, whole: libbpf prints the verifier's log in one call, and the reason is at its
+    end, so the length is measured first (on a copy of the va_list, which vsnprintf consumes)."""
+    size = _FALLBACK_MESSAGE
+    if _VA_LIST_SIZE:
+        copy = ctypes.create_string_buffer(_VA_LIST_SIZE)
+        ctypes.memmove(copy, args, _VA_LIST_SIZE)
+        size = _libc().vsnprintf(None, 0, fmt, ctypes.addressof(copy)) + 1
+    buf = ctypes.create_string_buffer(max(size, 1))
+    _libc().vsnprintf(buf, len(buf), fmt, args)
+    return buf.value.decode(errors="replace")
+
+
 @_PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
-    if level > LIBBPF_INFO:
-        return 0
-    buf = ctypes.create_string_buffer(8192)
-    _libc().vsnprintf(buf, len(buf), fmt, args)
-    _log.append(buf.value.decode(errors="replace"))
+    if level <= LIBBPF_INFO:
+        _log.append(_format(fmt, args))
     return 0
 
 
@@ -186,14 +207,6 @@ class BpfObject:
         if not m:
             raise LibbpfError(f"{self.name} has no map {name}")
         return m
-
-    def map_names(self) -> list[str]:
-        names, m = [], None
-        while True:
-            m = lib().bpf_object__next_map(self._obj, m)
-            if not m:
-                return names
-            names.append(lib().bpf_map__name(m).decode())
 
     def constants(self) -> dict[str, tuple[int, int]]:
         """Every ``const volatile`` of the object: name -> (offset in .rodata, size)."""

@@ -1,4 +1,4 @@
-"""Read and write BPF maps by fd through libbpf (Debian's libbpf1), with ctypes key/value types."""
+"""Read and write BPF maps by fd through libbpf (``libbpf.lib``), with ctypes key/value types."""
 
 from __future__ import annotations
 
@@ -10,33 +10,11 @@ from functools import cache
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from retina_agent.bpf.libbpf import lib as _libbpf
 from retina_agent.bpf.syscall import map_info
 
 K = TypeVar("K", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[name-defined]
 V = TypeVar("V", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[name-defined]
-
-
-@cache
-def _libbpf() -> ctypes.CDLL:
-    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    for name in ("bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_map_delete_elem", "bpf_map_get_next_key"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
-    lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    lib.bpf_map_lookup_batch.restype = ctypes.c_int
-    lib.bpf_map_lookup_batch.argtypes = [
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.c_uint32),
-        ctypes.c_void_p,
-    ]
-    return lib
 
 
 @cache

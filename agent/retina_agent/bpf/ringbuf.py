@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from retina_agent.bpf.maps import _libbpf
+from retina_agent.bpf.libbpf import lib as _libbpf
 
 log = logging.getLogger(__name__)
 
