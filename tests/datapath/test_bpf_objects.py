@@ -82,6 +82,30 @@ def test_the_agents_folder_named_by_a_relative_path_is_the_same_build():
     assert build.build(relative) == []
 
 
+def test_an_object_is_the_same_from_any_checkout(tmp_path):
+    """No absolute path in the objects (BTF line info): an image layer or a wheel built from two
+    checkouts holds the same bytes."""
+    for checkout in ("one", "two"):
+        (tmp_path / checkout).mkdir()
+        shutil.copy(HERE / "foreign.c", tmp_path / checkout / "foreign.c")
+        build.build(tmp_path / checkout)
+    one, two = ((tmp_path / c / "objects" / "foreign.bpf.o").read_bytes() for c in ("one", "two"))
+    assert one == two
+    assert str(tmp_path).encode() not in one and str(build.PACKAGE_DIR).encode() not in one
+
+
+def test_new_compiler_flags_make_every_object_stale(tmp_path, monkeypatch):
+    """The record once covered the C and the -D flags only: a change of clang's flags left the old
+    objects "fresh" (this checkout ran yesterday's build while a fresh clone did not)."""
+    shutil.copy(HERE / "foreign.c", tmp_path / "foreign.c")
+    build.build(tmp_path)
+    (source,) = build.sources(tmp_path)
+    assert build.is_fresh(source)
+    monkeypatch.setattr(build, "CFLAGS", [*build.CFLAGS, "-DNEW_FLAG"])
+    assert not build.is_fresh(source)
+    assert build.build(tmp_path) == [source.object]
+
+
 def test_a_source_that_does_not_compile_names_the_file_and_line(tmp_path):
     (tmp_path / "broken.c").write_text(
         '#include "common.h"\nSEC("tc") int f(struct __sk_buff *s) { return x; }\n'

@@ -35,6 +35,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 OBJECTS = "objects"
 BUILD_COMMAND = "python -m retina_agent.bpf.build"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+#: clang's flags, part of each object's recorded digest (a change here rebuilds every object).
+#: -gembed-source puts the C lines in the object (the verifier quotes them in its errors) and
+#: -fdebug-compilation-dir/-fdebug-prefix-map keep absolute paths out: the same bytes from any
+#: checkout. The build machine's include paths and prefix maps are not recorded.
+CFLAGS = ["-O2", "-g", "-gdwarf-5", "-gembed-source", "-Wall", "-target", "bpf", "-fdebug-compilation-dir=."]
 
 
 class BuildError(Exception):
@@ -105,7 +110,7 @@ class Source:
         h = hashlib.sha256()
         for path in self.inputs():
             h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-        h.update("\0".join(self.defines()).encode())
+        h.update("\0".join(CFLAGS + self.defines()).encode())
         return h.hexdigest()
 
 
@@ -130,8 +135,10 @@ def compile_one(source: Source, clang: str = "clang") -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".o", dir=source.object.parent)
     os.close(fd)
     try:
+        prefix_maps = {source.path.parent: ".", PACKAGE_DIR: "retina_agent/bpf"}
         cmd = [
-            clang, "-O2", "-g", "-Wall", "-target", "bpf", *_uapi_include(), f"-I{PACKAGE_DIR}",
+            clang, *CFLAGS, *_uapi_include(), f"-I{PACKAGE_DIR}",
+            *(f"-fdebug-prefix-map={k}={v}" for k, v in prefix_maps.items()),
             *source.defines(), "-c", str(source.path), "-o", tmp,
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
