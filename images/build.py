@@ -5,7 +5,9 @@
 1. the Debian 12 base image from debootstrap (``images.base``; kept when it exists);
 2. a wheel of this repository (``pip wheel --no-deps``, from a copy of the sources so the work
    tree gets no ``build/`` directory), with fixed timestamps so an unchanged tree gives the same
-   wheel and Podman reuses every layer;
+   wheel and Podman reuses every layer. Before it, the agent's BPF objects are compiled into the
+   copy by ``images/bpf/Containerfile`` (Debian 12's clang and libbpf-dev, whatever the host has),
+   so the agent image needs no compiler, bcc, LLVM or kernel headers;
 3. for each image a wheelhouse of its PyPI dependencies, made on this host by ``pip wheel``
    (the core dependencies plus the image's extras from pyproject.toml, pinned to the versions in
    this machine's ``.venv``, which the test suite ran with) and cached in ``WHEEL_CACHE`` by
@@ -45,6 +47,25 @@ IMAGE_EXTRAS: dict[str, tuple[str, ...]] = {
     "operator": ("capture",),  # kopf operator: kubernetes, kopf (and what the capture CLI uses)
 }
 CONTAINERFILES = {kind: REPO / "images" / kind / "Containerfile" for kind in IMAGE_EXTRAS}
+#: The agent image's Debian packages (its Containerfile's ``AGENT_PACKAGES`` build argument; the
+#: kernel matrix's guests install the same, kernels/retina_kernels/rootfs.py). No compiler, bcc,
+#: LLVM or kernel headers: the BPF objects are compiled at build time and loaded by libbpf1.
+AGENT_PACKAGES: tuple[str, ...] = (
+    "python3",
+    "libbpf1",  # libbpf.so.1: loads the BPF objects, reads their maps (needs libelf1, zlib1g)
+    "iproute2",  # ip, ss, tc: the capture worker records the node's network state
+    "iptables",
+    "nftables",
+    "python3-nftables",  # the netfilter plugin reads native nftables counters (libnftables JSON)
+    "tcpdump",  # the capture worker
+    "ca-certificates",  # uploads to Azure Blob and S3 over TLS
+)
+#: ``--build-arg`` values per image, beyond BASE_IMAGE.
+BUILD_ARGS: dict[str, dict[str, str]] = {"agent": {"AGENT_PACKAGES": " ".join(AGENT_PACKAGES)}}
+#: Compiles the agent's BPF objects (``python -m retina_agent.bpf.build``) at build time.
+BPF_CONTAINERFILE = REPO / "images" / "bpf" / "Containerfile"
+#: Where the build step writes them, relative to the source tree (package data of the wheel).
+BPF_OBJECTS = Path("agent/retina_agent/bpf/objects")
 #: Wheelhouses of the images' dependencies, one directory per hash of what they hold (also the
 #: kernel matrix's guest venv: kernels/retina_kernels/rootfs.py). RETINA_WHEEL_CACHE moves it.
 WHEEL_CACHE = Path(os.environ.get("RETINA_WHEEL_CACHE", "/var/cache/retina-onprem/wheelhouses"))
@@ -129,8 +150,40 @@ def pinned_closure(reqs: list[str]) -> list[str]:
     return sorted(pins.values())
 
 
-def build_wheel(out_dir: Path) -> Path:
-    """``pip wheel --no-deps`` of a copy of the repository's packages; returns the wheel path."""
+def build_bpf_objects(src: Path, log=print) -> list[Path]:
+    """Compile the agent's BPF objects into the source copy ``src`` in the toolchain container
+    (``images/bpf/Containerfile``, ``podman build --output``); returns the objects. Objects
+    already in the copy (a developer's, built by the host's clang) are replaced."""
+    objects = src / BPF_OBJECTS
+    shutil.rmtree(objects, ignore_errors=True)
+    objects.mkdir(parents=True)
+    if not image_exists(BASE_IMAGE):  # the kernel matrix calls build_wheel before any image
+        build_base(log=log)
+    podman(
+        "build",
+        "--pull=never",
+        "--network",
+        "host",
+        *ULIMITS,
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        "-f",
+        str(BPF_CONTAINERFILE),
+        "--output",
+        f"type=local,dest={objects}",
+        str(src / "agent"),
+        timeout=1800,
+    )
+    built = sorted(objects.glob("*.bpf.o"))
+    if not built:
+        raise PodmanError(f"{BPF_CONTAINERFILE} wrote no *.bpf.o into {objects}")
+    log(f"BPF objects: {', '.join(f'{o.name} ({o.stat().st_size} B)' for o in built)}")
+    return built
+
+
+def build_wheel(out_dir: Path, log=print) -> Path:
+    """``pip wheel --no-deps`` of a copy of the repository's packages, the BPF objects compiled
+    into it first; returns the wheel path."""
     pyproject = _pyproject()
     package_dirs = pyproject["tool"]["setuptools"]["packages"]["find"]["where"]
     with tempfile.TemporaryDirectory(prefix="retina-wheel-") as tmp:
@@ -144,6 +197,7 @@ def build_wheel(out_dir: Path) -> Path:
                     src / name,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
                 )
+        build_bpf_objects(src, log=log)
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out_dir), str(src)],
@@ -220,6 +274,7 @@ def build_image(kind: str, ref: str, wheel: Path, house: Path, *, no_cache: bool
             *ULIMITS,
             "--build-arg",
             f"BASE_IMAGE={BASE_IMAGE}",
+            *(f"--build-arg={name}={value}" for name, value in BUILD_ARGS.get(kind, {}).items()),
             "-f",
             str(CONTAINERFILES[kind]),
             "-t",
@@ -242,7 +297,7 @@ def build_all(*, rebuild_base: bool = False, no_cache: bool = False, log=print) 
     report.seconds["base"] = build_base(rebuild=rebuild_base, log=log)
     with tempfile.TemporaryDirectory(prefix="retina-wheelhouse-") as tmp:
         started = time.monotonic()
-        wheel = build_wheel(Path(tmp))
+        wheel = build_wheel(Path(tmp), log=log)
         report.seconds["wheel"] = time.monotonic() - started
         log(f"wheel {wheel.name} in {report.seconds['wheel']:.0f}s")
         for kind, ref in report.refs.items():

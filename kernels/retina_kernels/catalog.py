@@ -29,8 +29,8 @@ KERNELS: dict[str, Kernel] = {
     )
 }
 
-#: The root file system every kernel boots: Debian 12, with the 6.1 headers bcc compiles
-#: against whatever the kernel (the mismatched-headers case the agent is designed for).
+#: The root file system every kernel boots: Debian 12 with the agent image's packages (no kernel
+#: headers: the agent's BPF objects are compiled at build time and take offsets from BTF).
 ROOTFS_SUITE = "bookworm"
 
 

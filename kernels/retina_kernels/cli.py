@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {k.name: json.loads((args.out / k.name / "result.json").read_text()) for k in kernels}
     else:
         prepared = prepare(args.cache, kernels)
-        print(
-            f"prepared in {prepared.seconds:.0f}s: root disk {prepared.rootfs.name}, "
-            f"headers {prepared.headers}"
-        )
+        print(f"prepared in {prepared.seconds:.0f}s: root disk {prepared.rootfs.name}")
         results = run_kernels(
             kernels,
             prepared,

@@ -17,16 +17,16 @@ SOURCE = """\
 
 Captured by `scripts/kernel_matrix.sh` (kernels/retina_kernels/guest.py `capture_tree`) inside a
 qemu guest running Debian's kernel package `{package}` {version} (suite {suite}, `uname -r`
-{release}) with the matrix's Debian 12 root file system and `{headers}`.
+{release}) with the matrix's Debian 12 root file system (the agent image's packages: no kernel
+headers, as on a node without a headers package).
 
 What is as the guest had it: the kernel config (`boot/config-{release}`, from the package), the
 tracefs formats (`sys/kernel/tracing/events/...`), `kprobe_events`, `proc/` files, `etc/os-release`
-(Debian 12: the root file system's, whatever the kernel's suite), the headers' release files under
-`usr/src/`, and `lib/modules/{release}/build` (the link the matrix makes to the 6.1 headers).
+(Debian 12: the root file system's, whatever the kernel's suite); no `lib/modules/{release}/build`.
 What is reduced: `sys/kernel/btf/vmlinux` holds the first {btf_kept} bytes of the guest's
 {btf_size}-byte file (preflight checks BTF's presence and size only); only the files preflight
 reads were copied. `retina-preflight.probes.json` holds the live-only probes' results (bpf(),
-bcc, TC clsact, capabilities) from the guest's live run; `live.json` that run's verdicts.
+libbpf, TC clsact, capabilities) from the guest's live run; `live.json` that run's verdicts.
 """
 
 
@@ -45,7 +45,6 @@ def save_fixture(result: dict, result_dir: Path, hosts: Path) -> Path:
             version=host["package_version"],
             suite=host["suite"],
             release=release,
-            headers=host["headers"],
             btf_kept=tree["btf_kept_bytes"],
             btf_size=tree["btf_size"],
         )

@@ -49,8 +49,9 @@ clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
 users: [{{name: none, user: {{token: not-a-secret}}}}]
 contexts: [{{name: none, context: {{cluster: none, user: none}}}}]
 """
-#: How long the agent may take to compile and load its programs under emulation.
-AGENT_READY_TIMEOUT = 3600.0
+#: How long the agent may take to load its BPF objects and start under emulation (TCG, a loaded
+#: host); nothing is compiled in the guest any more.
+AGENT_READY_TIMEOUT = 1800.0
 
 
 def say(message: str) -> None:
@@ -103,7 +104,7 @@ class Progress:
 
 
 #: Console heartbeat interval, and how long one step may run before its stacks are dumped (the
-#: agent's start, bcc compiling every plugin under emulation, has a limit of its own).
+#: agent's start has a limit of its own).
 HEARTBEAT = 30.0
 STEP_STALL = 900.0
 PROGRESS = Progress()
@@ -144,7 +145,7 @@ def prepare_node() -> dict:
             next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))
         ),
         "btf": os.path.isfile("/sys/kernel/btf/vmlinux"),
-        "headers": os.path.realpath(f"/lib/modules/{release}/build"),
+        "headers": os.path.exists(f"/lib/modules/{release}/build"),  # False: the matrix gives none
     }
 
 
@@ -177,7 +178,7 @@ TRACEPOINT_FORMATS = (
     "tcp/tcp_receive_reset",
 )
 #: Live-only probes: recorded in the tree from the live run, as retina-preflight.probes.json.
-LIVE_ONLY = ("bpf_syscall", "bcc", "tc_clsact", "capabilities")
+LIVE_ONLY = ("bpf_syscall", "libbpf", "tc_clsact", "capabilities")
 #: BTF is checked for presence and size only; the fixture keeps its first bytes, not 5 MB.
 BTF_HEAD = 4096
 
@@ -209,11 +210,7 @@ def capture_tree(tree: Path, live: dict) -> dict:
     for d in ("sys/fs/bpf", "sys/kernel/tracing", "sys/kernel/debug"):
         (tree / d).mkdir(parents=True, exist_ok=True)
         (tree / d / ".keep").touch()
-    headers = os.readlink(f"/lib/modules/{release}/build")
-    (tree / f"lib/modules/{release}").mkdir(parents=True, exist_ok=True)
-    (tree / f"lib/modules/{release}/build").symlink_to(headers)
-    for inner in ("include/generated/utsrelease.h", "include/config/kernel.release"):
-        copy(f"{headers}/{inner}")
+    (tree / f"lib/modules/{release}").mkdir(parents=True, exist_ok=True)  # no build link: no headers
     checks = {c["id"]: c for c in live["checks"]}
     probes = {
         cid: {k: checks[cid][k] for k in ("verdict", "value", "fix") if checks[cid].get(k)}
@@ -417,7 +414,7 @@ def run_lab() -> dict:
                     "latency": {"apiServer": [f"{db.ip}:6443"]},
                     "netfilter": {"namespaces": ["host", db.netns]},
                 },
-                "bpfCompileTimeout": "55m",
+                "bpfCompileTimeout": "20m",  # the loader child's limit: loading, not compiling
             },
             interval="1s",
         )
@@ -430,8 +427,8 @@ def run_lab() -> dict:
             stop_tail.set()
         out["agent_ready_seconds"] = round(time.monotonic() - started, 1)
         log = agent.log()
-        compiled = [line for line in log.splitlines() if "compiled and loaded" in line]
-        out["compile_line"] = compiled[-1].split("] ", 1)[-1] if compiled else None
+        compiled = [line for line in log.splitlines() if "BPF objects in" in line]
+        out["compile_line"] = compiled[-1].split("agent: ", 1)[-1] if compiled else None  # the message
         out["rss_kb_after_start"], out["peak_rss_kb_after_start"] = rss_peak_kb(agent.proc.pid)
         say(f"agent ready in {out['agent_ready_seconds']}s: {out['compile_line']}")
         PROGRESS.enter("lab: the agent's readyz, plugin states and TC attachments")

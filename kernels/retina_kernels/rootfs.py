@@ -1,18 +1,18 @@
-"""The guest's root file system: Debian 12 with bcc, the 6.1 headers, the lab's tools and the project.
+"""The guest's root file system: Debian 12 with what the agent image has, the lab's tools and the project.
 
 Built in two cached layers under ``<cache>/rootfs``:
 
 1. the system: ``debootstrap --variant=minbase bookworm`` (as images/base.py makes the
    container base, with the same slim dpkg/apt settings), then ``apt-get install`` in a chroot of
-   what the agent image installs (python3-bpfcc, libbpf1, iproute2, iptables, nftables), the
-   lab's tools (dnsmasq-base, kmod, procps) and Debian's newest 6.1 headers: the same headers for
-   every kernel booted, which is the mismatched-headers case the agent is designed for.
+   exactly the agent image's packages (``images.build.AGENT_PACKAGES``: libbpf1, no compiler, no
+   bcc, no kernel headers) plus the lab's tools (python3-venv, dnsmasq-base, kmod, procps).
    Keyed by that package list; minutes, done once per machine.
 2. the project: a venv at /opt/retina with the agent image's dependency wheels (the wheelhouse
    images/build.py makes for the agent image, pod-level clients included, at the versions the
-   tests ran with) and this repository's wheel; bcc and nftables linked in as the Containerfile
-   does; the test lab and the matrix (not in the wheel) copied beside it. Redone (seconds) when
-   the wheel or those sources change.
+   tests ran with) and this repository's wheel (the BPF objects compiled into it by
+   images/build.py, as for the image); nftables linked in as the Containerfile does; the test lab
+   and the matrix (not in the wheel) copied beside it. Redone (seconds) when the wheel or those
+   sources change.
 
 The result is an ext4 image (``mke2fs -d``, no mounting), keyed by both layers; qemu boots it
 with ``snapshot=on``, so every boot starts from the same bytes.
@@ -28,28 +28,29 @@ import time
 from pathlib import Path
 
 from .catalog import ROOTFS_SUITE
-from .debian import MIRROR, Suite
+from .debian import MIRROR
 
 #: The repository (lab/ and kernels/ are copied into the guest from here).
 REPO = Path(__file__).resolve().parents[2]
 
-#: Debian packages of the guest, beyond debootstrap's minbase (the agent image's runtime
-#: packages, images/agent/Containerfile, plus what the lab and the guest program use).
-PACKAGES = (
-    "python3",
+#: What the lab and the guest program need beyond the agent image's packages.
+LAB_PACKAGES = (
     "python3-venv",
-    "python3-bpfcc",
-    "libbpf1",
-    "iproute2",
-    "iptables",
-    "nftables",
-    "python3-nftables",
-    "tcpdump",  # the agent image has it (capture worker); the lab records the pods' veths
     "dnsmasq-base",
     "kmod",
     "procps",
-    "ca-certificates",
 )
+
+
+def packages() -> tuple[str, ...]:
+    """Debian packages of the guest beyond debootstrap's minbase: the agent image's (one list,
+    images/build.py) and the lab's. Imported here, not at the top: this module also runs inside
+    the guest, which has no ``images`` package."""
+    from images.build import AGENT_PACKAGES
+
+    return (*AGENT_PACKAGES, *LAB_PACKAGES)
+
+
 #: mke2fs features every kernel in the matrix mounts (5.10 knows neither of these).
 #: Inode tables and journal written at mke2fs time: the guest's ext4 then starts no lazy
 #: init writes, which crawl under emulation on a loaded host.
@@ -80,18 +81,12 @@ def _chroot(rootfs: Path, script: str, *, timeout: float = 1800, what: str = "")
     )
 
 
-def headers_package(cache: Path, log=print) -> str:
-    """linux-headers-6.1.0-N-amd64: the ABI bookworm's linux-headers-amd64 points at now."""
-    suite = Suite(ROOTFS_SUITE, cache)
-    suite.update(log=log)
-    return suite.depends_of("linux-headers-amd64", r"linux-headers-[0-9].*")
-
-
-def build_system(cache: Path, headers: str, log=print) -> Path:
+def build_system(cache: Path, log=print) -> Path:
     """Layer 1: debootstrap plus the Debian packages (cached by their list)."""
     from images.base import _configure  # the container base's slim dpkg/apt settings
 
-    key = hashlib.sha256(" ".join([ROOTFS_SUITE, headers, *PACKAGES]).encode()).hexdigest()[:12]
+    wanted = packages()
+    key = hashlib.sha256(" ".join([ROOTFS_SUITE, *wanted]).encode()).hexdigest()[:12]
     root = cache / "rootfs" / f"system-{key}"
     if (root / ".complete").exists():
         return root
@@ -102,17 +97,17 @@ def build_system(cache: Path, headers: str, log=print) -> Path:
     _run(["debootstrap", "--variant=minbase", ROOTFS_SUITE, str(root), MIRROR], what="debootstrap")
     _configure(root)
     shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
-    log(f"rootfs: apt-get install {' '.join(PACKAGES)} {headers}")
+    log(f"rootfs: apt-get install {' '.join(wanted)}")
     _chroot(
         root,
         "export DEBIAN_FRONTEND=noninteractive; apt-get update -q; "
-        f"apt-get install -y -q --no-install-recommends {' '.join(PACKAGES)} {headers}; "
+        f"apt-get install -y -q --no-install-recommends {' '.join(wanted)}; "
         "rm -rf /var/lib/apt/lists/* /var/cache/apt/*",
         what="apt-get install in the guest root",
     )
     (root / "etc" / "resolv.conf").write_text("")  # the guest has no network beyond its own
     (root / "etc" / "hostname").write_text("retina-guest\n")
-    (root / ".complete").write_text(f"{headers}\n")
+    (root / ".complete").write_text(" ".join(wanted) + "\n")
     for old in root.parent.glob("system-*"):  # the layer this one replaces (900 MB each)
         if old != root:
             shutil.rmtree(old, ignore_errors=True)
@@ -125,7 +120,7 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
     from images.build import build_wheel, wheelhouse
 
     with tempfile.TemporaryDirectory(prefix="retina-kernels-wheel-") as tmp:
-        wheel = build_wheel(Path(tmp))
+        wheel = build_wheel(Path(tmp), log=log)
         house = wheelhouse("agent", log=log)
         # The test lab and the matrix itself are not in the wheel (lab/ and kernels/ are not
         # installed): their sources go into the guest's site-packages beside it.
@@ -161,7 +156,6 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
                 "-r /tmp/retina-wheels/requirements.txt; "
                 "SITE=$(/opt/retina/bin/python -c "
                 "'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
-                'ln -s /usr/lib/python3/dist-packages/bcc "$SITE/bcc"; '
                 'ln -s /usr/lib/python3/dist-packages/nftables "$SITE/nftables"; '
             )
         log(f"rootfs: installing {wheel.name} ({digest}) into /opt/retina")
@@ -172,8 +166,9 @@ def install_project(system: Path, cache: Path, log=print) -> tuple[Path, str]:
             "SITE=$(/opt/retina/bin/python -c "
             "'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
             'rm -rf "$SITE/retina_lab" "$SITE/retina_kernels"; cp -r /tmp/retina-wheels/src/* "$SITE/"; '
-            "/opt/retina/bin/python -c 'import bcc, nftables, kubernetes, dns, retina_agent, retina_lab, "
-            "retina_kernels.guest, retina_agent.demo.cli'",
+            '/opt/retina/bin/python -c \'import ctypes; ctypes.CDLL("libbpf.so.1"); import nftables, '
+            "kubernetes, dns, retina_agent, retina_lab, retina_kernels.guest, retina_agent.demo.cli'; "
+            'test -n "$(ls "$SITE"/retina_agent/bpf/objects/*.bpf.o)"',
             timeout=900,
             what="pip install in the guest root",
         )
@@ -214,10 +209,9 @@ def make_ext4(source: Path, image: Path, *, label: str, spare: int = 256 << 20) 
     return image
 
 
-def rootfs_image(cache: Path, log=print) -> tuple[Path, str]:
-    """The root disk image (built or reused) and the headers package it carries."""
-    headers = headers_package(cache, log=log)
-    system = build_system(cache, headers, log=log)
+def rootfs_image(cache: Path, log=print) -> Path:
+    """The root disk image (built or reused)."""
+    system = build_system(cache, log=log)
     root, key = install_project(system, cache, log=log)
     image = cache / "rootfs" / f"rootfs-{key}.ext4"
     if not image.exists():
@@ -226,4 +220,4 @@ def rootfs_image(cache: Path, log=print) -> tuple[Path, str]:
         started = time.monotonic()
         make_ext4(root, image, label="retina-root")
         log(f"rootfs: {image.name} ({image.stat().st_size >> 20} MB) in {time.monotonic() - started:.0f}s")
-    return image, headers
+    return image

@@ -37,8 +37,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, di
     prepared = prepare(CACHE, kernels)
     # RETINA_KERNELS_OUT keeps the guests' results (retina-kernel-matrix --from-results reports them)
     out = Path(os.environ.get("RETINA_KERNELS_OUT") or tmp_path_factory.mktemp("kernels"))
-    # two guests side by side keep a 2-core machine busy (bcc compiles on one vCPU); a shared
-    # machine can ask for one at a time
+    # two guests side by side keep a 2-core machine busy; a shared machine can ask for one at a time
     parallel = int(os.environ.get("RETINA_KERNELS_PARALLEL", "2"))
     results = run_kernels(kernels, prepared, CACHE, out, parallel=parallel)
     return {name: (result, summarize(result)) for name, result in results.items()}

@@ -229,3 +229,28 @@ def test_phases_settle_on_the_labs_counts_not_the_guests_background_drops() -> N
 
     assert _counted(scrape(488, 40)) == _counted(scrape(490, 40))
     assert _counted(scrape(488, 40)) != _counted(scrape(488, 41))
+
+
+def test_guests_install_the_agent_images_packages_and_no_compiler_or_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest is what the agent image is (one package list, images/build.py) plus the lab's
+    tools; a kernel disk keeps no build/source link to headers from an earlier matrix."""
+    from images.build import AGENT_PACKAGES
+    from retina_kernels import rootfs
+
+    guest = rootfs.packages()
+    assert guest[: len(AGENT_PACKAGES)] == AGENT_PACKAGES
+    assert set(guest) - set(AGENT_PACKAGES) == set(rootfs.LAB_PACKAGES)
+    assert not [p for p in guest if "bpfcc" in p or "headers" in p or p.startswith(("clang", "llvm", "gcc"))]
+
+    root = tmp_path / "pkg"
+    modules = root / "lib/modules/6.1.0-50-amd64"
+    modules.mkdir(parents=True)
+    (modules / "build").symlink_to("/usr/src/linux-headers-6.1.0-50-amd64")  # an old matrix's link
+    tree = KernelTree(KERNELS["6.1"], "linux-image-6.1.0-50-amd64", "6.1.176-1", "6.1.0-50-amd64", root)
+    made: list[Path] = []
+    monkeypatch.setattr(matrix, "make_ext4", lambda source, image, **kw: made.append(image) or image)
+    image = matrix.kernel_disk(tree, tmp_path / "cache")
+    assert made == [image] and image.name == "linux-image-6.1.0-50-amd64.ext4"
+    assert not (modules / "build").is_symlink()

@@ -12,9 +12,12 @@ author:
   - retina-onprem contributors
 description:
   - Audits the kernel of the managed node for the Retina network-observability agent
-    (kernel version, BTF, kernel headers for bcc, bcc, bpffs/tracefs/debugfs, the tracepoints and
-    tracepoint fields the plugins read, kprobes, TC clsact tried in a throw-away network namespace,
-    capabilities, memlock limit, cgroup version) and tells which agent plugins will run and why not.
+    (kernel version, BTF, the bpf() syscall loading a program, libbpf, bpffs/tracefs/debugfs, the
+    tracepoints and tracepoint fields the plugins read, kprobes, TC clsact tried in a throw-away
+    network namespace, capabilities, memlock limit, cgroup version) and tells which agent plugins
+    will run and why not.
+  - Kernel headers are reported but not needed (the agent's BPF programs are compiled into its
+    image), so a node without headers for its kernel runs every plugin its kernel supports.
   - Optionally audits the control host (Helm >= 3.8, kubectl, cluster reachable and its version,
     kube-prometheus-stack CRDs, Grafana C(/api/health)).
   - Returns the same report as the C(retina-preflight --json) command, in RV(report) and as the
@@ -25,7 +28,7 @@ options:
   root:
     description:
       - Read procfs, sysfs, C(/boot) and C(/lib/modules) from this directory tree instead of the live host.
-      - In a tree, live-only probes (bpf(), bcc import, TC clsact) are reported as skipped unless the tree
+      - In a tree, live-only probes (bpf(), libbpf, TC clsact) are reported as skipped unless the tree
         holds C(retina-preflight.probes.json) recording them.
     type: path
     default: /

@@ -23,9 +23,10 @@ parse on the oldest node Python (3.6).
 
 from typing import NamedTuple, Tuple
 
-# Preflight checks every eBPF plugin needs: bcc compiles against the kernel headers and attaches
-# through tracefs or TC; maps are pinned in bpffs.
-EBPF_CHECKS = ("kernel_version", "bpf_syscall", "bcc", "kernel_headers", "tracefs", "bpffs")
+# Preflight checks every eBPF plugin needs: the bpf() syscall loads the objects compiled into the
+# agent image (no compiler, no kernel headers on the node), attached through tracefs or TC; maps
+# are pinned in bpffs.
+EBPF_CHECKS = ("kernel_version", "bpf_syscall", "tracefs", "bpffs")
 
 # Linux capabilities of an eBPF plugin: load programs and read maps (BPF), attach to tracepoints
 # and read perf buffers (PERFMON), raise the memlock limit (SYS_RESOURCE). TC plugins also add

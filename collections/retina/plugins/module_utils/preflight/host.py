@@ -5,7 +5,7 @@
 ``HostView("/")`` is the running host. ``HostView("/some/tree")`` reads the same relative paths
 from a copy of another host (the ``--root`` mode), so kernels we do not run can be audited from
 fixtures. Symlinks inside the tree that point to absolute paths are resolved inside the tree.
-Probes that need the live kernel (a netns, the bpf() syscall, importing bcc) are not possible
+Probes that need the live kernel (a netns, the bpf() syscall, loading libbpf) are not possible
 in tree mode; a tree may state their results in ``retina-preflight.probes.json`` at its top.
 """
 

@@ -1,6 +1,6 @@
 # Copyright: retina-onprem contributors
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
-"""Kernel checks: version, BTF, headers for bcc, kprobes."""
+"""Kernel checks: version, BTF, kernel headers (informational: not needed), kprobes."""
 
 import os
 import re
@@ -37,8 +37,8 @@ def check_kernel_version(ctx: NodeContext) -> CheckResult:
         return CheckResult("kernel_version", title, PASS, ctx.release, detail=detail)
     if ctx.distro_family == "rhel":
         fix = (
-            f"Boot a kernel >= {MIN_KERNEL}: on CentOS/RHEL 7 install ELRepo's kernel-lt or kernel-ml "
-            "(with its -devel headers), or move the node to RHEL 8.2+/9."
+            f"Boot a kernel >= {MIN_KERNEL}: on CentOS/RHEL 7 install ELRepo's kernel-lt or kernel-ml, "
+            "or move the node to RHEL 8.2+/9."
         )
     elif ctx.distro_family == "debian":
         fix = f"Boot a kernel >= {MIN_KERNEL} (Ubuntu: the HWE kernel; Debian: bullseye or newer)."
@@ -74,7 +74,7 @@ def check_btf(ctx: NodeContext) -> CheckResult:
         WARN,
         f"missing ({why})",
         fix=(
-            "packetparser will not run and kernel headers must match exactly. Boot a kernel built "
+            "dropreason counts no bytes and attributes no pods. Boot a kernel built "
             "with CONFIG_DEBUG_INFO_BTF=y (Ubuntu 20.10+, Debian 11+, RHEL 8.2+; ELRepo kernel-ml "
             "is built without it)."
         ),
@@ -99,66 +99,50 @@ def _headers_release(ctx: NodeContext, build: str) -> Optional[str]:
     return name if re.match(r"^\d+\.\d+", name) else None
 
 
-def _headers_fix(ctx: NodeContext) -> str:
-    release = ctx.release or "<release>"
-    if ctx.distro_family == "debian":
-        return f"apt-get install linux-headers-{release}"
-    if ctx.distro_family == "rhel":
-        if ".elrepo." in release:
-            return "yum --enablerepo=elrepo-kernel install kernel-ml-devel-{}".format(
-                release.rsplit(".", 1)[0]
-            )
-        return f"yum install kernel-devel-{release}"
-    return f"Install the kernel headers for {release} so that /lib/modules/{release}/build exists."
+NOT_NEEDED = (
+    "not needed: the agent's BPF programs are compiled into its image and take kernel struct "
+    "offsets from BTF, so nodes need no kernel headers"
+)
 
 
 def check_kernel_headers(ctx: NodeContext) -> CheckResult:
-    """bcc compiles against /lib/modules/<release>/build.
+    """What /lib/modules/<release>/build holds, for information only.
 
-    The agent's BPF C reads only UAPI structs (``__sk_buff``, packet headers) and tracepoint
-    fields, and takes kernel struct offsets from BTF, so headers of another release work when
-    BTF exists (warn); without BTF a mismatch is not safe (fail).
+    The agent no longer compiles at start (bcc did, against these headers): its objects are
+    built with the image from UAPI headers and read kernel struct offsets from BTF. So missing
+    or mismatched headers never block a plugin (a real win on odd kernels: a vendor kernel with
+    no headers package runs the agent as is); the check stays so that a report still says what
+    the node has, for other BPF tools.
     """
-    title = "Kernel headers for bcc"
+    title = "Kernel headers (not needed by the agent)"
     if ctx.release is None:
-        return CheckResult("kernel_headers", title, FAIL, "unknown kernel release", fix=_headers_fix(ctx))
+        return CheckResult(
+            "kernel_headers", title, PASS, f"unknown kernel release; {NOT_NEEDED}", detail={"needed": False}
+        )
     build = f"/lib/modules/{ctx.release}/build"
     if not ctx.host.isdir(build):
         state = "dangling link" if os.path.islink(ctx.host.path(build)) else "missing"
         return CheckResult(
             "kernel_headers",
             title,
-            FAIL,
-            f"{build}: {state}",
-            fix=_headers_fix(ctx),
-            detail={"path": build, "present": False},
+            PASS,
+            f"{build}: {state}; {NOT_NEEDED}",
+            detail={"path": build, "present": False, "needed": False},
         )
     found = _headers_release(ctx, build)
-    detail = {"path": build, "present": True, "headers_release": found, "matching": found == ctx.release}
+    detail = {
+        "path": build,
+        "present": True,
+        "headers_release": found,
+        "matching": found == ctx.release,
+        "needed": False,
+    }
     if found == ctx.release:
-        return CheckResult("kernel_headers", title, PASS, f"{build} (matching)", detail=detail)
-    has_btf = ctx.verdict("btf") == PASS
-    value = "{} holds headers for {}, kernel is {}".format(build, found or "an unknown release", ctx.release)
-    if has_btf:
-        return CheckResult(
-            "kernel_headers",
-            title,
-            WARN,
-            value,
-            fix=(
-                "Usable: the agent reads only UAPI structs and tracepoint fields and takes struct "
-                f"offsets from BTF. For exact headers: {_headers_fix(ctx)}"
-            ),
-            detail=detail,
-        )
-    return CheckResult(
-        "kernel_headers",
-        title,
-        FAIL,
-        value + " and no BTF",
-        fix=f"Without BTF the headers must match the running kernel: {_headers_fix(ctx)}",
-        detail=detail,
+        return CheckResult("kernel_headers", title, PASS, f"{build} (matching); {NOT_NEEDED}", detail=detail)
+    value = "{} holds headers for {}, kernel is {}; {}".format(
+        build, found or "an unknown release", ctx.release, NOT_NEEDED
     )
+    return CheckResult("kernel_headers", title, PASS, value, detail=detail)
 
 
 def check_kprobes(ctx: NodeContext, tracefs_dir: Optional[str]) -> CheckResult:

@@ -1,6 +1,6 @@
 # Copyright: retina-onprem contributors
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
-"""Checks that can only be made on the running kernel: bpf(), bcc import, TC clsact in a netns.
+"""Checks that can only be made on the running kernel: bpf(), libbpf, TC clsact in a netns.
 
 Each leaves the host as it found it. In --root mode they return the tree's recorded result
 or "skipped (--root)" (see NodeContext.live_only).
@@ -10,27 +10,54 @@ import ctypes
 import errno
 import os
 import shutil
-import sys
 import uuid
 from typing import List, Optional, Tuple
 
 from .commands import run_command
 from .context import NodeContext
-from .model import FAIL, PASS, WARN, CheckResult
+from .model import FAIL, PASS, SKIP, CheckResult
 
 # bpf(2) syscall numbers per machine (uname -m).
 BPF_SYSCALL_NR = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "i686": 357, "armv7l": 386}
 BPF_MAP_CREATE = 0
+BPF_PROG_LOAD = 5
 BPF_MAP_TYPE_ARRAY = 2
+BPF_PROG_TYPE_SOCKET_FILTER = 1
+# The smallest program the verifier accepts: r0 = 0; exit. Two struct bpf_insn, little-endian
+# (code, dst:src, off, imm); every machine in BPF_SYSCALL_NR but s390x is little-endian.
+RETURN_ZERO = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
 PROBE_TIMEOUT = 20
-# Importing bcc maps libbcc and its LLVM (~100 MB): a second on a node, minutes on a slow or
-# loaded one (Debian's kernels under emulation took over 20s). Running out of time says nothing
-# about bcc, so it is a warning, not a failure that would mark every eBPF plugin unavailable.
-BCC_IMPORT_TIMEOUT = 120
+# The agent loads its BPF objects (compiled when the image is built) with libbpf; the image
+# ships it (Debian's libbpf1), the node needs nothing but the kernel.
+LIBBPF = "libbpf.so.1"
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    """The head of union bpf_attr for BPF_PROG_LOAD (the kernel zero-fills the rest)."""
+
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+    ]
+
+
+def _bpf_fix(code: int, name: str, what: str) -> str:
+    if code in (errno.EPERM, errno.EACCES):
+        return "Run as root or with CAP_BPF (or CAP_SYS_ADMIN); check kernel lockdown and seccomp."
+    if code == errno.ENOSYS:
+        return "Boot a kernel built with CONFIG_BPF_SYSCALL=y."
+    return f"bpf({what}) failed with {name}; check the kernel log and seccomp profile."
 
 
 def check_bpf_syscall(ctx: NodeContext) -> CheckResult:
-    """Create (and close) a one-entry array map: proves bpf() exists and we may use it."""
+    """Create a one-entry array map and load a two-instruction program (and close both):
+    proves bpf() exists and we may use it as the agent does."""
     title = "bpf() syscall"
     recorded = ctx.live_only("bpf_syscall", title)
     if recorded is not None:
@@ -64,56 +91,63 @@ def check_bpf_syscall(ctx: NodeContext) -> CheckResult:
             f"not probed on {os.uname().machine}",
             fix="Check CONFIG_BPF_SYSCALL=y.",
         )
-    attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 4, 1)
     libc = ctypes.CDLL(None, use_errno=True)
+    # A map (the agent's maps) and a program (its objects): both need the bpf() syscall.
+    attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 4, 1)
     fd = libc.syscall(number, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    what = "BPF_MAP_CREATE"
     if fd >= 0:
         os.close(fd)
-        return CheckResult("bpf_syscall", title, PASS, "works (created and closed an array map)")
+        insns = ctypes.create_string_buffer(RETURN_ZERO, len(RETURN_ZERO))
+        license_ = ctypes.create_string_buffer(b"GPL")
+        prog = _ProgLoadAttr(
+            prog_type=BPF_PROG_TYPE_SOCKET_FILTER,
+            insn_cnt=len(RETURN_ZERO) // 8,
+            insns=ctypes.addressof(insns),
+            license=ctypes.addressof(license_),
+        )
+        raw = (ctypes.c_uint8 * 128).from_buffer_copy(bytes(prog).ljust(128, b"\0"))
+        fd = libc.syscall(number, BPF_PROG_LOAD, ctypes.byref(raw), ctypes.sizeof(raw))
+        what = "BPF_PROG_LOAD"
+        if fd >= 0:
+            os.close(fd)
+            return CheckResult(
+                "bpf_syscall", title, PASS, "works (created an array map, loaded a socket filter)"
+            )
     code = ctypes.get_errno()
     name = errno.errorcode.get(code, str(code))
-    if code in (errno.EPERM, errno.EACCES):
-        fix = "Run as root or with CAP_BPF (or CAP_SYS_ADMIN)."
-    elif code == errno.ENOSYS:
-        fix = "Boot a kernel built with CONFIG_BPF_SYSCALL=y."
-    else:
-        fix = f"bpf(BPF_MAP_CREATE) failed with {name}; check the kernel log and seccomp profile."
-    return CheckResult("bpf_syscall", title, FAIL, f"bpf() failed: {name}", fix=fix, detail={"errno": name})
+    return CheckResult(
+        "bpf_syscall",
+        title,
+        FAIL,
+        f"bpf({what}) failed: {name}",
+        fix=_bpf_fix(code, name, what),
+        detail={"errno": name, "command": what},
+    )
 
 
-def check_bcc(ctx: NodeContext) -> CheckResult:
-    """Import bcc in a child interpreter (it loads libbcc/LLVM; a crash must not take us down)."""
-    title = "bcc importable"
-    recorded = ctx.live_only("bcc", title)
+def check_libbpf(ctx: NodeContext) -> CheckResult:
+    """libbpf.so.1 loads (the agent opens its BPF objects with it): in the agent image, or on a
+    host running the agent outside one. Nodes running the image need nothing: a skip."""
+    title = f"libbpf ({LIBBPF}) for the agent's BPF objects"
+    recorded = ctx.live_only("libbpf", title)
     if recorded is not None:
         return recorded
-    code = "import bcc, sys; sys.stdout.write(getattr(bcc, '__version__', 'unknown version'))"
-    fix = {"debian": "apt-get install python3-bpfcc", "rhel": "yum install python3-bcc"}.get(
-        ctx.distro_family, "Install bcc's Python bindings (python3-bpfcc / python3-bcc)"
-    )
-    fix += " (in a virtual environment, link /usr/lib/python3/dist-packages/bcc into site-packages)"
-    returncode, out, err = run_command([sys.executable, "-c", code], BCC_IMPORT_TIMEOUT)
-    if returncode == 127 and "timed out" in err:
+    try:
+        lib = ctypes.CDLL(LIBBPF)
+    except OSError as exc:
         return CheckResult(
-            "bcc",
+            "libbpf",
             title,
-            WARN,
-            f"import did not finish in {BCC_IMPORT_TIMEOUT}s: not verified (a slow or loaded node?)",
-            fix="Re-run preflight when the node is less busy; on slow nodes raise the agent's "
-            "bpfCompileTimeout (180s by default)",
-            detail={"python": sys.executable, "timeout": BCC_IMPORT_TIMEOUT},
+            SKIP,
+            f"not on this host ({exc}): nothing to install, the agent image ships it (Debian libbpf1)",
+            fix="Only for running retina-agent outside its image: apt-get install libbpf1 (or the "
+            "distribution's libbpf >= 1.0).",
+            detail={"found": False},
         )
-    if returncode == 0:
-        return CheckResult(
-            "bcc",
-            title,
-            PASS,
-            f"bcc {out} ({sys.executable})",
-            detail={"version": out, "python": sys.executable},
-        )
-    last = (err.splitlines() or [f"exit {returncode}"])[-1]
+    version = f"{lib.libbpf_major_version()}.{lib.libbpf_minor_version()}"
     return CheckResult(
-        "bcc", title, FAIL, f"import failed: {last}", fix=fix, detail={"python": sys.executable}
+        "libbpf", title, PASS, f"libbpf {version} ({LIBBPF})", detail={"found": True, "version": version}
     )
 
 

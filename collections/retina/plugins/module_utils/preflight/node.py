@@ -1,6 +1,6 @@
 # Copyright: retina-onprem contributors
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
-"""All node checks, in the order later checks rely on (headers need BTF, memlock needs caps)."""
+"""All node checks, in the order later checks rely on (memlock needs caps)."""
 
 from typing import List
 
@@ -17,7 +17,7 @@ def node_checks(ctx: NodeContext) -> List[CheckResult]:
     add(kernel.check_btf(ctx))
     add(kernel.check_kernel_headers(ctx))
     add(live_probes.check_bpf_syscall(ctx))
-    add(live_probes.check_bcc(ctx))
+    add(live_probes.check_libbpf(ctx))
     for fs in ("bpffs", "tracefs", "debugfs"):
         add(filesystems.check_filesystem(ctx, fs))
     tracefs = filesystems.tracefs_dir(ctx)

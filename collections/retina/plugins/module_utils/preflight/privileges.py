@@ -121,7 +121,7 @@ def check_memlock(ctx: NodeContext) -> CheckResult:
     caps = ctx.results.get("capabilities")
     if caps is not None and "CAP_SYS_RESOURCE" in caps.detail.get("held", ()):
         return CheckResult(
-            "memlock", title, PASS, f"{soft} bytes (bcc raises it: CAP_SYS_RESOURCE held)", detail=detail
+            "memlock", title, PASS, f"{soft} bytes (libbpf raises it: CAP_SYS_RESOURCE held)", detail=detail
         )
     return CheckResult(
         "memlock",
@@ -129,7 +129,7 @@ def check_memlock(ctx: NodeContext) -> CheckResult:
         WARN,
         f"{soft} bytes, kernel < {MEMCG_ACCOUNTING_KERNEL} counts BPF maps against it",
         fix=(
-            "Grant CAP_SYS_RESOURCE (bcc then lifts the limit) "
+            "Grant CAP_SYS_RESOURCE (libbpf then lifts the limit) "
             "or set LimitMEMLOCK=infinity / ulimit -l unlimited."
         ),
         detail=detail,
