@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything this project needs on a Debian 12 machine (run as root), idempotently:
-# Debian packages, kernel headers that bcc can use, tracefs/debugfs/bpffs mounts, a virtual
-# environment in .venv with bcc reachable from it, the project itself, and the npm test servers.
+# Debian packages, tracefs/debugfs/bpffs mounts, the agent's BPF objects (compiled here with
+# clang, loaded by the agent with libbpf), a virtual environment in .venv with the project, and
+# the npm test servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -12,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 APT_PACKAGES=(
-  python3 python3-venv python3-dev python3-bpfcc bpfcc-tools bpftool libbpf1
+  python3 python3-venv python3-dev bpftool libbpf1
   clang libbpf-dev  # BPF C compiled into objects by retina_agent.bpf.build (the agent loads them with libbpf1)
   iproute2 iptables nftables conntrack ethtool iperf3 dnsmasq-base tcpdump procps kmod
   prometheus prometheus-alertmanager git ca-certificates
@@ -29,36 +30,10 @@ for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
-# Kernel headers for bcc: the running kernel's own if Debian has them, otherwise the newest
-# 6.1 headers (bcc then compiles against them; BPF C here reads only UAPI structs and
-# tracepoint fields, so a mismatch is safe).
-KREL=$(uname -r)
-if [ ! -e "/lib/modules/$KREL/build/include" ]; then
-  [ ${#missing[@]} -gt 0 ] || true
-  apt-get update -qq
-  if apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; then
-    missing+=("linux-headers-$KREL")
-    HEADERS_PKG="linux-headers-$KREL"
-  else
-    HEADERS_PKG=$(apt-cache search --names-only '^linux-headers-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -n 1)
-    missing+=("$HEADERS_PKG")
-  fi
-  APT_UPDATED=1
-fi
-
 if [ ${#missing[@]} -gt 0 ]; then
-  [ -n "${APT_UPDATED:-}" ] || apt-get update -qq
+  apt-get update -qq
   echo "setup.sh: installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-if [ ! -e "/lib/modules/$KREL/build/include" ]; then
-  H=$(ls -d /usr/src/linux-headers-6.1.0-*-amd64 2>/dev/null | sort -V | tail -n 1)
-  if [ -z "$H" ]; then echo "setup.sh: no kernel headers found under /usr/src" >&2; exit 1; fi
-  mkdir -p "/lib/modules/$KREL"
-  ln -sfn "$H" "/lib/modules/$KREL/build"
-  ln -sfn "${H%-amd64}-common" "/lib/modules/$KREL/source"
-  echo "setup.sh: bcc will use the headers in $H for kernel $KREL"
 fi
 
 # Kernel file systems the agent uses (the agent mounts them itself too when it can).
@@ -66,13 +41,12 @@ mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 mountpoint -q /sys/kernel/debug || mount -t debugfs nodev /sys/kernel/debug
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
-# Virtual environment on Debian's python3 (python3-bpfcc is built for it); bcc is linked in.
+# Virtual environment on Debian's python3; python3-nftables (built for it) is linked in.
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-ln -sfn /usr/lib/python3/dist-packages/bcc "$SITE/bcc"
-ln -sfn /usr/lib/python3/dist-packages/nftables "$SITE/nftables"  # python3-nftables, likewise
+ln -sfn /usr/lib/python3/dist-packages/nftables "$SITE/nftables"
 
 # BPF objects (agent/retina_agent/bpf/objects/*.bpf.o): compiled before the project is installed
 # (stale ones only), with Debian's python3 (the build needs nothing from the venv).
