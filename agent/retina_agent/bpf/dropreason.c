@@ -40,9 +40,69 @@ struct drop_key {
 
 RETINA_MAP(BPF_MAP_TYPE_PERCPU_HASH, struct drop_key, struct drop_value, 1024) drop_counts SEC(".maps");
 
+// The sk_buff members read here (BTF offsets, each -1 when unknown) are fetched with ONE
+// bpf_probe_read_kernel of the span that holds them (88 bytes on 6.x), not a call per member:
+// each call costs more than the copy. The span's bounds are computed from the constants, so
+// the verifier knows them exactly; members farther apart than SKB_SPAN_MAX are read one by one.
+#define SKB_SPAN_MAX 128
+
+struct skb_span {
+    u64 words[SKB_SPAN_MAX / 8];  // the sk_buff's bytes from skb_span_lo() on
+    u8 fetched;  // 1: words hold the span; 0: each member is read from the sk_buff itself
+    void *skb;
+};
+
+static __always_inline s32 span_lo(s32 lo, s32 off)
+{
+    return off >= 0 && off < lo ? off : lo;
+}
+
+static __always_inline s32 span_hi(s32 hi, s32 off, s32 size)
+{
+    return off >= 0 && off + size > hi ? off + size : hi;
+}
+
+// The span's bounds, recomputed from the constants wherever they are used (never kept on the
+// stack: older verifiers forget what a 4-byte stack slot held and refuse the load through it).
+// 8-aligned, so member loads from the copy stay aligned.
+static __always_inline s32 skb_span_lo(void)
+{
+    s32 lo = span_lo(span_lo(0x7fffffff, skb_len_off), skb_iif_off);
+    if (pod_level)
+        lo = span_lo(span_lo(lo, skb_head_off), skb_network_header_off);
+    return lo & ~7;
+}
+
+static __always_inline s32 skb_span_hi(void)
+{
+    s32 hi = span_hi(span_hi(0, skb_len_off, 4), skb_iif_off, 4);
+    if (pod_level)
+        hi = span_hi(span_hi(hi, skb_head_off, 8), skb_network_header_off, 2);
+    return hi;
+}
+
+// Where member `off` sits in the copy. The barrier keeps clang from folding the subtraction
+// into the pointer (the verifier refuses subtracting a register from a stack pointer).
+static __always_inline s32 span_index(s32 off)
+{
+    s32 i = off - skb_span_lo();
+    asm volatile("" : "+r"(i));
+    return i;
+}
+
+static __always_inline void skb_fetch(struct skb_span *sp, void *skb)
+{
+    s32 lo = skb_span_lo(), hi = skb_span_hi();
+    sp->skb = skb;
+    sp->fetched = 0;
+    if (hi > lo && hi - lo <= SKB_SPAN_MAX)
+        sp->fetched = bpf_probe_read_kernel(sp->words, hi - lo, skb + lo) == 0;
+}
+
 // One sk_buff member at a BTF offset (-1: unknown); 1 when dst was read.
-#define SKB_READ(dst, skb, off) \
-    ((off) >= 0 && bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(skb) + (off)) == 0)
+#define SKB_READ(dst, sp, off)                                                                    \
+    ((off) >= 0 && ((sp)->fetched ? ((dst) = *(typeof(dst) *)((u8 *)(sp)->words + span_index(off)), 1) \
+                                  : bpf_probe_read_kernel(&(dst), sizeof(dst), (sp)->skb + (off)) == 0))
 
 // Pod-level: the dropped packet's addresses, read from its IP header at
 // skb->head + skb->network_header (offsets from BTF), for flows touching an IP of interest.
@@ -103,10 +163,11 @@ int on_kfree_skb(void *ctx)
         if ((s32)reason <= last_not_a_drop)  // SKB_NOT_DROPPED_YET, SKB_CONSUMED: not drops
             return 0;
     }
-    void *skb = (void *)TP_FIELD(u64, &rec, tp_skbaddr_off);
+    struct skb_span sp;
+    skb_fetch(&sp, (void *)TP_FIELD(u64, &rec, tp_skbaddr_off));
     struct drop_key key = {.reason = reason, .direction = drop_dir_unknown};
     int iif = 0;
-    if (SKB_READ(iif, skb, skb_iif_off))
+    if (SKB_READ(iif, &sp, skb_iif_off))
         key.direction = iif ? drop_dir_ingress : drop_dir_egress;
     struct drop_value zero = {};
     struct drop_value *v = lookup_or_try_init(&drop_counts, &key, &zero);
@@ -114,12 +175,12 @@ int on_kfree_skb(void *ctx)
         return 0;
     v->packets += 1;
     u32 len = 0;
-    if (SKB_READ(len, skb, skb_len_off))
+    if (SKB_READ(len, &sp, skb_len_off))
         v->bytes += len;
     if (pod_level) {
         unsigned char *head = NULL;
         u16 nh = 0xffff;
-        if (SKB_READ(head, skb, skb_head_off) && SKB_READ(nh, skb, skb_network_header_off))
+        if (SKB_READ(head, &sp, skb_head_off) && SKB_READ(nh, &sp, skb_network_header_off))
             count_flow(TP_FIELD(u16, &rec, tp_protocol_off), reason, len, head, nh);
     }
     return 0;
