@@ -6,14 +6,16 @@ dropreason's and tcpretrans' ``pod_level``, ``have_reason`` and tracepoint field
 offsets) and map sizes. The verifier prunes the code those constants turn off, so each
 configuration is a verification of its own: one kernel can accept every plugin at pod level and
 refuse the default install. ``verify`` loads each configuration below through the agent's own
-path (the plugins' ``prepare``, ``datapath.load`` with its one-plugin-alone fallback, the loader
-child) and says per plugin: ``loaded``, ``refused`` (the loader's words: libbpf's verifier log
+path (the plugins' ``prepare``, the data path's spec as ``datapath.load`` builds it, the loader
+child; where the data path is refused, ``datapath.load`` itself with its one-plugin-alone
+fallback) and says per plugin: ``loaded``, ``refused`` (the loader's words: libbpf's verifier log
 names the instruction and the C line) or ``unavailable`` (the plugin's own check refused before
 loading, e.g. a tracepoint without a field it needs). Nothing is attached to TC; tracepoint
 programs are attached by the loader and detached again at once.
 
 Configurations whose programs are identical (same objects, constants and map sizes: e.g.
 ``dataSamplingRate``, a run-time setting) are loaded once and said to be the same as the first.
+All configurations load in one loader run: a loader child costs seconds on an emulated kernel.
 
 Run ``python -m retina_agent.verify`` on a node (root) for a JSON report of this kernel.
 """
@@ -25,12 +27,12 @@ import hashlib
 import json
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from retina_agent.bpf import datapath
+from retina_agent.bpf.client import load_programs
 from retina_agent.bpf.datapath import Feature
 from retina_agent.bpf.spec import LoadedProgram, LoadError, ProgramSpec
 from retina_agent.catalogue import DEFAULT_PLUGINS, PLUGIN_NAMES, PLUGINS
@@ -40,6 +42,7 @@ from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable
 from retina_agent.tc import TcManager
 
 LOADED, REFUSED, UNAVAILABLE = "loaded", "refused", "unavailable"
+DATAPATH = "datapath"  # the TC data path's object (datapath.c): every TC plugin's feature
 #: The latency plugin needs an API server endpoint to time (without a cluster it asks for one);
 #: an address of the documentation range: nothing is sent, only the plugin's settings are made.
 LATENCY_ENDPOINT = "192.0.2.1:6443"
@@ -142,31 +145,42 @@ def _load(prepared: Prepared, timeout: float) -> dict[str, LoadedProgram | LoadE
     return results
 
 
-def verify_one(prepared: Prepared, timeout: float) -> dict[str, dict[str, str]]:
-    """One prepared configuration loaded: per plugin with BPF programs, its state and reason."""
-    results = _load(prepared, timeout) if prepared.features or prepared.specs else {}
-    plugins: dict[str, dict[str, str]] = {
-        n: {"state": UNAVAILABLE, "reason": r} for n, r in prepared.unavailable.items()
-    }
-    for name, result in results.items():
-        if isinstance(result, LoadError):
-            plugins[name] = {"state": REFUSED, "reason": str(result)}
-        else:
-            plugins[name] = {"state": LOADED, "reason": prepared.degraded.get(name, "")}
-    return dict(sorted(plugins.items()))
+def _batch(distinct: dict[str, Prepared], timeout: float) -> dict[str, dict[str, LoadedProgram | LoadError]]:
+    """Every configuration's objects in ONE loader run (a loader child costs seconds on an
+    emulated kernel): the specs the agent would load (the data path's as ``datapath.load``
+    builds it), named ``configuration/plugin`` and handing back no program or map (the loader
+    loads every program of an object all the same). Configuration -> {plugin or DATAPATH: result}."""
+    batch: list[ProgramSpec] = []
+    for name, prepared in distinct.items():
+        specs = list(prepared.specs)
+        if prepared.features:
+            specs.append(datapath._spec(prepared.features, DATAPATH))  # the agent's own spec
+        batch += [replace(s, plugin=f"{name}/{s.plugin}", programs=[], maps=[]) for s in specs]
+    out: dict[str, dict[str, LoadedProgram | LoadError]] = {name: {} for name in distinct}
+    for key, result in load_programs(batch, timeout=timeout).items():
+        if isinstance(result, LoadedProgram):
+            result.close()  # tracepoint links: detached at once
+        name, plugin = key.rsplit("/", 1)
+        out[name][plugin] = result
+    return out
 
 
 def verify(
     configs: dict[str, dict[str, Any]] | None = None, timeout: float = 180.0, log=lambda _: None
 ) -> dict[str, dict[str, Any]]:
-    """Name -> {"config", "fingerprint", "same_as", "seconds", "plugins": {name: {state,
-    reason}}} for every configuration (``configurations()`` when not given)."""
+    """Name -> {"config", "fingerprint", "same_as", "plugins": {name: {state, reason}}} for every
+    configuration (``configurations()`` when not given); "error" instead of "plugins" for one the
+    agent itself refuses (its config or a plugin's ``prepare`` raised).
+
+    Every distinct configuration loads in one loader run; one whose data path object is refused
+    is then loaded by ``datapath.load``, as the agent does: each TC plugin alone to find the one
+    at fault, then the others together."""
     configs = configurations() if configs is None else configs
     out: dict[str, dict[str, Any]] = {}
+    distinct: dict[str, Prepared] = {}
     seen: dict[str, str] = {}  # fingerprint -> the first configuration with it
     with tempfile.TemporaryDirectory(prefix="retina-verify-") as state:
         for name, overrides in configs.items():
-            started = time.monotonic()
             try:
                 prepared = prepare(_plugins(overrides, Path(state)))
             except Exception as exc:  # a configuration the agent itself refuses: said, not raised
@@ -174,22 +188,35 @@ def verify(
                 log(f"{name}: {out[name]['error']}")
                 continue
             fingerprint = prepared.fingerprint()
-            first = seen.get(fingerprint)
-            if first is not None:
-                out[name] = {**out[first], "config": overrides, "same_as": first, "seconds": 0.0}
-                log(f"{name}: the same programs as {first}")
-                continue
-            seen[fingerprint] = name
-            result = verify_one(prepared, timeout)
+            first = seen.setdefault(fingerprint, name)
             out[name] = {
                 "config": overrides,
                 "fingerprint": fingerprint,
-                "same_as": None,
-                "seconds": round(time.monotonic() - started, 2),
-                "plugins": result,
+                "same_as": None if first == name else first,
             }
-            states = ", ".join(f"{p} {r['state']}" for p, r in result.items())
-            log(f"{name} ({out[name]['seconds']}s): {states}")
+            if first == name:
+                distinct[name] = prepared
+    batch = _batch(distinct, timeout)
+    for name, prepared in distinct.items():
+        results = batch[name]
+        combined = results.pop(DATAPATH, None)
+        if isinstance(combined, LoadError):  # the agent's fallback finds the feature at fault
+            results |= _load(Prepared(features=prepared.features), timeout)
+        elif combined is not None:
+            results |= dict.fromkeys((f.plugin for f in prepared.features), combined)
+        plugins = {n: {"state": UNAVAILABLE, "reason": r} for n, r in prepared.unavailable.items()}
+        for plugin, result in results.items():
+            if isinstance(result, LoadError):
+                plugins[plugin] = {"state": REFUSED, "reason": str(result)}
+            else:
+                plugins[plugin] = {"state": LOADED, "reason": prepared.degraded.get(plugin, "")}
+        out[name]["plugins"] = dict(sorted(plugins.items()))
+    for name, entry in out.items():
+        if entry.get("same_as"):
+            entry["plugins"] = out[entry["same_as"]]["plugins"]
+            log(f"{name}: the same programs as {entry['same_as']}")
+        elif "error" not in entry:
+            log(f"{name}: " + ", ".join(f"{p} {r['state']}" for p, r in entry["plugins"].items()))
     return out
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from retina_agent import verify
+from retina_agent.bpf.datapath import Feature
 from retina_agent.bpf.spec import ProgramSpec
 from retina_agent.plugins.dns import Dns
+from retina_agent.plugins.latency import Latency
 from retina_kernels.report import _verifier_rows, verifier, verifier_surprises
 
 REFUSED_OBJECT = Path(__file__).parent.parent / "datapath" / "bpf" / "objects" / "refused.bpf.o"
@@ -104,3 +106,37 @@ def test_a_failed_phase_and_an_unpredicted_plugin_state_are_surprises() -> None:
         "the verifier phase failed: Traceback ...\nImportError: x"
     ]
     assert verifier_surprises({}, set()) == ["no verifier phase in this run"]
+
+
+class UnloadableLatency(Latency):
+    """latency whose part of the TC data path sets a constant the object does not have."""
+
+    def prepare(self) -> Feature:
+        feature = super().prepare()
+        feature.constants["no_such_constant"] = 1
+        return feature
+
+
+def test_a_refused_tc_plugin_is_found_by_the_agents_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The combined data path object fails; as the agent does, each TC plugin is then loaded
+    alone: only the one at fault is refused, the other TC plugins of the configuration load."""
+    monkeypatch.setitem(verify.REGISTRY, "latency", UnloadableLatency)
+    configs = verify.configurations()
+    report = verify.verify({n: configs[n] for n in ("every plugin", "latency alone")}, timeout=120)
+    for name in ("every plugin", "latency alone"):
+        latency = report[name]["plugins"]["latency"]
+        assert latency["state"] == "refused" and "no_such_constant" in latency["reason"], (name, latency)
+    states = {p: r["state"] for p, r in report["every plugin"]["plugins"].items()}
+    assert states == {
+        "dns": "loaded",
+        "dropreason": "loaded",
+        "latency": "refused",
+        "packetforward": "loaded",
+        "packetparser": "unavailable",
+        "tcpretrans": "loaded",
+    }
+    surprises = verifier_surprises({"verifier": {"configurations": report}}, unavailable=set())
+    assert [s.split(":", 2)[:2] for s in surprises] == [
+        ["every plugin", " latency refused"],
+        ["latency alone", " latency refused"],
+    ]
