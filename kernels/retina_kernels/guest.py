@@ -12,6 +12,12 @@ Runs as PID 1 of a qemu guest (see initramfs.py), writes everything to the resul
    the real ``retina-agent`` with every plugin, then traffic whose packets are counted on the
    sending and receiving side: UDP delivered, UDP dropped by iptables, connects to a closed
    port, DNS queries answered NOERROR and NXDOMAIN; then the agent's counters and plugin states.
+
+Between 2 and 3, the verifier phase: every configuration that changes the BPF programs'
+load-time constants (``retina_agent.verify``: each plugin alone, basic, pod level, ...) loaded
+through the agent's own path, per plugin loaded / refused with the verifier's words / unavailable.
+The lab's agent runs one configuration only; a kernel's verifier prunes by those constants, so a
+kernel may accept that one and refuse the default install.
 """
 
 from __future__ import annotations
@@ -219,6 +225,21 @@ def capture_tree(tree: Path, live: dict) -> dict:
     }
     (tree / "retina-preflight.probes.json").write_text(json.dumps(probes, indent=1) + "\n")
     return {"files": copied, "btf_size": btf_size, "btf_kept_bytes": BTF_HEAD if btf_size else 0}
+
+
+# -- the verifier phase ---------------------------------------------------------------------------
+#: Seconds per loader run of a configuration (its objects load in well under a second on this
+#: host; TCG and a loaded host are slower, and a kernel's verifier may take long to refuse).
+VERIFY_TIMEOUT = 600.0
+
+
+def run_verifier() -> dict:
+    """``retina_agent.verify`` over every configuration; its report and the time it took."""
+    from retina_agent.verify import verify
+
+    started = time.monotonic()
+    configurations = verify(timeout=VERIFY_TIMEOUT, log=lambda line: say("verify: " + line[:400]))
+    return {"seconds": round(time.monotonic() - started, 1), "configurations": configurations}
 
 
 # -- 3. the lab ----------------------------------------------------------------------------------
@@ -639,6 +660,12 @@ def main() -> int:
         result["preflight_root"] = {"exit": code, "report": offline}
         with contextlib.suppress(Exception):
             result["kernel"]["drop_reason_names"] = kfree_skb_reasons()
+        PROGRESS.enter("verifier: every configuration of the BPF programs loaded")
+        try:  # the lab still runs: its agent says what it can of the same kernel
+            result["verifier"] = run_verifier()
+        except Exception:
+            result["verifier"] = {"error": traceback.format_exc()}
+            say(f"verifier phase failed: {result['verifier']['error']}")
         result["lab"] = run_lab()
     except BaseException:
         result["error"] = traceback.format_exc()

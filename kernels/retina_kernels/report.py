@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from retina_agent.verify import LOADED, REFUSED, UNAVAILABLE, refused
+
 PREDICTS_RUNNING = ("available", "degraded")
 #: Drop reason the kernel gives each dropping phase (5.17+; before that every drop is UNKNOWN).
 PHASE_DROP_REASON = {"udp_dropped": "NETFILTER_DROP", "closed_port": "NO_SOCKET"}
@@ -101,6 +103,67 @@ def tc_attach(lab: dict) -> str:
     return f"agent says {', '.join(said) or 'none'}, kernel shows {', '.join(seen) or 'none'}"
 
 
+def verifier(result: dict) -> dict[str, Any] | None:
+    """The verifier phase (``retina_agent.verify`` in the guest): per configuration the plugins
+    loaded, unavailable (with the plugin's reason) and refused (with the verifier's words).
+    None for a run from before the phase."""
+    phase = result.get("verifier")
+    if phase is None:
+        return None
+    if "error" in phase:
+        return {"error": phase["error"], "refused": {"(phase)": {"*": phase["error"]}}}
+    configs = phase["configurations"]
+
+    def named(entry: dict, state: str) -> dict[str, str]:
+        return {p: r["reason"] for p, r in entry.get("plugins", {}).items() if r["state"] == state}
+
+    return {
+        "seconds": phase["seconds"],
+        "configurations": len(configs),
+        "loads": sum(1 for e in configs.values() if not e.get("same_as") and not e.get("error")),
+        "refused": refused(configs),
+        "per_configuration": {
+            name: {
+                "same_as": e.get("same_as"),
+                "error": e.get("error"),
+                "loaded": sorted(named(e, LOADED)),
+                "unavailable": named(e, UNAVAILABLE),
+                "refused": named(e, REFUSED),
+            }
+            for name, e in configs.items()
+        },
+    }
+
+
+def verifier_surprises(result: dict, unavailable: set[str]) -> list[str]:
+    """What the verifier phase showed that was not predicted, one line per configuration and
+    plugin, naming both and the words: every plugin with BPF programs must load, except those in
+    ``unavailable`` (preflight's prediction for this kernel), which must say why instead, and
+    a pod-level-only plugin in a configuration without pod level (its reason names
+    enablePodLevel). Empty: every configuration as predicted."""
+    phase = result.get("verifier")
+    if phase is None:
+        return ["no verifier phase in this run"]
+    if "error" in phase:
+        return [f"the verifier phase failed: {phase['error'].strip()[-1500:]}"]
+    out = []
+    for name, entry in phase["configurations"].items():
+        if entry.get("error"):
+            out.append(f"{name}: the agent refused the configuration: {entry['error']}")
+            continue
+        pod_level = bool(entry["config"].get("enablePodLevel"))
+        for plugin, r in entry["plugins"].items():
+            state, reason = r["state"], r["reason"]
+            if state == REFUSED:
+                out.append(f"{name}: {plugin} refused: {reason}")
+            elif state == UNAVAILABLE and plugin not in unavailable:
+                if not (not pod_level and "enablePodLevel" in reason):
+                    out.append(f"{name}: {plugin} unavailable, not predicted: {reason}")
+            elif state == LOADED and plugin in unavailable:
+                out.append(f"{name}: {plugin} loaded, predicted unavailable")
+    return out
+
+
 def summarize(result: dict) -> dict[str, Any]:
     """The per-kernel report (what docs/kernels.md shows and the tests assert)."""
     host, kernel = result["host"], result.get("kernel", {})
@@ -136,6 +199,7 @@ def summarize(result: dict) -> dict[str, Any]:
         summary["rss_mb"] = round(lab["rss_kb"] / 1024)
         summary["peak_rss_mb"] = round(lab["peak_rss_kb"] / 1024)
         summary["tc_attach"] = tc_attach(lab)
+    summary["verifier"] = verifier(result)
     summary["drop_reason_names"] = len(kernel.get("drop_reason_names") or [])
     summary["btf"] = kernel.get("btf")
     summary["boot_seconds"] = host["boot_seconds"]
@@ -164,6 +228,55 @@ def _netfilter(phases: dict) -> str:
     return _pair(phases["udp_dropped"], "netfilter", "drops")
 
 
+def _verified(summary: dict) -> str:
+    """The main table's cell: configurations, distinct loads, refusals, time (``-``: no phase)."""
+    v = summary.get("verifier")
+    if not v:
+        return "-"
+    if v.get("error"):
+        return "phase failed ✗"
+    bad = sum(len(p) for p in v["refused"].values())
+    return (
+        f"{v['configurations']} ({v['loads']} distinct), "
+        f"{f'{bad} refused ✗' if bad else 'none refused'}, {v['seconds']:.0f}s"
+    )
+
+
+def _cell(reasons: dict[str, str], limit: int) -> str:
+    """``plugin: reason; ...`` for a table cell (no pipes, no new lines); a long reason keeps its
+    start and its end (where the verifier says why)."""
+
+    def short(r: str) -> str:
+        return r if len(r) <= limit else f"{r[: limit // 2]} … {r[-limit // 2 :]}"
+
+    return "; ".join(f"{p}: {short(r)}".replace("|", "\\|").replace("\n", " ") for p, r in reasons.items())
+
+
+def _verifier_rows(v: dict) -> list[str]:
+    """Each configuration: the plugins loaded, unavailable (why) and refused (the verifier's words)."""
+    if v.get("error"):
+        return ["The verifier phase failed:", "", "```", v["error"].strip()[-1500:], "```", ""]
+    lines = [
+        f"Verifier: every configuration of the BPF programs' load-time constants, loaded as the agent "
+        f"loads them ({v['configurations']} configurations, {v['loads']} distinct, {v['seconds']:.0f}s):",
+        "",
+        "| configuration | loaded | unavailable (the plugin's reason) | refused (the verifier's words) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, c in v["per_configuration"].items():
+        if c["error"]:
+            lines.append(f"| {name} | | | {_cell({'agent': c['error']}, 400)} ✗ |")
+            continue
+        if c["same_as"]:
+            lines.append(f"| {name} | the same programs as *{c['same_as']}* | | |")
+            continue
+        lines.append(
+            f"| {name} | {', '.join(c['loaded']) or 'none'} | {_cell(c['unavailable'], 80)} "
+            f"| {_cell(c['refused'], 400)}{' ✗' if c['refused'] else ''} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(summaries: list[dict[str, Any]], command: str) -> str:
     """docs/kernels.md: one row per kernel, then each kernel's checks and plugins."""
     lines = [
@@ -175,13 +288,17 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
         "`retina-preflight --json`, the agent with every plugin and a small lab (pods web, db, dns on a",
         "bridge; UDP delivered, UDP dropped by iptables, connects to a closed port, DNS to dnsmasq).",
         "The netfilter plugin reads the rule counters of the pod whose iptables rule drops.",
+        "Before the lab, every configuration of the BPF programs' load-time constants (each plugin",
+        "alone, the default plugins, pod level, ...: `python -m retina_agent.verify`) is loaded as the",
+        "agent loads it: the verifier prunes by those constants, so each is a verification of its own.",
         "Counts are `counted/expected` from what the lab sent (✗: they differ; `≥`: a lower bound, for",
         "kernels before 5.17 whose drops all count as UNKNOWN, the lab's and every other skb freed).",
         "",
         "| kernel | package | BTF | preflight | plugins running | preflight predicted | UDP fwd in/out "
         "| iptables drops | netfilter rule counter | closed-port drops | DNS req/resp "
-        "| drop reasons (kernel) | attach | BPF load | agent RSS | guest run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| drop reasons (kernel) | attach | BPF load | configurations verified | agent RSS | guest run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- |",
     ]
     for s in summaries:
         if "phases" not in s:
@@ -190,7 +307,8 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
             error = (s.get("error") or "").strip().splitlines()[-1:]
             lines.append(
                 f"| {s['kernel']} | {s['package']} {s['package_version']} | {'yes' if s['btf'] else 'no'} "
-                f"| {verdict} | lab failed: {error} | | | | | | | | | | | {s['boot_seconds']:.0f}s |"
+                f"| {verdict} | lab failed: {error} | | | | | | | | | | {_verified(s)} | | "
+                f"{s['boot_seconds']:.0f}s |"
             )
             continue
         p = s["phases"]
@@ -212,7 +330,7 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
             f"| {_pair(p['closed_port'], 'drops', closed_key)} {closed_key} "
             f"| {_pair(p['dns'], 'dns', 'request')} / {_pair(p['dns'], 'dns', 'response')} "
             f"| {s['drop_reason_names'] or 'no reason field'} | {s['tc_attach']} "
-            f"| {_compile_seconds(s['compile'])} "
+            f"| {_compile_seconds(s['compile'])} | {_verified(s)} "
             f"| {s['rss_mb']} MB (peak {s['peak_rss_mb']}) | {s['boot_seconds']:.0f}s |"
         )
     for s in summaries:
@@ -225,6 +343,8 @@ def markdown(summaries: list[dict[str, Any]], command: str) -> str:
                 value = s["preflight"]["values"][cid].replace("|", "\\|")
                 lines.append(f"| {cid} | {verdict} | {value} |")
             lines.append("")
+        if s.get("verifier"):
+            lines += _verifier_rows(s["verifier"])
         if "plugins" in s:
             lines += [
                 "| plugin | preflight | agent | agent's reason | predicted |",

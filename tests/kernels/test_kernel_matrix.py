@@ -1,7 +1,9 @@
 """Preflight and the agent on Debian's 6.1 (bookworm) and 5.10 (bullseye) kernels under qemu.
 
-Each kernel boots once (tests/kernels/conftest.py) and runs retina-preflight, the agent with every
-plugin and a lab whose packets are counted on both ends; these tests check what that run showed.
+Each kernel boots once (tests/kernels/conftest.py) and runs retina-preflight, the verifier phase
+(every configuration of the BPF programs' load-time constants loaded as the agent loads it), the
+agent with every plugin and a lab whose packets are counted on both ends; these tests check what
+that run showed.
 The same Debian 12 root file system serves both kernels, with the agent image's packages only: no
 compiler and no kernel headers (the BPF objects come compiled in the wheel, BTF gives the
 kernel's struct offsets), so both run as a node without a headers package would.
@@ -17,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from retina_agent.config import PLUGIN_NAMES
+from retina_agent.verify import configurations
+from retina_kernels.report import verifier_surprises
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(6000)]
 
@@ -138,3 +142,60 @@ def test_captured_tree_gives_preflight_the_live_verdicts(matrix, name: str) -> N
     offline = {c["id"]: c["verdict"] for c in json.loads(done.stdout)["checks"]}
     assert offline == _checks(summary)
     assert done.returncode == summary["preflight"]["exit"]
+
+
+def _predicted_unavailable(result: dict) -> set[str]:
+    return {p["name"] for p in result["preflight"]["report"]["plugins"] if p["status"] == "unavailable"}
+
+
+def _every_configuration_verified(result: dict, summary: dict) -> dict:
+    """Every configuration ran in the guest, and each loaded as predicted (or the test names the
+    configuration, the plugin and the verifier's words)."""
+    phase = result["verifier"]
+    assert "error" not in phase, phase["error"]
+    assert list(phase["configurations"]) == list(configurations())
+    surprises = verifier_surprises(result, _predicted_unavailable(result))
+    assert not surprises, "\n".join(surprises)
+    assert summary["verifier"]["refused"] == {}
+    # a run-time setting is not a constant: the same programs, loaded once
+    sampled = phase["configurations"]["every plugin, pod level, dataSamplingRate 4"]
+    assert sampled["same_as"] == "every plugin, pod level"
+    return phase["configurations"]
+
+
+def test_61_every_configuration_of_the_bpf_programs_loads(matrix) -> None:
+    result, summary = matrix["6.1"]
+    configs = _every_configuration_verified(result, summary)
+    assert _predicted_unavailable(result) == set()
+    # the default install, and each plugin alone (the agent's fallback when the combined program
+    # is refused), loaded by this kernel's verifier
+    assert configs["basic"]["plugins"] == {
+        p: {"state": "loaded", "reason": ""} for p in ("dns", "dropreason", "packetforward", "tcpretrans")
+    }
+    for name, entry in configs.items():  # packetparser alone needs pod level, and says so
+        node_level = set() if entry["config"].get("enablePodLevel") else {"packetparser"}
+        not_loaded = {p for p, r in entry["plugins"].items() if r["state"] != "loaded"}
+        assert not_loaded == node_level & set(entry["plugins"]), (name, entry["plugins"])
+
+
+def test_510_every_configuration_loads_but_what_the_kernel_lacks(matrix) -> None:
+    """5.10's tcp_retransmit_skb has no family field (tcpretrans says so, in every configuration
+    that enables it) and kfree_skb no reason field (dropreason loads, degraded); every other plugin
+    loads in every configuration."""
+    result, summary = matrix["5.10"]
+    configs = _every_configuration_verified(result, summary)
+    assert _predicted_unavailable(result) == {"tcpretrans"}
+    for name, entry in configs.items():
+        plugins = entry["plugins"]
+        if "tcpretrans" in plugins:
+            assert plugins["tcpretrans"]["state"] == "unavailable", name
+            assert "no field family" in plugins["tcpretrans"]["reason"], (name, plugins["tcpretrans"])
+        if "dropreason" in plugins:
+            assert plugins["dropreason"]["state"] == "loaded", (name, plugins["dropreason"])
+            assert "no reason field" in plugins["dropreason"]["reason"], name
+    assert {p: r["state"] for p, r in configs["basic"]["plugins"].items()} == {
+        "dns": "loaded",
+        "dropreason": "loaded",
+        "packetforward": "loaded",
+        "tcpretrans": "unavailable",
+    }
