@@ -15,12 +15,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from retina_agent.bpf import datapath, syscall
-from retina_agent.bpf.datapath import Feature, Settings
+from retina_agent.bpf.datapath import Settings
 from retina_agent.bpf.spec import LoadError
 from retina_agent.config import AgentConfig
 from retina_agent.metrics import CONTROLPLANE, add, counter, gauge, retina_counter
 from retina_agent.plugins import REGISTRY
-from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable, TcPlugin
+from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable, TcPlugin, prepare_plugins
 from retina_agent.server import MetricsServer, ServerLimits
 from retina_agent.status import RUNNING, STOPPED, UNAVAILABLE, PluginStates
 from retina_agent.tc import TcManager
@@ -76,17 +76,10 @@ class Agent:
             log.warning("removed stale TC state left by an earlier agent: %s", ", ".join(stale))
         if self.pod_level is not None:
             self._start_pod_level()
-        specs, features = [], []
-        for name, plugin in self.plugins.items():
-            try:
-                spec = plugin.prepare()
-            except PluginUnavailable as exc:
-                self._unavailable(name, str(exc))
-                continue
-            if isinstance(spec, Feature):
-                features.append(spec)
-            elif spec is not None:
-                specs.append(spec)
+        prepared = prepare_plugins(self.plugins)
+        for name, reason in prepared.unavailable.items():
+            self._unavailable(name, reason)
+        specs, features = prepared.specs, prepared.features
         started = time.monotonic()
         self.datapath, loaded = datapath.load(features, specs, timeout=self.config.bpf_compile_timeout)
         if specs or features:

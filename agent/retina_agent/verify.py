@@ -23,22 +23,20 @@ Run ``python -m retina_agent.verify`` on a node (root) for a JSON report of this
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from retina_agent.bpf import datapath
 from retina_agent.bpf.client import load_programs
-from retina_agent.bpf.datapath import Feature
 from retina_agent.bpf.spec import LoadedProgram, LoadError, ProgramSpec
 from retina_agent.catalogue import DEFAULT_PLUGINS, PLUGIN_NAMES, PLUGINS
 from retina_agent.config import load_config
 from retina_agent.plugins import REGISTRY
-from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable
+from retina_agent.plugins.base import Plugin, PluginContext, Prepared, prepare_plugins
 from retina_agent.tc import TcManager
 
 LOADED, REFUSED, UNAVAILABLE = "loaded", "refused", "unavailable"
@@ -76,44 +74,6 @@ def configurations() -> dict[str, dict[str, Any]]:
         **POD_LEVEL,
         "dataSamplingRate": 4,
     }
-    return out
-
-
-@dataclass
-class Prepared:
-    """What the enabled plugins ask the loader for (as the agent's start does)."""
-
-    features: list[Feature] = field(default_factory=list)
-    specs: list[ProgramSpec] = field(default_factory=list)
-    unavailable: dict[str, str] = field(default_factory=dict)
-    degraded: dict[str, str] = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        """Equal for two configurations that load the same programs with the same constants."""
-        data = {
-            "features": sorted((asdict(f) for f in self.features), key=lambda f: f["plugin"]),
-            "specs": sorted((s.to_json() for s in self.specs), key=lambda s: s["plugin"]),
-            "unavailable": self.unavailable,
-        }
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def prepare(plugins: dict[str, Plugin]) -> Prepared:
-    """Each plugin's ``prepare``: a Feature of the TC data path, a ProgramSpec of its own, nothing
-    (no BPF), or PluginUnavailable with its reason."""
-    out = Prepared()
-    for name, plugin in plugins.items():
-        try:
-            spec = plugin.prepare()
-        except PluginUnavailable as exc:
-            out.unavailable[name] = str(exc)
-            continue
-        if isinstance(spec, Feature):
-            out.features.append(spec)
-        elif spec is not None:
-            out.specs.append(spec)
-        if plugin.degraded:
-            out.degraded[name] = plugin.degraded
     return out
 
 
@@ -182,7 +142,7 @@ def verify(
     with tempfile.TemporaryDirectory(prefix="retina-verify-") as state:
         for name, overrides in configs.items():
             try:
-                prepared = prepare(_plugins(overrides, Path(state)))
+                prepared = prepare_plugins(_plugins(overrides, Path(state)))
             except Exception as exc:  # a configuration the agent itself refuses: said, not raised
                 out[name] = {"config": overrides, "error": f"{type(exc).__name__}: {exc}", "plugins": {}}
                 log(f"{name}: {out[name]['error']}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
+import json
 import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -116,3 +118,42 @@ class TcPlugin(Plugin):
     def stop(self) -> None:
         self.ctx.tc.disable(self.name)
         super().stop()
+
+
+@dataclass
+class Prepared:
+    """What the enabled plugins ask the loader for: the agent's start and ``retina_agent.verify``
+    both take it from ``prepare_plugins``."""
+
+    features: list[Feature] = field(default_factory=list)
+    specs: list[ProgramSpec] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    degraded: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """Equal for two configurations that load the same programs with the same constants."""
+        data = {
+            "features": sorted((asdict(f) for f in self.features), key=lambda f: f["plugin"]),
+            "specs": sorted((s.to_json() for s in self.specs), key=lambda s: s["plugin"]),
+            "unavailable": self.unavailable,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_plugins(plugins: dict[str, Plugin]) -> Prepared:
+    """Each plugin's ``prepare``: a Feature of the TC data path, a ProgramSpec of its own, nothing
+    (no BPF), or PluginUnavailable with its reason."""
+    out = Prepared()
+    for name, plugin in plugins.items():
+        try:
+            spec = plugin.prepare()
+        except PluginUnavailable as exc:
+            out.unavailable[name] = str(exc)
+            continue
+        if isinstance(spec, Feature):
+            out.features.append(spec)
+        elif spec is not None:
+            out.specs.append(spec)
+        if plugin.degraded:
+            out.degraded[name] = plugin.degraded
+    return out
