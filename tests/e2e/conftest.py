@@ -111,7 +111,7 @@ class Installed:
 
     def agent_memory(self) -> dict[str, int]:
         """The agent container's memory cgroup (v1): peak, limit and how often the limit was hit
-        (the BPF compile at start is the agent's peak)."""
+        (its start, with the loader child loading the BPF objects, is the usual peak)."""
         agent = self.ready_pod("retina-agent")
         worker = (
             self.runner.kubelet.worker_for(NAMESPACE, agent["metadata"]["name"])

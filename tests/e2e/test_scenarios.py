@@ -186,7 +186,7 @@ def test_basic_the_agent_pod_counts_lab_traffic_and_prometheus_scrapes_it(instal
     finally:
         sink.close()
     assert refusals_of(installed.kube, AGENT_USER) == [], "the agent's RBAC lacks what it uses"
-    # It ran as one process all along (an OOM kill of its BPF compile would restart it).
+    # It ran as one process all along (an OOM kill at start, loading its BPF objects, would restart it).
     statuses = installed.ready_pod("retina-agent")["status"]["containerStatuses"]
     assert [s["restartCount"] for s in statuses] == [0], statuses
     print(f"agent container memory (bytes): {installed.agent_memory()}")
