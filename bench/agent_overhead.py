@@ -6,7 +6,7 @@ process, at rest:
 
 - the agent's CPU share while idle (target < 0.5% of a core);
 - its steady-state RSS with the basic plugins (target <= 64 MiB);
-- the time to render /metrics, and start-up (compile + attach).
+- the time to render /metrics, and start-up (load the BPF objects + attach).
 
 Run as root from the repository: ``sudo .venv/bin/python bench/agent_overhead.py``. Prints a
 table and writes JSON to bench/results/.
@@ -72,7 +72,7 @@ def main() -> int:
             f"{report['metrics_render_ms_median']} ms ({report['metrics_bytes']:,} bytes)",
             "",
         ),
-        ("agent start-up (compile + attach)", f"{report['agent_startup_seconds']} s", ""),
+        ("agent start-up (load + attach)", f"{report['agent_startup_seconds']} s", ""),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':{width}}  {'value':>28}  target")
