@@ -150,6 +150,11 @@ def pinned_closure(reqs: list[str]) -> list[str]:
     return sorted(pins.values())
 
 
+def _build_on_base() -> list[str]:
+    """``podman build`` on our Debian base, offline (every stage starts FROM it), as every build here."""
+    return ["build", "--pull=never", "--network", "host", *ULIMITS, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"]
+
+
 def build_bpf_objects(src: Path, log=print) -> list[Path]:
     """Compile the agent's BPF objects into the source copy ``src`` in the toolchain container
     (``images/bpf/Containerfile``, ``podman build --output``); returns the objects. Objects
@@ -160,13 +165,7 @@ def build_bpf_objects(src: Path, log=print) -> list[Path]:
     if not image_exists(BASE_IMAGE):  # the kernel matrix calls build_wheel before any image
         build_base(log=log)
     podman(
-        "build",
-        "--pull=never",
-        "--network",
-        "host",
-        *ULIMITS,
-        "--build-arg",
-        f"BASE_IMAGE={BASE_IMAGE}",
+        *_build_on_base(),
         "-f",
         str(BPF_CONTAINERFILE),
         "--output",
@@ -267,13 +266,7 @@ def build_image(kind: str, ref: str, wheel: Path, house: Path, *, no_cache: bool
         shutil.copy2(house / "requirements.txt", context / "requirements.txt")
         shutil.copytree(house / "wheels", context / "wheels")
         argv = [
-            "build",
-            "--pull=never",
-            "--network",
-            "host",
-            *ULIMITS,
-            "--build-arg",
-            f"BASE_IMAGE={BASE_IMAGE}",
+            *_build_on_base(),
             *(f"--build-arg={name}={value}" for name, value in BUILD_ARGS.get(kind, {}).items()),
             "-f",
             str(CONTAINERFILES[kind]),
