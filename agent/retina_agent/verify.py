@@ -114,7 +114,7 @@ def _batch(distinct: dict[str, Prepared], timeout: float) -> dict[str, dict[str,
     for name, prepared in distinct.items():
         specs = list(prepared.specs)
         if prepared.features:
-            specs.append(datapath._spec(prepared.features, DATAPATH))  # the agent's own spec
+            specs.append(datapath.spec_for(prepared.features, DATAPATH))  # the agent's own spec
         batch += [replace(s, plugin=f"{name}/{s.plugin}", programs=[], maps=[]) for s in specs]
     out: dict[str, dict[str, LoadedProgram | LoadError]] = {name: {} for name in distinct}
     for key, result in load_programs(batch, timeout=timeout).items():

@@ -78,7 +78,7 @@ class Feature:
         return FEATURE_BITS[self.plugin]
 
 
-def _spec(features: list[Feature], obj: str, name: str = "datapath") -> ProgramSpec:
+def spec_for(features: list[Feature], obj: str, name: str = "datapath") -> ProgramSpec:
     on = {f.plugin for f in features}
     constants = {FEATURE_CONSTANTS[p]: 1 for p in on}
     sizes = {m: 1 for p, names in FEATURE_MAPS.items() if p not in on for m in names}
@@ -128,7 +128,7 @@ def load(
     each loader run (``bpfCompileTimeout``: an emulated kernel is slow)."""
     specs = list(others or [])
     if features:
-        specs.append(_spec(features, obj))
+        specs.append(spec_for(features, obj))
     results = load_programs(specs, timeout=timeout) if specs else {}
     if not features:
         return None, results
@@ -136,7 +136,7 @@ def load(
     result = results.pop("datapath", None)
     if isinstance(result, LoadError) and len(features) > 1:
         # Which feature breaks the build? Each alone, in one loader run.
-        alone = load_programs([_spec([f], obj, name=f.plugin) for f in features], timeout=timeout)
+        alone = load_programs([spec_for([f], obj, name=f.plugin) for f in features], timeout=timeout)
         for f in features:
             r = alone.get(f.plugin)
             if isinstance(r, LoadError):
@@ -145,7 +145,7 @@ def load(
                 r.close()
         good = [f for f in features if f.plugin not in failed]
         if good and len(good) < len(features):
-            result = load_programs([_spec(good, obj)], timeout=timeout).get("datapath")
+            result = load_programs([spec_for(good, obj)], timeout=timeout).get("datapath")
     if not isinstance(result, LoadedProgram):
         error = result if isinstance(result, LoadError) else LoadError("BPF loader gave nothing")
         return Loaded(
