@@ -81,7 +81,7 @@ class Agent:
             self._unavailable(name, reason)
         specs, features = prepared.specs, prepared.features
         started = time.monotonic()
-        self.datapath, loaded = datapath.load(features, specs, timeout=self.config.bpf_compile_timeout)
+        self.datapath, loaded = datapath.load(features, specs, timeout=self.config.bpf_load_timeout)
         if specs or features:
             log.info(
                 "loaded %d BPF objects in %.1fs",

@@ -11,10 +11,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from retina_agent.catalogue import DEFAULT_PLUGINS, PLUGIN_NAMES
 from retina_common.durations import bounded_duration
+
+#: bpfLoadTimeout's name from before the BPF programs were compiled ahead (still accepted).
+LEGACY_LOAD_TIMEOUT_KEY = "bpfCompileTimeout"
 
 #: Bounds of every duration the agent reads (seconds). The harvest interval: below 100ms the
 #: harvest would eat a core, above an hour Prometheus sees stale counters.
@@ -147,8 +158,13 @@ class AgentConfig(_Strict):
     enable_conntrack_metrics: bool = Field(False, alias="enableConntrackMetrics")
     state_dir: str = Field("/var/run/retina", alias="stateDir")
     # Ours: how long loading every plugin's BPF object may take at start (emulated kernels in the
-    # kernel matrix take minutes).
-    bpf_compile_timeout: float = Field(180.0, alias="bpfCompileTimeout")
+    # kernel matrix take minutes). Its old name, from when the agent compiled the programs at
+    # start, is still read; a config sets one of the two.
+    bpf_load_timeout: float = Field(
+        180.0,
+        validation_alias=AliasChoices("bpfLoadTimeout", LEGACY_LOAD_TIMEOUT_KEY, "bpf_load_timeout"),
+        serialization_alias="bpfLoadTimeout",
+    )
     plugins: PluginOptions = Field(default_factory=PluginOptions)
     pod_level: PodLevelOptions = Field(default_factory=PodLevelOptions, alias="podLevel")
 
@@ -174,9 +190,18 @@ class AgentConfig(_Strict):
             raise ValueError("must be between 0% and 100% of one core, like 2%")
         return percent
 
-    @field_validator("bpf_compile_timeout", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _compile_timeout(cls, value: Any) -> float:
+    def _one_load_timeout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bpfLoadTimeout" in data and LEGACY_LOAD_TIMEOUT_KEY in data:
+            raise ValueError(
+                f"{LEGACY_LOAD_TIMEOUT_KEY} is the old name of bpfLoadTimeout: set only bpfLoadTimeout"
+            )
+        return data
+
+    @field_validator("bpf_load_timeout", mode="before")
+    @classmethod
+    def _load_timeout(cls, value: Any) -> float:
         return bounded_duration(value, minimum=10, maximum=3600)
 
     @field_validator("metrics_interval", mode="before")

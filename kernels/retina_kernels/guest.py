@@ -435,7 +435,7 @@ def run_lab() -> dict:
                     "latency": {"apiServer": [f"{db.ip}:6443"]},
                     "netfilter": {"namespaces": ["host", db.netns]},
                 },
-                "bpfCompileTimeout": "20m",  # the loader child's limit: loading, not compiling
+                "bpfLoadTimeout": "20m",  # the loader child's limit (TCG is slow)
             },
             interval="1s",
         )

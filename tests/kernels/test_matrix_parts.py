@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from retina_agent.config import AgentConfig
+from retina_agent.config import AgentConfig, ConfigError, load_config
 from retina_kernels import debian, matrix
 from retina_kernels.catalog import KERNELS, Kernel, parse_kernels
 from retina_kernels.cli import HAND_WRITTEN, write_docs
@@ -140,12 +140,22 @@ def test_degraded_predicts_running_and_available_predicts_running() -> None:
     assert found["packetparser"]["correct"] is False  # preflight said available, the agent could not run it
 
 
-def test_compile_timeout_is_a_bounded_duration() -> None:
-    assert AgentConfig.model_validate({}).bpf_compile_timeout == 180
-    assert AgentConfig.model_validate({"bpfCompileTimeout": "20m"}).bpf_compile_timeout == 1200
-    for bad in ("1s", "2h", "soon"):
-        with pytest.raises(ValueError, match="bpfCompileTimeout"):
-            AgentConfig.model_validate({"bpfCompileTimeout": bad})
+def test_load_timeout_is_a_bounded_duration_under_its_old_name_too() -> None:
+    assert AgentConfig.model_validate({}).bpf_load_timeout == 180
+    assert AgentConfig.model_validate({"bpfLoadTimeout": "20m"}).bpf_load_timeout == 1200
+    # configs written before the objects were compiled ahead keep working
+    assert AgentConfig.model_validate({"bpfCompileTimeout": "5m"}).bpf_load_timeout == 300
+    for key in ("bpfLoadTimeout", "bpfCompileTimeout"):
+        for bad in ("1s", "2h", "soon"):
+            with pytest.raises(ValueError, match=key):
+                AgentConfig.model_validate({key: bad})
+
+
+def test_load_timeout_under_both_names_is_refused_naming_the_one_to_keep(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("bpfLoadTimeout: 5m\nbpfCompileTimeout: 3m\n")
+    with pytest.raises(ConfigError, match="set only bpfLoadTimeout"):
+        load_config(config)
 
 
 def test_stalled_guest_cpus_are_named_from_system_map(tmp_path: Path) -> None:

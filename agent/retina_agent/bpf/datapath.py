@@ -125,7 +125,7 @@ def load(
 ) -> tuple[Loaded | None, dict[str, LoadedProgram | LoadError]]:
     """Load the data path object with ``features`` on (and ``others``, the tracepoint plugins'
     objects, in the same loader run); isolate a feature that fails to load. ``timeout`` bounds
-    each loader run (``bpfCompileTimeout``: an emulated kernel is slow)."""
+    each loader run (``bpfLoadTimeout``: an emulated kernel is slow)."""
     specs = list(others or [])
     if features:
         specs.append(spec_for(features, obj))
