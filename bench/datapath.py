@@ -10,7 +10,10 @@ Measured, in one run:
 - 64-byte UDP packets/s and TCP Gbit/s from pod a to pod b (iperf3): ratio to detached;
 - Retina's packetforward design re-created: the same counters from a socket filter on an
   AF_PACKET/ETH_P_ALL raw socket (one per pod veth, as ``pkg/plugin/packetforward`` binds one
-  to the host interface), alternated in the same rounds;
+  to the host interface), alternated in the same rounds; beside it, like for like: Retina's
+  basic plugins that see packets (packetforward and dns, whose Inspektor Gadget tracer is a
+  second socket filter parsing every packet for DNS) against our basic plugins, and our data
+  path doing packetforward's work alone against Retina's packetforward;
 - kernel cost per packet from run-time accounting (BPF_ENABLE_STATS, held by an fd only in the
   ``+stats`` runs, since accounting itself costs two clock reads per program run): per
   program (ns per run) and summed over every program of ours that ran for a packet; as
@@ -30,7 +33,9 @@ packet's whole path runs on that CPU, and the rest of the machine's work mostly 
 Run as root: ``sudo .venv/bin/python bench/datapath.py [--rounds 20 --seconds 1]``. Prints a
 table and writes JSON to bench/results/ (keys ``ratio_udp_basic``, ``ratio_udp_pod_level``,
 ``ratio_tcp_pod_level``, ``bpf_ns_per_packet_basic``, ``bpf_ns_per_packet_pod_level``,
-``ratio_udp_retina_design`` among them; the floor: ``empty_program_ns_per_run_<set>``,
+``ratio_udp_retina_design`` among them; like for like: ``ratio_udp_retina_basic_design``,
+``bpf_ns_per_packet_retina_basic_design``, ``ratio_udp_packetforward_only``,
+``bpf_ns_per_packet_packetforward_only``; the floor: ``empty_program_ns_per_run_<set>``,
 ``bpf_floor_ns_per_packet_<set>``, ``bpf_ns_per_packet_<set>_above_floor``; test runs:
 ``bpf_test_run_ns_per_packet_<set>[_above_floor]``).
 """
@@ -59,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
 
 from retina_agent.agent import Agent  # noqa: E402
-from retina_agent.bpf import syscall  # noqa: E402
+from retina_agent.bpf import datapath, syscall  # noqa: E402
 from retina_agent.config import AgentConfig  # noqa: E402
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import free_port  # noqa: E402
@@ -72,8 +77,9 @@ POD_LEVEL = [*BASIC, "packetparser", "latency"]
 ETH_P_ALL = 0x0003
 SO_ATTACH_BPF = 50
 
-# Retina's packetforward, re-created (bpf/retina_design.c): per-CPU packet and byte counters by
-# direction, from a socket filter that returns 0 (nothing is queued to the socket).
+# Retina's packetforward and dns, re-created (bpf/retina_design.c): socket filters that return 0
+# (nothing is queued to the socket): per-CPU packet and byte counters by direction; DNS messages
+# to a ring buffer.
 BPF_DIR = Path(__file__).resolve().parent / "bpf"  # the two programs below, built by build.build
 
 
@@ -161,20 +167,24 @@ def pin(pid: int, cpu: int, nice: int) -> None:
 
 # -- the Retina-design row -------------------------------------------------------------------
 class RetinaDesign:
-    """A socket filter on an AF_PACKET/ETH_P_ALL raw socket per pod veth."""
+    """Socket filters on AF_PACKET/ETH_P_ALL raw sockets, one socket per program per pod veth
+    (bench/bpf/retina_design.c). Retina's dns plugin binds no interface (its socket in the host
+    network namespace sees every interface's packets); bound to the lab's veths here, it sees
+    the same packets of this lab and none of other labs on a shared machine."""
 
-    def __init__(self, veths: list[str]) -> None:
+    def __init__(self, veths: list[str], programs: list[str]) -> None:
         self.bpf = bpf_object("retina_design")
-        self.fd = self.bpf.program_fd("retina_packetforward")
+        self.fds = {name: self.bpf.program_fd(name) for name in programs}
         self.veths = veths
         self.sockets: list[socket.socket] = []
 
     def attach(self) -> None:
         for veth in self.veths:
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            s.bind((veth, ETH_P_ALL))
-            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, self.fd)
-            self.sockets.append(s)
+            for fd in self.fds.values():
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                s.bind((veth, ETH_P_ALL))
+                s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, fd)
+                self.sockets.append(s)
 
     def detach(self) -> None:
         for s in self.sockets:
@@ -182,7 +192,41 @@ class RetinaDesign:
         self.sockets.clear()
 
     def program_fds(self) -> dict[str, int]:
-        return {"retina_packetforward": self.fd}
+        return dict(self.fds)
+
+
+# The Retina-design rows: packetforward alone (the row issue 11 defines), and Retina's basic
+# plugins that see packets (packetforward and dns), against ours with the same work.
+RETINA_ROWS = {
+    "retina": ["retina_packetforward"],
+    "retina_basic": ["retina_packetforward", "retina_dns"],
+}
+
+
+class PacketforwardOnly:
+    """Our data path doing only packetforward's work on the lab's veths (its interface bits
+    set to packetforward alone, tracepoint programs off): the like-for-like of the Retina
+    packetforward row, in the same agent and rounds."""
+
+    def __init__(self, agent: Agent, veths: list[str]) -> None:
+        self.tc = agent.tc
+        self.bits = datapath.InterfaceBits(
+            agent.datapath.maps["dp_ifaces"], agent.datapath.maps["dp_ifaces_hi"]
+        )
+        self.indexes = [int(Path(f"/sys/class/net/{v}/ifindex").read_text()) for v in veths]
+        self.saved: dict[int, int] = {}
+
+    def attach(self) -> None:
+        for index in self.indexes:
+            self.saved[index] = self.bits.get(index)
+            self.bits.set(index, datapath.FEATURE_BITS["packetforward"])
+        self.tc.resume()
+
+    def detach(self) -> None:
+        self.tc.pause()
+        for index, bits in self.saved.items():
+            self.bits.set(index, bits)
+        self.saved.clear()
 
 
 class EmptyProgram:
@@ -333,7 +377,7 @@ def measure_set(
     config: AgentConfig,
     rounds: int,
     window: float,
-    retina: RetinaDesign | None,
+    designs: dict[str, RetinaDesign],
     stats_rounds: int,
     empty: EmptyProgram | None = None,
     test_run_trials: int = 15,
@@ -368,10 +412,14 @@ def measure_set(
         lambda: (stats(False), agent.pause_datapath()),
     )
 
+    pf_only = (
+        PacketforwardOnly(agent, node.host_veths) if designs and "packetforward" in agent.running else None
+    )
+
     def kernel_time() -> dict:
         out = {"ours": prog_times(our_fds)}
-        if retina is not None:
-            out["retina"] = prog_times(retina.program_fds())
+        for name, design in designs.items():
+            out[name] = prog_times(design.program_fds())
         if empty is not None:
             out["empty"] = prog_times(empty.program_fds())
         return out
@@ -381,18 +429,25 @@ def measure_set(
         udp_stream = Stream(node, udp=True, cpu=traffic[0], nice=traffic[1])
         try:
             states = {"off": nothing, "on": ours}
-            if retina is not None:
-                states["retina"] = (retina.attach, retina.detach)
+            for name, design in designs.items():
+                states[name] = (design.attach, design.detach)
+            if pf_only is not None:
+                states["pf_only"] = (pf_only.attach, pf_only.detach)
             cpu0 = thread_cpu_seconds({main_tid})
             udp = alternate(states, udp_stream, rounds, window)
             # the agent's CPU over the whole phase (harvests included), per packet it saw
             cpu_s = thread_cpu_seconds({main_tid}) - cpu0
             # Kernel cost per packet: accounting on only in these windows.
             costs = {"on": ours, "on+stats": ours_stats}
-            if retina is not None:
-                costs["retina+stats"] = (
-                    lambda: (retina.attach(), stats(True)),
-                    lambda: (stats(False), retina.detach()),
+            for name, design in designs.items():
+                costs[f"{name}+stats"] = (
+                    lambda d=design: (d.attach(), stats(True)),
+                    lambda d=design: (stats(False), d.detach()),
+                )
+            if pf_only is not None:
+                costs["pf_only+stats"] = (
+                    lambda: (pf_only.attach(), stats(True)),
+                    lambda: (stats(False), pf_only.detach()),
                 )
             if empty is not None and syscall.tcx_supported():
                 costs["empty+stats"] = (
@@ -435,10 +490,13 @@ def measure_set(
             for state, ws in res.items()
         },
     }
-    if retina is not None:
-        out["retina_udp"] = paired(udp, "retina", "off")
-        out["retina_udp_per_cpu"] = paired(udp, "retina", "off", key="pkt_per_cpu")
-        out["retina_bpf"] = kernel_cost(timed["retina+stats"], "retina")
+    for name in designs:
+        out[f"{name}_udp"] = paired(udp, name, "off")
+        out[f"{name}_udp_per_cpu"] = paired(udp, name, "off", key="pkt_per_cpu")
+        out[f"{name}_bpf"] = kernel_cost(timed[f"{name}+stats"], name)
+    if pf_only is not None:
+        out["pf_only_udp"] = paired(udp, "pf_only", "off")
+        out["pf_only_bpf"] = kernel_cost(timed["pf_only+stats"], "ours")
     if "empty+stats" in timed:
         # The floor: an empty TC program on the same hooks, in the same rounds. What it costs per
         # run (the TCX dispatch, the call, and accounting's two clock reads) is what any program
@@ -610,7 +668,7 @@ def main() -> int:
         os.sched_setaffinity(0, os.sched_getaffinity(0) - {traffic[0]})
     with LabNode(pod_names=("a", "b")) as node, KubeEmulator(workdir=Path(tempfile.mkdtemp())) as kube:
         seed_lab(kube, node)
-        retina = RetinaDesign(node.host_veths)
+        designs = {name: RetinaDesign(node.host_veths, programs) for name, programs in RETINA_ROWS.items()}
         empty = EmptyProgram(node.host_veths)
         try:
             if args.only in (None, "basic"):
@@ -620,7 +678,7 @@ def main() -> int:
                     agent_config(node, BASIC, {}),
                     args.rounds,
                     args.window,
-                    retina,
+                    designs,
                     args.stats_rounds,
                     empty,
                     traffic=traffic,
@@ -639,14 +697,15 @@ def main() -> int:
                     agent_config(node, POD_LEVEL, extra),
                     args.rounds,
                     args.window,
-                    None,
+                    {},
                     args.stats_rounds,
                     empty,
                     traffic=traffic,
                     tcp_window=args.tcp_window,
                 )
         finally:
-            retina.detach()
+            for design in designs.values():
+                design.detach()
             empty.detach()
     basic, pod = report.get("basic", {}), report.get("pod_level", {})
     report.update(
@@ -656,6 +715,8 @@ def main() -> int:
             "ratio_udp_pod_level": pod.get("udp", {}).get("median"),
             "ratio_tcp_pod_level": pod.get("tcp", {}).get("median"),
             "ratio_udp_retina_design": basic.get("retina_udp", {}).get("median"),
+            "ratio_udp_retina_basic_design": basic.get("retina_basic_udp", {}).get("median"),
+            "ratio_udp_packetforward_only": basic.get("pf_only_udp", {}).get("median"),
             "cpu_ratio_udp_basic": basic.get("udp_per_cpu", {}).get("median"),
             "cpu_ratio_udp_pod_level": pod.get("udp_per_cpu", {}).get("median"),
             "cpu_ratio_tcp_basic": basic.get("tcp_per_cpu", {}).get("median"),
@@ -664,6 +725,8 @@ def main() -> int:
             "bpf_ns_per_packet_basic": basic.get("bpf", {}).get("ns_per_packet"),
             "bpf_ns_per_packet_pod_level": pod.get("bpf", {}).get("ns_per_packet"),
             "bpf_ns_per_packet_retina_design": basic.get("retina_bpf", {}).get("ns_per_packet"),
+            "bpf_ns_per_packet_retina_basic_design": basic.get("retina_basic_bpf", {}).get("ns_per_packet"),
+            "bpf_ns_per_packet_packetforward_only": basic.get("pf_only_bpf", {}).get("ns_per_packet"),
             # the floor, measured in the same run as each figure above (an empty TC program on
             # the same hooks), and our cost above it
             "empty_program_ns_per_run": basic.get("empty_program_ns_per_run"),
@@ -777,26 +840,35 @@ def print_table(report: dict) -> None:
             )
         )
         rows.append((f"{label}: agent user CPU s per Mpkt", str(r["agent_cpu_s_per_mpkt"]), "", ""))
-        if "retina_udp" in r:
-            ru = r["retina_udp"]
+        for key, what, how in (
+            ("retina", "Retina design, packetforward", "AF_PACKET socket filter"),
+            ("retina_basic", "Retina design, packetforward+dns", "two AF_PACKET socket filters"),
+            ("pf_only", "ours, packetforward only", "our TC program, packetforward's work alone"),
+        ):
+            if f"{key}_udp" not in r:
+                continue
+            ru = r[f"{key}_udp"]
             rows.append(
                 (
-                    "Retina design: UDP 64 B pps ratio",
+                    f"{what}: UDP 64 B pps ratio",
                     f"{ru['median']:.3f}",
                     f"[{ru['q1']:.3f}, {ru['q3']:.3f}]",
-                    "AF_PACKET socket filter",
+                    how,
                 )
             )
-            rc = r["retina_udp_per_cpu"]
+            if f"{key}_udp_per_cpu" in r:
+                rc = r[f"{key}_udp_per_cpu"]
+                rows.append(
+                    (
+                        f"{what}: UDP packets per CPU-second",
+                        f"{rc['median']:.3f}",
+                        f"[{rc['q1']:.3f}, {rc['q3']:.3f}]",
+                        "",
+                    )
+                )
             rows.append(
-                (
-                    "Retina design: UDP packets per CPU-second",
-                    f"{rc['median']:.3f}",
-                    f"[{rc['q1']:.3f}, {rc['q3']:.3f}]",
-                    "",
-                )
+                (f"{what}: BPF ns per packet", str(r[f"{key}_bpf"]["ns_per_packet"]), "", "as measured")
             )
-            rows.append(("Retina design: BPF ns per packet", str(r["retina_bpf"]["ns_per_packet"]), "", ""))
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':{width}}  {'median':>8}  {'IQR':>16}  detail")
     for name, med, iqr, detail in rows:
