@@ -129,7 +129,7 @@ class Agent:
                 f" (attached with {attach})" if attach else "",
                 f" ({plugin.degraded})" if plugin.degraded else "",
             )
-        self.budget.start(self._program_fds())
+        self.budget.start(self._program_fds(), self.config.metrics_interval)
 
     def _program_fds(self) -> list[int]:
         """Every BPF program of ours: the data path's and the tracepoint plugins'."""
@@ -287,38 +287,71 @@ class Agent:
 class SamplingBudget:
     """dataSamplingRate, and the dataPathBudget controller that raises it under load.
 
-    With a budget (percent of one core), run-time accounting is held on (BPF_ENABLE_STATS:
-    an fd, released with the agent) and every harvest compares the kernel time of all our
-    programs since the last one with the budget: over it, the sampling rate doubles (up to
-    ``MAX_RATE``); under half of it, the rate halves (down to the configured one).
+    With a budget (percent of one core), every harvest compares the kernel time of all our
+    programs with the budget: over it, the sampling rate doubles (up to ``MAX_RATE``); under
+    half of it, the rate halves (down to the configured one).
+
+    The kernel time comes from run-time accounting (BPF_ENABLE_STATS), which costs two clock
+    reads per program run: on a VM that is more than our programs themselves (bench/datapath.py,
+    "run-time accounting on/off"). So it is not held on: it is on for a window of
+    ``ACCOUNTING_SHARE`` of each interval, opened at each harvest and closed by a timer, and the
+    share of a core measured in the window stands for the interval. The window's fd ends with
+    the agent, so a killed agent leaves no accounting on.
     """
 
     MAX_RATE = 1024
+    ACCOUNTING_SHARE = 0.1  # of each harvest interval with run-time accounting on
 
     def __init__(self, configured: int, budget_percent: float | None) -> None:
         self.configured = configured
         self.rate = configured
         self.budget = budget_percent / 100 if budget_percent else None
-        self.share: float | None = None
+        self.share: float | None = None  # measured in the last closed window
         self._fds: list[int] = []
+        self._window_s = 0.0
+        self._lock = threading.Lock()
         self._stats_fd: int | None = None
-        self._last: tuple[int, int] | None = None
+        self._opened: tuple[int, int] | None = None  # (run time, monotonic ns) at the window's start
+        self._measured: float | None = None  # the last window's share, not yet acted on
+        self._timer: threading.Timer | None = None
 
-    def start(self, program_fds: list[int]) -> None:
+    def start(self, program_fds: list[int], interval: float) -> None:
         if self.budget is None:
             return
         self._fds = program_fds
-        try:
-            self._stats_fd = syscall.enable_stats()
-        except OSError as exc:
-            log.warning(
-                "dataPathBudget: cannot turn on BPF run-time accounting (%s); the sampling rate stays at %d",
-                exc,
-                self.rate,
-            )
-            self.budget = None
-            return
-        self._last = (self._run_time(), time.monotonic_ns())
+        self._window_s = interval * self.ACCOUNTING_SHARE
+        self._open_window()
+
+    def _open_window(self) -> None:
+        with self._lock:
+            if self._stats_fd is not None or self.budget is None:
+                return  # the last window is still open (a late harvest)
+            try:
+                self._stats_fd = syscall.enable_stats()
+            except OSError as exc:
+                log.warning(
+                    "dataPathBudget: cannot turn on BPF run-time accounting (%s); "
+                    "the sampling rate stays at %d",
+                    exc,
+                    self.rate,
+                )
+                self.budget = None
+                return
+            self._opened = (self._run_time(), time.monotonic_ns())
+            self._timer = threading.Timer(self._window_s, self._close_window)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _close_window(self) -> None:
+        with self._lock:
+            if self._stats_fd is None or self._opened is None:
+                return
+            run_ns, now_ns = self._run_time(), time.monotonic_ns()
+            os.close(self._stats_fd)
+            self._stats_fd = None
+            opened_run, opened_now = self._opened
+            if now_ns > opened_now:
+                self._measured = (run_ns - opened_run) / (now_ns - opened_now)
 
     def _run_time(self) -> int:
         total = 0
@@ -328,35 +361,38 @@ class SamplingBudget:
         return total
 
     def check(self) -> int:
-        """The sampling rate for the next interval."""
-        if self.budget is None or self._last is None:
+        """The sampling rate for the next interval (from the window closed since the last check);
+        opens the next window."""
+        if self.budget is None:
             return self.rate
-        now_ns, run_ns = time.monotonic_ns(), self._run_time()
-        last_run, last_now = self._last
-        self._last = (run_ns, now_ns)
-        if now_ns <= last_now:
-            return self.rate
-        self.share = (run_ns - last_run) / (now_ns - last_now)
-        old = self.rate
-        if self.share > self.budget and self.rate < self.MAX_RATE:
-            self.rate = min(self.rate * 2, self.MAX_RATE)
-        elif self.share < self.budget / 2 and self.rate > self.configured:
-            self.rate = max(self.rate // 2, self.configured)
-        if self.rate != old:
-            log.warning(
-                "data path used %.2f%% of a core (budget %.2f%%): sampling 1 in %d "
-                "pod-level flow and DNS events (was 1 in %d)",
-                self.share * 100,
-                self.budget * 100,
-                self.rate,
-                old,
-            )
+        with self._lock:
+            measured, self._measured = self._measured, None
+        if measured is not None:
+            self.share = measured
+            old = self.rate
+            if measured > self.budget and self.rate < self.MAX_RATE:
+                self.rate = min(self.rate * 2, self.MAX_RATE)
+            elif measured < self.budget / 2 and self.rate > self.configured:
+                self.rate = max(self.rate // 2, self.configured)
+            if self.rate != old:
+                log.warning(
+                    "data path used %.2f%% of a core (budget %.2f%%): sampling 1 in %d "
+                    "pod-level flow and DNS events (was 1 in %d)",
+                    measured * 100,
+                    self.budget * 100,
+                    self.rate,
+                    old,
+                )
+        self._open_window()
         return self.rate
 
     def stop(self) -> None:
-        if self._stats_fd is not None:
-            os.close(self._stats_fd)
-            self._stats_fd = None
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._stats_fd is not None:
+                os.close(self._stats_fd)
+                self._stats_fd = None
 
     def metrics(self) -> Iterable[Metric]:
         rate = gauge(
