@@ -20,6 +20,8 @@ Measured, in one run:
   measured, and above the floor: an empty TC program on the same hooks, in the same rounds;
 - the same programs in BPF_PROG_TEST_RUN loops on the UDP phase's packet (no accounting, warm
   caches: a lower bound), beside the empty program;
+- CPU time in the programs from perf's cpu-clock samples of the traffic's CPU over the UDP
+  phase, charged per state window (bench/kernel_samples.py): real traffic, no accounting;
 - the cost of run-time accounting itself (paired ratio stats on / stats off);
 - the agent's user-space CPU seconds per million packets (its threads, not this one).
 
@@ -35,7 +37,8 @@ table and writes JSON to bench/results/ (keys ``ratio_udp_basic``, ``ratio_udp_p
 ``ratio_tcp_pod_level``, ``bpf_ns_per_packet_basic``, ``bpf_ns_per_packet_pod_level``,
 ``ratio_udp_retina_design`` among them; like for like: ``ratio_udp_retina_basic_design``,
 ``bpf_ns_per_packet_retina_basic_design``, ``ratio_udp_packetforward_only``,
-``bpf_ns_per_packet_packetforward_only``; the floor: ``empty_program_ns_per_run_<set>``,
+``bpf_ns_per_packet_packetforward_only``; sampled by perf: ``bpf_sampled_ns_per_packet_<row>``;
+the floor: ``empty_program_ns_per_run_<set>``,
 ``bpf_floor_ns_per_packet_<set>``, ``bpf_ns_per_packet_<set>_above_floor``; test runs:
 ``bpf_test_run_ns_per_packet_<set>[_above_floor]``).
 """
@@ -62,6 +65,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
+
+from kernel_samples import KernelSamples  # noqa: E402 - bench/kernel_samples.py
 
 from retina_agent.agent import Agent  # noqa: E402
 from retina_agent.bpf import datapath, syscall  # noqa: E402
@@ -323,6 +328,8 @@ def alternate(
                     "bps": (b1 - b0) * 8 / dt,
                     "packets": p1 - p0,
                     "seconds": dt,
+                    "t0": t0,
+                    "t1": t1,
                     # per CPU second of the traffic's own tasks: the rate a
                     # CPU-bound path would reach, whatever else the VM runs
                     "pkt_per_cpu": (p1 - p0) / cpu if cpu else 0,
@@ -434,7 +441,17 @@ def measure_set(
             if pf_only is not None:
                 states["pf_only"] = (pf_only.attach, pf_only.detach)
             cpu0 = thread_cpu_seconds({main_tid})
-            udp = alternate(states, udp_stream, rounds, window)
+            # perf samples of the traffic's CPU over the phase: BPF time without accounting
+            sampler = (
+                KernelSamples(traffic[0]) if traffic[0] is not None and KernelSamples.available() else None
+            )
+            if sampler is not None:
+                sampler.start()
+            try:
+                udp = alternate(states, udp_stream, rounds, window)
+            finally:
+                if sampler is not None:
+                    sampler.stop()
             # the agent's CPU over the whole phase (harvests included), per packet it saw
             cpu_s = thread_cpu_seconds({main_tid}) - cpu0
             # Kernel cost per packet: accounting on only in these windows.
@@ -514,6 +531,15 @@ def measure_set(
             )
     if micro is not None:
         out["bpf_test_run"] = micro
+    if sampler is not None:
+        try:
+            out["bpf_sampled"] = sampler.charge(udp)
+        finally:
+            sampler.close()
+    else:
+        out["bpf_sampled"] = {
+            "note": "not measured: perf is not installed or the traffic is not pinned (--cpu)"
+        }
     return out
 
 
@@ -727,6 +753,12 @@ def main() -> int:
             "bpf_ns_per_packet_retina_design": basic.get("retina_bpf", {}).get("ns_per_packet"),
             "bpf_ns_per_packet_retina_basic_design": basic.get("retina_basic_bpf", {}).get("ns_per_packet"),
             "bpf_ns_per_packet_packetforward_only": basic.get("pf_only_bpf", {}).get("ns_per_packet"),
+            # perf's samples, no accounting (a cross-check): TC programs per packet
+            "bpf_sampled_ns_per_packet_basic": sampled(basic, "on", "tc"),
+            "bpf_sampled_ns_per_packet_pod_level": sampled(pod, "on", "tc"),
+            "bpf_sampled_ns_per_packet_retina_design": sampled(basic, "retina", "retina_design"),
+            "bpf_sampled_ns_per_packet_retina_basic_design": sampled(basic, "retina_basic", "retina_design"),
+            "bpf_sampled_ns_per_packet_packetforward_only": sampled(basic, "pf_only", "tc"),
             # the floor, measured in the same run as each figure above (an empty TC program on
             # the same hooks), and our cost above it
             "empty_program_ns_per_run": basic.get("empty_program_ns_per_run"),
@@ -753,6 +785,11 @@ def main() -> int:
     out.write_text(json.dumps(report, indent=2))
     print(f"written {out}")
     return 0
+
+
+def sampled(plugin_set: dict, state: str, label: str) -> float | None:
+    """A sampled ns-per-packet figure of the report, or None."""
+    return plugin_set.get("bpf_sampled", {}).get(state, {}).get("ns_per_packet", {}).get(label)
 
 
 def print_table(report: dict) -> None:
@@ -830,6 +867,17 @@ def print_table(report: dict) -> None:
                     + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in tr["ns_per_run"].items()),
                 )
             )
+        if "on" in r.get("bpf_sampled", {}):
+            on = r["bpf_sampled"]["on"]
+            rows.append(
+                (
+                    f"{label}: BPF ns per packet, sampled",
+                    str(on["ns_per_packet"].get("tc")),
+                    "",
+                    f"perf cpu-clock samples in our TC programs, no accounting ({on['samples'].get('tc', 0)} "
+                    f"samples); tracepoint programs: {on['ns_per_packet'].get('tracepoint')}",
+                )
+            )
         s = r["stats_cost"]
         rows.append(
             (
@@ -869,6 +917,9 @@ def print_table(report: dict) -> None:
             rows.append(
                 (f"{what}: BPF ns per packet", str(r[f"{key}_bpf"]["ns_per_packet"]), "", "as measured")
             )
+            label = "tc" if key == "pf_only" else "retina_design"
+            if sampled(r, key, label) is not None:
+                rows.append((f"{what}: BPF ns per packet, sampled", str(sampled(r, key, label)), "", "perf"))
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':{width}}  {'median':>8}  {'IQR':>16}  detail")
     for name, med, iqr, detail in rows:

@@ -22,6 +22,7 @@ APT_PACKAGES=(
   python3-nftables graphviz ipset  # netfilter plugin (libnftables JSON) and its tests; map pictures
   docker-registry containerd  # image delivery tests: a real registry (--push) and ctr import (images role)
   qemu-system-x86 e2fsprogs  # the kernel matrix: Debian kernels booted under qemu (tests/kernels)
+  linux-perf  # bench/datapath.py: CPU time in BPF programs from samples, without run-time accounting
 )
 # Node.js for the Azurite test server: Debian's, unless a node/npm is already installed.
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
