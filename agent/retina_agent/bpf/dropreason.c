@@ -151,20 +151,60 @@ static __always_inline void count_flow(u16 protocol, u32 reason, u32 len, unsign
     }
 }
 
+// The record's three fields. Where the kernel lays the record out as one of the layouts below
+// (their offsets, set before load, are constants to the verifier: it follows only the branch
+// that matches), the fields are loaded straight from the tracepoint's context, no copy: the
+// verifier takes a context load only at an offset fixed in the instruction, hence the asm
+// (clang would otherwise merge the branches' loads into one at a computed offset). Any other
+// layout is copied (tp_copy) and read at its offsets.
+struct drop_event {
+    u64 skb;
+    u32 reason;
+    u16 protocol;
+};
+
+#define CTX_LOAD(dst, width, ctx, off) \
+    asm volatile("%0 = *(" width " *)(%1 + " #off ")" : "=r"(dst) : "r"(ctx))
+
+static __always_inline int read_event(struct drop_event *ev, void *ctx)
+{
+    u64 skb, reason, protocol;
+    if (have_reason && tp_skbaddr_off == 8 && tp_protocol_off == 32 && tp_reason_off == 36) {
+        // 6.11 on: skbaddr, location, rx_sk, protocol, reason
+        CTX_LOAD(skb, "u64", ctx, 8);
+        CTX_LOAD(protocol, "u16", ctx, 32);
+        CTX_LOAD(reason, "u32", ctx, 36);
+    } else if (have_reason && tp_skbaddr_off == 8 && tp_protocol_off == 24 && tp_reason_off == 28) {
+        // 5.17 to 6.10: skbaddr, location, protocol, reason
+        CTX_LOAD(skb, "u64", ctx, 8);
+        CTX_LOAD(protocol, "u16", ctx, 24);
+        CTX_LOAD(reason, "u32", ctx, 28);
+    } else {
+        struct tp_record rec;
+        if (tp_copy(&rec, ctx) < 0)
+            return -1;
+        ev->skb = TP_FIELD(u64, &rec, tp_skbaddr_off);
+        ev->protocol = pod_level ? TP_FIELD(u16, &rec, tp_protocol_off) : 0;
+        ev->reason = have_reason ? TP_FIELD(u32, &rec, tp_reason_off) : 0xffffffff;
+        return 0;
+    }
+    ev->skb = skb;
+    ev->protocol = protocol;
+    ev->reason = reason;
+    return 0;
+}
+
 SEC("tracepoint")
 int on_kfree_skb(void *ctx)
 {
-    struct tp_record rec;
-    if (tp_copy(&rec, ctx) < 0)
+    struct drop_event ev;
+    if (read_event(&ev, ctx) < 0)
         return 0;
-    u32 reason = 0xffffffff;  // kernels before 5.17: no reason field
-    if (have_reason) {
-        reason = TP_FIELD(u32, &rec, tp_reason_off);
-        if ((s32)reason <= last_not_a_drop)  // SKB_NOT_DROPPED_YET, SKB_CONSUMED: not drops
-            return 0;
-    }
+    u32 reason = ev.reason;  // kernels before 5.17: no reason field (0xffffffff)
+    if (have_reason && (s32)reason <= last_not_a_drop)  // SKB_NOT_DROPPED_YET, SKB_CONSUMED
+        return 0;
     struct skb_span sp;
-    skb_fetch(&sp, (void *)TP_FIELD(u64, &rec, tp_skbaddr_off));
+    skb_fetch(&sp, (void *)ev.skb);
     struct drop_key key = {.reason = reason, .direction = drop_dir_unknown};
     int iif = 0;
     if (SKB_READ(iif, &sp, skb_iif_off))
@@ -181,7 +221,7 @@ int on_kfree_skb(void *ctx)
         unsigned char *head = NULL;
         u16 nh = 0xffff;
         if (SKB_READ(head, &sp, skb_head_off) && SKB_READ(nh, &sp, skb_network_header_off))
-            count_flow(TP_FIELD(u16, &rec, tp_protocol_off), reason, len, head, nh);
+            count_flow(ev.protocol, reason, len, head, nh);
     }
     return 0;
 }
