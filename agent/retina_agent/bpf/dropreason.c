@@ -141,14 +141,21 @@ static __always_inline void count_flow(u16 protocol, u32 reason, u32 len, unsign
     } else {
         return;
     }
-    if (!either_of_interest(key.src, key.dst))
-        return;
-    struct drop_value zero = {};
-    struct drop_value *v = lookup_or_try_init(&drop_flows, &key, &zero);
-    if (v) {
-        v->packets += 1;
-        v->bytes += len;
+    // A known flow is counted at once: it touched an IP of interest when it was created, and
+    // the agent deletes the flows whose pods leave the selection (DropReason.harvest), as for
+    // packetparser's flows. Only a flow's first drop pays for the IPs-of-interest lookups.
+    struct drop_value *v = bpf_map_lookup_elem(&drop_flows, &key);
+    if (!v) {
+        if (!either_of_interest(key.src, key.dst))
+            return;
+        struct drop_value zero = {};
+        bpf_map_update_elem(&drop_flows, &key, &zero, BPF_NOEXIST);
+        v = bpf_map_lookup_elem(&drop_flows, &key);
+        if (!v)
+            return;
     }
+    v->packets += 1;
+    v->bytes += len;
 }
 
 // The record's three fields. Where the kernel lays the record out as one of the layouts below

@@ -4,6 +4,11 @@ Reason names come from the running kernel (the tracepoint's ``print fmt`` table,
 ``skb_drop_reason`` enum in BTF), never from a table compiled in: the numbers change between
 kernels. Bytes need ``sk_buff.len``, whose offset is read from BTF. Kernels before 5.17 have no
 ``reason`` field: every drop is then counted under ``UNKNOWN`` (and the log says so).
+
+At pod level the drops of flows touching an IP of interest are also counted per flow
+(``adv_drop_*``). As in packetparser, the kernel checks the IPs of interest on a flow's first
+drop only (a known flow costs one lookup), so when pods leave the selection the agent deletes
+their flows (``DeselectedFlows``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from retina_agent.metrics import add, retina_gauge
 from retina_agent.plugins.base import Plugin, PluginUnavailable
 from retina_agent.plugins.tracepoints import tracepoint_constants
 from retina_agent.podlevel import addr_str
-from retina_agent.podlevel.flows import FlowHarvester
+from retina_agent.podlevel.flows import DeselectedFlows, FlowHarvester
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +140,8 @@ class DropReason(Plugin):
             self.flows = FlowHarvester(
                 BpfMap(loaded.maps["drop_flows"], DropFlowKey, DropValue, percpu=True), 2, self._account_flow
             )
+            # the kernel checks the IPs of interest on a drop flow's first drop only
+            self.deselected = DeselectedFlows(self.flows, self.ctx.pod_level)
             self.ctx.pod_level.register_metric(
                 ADV_COUNT, "Dropped packets of pod traffic by reason and context", ("reason",)
             )
@@ -163,6 +170,8 @@ class DropReason(Plugin):
             self._plans = {m: pod_level.plan(m) for m in ADV_METRICS}
             self._now = time.monotonic()
             self.flows.harvest()
+            if n := self.deselected.prune():
+                log.debug("removed %d drop flows of pods that left the selection", n)
             pod_level.series.expire({m: pod_level.ttl(m) for m in ADV_METRICS}, self._now)
 
     def _account_flow(self, raw_key: bytes, deltas: list[int]) -> None:
