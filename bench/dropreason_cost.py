@@ -33,18 +33,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from retina_agent.bpf import build, syscall
+from retina_agent.bpf.libbpf import BpfObject
+from retina_agent.bpf.loader import _btf_facts
+from retina_agent.bpf.maps import BpfMap
+from retina_agent.bpf.spec import ProgramSpec
+from retina_agent.demo.node import LabNode
+from retina_agent.plugins.base import PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_ENABLE
+from retina_agent.podlevel import AddrKey, addr_bytes
 
-from retina_agent.bpf import build, syscall  # noqa: E402
-from retina_agent.bpf.libbpf import BpfObject  # noqa: E402
-from retina_agent.bpf.loader import _btf_facts  # noqa: E402
-from retina_agent.bpf.maps import BpfMap  # noqa: E402
-from retina_agent.config import load_config  # noqa: E402
-from retina_agent.demo.node import LabNode  # noqa: E402
-from retina_agent.plugins.base import PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_ENABLE, PluginContext  # noqa: E402
-from retina_agent.plugins.dropreason import DropReason  # noqa: E402
-from retina_agent.podlevel import AddrKey, addr_bytes  # noqa: E402
-from retina_agent.tc import TcManager  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TRACEPOINT = "skb:kfree_skb"
 PORT = 7390
@@ -66,21 +64,42 @@ while time.monotonic() < end:
 """
 
 
-def spec_for(pod_level: bool, state_dir: Path):
-    """dropreason's ProgramSpec as the agent's start builds it (its plugin's ``prepare``)."""
-    overrides: dict = {"enabledPlugin": ["dropreason"]}
-    if pod_level:
-        overrides["enablePodLevel"] = True
-    config = load_config(None, overrides)
-    pod = None
-    if pod_level:
-        from retina_agent.podlevel.cluster import build_pod_level
+SPEC = """
+import json, sys, tempfile
+from pathlib import Path
+from retina_agent.config import load_config
+from retina_agent.plugins.base import PluginContext
+from retina_agent.plugins.dropreason import DropReason
+from retina_agent.tc import TcManager
 
-        pod = build_pod_level(config)  # never started: only its settings are used
-    ctx = PluginContext(
-        config=config, tc=TcManager(state_dir, config.data_path_attach), state_dir=state_dir, pod_level=pod
+pod_level = sys.argv[1] == "1"
+overrides = {"enabledPlugin": ["dropreason"], **({"enablePodLevel": True} if pod_level else {})}
+config = load_config(None, overrides)
+pod = None
+if pod_level:
+    from retina_agent.podlevel.cluster import build_pod_level
+
+    pod = build_pod_level(config)  # never started: only its settings are used
+with tempfile.TemporaryDirectory() as tmp:
+    state = Path(tmp)
+    tc = TcManager(state, config.data_path_attach)
+    ctx = PluginContext(config=config, tc=tc, state_dir=state, pod_level=pod)
+    print(json.dumps(DropReason(ctx).prepare().to_json()))
+"""
+
+
+def spec_for(agent_dir: Path, pod_level: bool) -> ProgramSpec:
+    """dropreason's ProgramSpec as the agent of ``agent_dir`` builds it at start (its plugin's
+    ``prepare``: constants and map sizes belong to the object of the same sources)."""
+    env = {**os.environ, "PYTHONPATH": str(agent_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", SPEC, "1" if pod_level else "0"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
-    return DropReason(ctx).prepare()
+    return ProgramSpec.from_json(json.loads(out.stdout))
 
 
 @dataclass
@@ -176,12 +195,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dropcost-") as tmp, LabNode(pod_names=("a", "b")) as node:
         a, b = node["a"], node["b"]
         baseline = baseline_object(args.baseline, Path(tmp))
-        specs = {v: spec_for(v != "basic", Path(tmp)) for v in args.variants}
+        agents = {"baseline": Path(tmp) / "agent", "tree": ROOT / "agent"}
+        objects = {"baseline": baseline, "tree": candidate}
+        specs = {(v, w): spec_for(agents[w], v != "basic") for v in args.variants for w in agents}
         for copy in range(args.copies):
             for variant in args.variants:
                 interest = [a.ip, b.ip] if variant == "pod" else []
-                for who, path in (("baseline", baseline), ("tree", candidate)):
-                    loaded.append(load(f"{variant}/{who}/{copy}", path, specs[variant], interest))
+                for who in agents:
+                    loaded.append(
+                        load(f"{variant}/{who}/{copy}", objects[who], specs[variant, who], interest)
+                    )
         with b.entered():  # a socket in pod b that never reads: every datagram past its buffer drops
             import socket
 

@@ -22,6 +22,18 @@ if TYPE_CHECKING:
 IDLE_HARVESTS_BEFORE_PRUNE = 6
 
 
+def per_cpu_sums(words: int) -> Callable[[bytes], list[int]]:
+    """A per-CPU map value's bytes (``words`` u64 counters per possible CPU) -> each counter
+    summed over the CPUs."""
+    unpack = struct.Struct(f"={words * possible_cpus()}Q").unpack
+
+    def sums(raw_value: bytes) -> list[int]:
+        values = unpack(raw_value)
+        return [sum(values[i::words]) for i in range(words)]
+
+    return sums
+
+
 class FlowHarvester:
     def __init__(self, bpf_map: BpfMap, words: int, account: Callable[[bytes, list[int]], None]) -> None:
         """``words``: u64 counters in one CPU's value; ``account(raw_key, deltas)``."""
@@ -29,14 +41,10 @@ class FlowHarvester:
         self.words = words
         self.account = account
         self.ncpu = possible_cpus()
-        self._unpack = struct.Struct(f"={words * self.ncpu}Q").unpack
+        self.sums = per_cpu_sums(words)
         # raw key -> (raw value at the last harvest, harvests without change). Only bytes are
         # kept (sums are recomputed from them when a flow changes): ~200 bytes per flow.
         self.last: dict[bytes, tuple[bytes, int]] = {}
-
-    def sums(self, raw_value: bytes) -> list[int]:
-        values = self._unpack(raw_value)
-        return [sum(values[i :: self.words]) for i in range(self.words)]
 
     def harvest(self) -> None:
         seen: set[bytes] = set()
