@@ -176,7 +176,7 @@ class DropReason(Plugin):
             snapshot[label] = (packets + more_packets, octets + more_octets)
 
         for raw_key, raw_value in self.table.raw_items():
-            if raw_value.count(0) != len(raw_value):  # a slot with drops
+            if any(raw_value):  # a slot with drops
                 add(*divmod(_SLOT.unpack(raw_key)[0], len(DIRECTIONS)), raw_value)
         for raw_key, raw_value in self.counts.raw_items():
             key = DropKey.from_buffer_copy(raw_key)
