@@ -27,6 +27,8 @@ const volatile s32 skb_iif_off = -1;
 const volatile s32 skb_head_off = -1;
 const volatile s32 skb_network_header_off = -1;
 const volatile u8 pod_level = 0;
+const volatile u32 reason_slots = 0;  // reasons below this are counted in drop_table (0: none)
+const volatile u32 drop_dirs = 3;     // directions per reason in drop_table (DIRECTIONS)
 
 struct drop_value {
     u64 packets;
@@ -38,7 +40,13 @@ struct drop_key {
     u32 direction;
 };
 
-RETINA_MAP(BPF_MAP_TYPE_PERCPU_HASH, struct drop_key, struct drop_value, 1024) drop_counts SEC(".maps");
+// The counts by reason and direction. The kernel's own reasons (0 up to SKB_DROP_REASON_MAX,
+// about 130) are slots of a per-CPU array: slot reason * drop_dirs + direction, sized by the
+// plugin (reason_slots x drop_dirs) before load; an array slot costs an index, a hash entry a
+// hash of the key (~30 ns a drop). Any other reason (a subsystem's, high bits set; or none:
+// kernels before 5.17) goes to the hash.
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct drop_value, 1) drop_table SEC(".maps");
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_HASH, struct drop_key, struct drop_value, 256) drop_counts SEC(".maps");
 
 // The sk_buff members read here (BTF offsets, each -1 when unknown) are fetched with ONE
 // bpf_probe_read_kernel of the span that holds them (88 bytes on 6.x), not a call per member:
@@ -141,36 +149,89 @@ static __always_inline void count_flow(u16 protocol, u32 reason, u32 len, unsign
     } else {
         return;
     }
-    if (!either_of_interest(key.src, key.dst))
-        return;
-    struct drop_value zero = {};
-    struct drop_value *v = lookup_or_try_init(&drop_flows, &key, &zero);
-    if (v) {
-        v->packets += 1;
-        v->bytes += len;
+    // A known flow is counted at once: it touched an IP of interest when it was created, and
+    // the agent deletes the flows whose pods leave the selection (DropReason.harvest), as for
+    // packetparser's flows. Only a flow's first drop pays for the IPs-of-interest lookups.
+    struct drop_value *v = bpf_map_lookup_elem(&drop_flows, &key);
+    if (!v) {
+        if (!either_of_interest(key.src, key.dst))
+            return;
+        struct drop_value zero = {};
+        bpf_map_update_elem(&drop_flows, &key, &zero, BPF_NOEXIST);
+        v = bpf_map_lookup_elem(&drop_flows, &key);
+        if (!v)
+            return;
     }
+    v->packets += 1;
+    v->bytes += len;
+}
+
+// The record's three fields. Where the kernel lays the record out as one of the layouts below
+// (their offsets, set before load, are constants to the verifier: it follows only the branch
+// that matches), the fields are loaded straight from the tracepoint's context, no copy: the
+// verifier takes a context load only at an offset fixed in the instruction, hence the asm
+// (clang would otherwise merge the branches' loads into one at a computed offset). Any other
+// layout is copied (tp_copy) and read at its offsets.
+struct drop_event {
+    u64 skb;
+    u32 reason;
+    u16 protocol;
+};
+
+#define CTX_LOAD(dst, width, ctx, off) \
+    asm volatile("%0 = *(" width " *)(%1 + " #off ")" : "=r"(dst) : "r"(ctx))
+
+static __always_inline int read_event(struct drop_event *ev, void *ctx)
+{
+    u64 skb, reason, protocol;
+    if (have_reason && tp_skbaddr_off == 8 && tp_protocol_off == 32 && tp_reason_off == 36) {
+        // 6.11 on: skbaddr, location, rx_sk, protocol, reason
+        CTX_LOAD(skb, "u64", ctx, 8);
+        CTX_LOAD(protocol, "u16", ctx, 32);
+        CTX_LOAD(reason, "u32", ctx, 36);
+    } else if (have_reason && tp_skbaddr_off == 8 && tp_protocol_off == 24 && tp_reason_off == 28) {
+        // 5.17 to 6.10: skbaddr, location, protocol, reason
+        CTX_LOAD(skb, "u64", ctx, 8);
+        CTX_LOAD(protocol, "u16", ctx, 24);
+        CTX_LOAD(reason, "u32", ctx, 28);
+    } else {
+        struct tp_record rec;
+        if (tp_copy(&rec, ctx) < 0)
+            return -1;
+        ev->skb = TP_FIELD(u64, &rec, tp_skbaddr_off);
+        ev->protocol = pod_level ? TP_FIELD(u16, &rec, tp_protocol_off) : 0;
+        ev->reason = have_reason ? TP_FIELD(u32, &rec, tp_reason_off) : 0xffffffff;
+        return 0;
+    }
+    ev->skb = skb;
+    ev->protocol = protocol;
+    ev->reason = reason;
+    return 0;
 }
 
 SEC("tracepoint")
 int on_kfree_skb(void *ctx)
 {
-    struct tp_record rec;
-    if (tp_copy(&rec, ctx) < 0)
+    struct drop_event ev;
+    if (read_event(&ev, ctx) < 0)
         return 0;
-    u32 reason = 0xffffffff;  // kernels before 5.17: no reason field
-    if (have_reason) {
-        reason = TP_FIELD(u32, &rec, tp_reason_off);
-        if ((s32)reason <= last_not_a_drop)  // SKB_NOT_DROPPED_YET, SKB_CONSUMED: not drops
-            return 0;
-    }
+    u32 reason = ev.reason;  // kernels before 5.17: no reason field (0xffffffff)
+    if (have_reason && (s32)reason <= last_not_a_drop)  // SKB_NOT_DROPPED_YET, SKB_CONSUMED
+        return 0;
     struct skb_span sp;
-    skb_fetch(&sp, (void *)TP_FIELD(u64, &rec, tp_skbaddr_off));
+    skb_fetch(&sp, (void *)ev.skb);
     struct drop_key key = {.reason = reason, .direction = drop_dir_unknown};
     int iif = 0;
     if (SKB_READ(iif, &sp, skb_iif_off))
         key.direction = iif ? drop_dir_ingress : drop_dir_egress;
-    struct drop_value zero = {};
-    struct drop_value *v = lookup_or_try_init(&drop_counts, &key, &zero);
+    struct drop_value *v;
+    if (reason < reason_slots) {
+        u32 slot = reason * drop_dirs + key.direction;
+        v = bpf_map_lookup_elem(&drop_table, &slot);
+    } else {
+        struct drop_value zero = {};
+        v = lookup_or_try_init(&drop_counts, &key, &zero);
+    }
     if (!v)
         return 0;
     v->packets += 1;
@@ -181,7 +242,7 @@ int on_kfree_skb(void *ctx)
         unsigned char *head = NULL;
         u16 nh = 0xffff;
         if (SKB_READ(head, &sp, skb_head_off) && SKB_READ(nh, &sp, skb_network_header_off))
-            count_flow(TP_FIELD(u16, &rec, tp_protocol_off), reason, len, head, nh);
+            count_flow(ev.protocol, reason, len, head, nh);
     }
     return 0;
 }

@@ -17,6 +17,11 @@ K = TypeVar("K", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[n
 V = TypeVar("V", bound=ctypes.Structure | ctypes._SimpleCData)  # type: ignore[name-defined]
 
 
+#: The kernel's own "operation not supported" (524, not a libc errno): what a map type without
+#: batch operations answers a batch lookup with (5.10's per-CPU arrays).
+ENOTSUPP = 524
+
+
 @cache
 def possible_cpus() -> int:
     """Number of possible CPUs: the length of every per-CPU map value array."""
@@ -101,7 +106,8 @@ class BpfMap(Generic[K, V]):
         """Every (key bytes, value bytes) pair, read in batches (one syscall per batch).
 
         For per-CPU maps the value bytes hold one value per possible CPU. Falls back to
-        key-by-key reads where the kernel has no batch operations (before 5.6).
+        key-by-key reads where the kernel has no batch operations (before 5.6, or none for this
+        map type).
         """
         lib = _libbpf()
         key_size = ctypes.sizeof(self.key_type)
@@ -118,7 +124,7 @@ class BpfMap(Generic[K, V]):
             )
             err = ctypes.get_errno() if rc else 0
             if rc and err not in (errno.ENOENT,):
-                if first and err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                if first and err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP):
                     yield from ((bytes(k), bytes(v)) for k, v in self.items())
                     return
                 _check(rc, "bpf_map_lookup_batch")

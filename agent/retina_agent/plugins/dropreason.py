@@ -4,6 +4,11 @@ Reason names come from the running kernel (the tracepoint's ``print fmt`` table,
 ``skb_drop_reason`` enum in BTF), never from a table compiled in: the numbers change between
 kernels. Bytes need ``sk_buff.len``, whose offset is read from BTF. Kernels before 5.17 have no
 ``reason`` field: every drop is then counted under ``UNKNOWN`` (and the log says so).
+
+At pod level the drops of flows touching an IP of interest are also counted per flow
+(``adv_drop_*``). As in packetparser, the kernel checks the IPs of interest on a flow's first
+drop only (a known flow costs one lookup), so when pods leave the selection the agent deletes
+their flows (``DeselectedFlows``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from retina_agent.metrics import add, retina_gauge
 from retina_agent.plugins.base import Plugin, PluginUnavailable
 from retina_agent.plugins.tracepoints import tracepoint_constants
 from retina_agent.podlevel import addr_str
-from retina_agent.podlevel.flows import FlowHarvester
+from retina_agent.podlevel.flows import DeselectedFlows, FlowHarvester, per_cpu_sums
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,11 @@ NO_REASON = 0xFFFFFFFF
 ADV_COUNT, ADV_BYTES = "adv_drop_count", "adv_drop_bytes"
 ADV_METRICS = (ADV_COUNT, ADV_BYTES)
 _FLOW_KEY = struct.Struct("=16s16sIB")
+_SLOT = struct.Struct("=I")
+#: drop_table's reasons (dropreason.c): the kernel's table up to its highest reason, this many
+#: at most (a table of SKB_DROP_REASON_* has ~130); without a table (names from BTF) the
+#: default. Reasons past the table are counted in the hash drop_counts.
+REASON_SLOTS_MAX, REASON_SLOTS_DEFAULT = 512, 256
 
 
 DIRECTIONS = ("ingress", "egress", "unknown")  # drop_dir_* in dropreason.c, by index
@@ -90,8 +100,12 @@ class DropReason(Plugin):
                 "counted under reason UNKNOWN"
             )
             log.warning("dropreason: %s", self.degraded)
-        maps = ["drop_counts"]
+        maps = ["drop_counts", "drop_table"]
         constants |= {f"drop_dir_{d}": i for i, d in enumerate(DIRECTIONS)}
+        reason_slots = 0
+        if "reason" in fmt.fields:
+            reason_slots = min(max(self.names, default=REASON_SLOTS_DEFAULT - 1) + 1, REASON_SLOTS_MAX)
+        constants |= {"reason_slots": reason_slots, "drop_dirs": len(DIRECTIONS)}
         offsets = [("skb_len_off", "sk_buff", "len"), ("skb_iif_off", "sk_buff", "skb_iif")]
         pod_constants, sizes = self.pod_level_settings(["drop_flows"])
         constants |= pod_constants
@@ -107,7 +121,7 @@ class DropReason(Plugin):
             plugin=self.name,
             obj="dropreason",
             constants=constants,
-            max_entries=sizes,
+            max_entries=sizes | {"drop_table": max(reason_slots * len(DIRECTIONS), 1)},
             tracepoints=[(tracepoint, "on_kfree_skb")],
             maps=maps,
             btf_offsets=offsets,
@@ -128,6 +142,8 @@ class DropReason(Plugin):
             else:
                 log.warning("dropreason: %s (without it drop_bytes stays 0, the direction unknown)", warning)
         self.counts = BpfMap(loaded.maps["drop_counts"], DropKey, DropValue, percpu=True)
+        self.table = BpfMap(loaded.maps["drop_table"], ctypes.c_uint32, DropValue, percpu=True)
+        self._sums = per_cpu_sums(2)  # a per-CPU DropValue's bytes -> (packets, bytes)
         self.snapshot: dict[tuple[str, str], tuple[int, int]] = {}
         self.flows: FlowHarvester | None = None
         if self.ctx.pod_level is not None and "drop_flows" in loaded.maps:
@@ -135,6 +151,8 @@ class DropReason(Plugin):
             self.flows = FlowHarvester(
                 BpfMap(loaded.maps["drop_flows"], DropFlowKey, DropValue, percpu=True), 2, self._account_flow
             )
+            # the kernel checks the IPs of interest on a drop flow's first drop only
+            self.deselected = DeselectedFlows(self.flows, self.ctx.pod_level)
             self.ctx.pod_level.register_metric(
                 ADV_COUNT, "Dropped packets of pod traffic by reason and context", ("reason",)
             )
@@ -147,22 +165,30 @@ class DropReason(Plugin):
 
     def harvest(self) -> None:
         snapshot: dict[tuple[str, str], tuple[int, int]] = {}
-        for key, per_cpu in self.counts.items():
+
+        def add(reason: int, direction: int, raw_value: bytes) -> None:
             label = (
-                self.reason_name(key.reason),
-                DIRECTIONS[key.direction] if key.direction < len(DIRECTIONS) else "unknown",
+                self.reason_name(reason),
+                DIRECTIONS[direction] if direction < len(DIRECTIONS) else "unknown",
             )
             packets, octets = snapshot.get(label, (0, 0))
-            snapshot[label] = (
-                packets + sum(v.packets for v in per_cpu),
-                octets + sum(v.bytes for v in per_cpu),
-            )
+            more_packets, more_octets = self._sums(raw_value)
+            snapshot[label] = (packets + more_packets, octets + more_octets)
+
+        for raw_key, raw_value in self.table.raw_items():
+            if any(raw_value):  # a slot with drops
+                add(*divmod(_SLOT.unpack(raw_key)[0], len(DIRECTIONS)), raw_value)
+        for raw_key, raw_value in self.counts.raw_items():
+            key = DropKey.from_buffer_copy(raw_key)
+            add(key.reason, key.direction, raw_value)
         self.snapshot = snapshot
         if self.flows is not None:
             pod_level = self.ctx.pod_level
             self._plans = {m: pod_level.plan(m) for m in ADV_METRICS}
             self._now = time.monotonic()
             self.flows.harvest()
+            if n := self.deselected.prune():
+                log.debug("removed %d drop flows of pods that left the selection", n)
             pod_level.series.expire({m: pod_level.ttl(m) for m in ADV_METRICS}, self._now)
 
     def _account_flow(self, raw_key: bytes, deltas: list[int]) -> None:

@@ -11,10 +11,27 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from retina_agent.bpf.maps import BpfMap, possible_cpus
+from retina_agent.podlevel import addr_bytes
+
+if TYPE_CHECKING:
+    from retina_agent.podlevel import PodLevel
 
 IDLE_HARVESTS_BEFORE_PRUNE = 6
+
+
+def per_cpu_sums(words: int) -> Callable[[bytes], list[int]]:
+    """A per-CPU map value's bytes (``words`` u64 counters per possible CPU) -> each counter
+    summed over the CPUs."""
+    unpack = struct.Struct(f"={words * possible_cpus()}Q").unpack
+
+    def sums(raw_value: bytes) -> list[int]:
+        values = unpack(raw_value)
+        return [sum(values[i::words]) for i in range(words)]
+
+    return sums
 
 
 class FlowHarvester:
@@ -24,14 +41,10 @@ class FlowHarvester:
         self.words = words
         self.account = account
         self.ncpu = possible_cpus()
-        self._unpack = struct.Struct(f"={words * self.ncpu}Q").unpack
+        self.sums = per_cpu_sums(words)
         # raw key -> (raw value at the last harvest, harvests without change). Only bytes are
         # kept (sums are recomputed from them when a flow changes): ~200 bytes per flow.
         self.last: dict[bytes, tuple[bytes, int]] = {}
-
-    def sums(self, raw_value: bytes) -> list[int]:
-        values = self._unpack(raw_value)
-        return [sum(values[i :: self.words]) for i in range(self.words)]
 
     def harvest(self) -> None:
         seen: set[bytes] = set()
@@ -75,3 +88,30 @@ class FlowHarvester:
 
     def __len__(self) -> int:
         return len(self.last)
+
+
+class DeselectedFlows:
+    """Deletes the flows of a flow map (keys starting with the 16-byte source and destination
+    addresses) that touch no IP of interest any more: pods that left the selection. For kernel
+    sides that check the filter only when they create a flow (a known flow costs one lookup).
+
+    ``PodLevel.interest_now`` changes a moment before the filter maps do, so a flow created in
+    between passed the old filter: after IPs leave, flows are checked at that harvest and again
+    at the next one."""
+
+    def __init__(self, harvester: FlowHarvester, pod_level: PodLevel) -> None:
+        self.harvester = harvester
+        self.pod_level = pod_level
+        self._interest = pod_level.interest_now  # as of the last call
+        self._again = False
+
+    def prune(self) -> int:
+        """Call after ``harvester.harvest()`` (the flows it saw are the ones checked); how many went."""
+        interest = self.pod_level.interest_now
+        left = interest is not self._interest and bool(self._interest - interest)
+        self._interest = interest
+        if not (left or self._again):
+            return 0
+        self._again = left
+        keys = {addr_bytes(ip) for ip in interest}
+        return self.harvester.drop(lambda raw: raw[:16] not in keys and raw[16:32] not in keys)
