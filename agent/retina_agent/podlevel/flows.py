@@ -23,11 +23,15 @@ IDLE_HARVESTS_BEFORE_PRUNE = 6
 
 
 class FlowRecord:
-    """A flow as the last harvest left it, packed in one ``bytes``: ``fingerprint``, the
-    ``hash()`` of the raw per-CPU value (an unchanged value has the same hash, so the common
-    unchanged flow costs one hash and no unpacking; a changed value with the same 64-bit hash,
-    a 2**-64 chance, only postpones its packets to the flow's next change); ``changed``, the
-    number of the harvest that last saw it change; ``sums``, its counters summed over CPUs."""
+    """A flow as the last harvest left it, packed in one ``bytes``.
+
+    * ``fingerprint``: the ``hash()`` of the raw per-CPU value. An unchanged value has the same
+      hash, so the common unchanged flow costs one hash and no unpacking. A changed value with
+      the same 64-bit hash (a 2**-64 chance per read) postpones its packets to the flow's next
+      change, or loses them if the flow then stays idle until it is pruned.
+    * ``changed``: the number of the harvest that last saw the value change.
+    * ``sums``: the counters summed over CPUs then (deltas are taken against them).
+    """
 
     def __init__(self, words: int) -> None:
         self._struct = struct.Struct(f"=qQ{words}Q")
