@@ -2,7 +2,8 @@
 
 The agent with 10,000 pods in its cache (a Kubernetes API emulator in a child process) and
 100,000 live flow series (50,000 destination ports x 2 directions, labelled by port through a
-MetricsConfiguration). Target: RSS under 200 MiB.
+MetricsConfiguration). Target: RSS under 200 MiB. ``rss_peak_mib`` is the agent's high-water
+mark (VmHWM) after the scrapes: what a memory limit on the agent's container must allow.
 
 Throughput with pod level on moved to ``bench/datapath.py`` (alternation in one agent
 process, medians and spreads).
@@ -35,6 +36,12 @@ from retina_lab.cluster import apply_crds, metrics_configuration, seed_lab  # no
 from retina_lab.kube import KubeEmulator  # noqa: E402
 
 POD_LEVEL_PLUGINS = ["linuxutil", "packetforward", "dropreason", "dns", "tcpretrans", "packetparser"]
+
+
+def peak_rss(pid: int) -> int:
+    """The process's RSS high-water mark (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def memory(node: LabNode, pods: int, ports: int) -> dict:
@@ -100,6 +107,7 @@ def memory(node: LabNode, pods: int, ports: int) -> dict:
             t = time.perf_counter()
             body = agent.scrape_text()
             render = time.perf_counter() - t
+            peak = peak_rss(agent.proc.pid)
             return {
                 "pods_in_cluster": pods,
                 "series": int(m.value(series)),
@@ -107,6 +115,7 @@ def memory(node: LabNode, pods: int, ports: int) -> dict:
                 "agent_ready_s": round(ready_s, 1),
                 "rss_ready_mib": round(rss_ready / 2**20, 1),
                 "rss_with_series_mib": round(rss / 2**20, 1),
+                "rss_peak_mib": round(peak / 2**20, 1),
                 "metrics_render_s": round(render, 2),
                 "metrics_mib": round(len(body) / 2**20, 1),
                 "agent_cpu_s_total": round(cpu, 1),

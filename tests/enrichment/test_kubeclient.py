@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from retina_agent.enrichment import KubeConfigError, apiserver_endpoint, load_api_client, node_name
+from retina_agent.enrichment.kubeclient import RawCollection
+from retina_lab.cluster import apply_crds, metrics_configuration
 from retina_lab.kube import KubeEmulator
+from tests.enrichment.cluster import namespace, node, pod
 
 
 def test_kubeconfig_discovery_reaches_the_emulator(
@@ -52,3 +60,58 @@ def test_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
     assert node_name("explicit") == "explicit"
     monkeypatch.delenv("NODE_NAME")
     assert node_name()
+
+
+def test_raw_collection_lists_with_selectors_and_raises_api_errors(
+    kube_emulator: KubeEmulator, kube_api_client: kubernetes.client.ApiClient
+) -> None:
+    kube_emulator.seed(
+        [
+            node("node-1", "zone-a"),
+            namespace("shop"),
+            pod("a", "shop", "node-1", ("10.244.1.10",)),
+            pod("b", "shop", "node-2", ("10.244.2.10",)),
+        ]
+    )
+    pods = RawCollection(kube_api_client, "/api/v1/pods")
+    response = pods(field_selector="spec.nodeName=node-1", limit=10, _request_timeout=(5, 10))
+    try:
+        body = json.loads(response.read())
+    finally:
+        response.release_conn()
+    assert [p["metadata"]["name"] for p in body["items"]] == ["a"]
+    with pytest.raises(ApiException) as gone:
+        RawCollection(kube_api_client, "/apis/example.com/v1/nothings")()
+    assert gone.value.status == 404
+    with pytest.raises(TypeError, match="label_selectr"):
+        pods(label_selectr="app=web")
+
+
+def test_the_agent_watches_without_the_generated_api_classes(kube_emulator: KubeEmulator) -> None:
+    """The endpoint cache and the MetricsConfiguration watcher sync without importing a
+    generated API module or a model class: those cost the agent about 30 MiB (pydantic
+    signatures of every method, the models they name). In a fresh interpreter, since the tests
+    themselves use the generated classes."""
+    kube_emulator.seed(
+        [node("node-1", "zone-a"), namespace("shop"), pod("a", "shop", "node-1", ("10.244.1.10",))]
+    )
+    apply_crds(kube_emulator)
+    kube_emulator.seed([metrics_configuration("only", exclude=["kube-system"])])
+    script = f"""
+import sys
+from retina_agent.enrichment import EndpointCache, MetricsConfigurationWatcher, load_api_client
+api = load_api_client({str(kube_emulator.kubeconfig_path)!r})
+cache = EndpointCache(api, "node-1", remote_context=True)
+watcher = MetricsConfigurationWatcher(api)
+cache.start(); watcher.start()
+assert cache.wait_synced(30) and watcher.wait_synced(30), "no sync"
+assert cache.lookup("10.244.1.10").podname == "a"
+assert watcher.in_force == "only" and watcher.current() is not None
+cache.stop(); watcher.stop()
+print(sorted(m for m in sys.modules if m.startswith(("kubernetes.client.api.", "kubernetes.client.models."))))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -66,3 +66,31 @@ def test_an_idle_flow_is_pruned_after_the_idle_harvests() -> None:
     assert KEY in kernel.entries and len(harvester) == 1
     harvester.harvest()
     assert KEY not in kernel.entries and len(harvester) == 0
+
+
+def test_a_flow_is_remembered_in_the_same_few_bytes_on_any_number_of_cpus(monkeypatch) -> None:
+    """What the harvester keeps per flow must not grow with the CPUs: the raw per-CPU value of
+    packetparser is 6 KiB on a 64-CPU node (600 MiB for 100,000 flows); the record keeps the
+    sums only. Counters spread over all CPUs are summed, deltas are per harvest."""
+    import retina_agent.podlevel.flows as flows
+
+    ncpu, words = 64, 12
+    monkeypatch.setattr(flows, "possible_cpus", lambda: ncpu)
+    kernel = KernelFlows()
+    counted: list[list[int]] = []
+    harvester = FlowHarvester(kernel, words, lambda key, deltas: counted.append(deltas))  # type: ignore[arg-type]
+
+    def value(packets_per_cpu: int) -> bytes:
+        per_cpu = [packets_per_cpu, 100 * packets_per_cpu] + [0] * (words - 3) + [packets_per_cpu]
+        return struct.pack(f"={words * ncpu}Q", *(per_cpu * ncpu))
+
+    kernel.entries[KEY] = value(1)
+    harvester.harvest()
+    kernel.entries[KEY] = value(3)
+    harvester.harvest()
+    harvester.harvest()  # unchanged: nothing to account
+    assert counted == [
+        [64, 6400] + [0] * (words - 3) + [64],
+        [128, 12800] + [0] * (words - 3) + [128],
+    ]
+    assert len(harvester.last[KEY]) == 8 + 8 + 8 * words  # fingerprint, harvest number, sums

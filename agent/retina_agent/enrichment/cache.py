@@ -35,6 +35,7 @@ from retina_agent.enrichment.endpoint import (
     intern,
     resolve_workload,
 )
+from retina_agent.enrichment.kubeclient import RawCollection
 from retina_agent.enrichment.reflector import Obj, Reflector
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,9 @@ class EndpointCache:
         self._service_ips: dict[str, Endpoint] = {}
         self._sets: tuple[frozenset[str], frozenset[str], frozenset[str]] | None = None
 
-        core = kubernetes.client.CoreV1Api(api_client)
-        apps = kubernetes.client.AppsV1Api(api_client)
-        batch = kubernetes.client.BatchV1Api(api_client)
+        def collection(path: str) -> RawCollection:
+            return RawCollection(api_client, path)
+
         pod_selector = {} if remote_context else {"field_selector": f"spec.nodeName={node_name}"}
         node_selector = {} if remote_context else {"field_selector": f"metadata.name={node_name}"}
 
@@ -191,14 +192,14 @@ class EndpointCache:
         self._reflectors = [
             reflector(
                 "namespaces",
-                core.list_namespace,
+                collection("/api/v1/namespaces"),
                 self._upsert_namespace,
                 self._delete_namespace,
                 lambda: {("", n) for n in self._observed_namespaces},
             ),
             reflector(
                 "nodes",
-                core.list_node,
+                collection("/api/v1/nodes"),
                 self._upsert_node,
                 self._delete_node,
                 lambda: {("", n) for n in self._zones},
@@ -206,14 +207,14 @@ class EndpointCache:
             ),
             reflector(
                 "replicasets",
-                apps.list_replica_set_for_all_namespaces,
+                collection("/apis/apps/v1/replicasets"),
                 lambda o: self._upsert_owner(o, self._replicasets, "ReplicaSet"),
                 lambda k: self._delete_owner(k, self._replicasets, "ReplicaSet"),
                 lambda: set(self._replicasets),
             ),
             reflector(
                 "jobs",
-                batch.list_job_for_all_namespaces,
+                collection("/apis/batch/v1/jobs"),
                 lambda o: self._upsert_owner(o, self._jobs, "Job"),
                 lambda k: self._delete_owner(k, self._jobs, "Job"),
                 lambda: set(self._jobs),
@@ -223,7 +224,7 @@ class EndpointCache:
             self._reflectors.append(
                 reflector(
                     "services",
-                    core.list_service_for_all_namespaces,
+                    collection("/api/v1/services"),
                     self._upsert_service,
                     self._delete_service,
                     self._service_keys,
@@ -232,7 +233,7 @@ class EndpointCache:
         self._reflectors.append(
             reflector(
                 "pods",
-                core.list_pod_for_all_namespaces,
+                collection("/api/v1/pods"),
                 self._upsert_pod,
                 self._delete_pod,
                 lambda: set(self._pods),

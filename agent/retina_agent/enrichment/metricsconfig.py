@@ -24,7 +24,6 @@ differs from what is stored, so the agent's own writes do not loop.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from typing import Any
 
 import kubernetes
 
+from retina_agent.enrichment.kubeclient import RawCollection
 from retina_agent.enrichment.reflector import Obj, Reflector
 from retina_common.durations import bounded_duration
 
@@ -197,15 +197,14 @@ class MetricsConfigurationWatcher:
     """Watch MetricsConfigurations, keep the one in force, write their status (module doc)."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient, *, write_status: bool = True) -> None:
-        self._api = kubernetes.client.CustomObjectsApi(api_client)
+        self._api = RawCollection(api_client, f"/apis/{GROUP}/{VERSION}/{PLURAL}")
         self._write_status = write_status
         self._lock = threading.RLock()
         self._objects: dict[str, Obj] = {}
         self._in_force: str | None = None  # name of the configuration in force
         self._current: MetricsSpec | None = None
         self._subscribers: list[Callable[[MetricsSpec | None], None]] = []
-        list_func = functools.partial(self._api.list_cluster_custom_object, GROUP, VERSION, PLURAL)
-        self._reflector = Reflector("metricsconfigurations", list_func, self)
+        self._reflector = Reflector("metricsconfigurations", self._api, self)
 
     # -- public interface -----------------------------------------------------------------------
     def start(self) -> None:
@@ -321,14 +320,8 @@ class MetricsConfigurationWatcher:
 
     def _patch_status(self, name: str, status: Obj) -> None:
         try:
-            self._api.patch_cluster_custom_object_status(
-                GROUP,
-                VERSION,
-                PLURAL,
-                name,
-                [{"op": "add", "path": "/status", "value": status}],
-                _content_type="application/json-patch+json",
-                _request_timeout=(10, 30),
+            self._api.patch(
+                name, "status", [{"op": "add", "path": "/status", "value": status}], timeout=(10, 30)
             )
         except Exception as exc:  # the next event retries; never stop the watch for this
             log.warning("could not write the status of MetricsConfiguration %s: %s", name, exc)

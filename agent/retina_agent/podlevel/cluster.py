@@ -8,12 +8,14 @@ import logging
 
 from retina_agent.config import AgentConfig
 from retina_agent.podlevel import PodLevel
+from retina_agent.podlevel.malloc import return_large_buffers
 
 log = logging.getLogger(__name__)
 
 
 def build_pod_level(config: AgentConfig) -> PodLevel:
     """PodLevel wired to the cluster; without a reachable configuration, unresolved (logged)."""
+    return_large_buffers()  # its scrapes make buffers of several MiB (see malloc.py)
     cache = watcher = api = None
     try:
         from retina_agent.enrichment import (

@@ -76,8 +76,12 @@ def plan_for(option, remote: bool, default_additional: tuple[str, ...] = ("direc
 
 
 def endpoint_field(ep: EndpointLike | None, ip: str, field: str, port: int) -> str:
+    """One label value. A resolved endpoint's values are its own strings, shared by all its
+    series (also its ``ip``: the address text of each flow would be a new string per series).
+    Ports are not shared: a table of port strings costs as much as it saves unless many series
+    have the same port."""
     if field == "ip":
-        return ip
+        return ep.ip if ep is not None and ep.ip == ip else ip
     if field == "port":
         return str(port)
     if ep is None:
