@@ -88,7 +88,8 @@ def test_raw_collection_lists_with_selectors_and_raises_api_errors(
 
 
 def test_the_agent_watches_without_the_generated_api_classes(kube_emulator: KubeEmulator) -> None:
-    """The endpoint cache and the MetricsConfiguration watcher sync without importing a
+    """The endpoint cache, the MetricsConfiguration watcher and the latency plugin's look-up of
+    the API servers (the Endpoints of default/kubernetes) work without importing a
     generated API module or a model class: those cost the agent about 30 MiB (pydantic
     signatures of every method, the models they name). In a fresh interpreter, since the tests
     themselves use the generated classes."""
@@ -97,6 +98,16 @@ def test_the_agent_watches_without_the_generated_api_classes(kube_emulator: Kube
     )
     apply_crds(kube_emulator)
     kube_emulator.seed([metrics_configuration("only", exclude=["kube-system"])])
+    kube_emulator.seed(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default"},
+                "subsets": [{"addresses": [{"ip": "10.0.0.5"}], "ports": [{"port": 6443}]}],
+            }
+        ]
+    )
     script = f"""
 import sys
 from retina_agent.enrichment import EndpointCache, MetricsConfigurationWatcher, load_api_client
@@ -108,6 +119,8 @@ assert cache.wait_synced(30) and watcher.wait_synced(30), "no sync"
 assert cache.lookup("10.244.1.10").podname == "a"
 assert watcher.in_force == "only" and watcher.current() is not None
 cache.stop(); watcher.stop()
+from retina_agent.plugins.latency import cluster_endpoints
+assert ("10.0.0.5", 6443) in cluster_endpoints(api), cluster_endpoints(api)
 print(sorted(m for m in sys.modules if m.startswith(("kubernetes.client.api.", "kubernetes.client.models."))))
 """
     done = subprocess.run(

@@ -13,6 +13,7 @@ back the raw HTTP response (see its doc for why the generated API classes are no
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 from pathlib import Path
@@ -95,6 +96,14 @@ class RawCollection:
             raise TypeError(f"{self.path}: unknown list parameters {sorted(unknown)}")
         query = [(QUERY_PARAMETERS[k], v) for k, v in kwargs.items() if v is not None]
         return self._request("GET", self.path, query, None, "application/json", timeout)
+
+    def get(self, name: str, *, timeout: Any = None) -> dict:
+        """One object of the collection, as the API server's JSON (a dict)."""
+        response = self._request("GET", f"{self.path}/{name}", [], None, "application/json", timeout)
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
 
     def patch(self, name: str, subresource: str, patch: list[dict], *, timeout: Any = None) -> Any:
         """A JSON patch (RFC 6902) on ``<path>/<name>[/<subresource>]``; the raw response."""

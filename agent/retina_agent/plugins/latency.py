@@ -62,19 +62,19 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 
 def cluster_endpoints(api_client) -> list[tuple[str, int]]:
     """The API server as the client sees it, and its endpoints behind the Service."""
-    from kubernetes import client as k8s
-
     from retina_agent.enrichment import apiserver_endpoint
+    from retina_agent.enrichment.kubeclient import RawCollection
 
     found = [apiserver_endpoint(api_client)]
     try:
-        endpoints = k8s.CoreV1Api(api_client).read_namespaced_endpoints(
-            "kubernetes", "default", _request_timeout=5
+        # raw JSON: the generated CoreV1Api would cost the agent ~21 MiB for this one read
+        endpoints = RawCollection(api_client, "/api/v1/namespaces/default/endpoints").get(
+            "kubernetes", timeout=5
         )
-        for subset in endpoints.subsets or []:
-            for address in subset.addresses or []:
-                for port in subset.ports or []:
-                    found.append((address.ip, port.port))
+        for subset in endpoints.get("subsets") or []:
+            for address in subset.get("addresses") or []:
+                for port in subset.get("ports") or []:
+                    found.append((address["ip"], int(port["port"])))
     except Exception as exc:  # no Endpoints object (or no permission): the first is enough
         log.debug("no endpoints for default/kubernetes: %s", exc)
     return list(dict.fromkeys(found))
