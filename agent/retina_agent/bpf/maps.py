@@ -125,7 +125,7 @@ class BpfMap(Generic[K, V]):
             err = ctypes.get_errno() if rc else 0
             if rc and err not in (errno.ENOENT,):
                 if first and err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP):
-                    yield from ((bytes(k), bytes(v)) for k, v in self.items())
+                    yield from self._raw_items_one_by_one()
                     return
                 _check(rc, "bpf_map_lookup_batch")
             n = count.value
@@ -136,6 +136,13 @@ class BpfMap(Generic[K, V]):
                 return
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
+
+    def _raw_items_one_by_one(self) -> Iterator[tuple[bytes, bytes]]:
+        for key in self.keys():
+            raw_key = bytes(key)
+            raw_value = self.lookup_raw(raw_key)  # all CPUs' values in one buffer, as a batch gives
+            if raw_value is not None:
+                yield raw_key, raw_value
 
     def lookup_raw(self, key: bytes) -> bytes | None:
         """The value bytes of ``key`` (all CPUs' values for a per-CPU map), or None."""
