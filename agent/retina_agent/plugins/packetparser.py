@@ -24,9 +24,9 @@ from retina_agent.bpf.datapath import N_TCP_FLAGS, Feature
 from retina_agent.bpf.maps import BpfMap
 from retina_agent.bpf.spec import LoadedProgram
 from retina_agent.plugins.base import PluginUnavailable, TcPlugin
-from retina_agent.podlevel import addr_bytes, addr_str
+from retina_agent.podlevel import addr_str
 from retina_agent.podlevel.context import DIRECTIONS
-from retina_agent.podlevel.flows import FlowHarvester
+from retina_agent.podlevel.flows import DeselectedFlows, FlowHarvester
 
 FLAGS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
 assert len(FLAGS) == N_TCP_FLAGS
@@ -83,7 +83,9 @@ class PacketParser(TcPlugin):
         self.ctx.datapath.set_filter(not pod_level.bypass_filter)
         self.use_pod_filter(loaded)
         self.harvester = FlowHarvester(self.flows, 2 + len(FLAGS), self._account)
-        self._interest: frozenset[str] = pod_level.interest_now  # as of the last prune
+        # the kernel checks the filter only when it creates a flow: flows of pods that leave
+        # the selection are deleted here
+        self.deselected = DeselectedFlows(self.harvester, pod_level, lambda: not pod_level.bypass_filter)
         pod_level.register_metric(FORWARD_COUNT, "Packets of pod traffic by direction and context")
         pod_level.register_metric(FORWARD_BYTES, "Bytes of pod traffic by direction and context")
         pod_level.register_metric(TCPFLAGS, "TCP packets of pod traffic by flag and context", ("flag",))
@@ -94,24 +96,10 @@ class PacketParser(TcPlugin):
         self._plans = {m: pod_level.plan(m) for m in METRICS}
         self._now = time.monotonic()
         self.harvester.harvest()
-        self._prune_deselected()
-        pod_level.series.expire({m: pod_level.ttl(m) for m in METRICS}, self._now)
-
-    def _prune_deselected(self) -> None:
-        """Delete the kernel's flows that touch no IP of interest any more (pods that left the
-        selection): the kernel checks the filter only when it creates a flow."""
-        pod_level = self.ctx.pod_level
-        interest = pod_level.interest_now
-        if interest is self._interest:
-            return
-        left = not pod_level.bypass_filter and bool(self._interest - interest)
-        self._interest = interest
-        if not left:
-            return
-        keys = {addr_bytes(ip) for ip in interest}
-        n = self.harvester.drop(lambda raw: raw[:16] not in keys and raw[16:32] not in keys)
+        n = self.deselected.prune()
         if n:
             log.debug("removed %d flows of pods that left the selection", n)
+        pod_level.series.expire({m: pod_level.ttl(m) for m in METRICS}, self._now)
 
     def _account(self, raw_key: bytes, deltas: list[int]) -> None:
         plans, series, now = self._plans, self.ctx.pod_level.series, self._now

@@ -135,16 +135,21 @@ class DeselectedFlows:
     between passed the old filter: after IPs leave, flows are checked at that harvest and again
     at the next one."""
 
-    def __init__(self, harvester: FlowHarvester, pod_level: PodLevel) -> None:
+    def __init__(
+        self, harvester: FlowHarvester, pod_level: PodLevel, filtered: Callable[[], bool] = lambda: True
+    ) -> None:
+        """``filtered``: whether the kernel side filters by IPs of interest now (packetparser does
+        not with ``bypassLookupIPOfInterest``: every flow is counted, none is deselected)."""
         self.harvester = harvester
         self.pod_level = pod_level
+        self.filtered = filtered
         self._interest = pod_level.interest_now  # as of the last call
         self._again = False
 
     def prune(self) -> int:
         """Call after ``harvester.harvest()`` (the flows it saw are the ones checked); how many went."""
         interest = self.pod_level.interest_now
-        left = interest is not self._interest and bool(self._interest - interest)
+        left = interest is not self._interest and self.filtered() and bool(self._interest - interest)
         self._interest = interest
         if not (left or self._again):
             return 0
