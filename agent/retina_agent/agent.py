@@ -22,10 +22,15 @@ from retina_agent.metrics import CONTROLPLANE, add, counter, gauge, retina_count
 from retina_agent.plugins import REGISTRY
 from retina_agent.plugins.base import Plugin, PluginContext, PluginUnavailable, TcPlugin, prepare_plugins
 from retina_agent.server import MetricsServer, ServerLimits
-from retina_agent.status import RUNNING, STOPPED, UNAVAILABLE, PluginStates
+from retina_agent.status import RUNNING, STARTING, STOPPED, UNAVAILABLE, PluginStates
 from retina_agent.tc import TcManager
 
 log = logging.getLogger(__name__)
+
+#: Pod level: how long start-up waits for the pods and the MetricsConfigurations to be read
+#: (the plugins attach after it), and what /readyz says meanwhile.
+STARTUP_SYNC_TIMEOUT = 30.0
+STARTUP_SYNC_REASON = "waiting for the API server: the pods and MetricsConfigurations of this node"
 
 
 class Agent:
@@ -140,13 +145,31 @@ class Agent:
         return fds
 
     def _start_pod_level(self) -> None:
+        """Read the pods and the MetricsConfiguration in force before any packet is counted:
+        a series counted before would carry the wrong pod (unknown) or the default labels,
+        and the configuration's arrival restarts every series, losing what was counted."""
         pl = self.pod_level
+        for name in self.plugins:  # /readyz says what the agent waits for
+            self.states.set(name, STARTING, STARTUP_SYNC_REASON)
+        deadline = time.monotonic() + STARTUP_SYNC_TIMEOUT
+        waits = []
         if pl.cache is not None:
             pl.cache.start()
-            if not pl.cache.wait_synced(30):
-                log.warning("the pod cache has not synced in 30s; pod labels fill in as it does")
+            waits.append(("the pod cache", "pod labels fill in as it does", pl.cache.wait_synced))
         if pl.watcher is not None:
             pl.watcher.start()
+            waits.append(
+                (
+                    "the MetricsConfigurations",
+                    "series restart with its labels when it arrives",
+                    pl.watcher.wait_synced,
+                )
+            )
+        for what, consequence, synced in waits:
+            if not synced(max(0.0, deadline - time.monotonic())):
+                log.warning("%s not read in %.0fs; %s", what, STARTUP_SYNC_TIMEOUT, consequence)
+        for name in self.plugins:
+            self.states.set(name, STARTING)
         pl.start()
 
     def _unavailable(self, name: str, reason: str) -> None:

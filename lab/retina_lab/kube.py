@@ -59,8 +59,9 @@ import secrets
 import socket
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,46 @@ class _Event:
     old: Obj | None  # the object before a modification (for selector transitions)
 
 
+class HeldRequests:
+    """Requests :meth:`KubeEmulator.held` keeps waiting (see there)."""
+
+    def __init__(self, path_prefix: str, kube: KubeEmulator) -> None:
+        self.path_prefix = path_prefix
+        self._kube = kube
+        self._released = threading.Event()
+        self._waiters: list[asyncio.Future] = []
+        self.count = 0  # requests that arrived while held
+
+    async def wait(self) -> None:
+        if self._released.is_set():
+            return
+        self.count += 1
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        if self._released.is_set():  # released between the check and the append
+            return
+        await future
+
+    def wait_requests(self, n: int = 1, timeout: float = 30) -> None:
+        """Block until ``n`` requests are being held; TimeoutError naming the path otherwise."""
+        deadline = time.monotonic() + timeout
+        while self.count < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.count} of {n} requests to {self.path_prefix} arrived in {timeout}s"
+                )
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        """Let the held requests (and every later one) through."""
+        self._released.set()
+        loop = self._kube._loop
+        if loop is None or loop.is_closed():
+            return
+        for future in list(self._waiters):
+            loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_result(None))
+
+
 class KubeEmulator:
     """An in-memory Kubernetes API server on ``127.0.0.1`` served from a background thread."""
 
@@ -383,6 +424,7 @@ class KubeEmulator:
         #: Every request RBAC refused (user, method, path, message): tests assert a component
         #: running with its production identity met none.
         self.refusals: list[dict[str, str]] = []
+        self._holds: list[HeldRequests] = []
         self.auth = kube_auth.Authenticator(self._lookup, anonymous=anonymous_auth)
         #: The admin's bearer token (group ``system:masters``), used by :attr:`kubeconfig_path`.
         self.token = self.auth.add_static_token(ADMIN)
@@ -598,6 +640,18 @@ class KubeEmulator:
         self._subresources[(group, plural, subresource)] = handler
 
     # -- helpers for tests -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def held(self, path_prefix: str) -> Iterator[HeldRequests]:
+        """Hold every request whose path starts with ``path_prefix`` (e.g. a resource's list)
+        until the block ends or ``release()``: a slow API server, as a component starting
+        against a loaded control plane meets it. Other requests are served meanwhile."""
+        hold = HeldRequests(path_prefix, self)
+        self._holds.append(hold)
+        try:
+            yield hold
+        finally:
+            hold.release()
+            self._holds.remove(hold)
 
     def seed(self, objects: Iterable[Obj]) -> list[Obj]:
         """Store objects as they are (status included), as if they had always been there."""
@@ -1012,6 +1066,9 @@ class KubeEmulator:
     # -- HTTP ------------------------------------------------------------------------------------
 
     async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        for hold in list(self._holds):
+            if request.path.startswith(hold.path_prefix):
+                await hold.wait()
         try:
             user = requester = self.auth.authenticate(request.headers.get("Authorization"))
         except kube_auth.Unauthorized:

@@ -305,11 +305,22 @@ def test_oldest_configuration_wins_at_start(
         w.stop()
 
 
-def test_without_the_crd_the_watcher_waits(agent_api_client: kubernetes.client.ApiClient) -> None:
+def test_without_the_crd_the_defaults_are_in_force_until_it_is_installed(
+    kube_api_client: kubernetes.client.ApiClient, agent_api_client: kubernetes.client.ApiClient
+) -> None:
+    """No CRD: the API server's 404 settles start-up at once (the agent does not wait for a
+    configuration that cannot exist); the watch retries and picks up one created later."""
     w = MetricsConfigurationWatcher(agent_api_client)
     w.start()
     try:
-        assert not w.wait_synced(1)
+        assert w.wait_synced(10), "a 404 answers the question: no MetricsConfiguration"
         assert w.current() is None and not w.connected
+        ext = kubernetes.client.ApiextensionsV1Api(kube_api_client)
+        ext.create_custom_resource_definition(load_crds([CRD_FILE])[0])
+        kubernetes.client.CustomObjectsApi(kube_api_client).create_cluster_custom_object(
+            GROUP, VERSION, PLURAL, config("late", GOOD_SPEC)
+        )
+        wait_for(lambda: w.current() == validate_spec(GOOD_SPEC), 20, "the configuration created later")
+        assert w.in_force == "late" and w.connected
     finally:
         w.stop()

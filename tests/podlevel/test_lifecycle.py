@@ -43,7 +43,10 @@ def test_new_pod_is_attached_and_counted_deleted_pod_detached_and_expires(seeded
                         "sourceLabels": ["podname"],
                         "destinationLabels": ["podname"],
                         "additionalLabels": ["direction"],
-                        "ttl": "3s",
+                        # longer than the exact count's window (2.5 s after the count was
+                        # seen, up to a harvest after it was counted): with 3s the series
+                        # could expire inside the window and read 0 (CI did)
+                        "ttl": "8s",
                     }
                 ],
             )
@@ -96,13 +99,13 @@ def test_new_pod_is_attached_and_counted_deleted_pod_detached_and_expires(seeded
             message="attach to the recreated veth",
         )
         node.remove_pod("c")
-        # no more traffic: the series is gone after its ttl (3s) and a harvest
+        # no more traffic: the series is gone after its ttl (8s) and a harvest
         agent.wait_metric(
             lambda m: (
                 m.value(FWD, **flow) == 0
                 and not any(s.get("source_podname") == "cache-0" for s in m.series(FWD))
             ),
-            timeout=20,
+            timeout=30,
             message="the cache-0 series to expire",
         )
         assert (
@@ -111,6 +114,38 @@ def test_new_pod_is_attached_and_counted_deleted_pod_detached_and_expires(seeded
             )
             >= 1
         )
+
+
+def test_first_packets_count_under_the_metrics_configuration_read_before_attaching(seeded):  # noqa: F811
+    """A slow API server at start-up (the MetricsConfigurations list held): the agent waits for
+    it before attaching and says so in /readyz. Counted before it, packets would carry the
+    default labels, and its arrival would restart every series, losing what was counted."""
+    kube, node = seeded
+    apply_crds(kube)
+    option = {"metricName": "forward_count", "sourceLabels": ["podname"], "destinationLabels": ["podname"]}
+    kube.seed([metrics_configuration("labels", exclude=[], options=[option])])
+    a, b = node["a"], node["b"]
+    sink = udp_sink(b, 7123)
+    agent = pod_level_agent(kube, remote=True)
+    try:
+        with kube.held(f"/apis/{MC[0]}/{MC[1]}/{MC[2]}") as held:
+            agent.start(wait_ready=False)
+            held.wait_requests(1)  # the agent asked for them; the answer is held
+            status = agent.readyz()
+            assert status["ready"] is False, status
+            reasons = {p["reason"] for p in status["plugins"].values()}
+            assert len(reasons) == 1 and "MetricsConfigurations" in reasons.pop(), status
+            assert our_tc_filters(agent.proc.pid) == [], "attached before the configuration was read"
+        agent.wait_ready()
+        wait_veths(agent, node)
+        send_udp(a, b.ip, 7123, 20)
+        # counted at a's veth and at b's; this configuration has no direction label
+        web_to_db = {"source_podname": "web-5d9c-x7k2p", "destination_podname": "db-0"}
+        m = wait_exact(agent, lambda m: {"web to db-0": m.value(FWD, **web_to_db)}, {"web to db-0": 40})
+        assert m.series(FWD) and all(set(s) == set(web_to_db) for s in m.series(FWD)), m.series(FWD)
+    finally:
+        sink.close()
+        agent.cleanup()
 
 
 def test_metrics_configuration_scopes_namespaces_and_bad_one_changes_nothing(seeded):  # noqa: F811

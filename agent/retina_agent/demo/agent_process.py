@@ -103,11 +103,16 @@ class AgentProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_timeout: float = 120) -> AgentProcess:
+    def start(self, ready_timeout: float = 120, *, wait_ready: bool = True) -> AgentProcess:
+        """Start the agent and (unless ``wait_ready`` is False) wait until ``/readyz`` says so."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(self._ready, ready_timeout, 0.3, "the agent's /readyz")
+        if wait_ready:
+            self.wait_ready(ready_timeout)
         return self
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        wait_for(self._ready, timeout, 0.3, "the agent's /readyz")
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -214,7 +214,9 @@ class MetricsConfigurationWatcher:
         self._reflector.stop()
 
     def wait_synced(self, timeout: float) -> bool:
-        return self._reflector.synced.wait(timeout)
+        """Until the spec in force is known: the list has been read, or the API server said it
+        serves no MetricsConfigurations (CRD not installed: the defaults are in force)."""
+        return self._reflector.answered.wait(timeout)
 
     def current(self) -> MetricsSpec | None:
         """The spec in force; None until a MetricsConfiguration has been accepted."""

@@ -63,6 +63,9 @@ class Reflector:
         self._watch: watch.Watch | None = None
         self._thread: threading.Thread | None = None
         self.synced = threading.Event()  # the first list has been handed over
+        # the API server has answered: with the first list, or that it does not serve the
+        # resource (404: a CRD not installed; no such object can exist until it is)
+        self.answered = threading.Event()
         self.connected = False
         self.lists = 0  # completed lists (the first one included)
         self.reconnects = 0  # connections re-established after a failure
@@ -92,6 +95,7 @@ class Reflector:
                 if resource_version is None:
                     resource_version = self._list()
                     self.synced.set()
+                    self.answered.set()
                 resource_version = self._watch_from(resource_version)
                 backoff = 0.1
             except ApiException as exc:
@@ -105,6 +109,7 @@ class Reflector:
                     continue
                 if exc.status == 404:
                     self._failed("404: the API server does not serve this resource (is its CRD installed?)")
+                    self.answered.set()
                 else:
                     self._failed(f"API error {exc.status} {exc.reason}".strip())
             except Exception as exc:  # connection refused, reset, timeout: retried below
