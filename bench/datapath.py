@@ -8,6 +8,9 @@ interquartile range of those ratios.
 
 Measured, in one run:
 - 64-byte UDP packets/s and TCP Gbit/s from pod a to pod b (iperf3): ratio to detached;
+- the physical limit of any TC program here: an empty program on the same hooks, alternated in
+  the same UDP rounds (what attaching anything costs: TCX's dispatch, the call, the cache lines
+  it touches), and our programs' rate against it, paired per round;
 - Retina's packetforward design re-created: the same counters from a socket filter on an
   AF_PACKET/ETH_P_ALL raw socket (one per pod veth, as ``pkg/plugin/packetforward`` binds one
   to the host interface), alternated in the same rounds; beside it, like for like: Retina's
@@ -37,7 +40,8 @@ table and writes JSON to bench/results/ (keys ``ratio_udp_basic``, ``ratio_udp_p
 ``ratio_tcp_pod_level``, ``bpf_ns_per_packet_basic``, ``bpf_ns_per_packet_pod_level``,
 ``ratio_udp_retina_design`` among them; like for like: ``ratio_udp_retina_basic_design``,
 ``bpf_ns_per_packet_retina_basic_design``, ``ratio_udp_packetforward_only``,
-``bpf_ns_per_packet_packetforward_only``; sampled by perf: ``bpf_sampled_ns_per_packet_<row>``;
+``bpf_ns_per_packet_packetforward_only``; the limit: ``ratio_udp_empty_program_<set>``,
+``ratio_udp_<set>_vs_empty_program``; sampled by perf: ``bpf_sampled_ns_per_packet_<row>``;
 the floor: ``empty_program_ns_per_run_<set>``,
 ``bpf_floor_ns_per_packet_<set>``, ``bpf_ns_per_packet_<set>_above_floor``; test runs:
 ``bpf_test_run_ns_per_packet_<set>[_above_floor]``).
@@ -440,6 +444,8 @@ def measure_set(
                 states[name] = (design.attach, design.detach)
             if pf_only is not None:
                 states["pf_only"] = (pf_only.attach, pf_only.detach)
+            if empty is not None and syscall.tcx_supported():
+                states["empty"] = (empty.attach, empty.detach)
             cpu0 = thread_cpu_seconds({main_tid})
             # perf samples of the traffic's CPU over the phase: BPF time without accounting
             sampler = (
@@ -511,6 +517,9 @@ def measure_set(
         out[f"{name}_udp"] = paired(udp, name, "off")
         out[f"{name}_udp_per_cpu"] = paired(udp, name, "off", key="pkt_per_cpu")
         out[f"{name}_bpf"] = kernel_cost(timed[f"{name}+stats"], name)
+    if "empty" in udp:
+        out["empty_udp"] = paired(udp, "empty", "off")
+        out["udp_vs_empty"] = paired(udp, "on", "empty")
     if pf_only is not None:
         out["pf_only_udp"] = paired(udp, "pf_only", "off")
         out["pf_only_bpf"] = kernel_cost(timed["pf_only+stats"], "ours")
@@ -743,6 +752,11 @@ def main() -> int:
             "ratio_udp_retina_design": basic.get("retina_udp", {}).get("median"),
             "ratio_udp_retina_basic_design": basic.get("retina_basic_udp", {}).get("median"),
             "ratio_udp_packetforward_only": basic.get("pf_only_udp", {}).get("median"),
+            # the physical limit: an empty TC program on the same hooks, and ours against it
+            "ratio_udp_empty_program_basic": basic.get("empty_udp", {}).get("median"),
+            "ratio_udp_empty_program_pod_level": pod.get("empty_udp", {}).get("median"),
+            "ratio_udp_basic_vs_empty_program": basic.get("udp_vs_empty", {}).get("median"),
+            "ratio_udp_pod_level_vs_empty_program": pod.get("udp_vs_empty", {}).get("median"),
             "cpu_ratio_udp_basic": basic.get("udp_per_cpu", {}).get("median"),
             "cpu_ratio_udp_pod_level": pod.get("udp_per_cpu", {}).get("median"),
             "cpu_ratio_tcp_basic": basic.get("tcp_per_cpu", {}).get("median"),
@@ -759,6 +773,7 @@ def main() -> int:
             "bpf_sampled_ns_per_packet_retina_design": sampled(basic, "retina", "retina_design"),
             "bpf_sampled_ns_per_packet_retina_basic_design": sampled(basic, "retina_basic", "retina_design"),
             "bpf_sampled_ns_per_packet_packetforward_only": sampled(basic, "pf_only", "tc"),
+            "bpf_sampled_ns_per_packet_empty_program": sampled(basic, "empty", "empty"),
             # the floor, measured in the same run as each figure above (an empty TC program on
             # the same hooks), and our cost above it
             "empty_program_ns_per_run": basic.get("empty_program_ns_per_run"),
@@ -815,6 +830,15 @@ def print_table(report: dict) -> None:
                 f"{r['tcp_gbps_on_median']} / {r['tcp_gbps_off_median']} Gbit/s",
             )
         )
+        for key, what, detail in (
+            ("empty_udp", "empty TC program: UDP pps ratio", "the limit for any program on these hooks"),
+            ("udp_vs_empty", "UDP pps ratio to the empty program", "ours / empty, paired per round"),
+        ):
+            if key in r:
+                c = r[key]
+                rows.append(
+                    (f"{label}: {what}", f"{c['median']:.3f}", f"[{c['q1']:.3f}, {c['q3']:.3f}]", detail)
+                )
         for key, what in (
             ("udp_per_cpu", "UDP packets per CPU-second ratio"),
             ("tcp_per_cpu", "TCP bytes per CPU-second ratio"),
@@ -876,6 +900,15 @@ def print_table(report: dict) -> None:
                     "",
                     f"perf cpu-clock samples in our TC programs, no accounting ({on['samples'].get('tc', 0)} "
                     f"samples); tracepoint programs: {on['ns_per_packet'].get('tracepoint')}",
+                )
+            )
+        if "empty" in r.get("bpf_sampled", {}):
+            rows.append(
+                (
+                    f"{label}: empty program ns per packet, sampled",
+                    str(r["bpf_sampled"]["empty"]["ns_per_packet"].get("empty")),
+                    "",
+                    "perf cpu-clock samples in the empty TC program, same hooks",
                 )
             )
         s = r["stats_cost"]

@@ -33,6 +33,7 @@ PROGRAMS = {
     "tc": re.compile(r"^bpf_prog_[0-9a-f]+_dp_(ingress|egress)$"),
     "tracepoint": re.compile(r"^bpf_prog_[0-9a-f]+_on_\w+$"),
     "retina_design": re.compile(r"^bpf_prog_[0-9a-f]+_retina_\w+$"),
+    "empty": re.compile(r"^bpf_prog_[0-9a-f]+_empty$"),  # the floor (bench/bpf/empty.c)
 }
 
 
