@@ -441,3 +441,26 @@ def test_subresource_handlers_are_served_after_rbac(kube_emulator, kube_api_clie
         'pods "web" is forbidden: User "x" cannot get resource "pods/log" in API group "" '
         'in the namespace "default"'
     )
+
+
+def test_held_requests_wait_for_release_and_others_are_served(kube_emulator, kube_api_client) -> None:
+    """``held(prefix)``: a slow API server for one resource; the rest answers meanwhile."""
+    core = kubernetes.client.CoreV1Api(kube_api_client)
+    core.create_namespaced_pod("default", pod("web", "node-1"))
+    listed: list[list[str]] = []
+    with kube_emulator.held("/api/v1/namespaces/default/pods") as held:
+        lister = threading.Thread(
+            target=lambda: listed.append([p.metadata.name for p in core.list_namespaced_pod("default").items])
+        )
+        lister.start()
+        held.wait_requests(1)
+        assert [n.metadata.name for n in core.list_namespace().items] == [
+            "default",
+            "kube-public",
+            "kube-system",
+        ]
+        lister.join(0.5)
+        assert lister.is_alive() and listed == [], "the held list was answered before release"
+    lister.join(10)
+    assert listed == [["web"]]
+    assert [p.metadata.name for p in core.list_namespaced_pod("default").items] == ["web"]  # not held now
