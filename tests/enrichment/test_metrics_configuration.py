@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import queue
 from collections.abc import Iterator
 from pathlib import Path
@@ -306,15 +307,21 @@ def test_oldest_configuration_wins_at_start(
 
 
 def test_without_the_crd_the_defaults_are_in_force_until_it_is_installed(
-    kube_api_client: kubernetes.client.ApiClient, agent_api_client: kubernetes.client.ApiClient
+    kube_api_client: kubernetes.client.ApiClient,
+    agent_api_client: kubernetes.client.ApiClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No CRD: the API server's 404 settles start-up at once (the agent does not wait for a
     configuration that cannot exist); the watch retries and picks up one created later."""
+    caplog.set_level(logging.WARNING, logger="retina_agent.enrichment.reflector")
     w = MetricsConfigurationWatcher(agent_api_client)
     w.start()
     try:
         assert w.wait_synced(10), "a 404 answers the question: no MetricsConfiguration"
         assert w.current() is None and not w.connected
+        said = [r.getMessage() for r in caplog.records]
+        assert any("is its CRD installed?" in m for m in said), said
+        assert not any("lost the API server" in m for m in said), "the API server answered: not lost"
         ext = kubernetes.client.ApiextensionsV1Api(kube_api_client)
         ext.create_custom_resource_definition(load_crds([CRD_FILE])[0])
         kubernetes.client.CustomObjectsApi(kube_api_client).create_cluster_custom_object(

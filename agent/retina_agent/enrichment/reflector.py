@@ -108,8 +108,7 @@ class Reflector:
                     resource_version = None
                     continue
                 if exc.status == 404:
-                    self._failed("404: the API server does not serve this resource (is its CRD installed?)")
-                    self.answered.set()
+                    self._not_served()
                 else:
                     self._failed(f"API error {exc.status} {exc.reason}".strip())
             except Exception as exc:  # connection refused, reset, timeout: retried below
@@ -119,6 +118,22 @@ class Reflector:
             if self._stop.wait(backoff):
                 break
             backoff = min(backoff * 2, self._max_backoff)
+
+    def _not_served(self) -> None:
+        """404: the API server is there but does not serve the resource (a CRD not installed).
+        That answers the first list (there are none); the loop keeps asking, for the CRD may
+        come later."""
+        message = "404: the API server does not serve this resource"
+        if self.connected or message != self.last_error:
+            log.warning(
+                "%s: the API server does not serve this resource (is its CRD installed?); "
+                "asking again every %.0fs",
+                self.name,
+                self._max_backoff,
+            )
+        self.connected = False
+        self.last_error = message
+        self.answered.set()
 
     def _failed(self, message: str) -> None:
         if self.connected or message != self.last_error:
