@@ -26,7 +26,7 @@ import logging
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,18 +51,20 @@ class ServerLimits:
 
 
 def make_app(
-    registry: CollectorRegistry, states: PluginStates, extra: Callable[[], str] | None = None
+    registry: CollectorRegistry, states: PluginStates, extra: Callable[[], Iterable[bytes]] | None = None
 ) -> Callable:
-    """A WSGI app; ``extra`` renders more exposition text (the pod-level series) after the registry's."""
+    """A WSGI app; ``extra`` renders more exposition text (the pod-level series) after the
+    registry's, in chunks: the response is sent chunk by chunk, never joined (at 100,000
+    series one copy of the text is 14 MiB)."""
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            body = generate_latest(registry)
+            chunks = [generate_latest(registry)]
             if extra is not None:
-                body += extra().encode()
+                chunks.extend(extra())
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-            return [body]
+            return chunks
         if path == "/healthz":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
@@ -80,8 +82,8 @@ def make_app(
     return app
 
 
-def _call_app(app: Callable, method: str, target: str) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Run the WSGI ``app`` for one request (in a worker thread) -> status, headers, body."""
+def _call_app(app: Callable, method: str, target: str) -> tuple[str, list[tuple[str, str]], list[bytes]]:
+    """Run the WSGI ``app`` for one request (in a worker thread) -> status, headers, body chunks."""
     path, _, query = target.partition("?")
     environ = {
         "REQUEST_METHOD": method,
@@ -95,27 +97,26 @@ def _call_app(app: Callable, method: str, target: str) -> tuple[str, list[tuple[
     def start_response(status, headers, exc_info=None):
         started["status"], started["headers"] = status, headers
 
-    chunks = app(environ, start_response)
+    result = app(environ, start_response)
     try:
-        body = b"".join(chunks)
+        chunks = list(result)
     finally:
-        close = getattr(chunks, "close", None)
+        close = getattr(result, "close", None)
         if close is not None:
             close()
-    return started["status"], list(started["headers"]), body
+    return started["status"], list(started["headers"]), chunks
 
 
-def _response(
-    status: str, headers: list[tuple[str, str]], body: bytes, *, keep_alive: bool, head: bool
-) -> bytes:
+def _head(status: str, headers: list[tuple[str, str]], length: int, *, keep_alive: bool) -> bytes:
+    """The status line and headers of a response whose body is ``length`` bytes."""
     lines = [f"HTTP/1.1 {status}"]
     lines += [f"{k}: {v}" for k, v in headers if k.lower() not in ("content-length", "connection")]
-    lines += [f"Content-Length: {len(body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
+    lines += [f"Content-Length: {length}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _plain(status: str, text: str) -> tuple[str, list[tuple[str, str]], bytes]:
-    return status, [("Content-Type", "text/plain")], (text + "\n").encode()
+def _plain(status: str, text: str) -> tuple[str, list[tuple[str, str]], list[bytes]]:
+    return status, [("Content-Type", "text/plain")], [(text + "\n").encode()]
 
 
 class MetricsServer:
@@ -187,10 +188,15 @@ class MetricsServer:
             self._ready.set()
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks(self._loop):
+            # Open connections end here: each task is cancelled and run to its end (its
+            # ``finally`` closes the socket), so none is destroyed half-way on a closed loop.
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
                 task.cancel()
             with contextlib.suppress(Exception):
-                self._loop.run_until_complete(asyncio.sleep(0))
+                self._loop.run_until_complete(
+                    asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+                )
             self._loop.close()
 
     def _admit(self, key: int, writer: asyncio.StreamWriter) -> None:
@@ -280,13 +286,24 @@ class MetricsServer:
         writer: asyncio.StreamWriter,
         status: str,
         headers: list[tuple[str, str]],
-        body: bytes,
+        chunks: list[bytes],
         *,
         keep_alive: bool,
         head: bool = False,
     ) -> None:
-        writer.write(_response(status, headers, body, keep_alive=keep_alive, head=head))
+        """Write the response chunk by chunk, each one handed to the socket before the next is
+        buffered, and dropped from ``chunks`` once written: the transport holds a chunk or so,
+        not a second copy of the body. The client must take the whole response within
+        ``write_timeout``."""
+        deadline = self._loop.time() + self.limits.write_timeout
+        writer.write(_head(status, headers, sum(len(c) for c in chunks), keep_alive=keep_alive))
+        if head:
+            chunks.clear()
         try:
-            await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+            while True:
+                await asyncio.wait_for(writer.drain(), max(0.0, deadline - self._loop.time()))
+                if not chunks:
+                    return
+                writer.write(chunks.pop(0))
         except TimeoutError:
             raise ConnectionError("the client did not take the response in time") from None

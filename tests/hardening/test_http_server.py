@@ -7,8 +7,10 @@ long as they liked. Now /metrics answers quickly throughout and the thread count
 from __future__ import annotations
 
 import contextlib
+import gc
 import http.client
 import socket
+import sys
 import threading
 import time
 
@@ -146,3 +148,54 @@ def test_binds_only_the_given_address():
             socket.create_connection(("127.0.0.2", srv.port), timeout=2).close()
     finally:
         srv.stop()
+
+
+def test_pod_level_text_is_sent_in_chunks_whole_and_in_order():
+    """The pod-level series come as many chunks (a thousand lines each in the agent); the
+    response is the registry's text then every chunk, in order, with the right length, on a
+    keep-alive connection; HEAD gives the length and no body."""
+    registry = CollectorRegistry()
+    Counter("chunked_probe", "a series from the registry", registry=registry).inc(3)
+    chunks = [f'pod_series{{n="{n}"}} {n}\n'.encode() * 500 for n in range(300)]  # ~7.5 MB
+    srv = MetricsServer("127.0.0.1", 0, registry, PluginStates([]), lambda: iter(chunks))
+    srv.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        with contextlib.closing(conn):
+            for _ in range(2):  # the same connection serves the next request after the whole body
+                conn.request("GET", "/metrics")
+                resp = conn.getresponse()
+                body = resp.read()
+                assert resp.status == 200
+                assert int(resp.getheader("Content-Length")) == len(body)
+                head, sep, rest = body.partition(b'pod_series{n="0"} 0\n')
+                assert b"chunked_probe_total 3.0" in head and sep
+                assert sep + rest == b"".join(chunks)
+            conn.request("HEAD", "/metrics")
+            resp = conn.getresponse()
+            assert resp.read() == b"" and int(resp.getheader("Content-Length")) == len(body)
+    finally:
+        srv.stop()
+
+
+def test_stop_ends_open_connections_cleanly(monkeypatch):
+    """Stopping with keep-alive connections open (an agent shut down between scrapes) closes
+    them and runs every connection's clean-up on the loop: nothing is left to die later on a
+    closed loop ("Event loop is closed" at exit)."""
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    srv = MetricsServer("127.0.0.1", 0, CollectorRegistry(), PluginStates([]))
+    srv.start()
+    clients = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(3)]
+    try:
+        for s in clients:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")  # then idle, kept alive
+        srv.stop()
+        for s in clients:
+            assert s.recv(4096) == b"", "the connection is still open after stop()"
+        gc.collect()
+        assert unraisable == [], [u.exc_value for u in unraisable]
+    finally:
+        for s in clients:
+            s.close()

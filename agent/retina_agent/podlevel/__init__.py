@@ -12,7 +12,7 @@ import ctypes
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from retina_agent.metrics import DATAPLANE
 from retina_agent.podlevel.context import LabelPlan, local_values, plan_for, remote_values
@@ -113,14 +113,14 @@ class PodLevel:
         """A pod-level metric a plugin produces: ``fixed_labels`` come before the context."""
         self._metrics[metric] = (doc, fixed_labels)
 
-    def render(self) -> str:
-        """Every pod-level metric in the Prometheus text format (see SeriesStore.render)."""
-        out: list[str] = []
+    def render(self) -> Iterator[bytes]:
+        """Every pod-level metric in the Prometheus text format, in encoded chunks of at most
+        a thousand lines (see SeriesStore.render): never the whole text in one string."""
         for metric, (doc, fixed) in self._metrics.items():
             name = DATAPLANE + metric
-            out.append(f"# HELP {name} {doc}\n# TYPE {name} untyped\n")
-            out.extend(self.series.render(metric, name, [*fixed, *self.plan(metric).names]))
-        return "".join(out)
+            yield f"# HELP {name} {doc}\n# TYPE {name} untyped\n".encode()
+            for chunk in self.series.render(metric, name, [*fixed, *self.plan(metric).names]):
+                yield chunk.encode()
 
     # -- endpoints ---------------------------------------------------------------------------
     def resolve(self, ip: str):
