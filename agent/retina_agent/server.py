@@ -296,14 +296,18 @@ class MetricsServer:
         not a second copy of the body. The client must take the whole response within
         ``write_timeout``."""
         deadline = self._loop.time() + self.limits.write_timeout
-        writer.write(_head(status, headers, sum(len(c) for c in chunks), keep_alive=keep_alive))
+        length = sum(len(c) for c in chunks)
         if head:
             chunks.clear()
+        chunks.reverse()  # popped from the end, in order
+        # the headers go with the first chunk: a small response is one write, as before
+        first = chunks.pop() if chunks else b""
+        writer.write(_head(status, headers, length, keep_alive=keep_alive) + first)
         try:
             while True:
                 await asyncio.wait_for(writer.drain(), max(0.0, deadline - self._loop.time()))
                 if not chunks:
                     return
-                writer.write(chunks.pop(0))
+                writer.write(chunks.pop())
         except TimeoutError:
             raise ConnectionError("the client did not take the response in time") from None

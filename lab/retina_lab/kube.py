@@ -59,7 +59,6 @@ import secrets
 import socket
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +69,7 @@ import aiohttp.web
 import jsonpatch
 import yaml
 
+from retina_agent.demo.agent_process import wait_for
 from retina_lab import kube_auth, kube_tls
 
 Obj = dict[str, Any]
@@ -372,13 +372,7 @@ class HeldRequests:
 
     def wait_requests(self, n: int = 1, timeout: float = 30) -> None:
         """Block until ``n`` requests are being held; TimeoutError naming the path otherwise."""
-        deadline = time.monotonic() + timeout
-        while self.count < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{self.count} of {n} requests to {self.path_prefix} arrived in {timeout}s"
-                )
-            time.sleep(0.02)
+        wait_for(lambda: self.count >= n, timeout, 0.02, f"{n} held requests to {self.path_prefix}")
 
     def release(self) -> None:
         """Let the held requests (and every later one) through."""

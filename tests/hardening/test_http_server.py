@@ -190,7 +190,12 @@ def test_stop_ends_open_connections_cleanly(monkeypatch):
     try:
         for s in clients:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")  # then idle, kept alive
+            got = b""
+            while not got.endswith(b"\r\n\r\nok\n"):  # the whole response; then idle, kept alive
+                data = s.recv(4096)
+                assert data, f"closed after {got!r}"
+                got += data
+            assert got.startswith(b"HTTP/1.1 200 ")
         srv.stop()
         for s in clients:
             assert s.recv(4096) == b"", "the connection is still open after stop()"

@@ -107,8 +107,13 @@ class Reflector:
                     )
                     resource_version = None
                     continue
-                if exc.status == 404:
-                    self._not_served()
+                if exc.status == 404:  # a CRD not installed: no such object can exist until it is
+                    self._failed(
+                        "404: not served",
+                        log_as=f"the API server does not serve this resource (is its CRD installed?); "
+                        f"asking again every {self._max_backoff:.0f}s",
+                    )
+                    self.answered.set()  # the answer to the first list: there are none
                 else:
                     self._failed(f"API error {exc.status} {exc.reason}".strip())
             except Exception as exc:  # connection refused, reset, timeout: retried below
@@ -119,27 +124,12 @@ class Reflector:
                 break
             backoff = min(backoff * 2, self._max_backoff)
 
-    def _not_served(self) -> None:
-        """404: the API server is there but does not serve the resource (a CRD not installed).
-        That answers the first list (there are none); the loop keeps asking, for the CRD may
-        come later."""
-        message = "404: the API server does not serve this resource"
+    def _failed(self, message: str, log_as: str | None = None) -> None:
+        """Not connected because of ``message``; logged once per new cause (``log_as``, or as a
+        lost API server)."""
         if self.connected or message != self.last_error:
-            log.warning(
-                "%s: the API server does not serve this resource (is its CRD installed?); "
-                "asking again every %.0fs",
-                self.name,
-                self._max_backoff,
-            )
-        self.connected = False
-        self.last_error = message
-        self.answered.set()
-
-    def _failed(self, message: str) -> None:
-        if self.connected or message != self.last_error:
-            log.warning(
-                "%s: lost the API server (%s); retrying, lookups use the last known state", self.name, message
-            )
+            text = log_as or f"lost the API server ({message}); retrying, lookups use the last known state"
+            log.warning("%s: %s", self.name, text)
         self.connected = False
         self.last_error = message
 
