@@ -44,6 +44,12 @@ def connect_refused(pod: LabPod, dst: str, port: int, count: int) -> int:
     return refused
 
 
+#: Per-call socket timeout over a ``random_loss_rule`` link: TCP backs off on each loss of the
+#: same segment (SYN 1+2+4+8 s, data RTO doubling from 0.2 s), so at 30 % a 10 s timeout lost a
+#: CI run now and then; this matches the tests' 60 s delivery deadline.
+LOSSY_LINK_TIMEOUT = 60
+
+
 def random_loss_rule(port: int, probability: float = 0.3, proto: str = "tcp") -> list[str]:
     """An iptables INPUT rule (without ``-A``/``-D``) dropping a random share of the packets to
     ``port``: the lab's stand-in for a lossy link, since this machine has no netem."""

@@ -13,7 +13,14 @@ import dns.rcode
 import pytest
 
 from retina_lab.agent import AgentProcess, our_tc_filters, wait_for
-from retina_lab.traffic import TcpServer, connect_refused, random_loss_rule, send_udp, udp_sink
+from retina_lab.traffic import (
+    LOSSY_LINK_TIMEOUT,
+    TcpServer,
+    connect_refused,
+    random_loss_rule,
+    send_udp,
+    udp_sink,
+)
 from tests.helpers.metrics import wait_exact
 
 DROP = "networkobservability_drop_count"
@@ -313,7 +320,7 @@ def test_retransmissions_under_random_loss(agent, lab_node):
     b.run(["iptables", "-A", *rule])
     try:
         before = agent.scrape()
-        with a.entered(), socket.create_connection((b.ip, 7005), timeout=10) as c:
+        with a.entered(), socket.create_connection((b.ip, 7005), timeout=LOSSY_LINK_TIMEOUT) as c:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for _ in range(300):
                 c.sendall(b"r" * 200)

@@ -15,7 +15,7 @@ import dns.rcode
 
 from retina_capture.cli.main import main
 from retina_lab.agent import wait_for
-from retina_lab.traffic import TcpServer, random_loss_rule, send_udp, udp_sink
+from retina_lab.traffic import LOSSY_LINK_TIMEOUT, TcpServer, random_loss_rule, send_udp, udp_sink
 from tests.diagnose.lab import scrape_health, tw_chain
 
 
@@ -322,7 +322,7 @@ def test_retransmissions_and_a_drop_no_read_rule_accounts_for(lab, capsys):
     a.run(["iptables", "-A", *rule])
     server = TcpServer(a, 7700)
     try:
-        with node["e"].entered(), socket.create_connection((a.ip, 7700), timeout=10) as c:
+        with node["e"].entered(), socket.create_connection((a.ip, 7700), timeout=LOSSY_LINK_TIMEOUT) as c:
             for _ in range(60):
                 c.sendall(b"r" * 1000)
             wait_for(lambda: server.received >= 60_000, 60, message="the lossy stream")

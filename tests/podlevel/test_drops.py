@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retina_lab.traffic import random_loss_rule, send_udp
+from retina_lab.traffic import LOSSY_LINK_TIMEOUT, random_loss_rule, send_udp
 from tests.podlevel.test_packetparser import pod_level_agent, seeded  # noqa: F401
 
 ADV_DROP = "networkobservability_adv_drop_count"
@@ -66,7 +66,7 @@ def test_retransmissions_attributed_to_the_sending_pod(seeded):  # noqa: F811
     b.run(["iptables", "-A", *rule])
     try:
         with pod_level_agent(kube, remote=False) as agent:
-            with a.entered(), socket.create_connection((b.ip, 7111), timeout=10) as c:
+            with a.entered(), socket.create_connection((b.ip, 7111), timeout=LOSSY_LINK_TIMEOUT) as c:
                 for _ in range(100):
                     c.sendall(b"r" * 1000)
                 wait_for(lambda: server.received >= 100_000, 60, message="lossy transfer")
