@@ -89,6 +89,17 @@ class PacketParserOptions(_Strict):
     interfaces: list[str] = Field(default_factory=lambda: ["pods"])
     max_flows: int = Field(131072, ge=1024, le=4194304, alias="maxFlows")
     max_ips: int = Field(65536, ge=256, le=1048576, alias="maxIPs")
+    # Ours: slots per CPU of the fast flow table (busy flows counted without a hash-map lookup;
+    # podlevel/fastflows.py). 144 bytes per slot per CPU; 0 turns it off.
+    fast_flows: int = Field(1024, ge=0, le=65536, alias="fastFlows")
+
+    @field_validator("fast_flows")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            lower = 1 << (value.bit_length() - 1)
+            raise ValueError(f"must be a power of two (or 0 for off), like {lower} or {lower * 2}")
+        return value
 
 
 class LatencyOptions(_Strict):

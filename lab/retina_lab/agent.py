@@ -120,6 +120,26 @@ def _tcx_links(pid: int) -> list[tuple[int, str, int]]:
     return links
 
 
+def agent_map_fd(pid: int, name: str) -> int:
+    """An fd of the agent's BPF map ``name``, found from a program of its TC data path (a
+    duplicate: the caller closes it)."""
+    from retina_agent.bpf import syscall
+
+    links = _tcx_links(pid)
+    if not links:
+        raise AssertionError(f"process {pid} holds no TCX link: no data path to find {name} from")
+    prog_fd = syscall.prog_fd_by_id(links[0][2])
+    try:
+        for map_id in syscall.prog_info(prog_fd).map_ids:
+            fd = syscall.map_fd_by_id(map_id)
+            if syscall.map_info(fd).name == name:
+                return fd
+            os.close(fd)
+    finally:
+        os.close(prog_fd)
+    raise AssertionError(f"no map {name} in the agent's data path")
+
+
 def process_stats(pid: int) -> tuple[float, int]:
     """(CPU seconds used, resident set size in bytes) of a process."""
     with open(f"/proc/{pid}/stat") as f:

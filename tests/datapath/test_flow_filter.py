@@ -13,11 +13,10 @@ import os
 import socket
 import struct
 
-from retina_agent.bpf import syscall
 from retina_agent.bpf.maps import BpfMap
 from retina_agent.plugins.packetparser import FlowKey, FlowValue
 from retina_agent.podlevel.flows import IDLE_HARVESTS_BEFORE_PRUNE
-from retina_lab.agent import _tcx_links, wait_for
+from retina_lab.agent import agent_map_fd, wait_for
 from retina_lab.cluster import apply_crds, metrics_configuration
 from retina_lab.traffic import udp_sink
 from tests.podlevel.test_lifecycle import client_for, mc_status, replace_mc_spec
@@ -29,18 +28,8 @@ SPORT = 40250  # one fixed 5-tuple: a long-lived "connection"
 
 
 def _flows_map(pid: int) -> BpfMap:
-    """The agent's kernel flow map, found from its TC program (a duplicate fd of our own)."""
-    prog_id = _tcx_links(pid)[0][2]
-    fd = syscall.prog_fd_by_id(prog_id)
-    try:
-        for map_id in syscall.prog_info(fd).map_ids:
-            mfd = syscall.map_fd_by_id(map_id)
-            if syscall.map_info(mfd).name == "flows":
-                return BpfMap(mfd, FlowKey, FlowValue, percpu=True)
-            os.close(mfd)
-    finally:
-        os.close(fd)
-    raise AssertionError("no flows map in the agent's data path")
+    """The agent's kernel flow map."""
+    return BpfMap(agent_map_fd(pid, "flows"), FlowKey, FlowValue, percpu=True)
 
 
 def _ours(flows: BpfMap, src: str, dst: str) -> list[bytes]:

@@ -82,6 +82,10 @@ def test_damaged_tc_state_file_is_reported_and_the_agent_starts(tmp_path, conten
         ({"dataPathBudget": "0%"}, "dataPathBudget: must be between 0% and 100%"),
         ({"dataPathAttach": "xdp"}, "dataPathAttach"),
         ({"dataSamplingRate": 0}, "dataSamplingRate"),
+        (
+            {"plugins": {"packetparser": {"fastFlows": 1000}}},
+            r"plugins.packetparser.fastFlows: must be a power of two \(or 0 for off\), like 512 or 1024",
+        ),
     ],
 )
 def test_data_path_settings_errors_name_the_key(overrides, message):

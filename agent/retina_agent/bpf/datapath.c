@@ -32,6 +32,8 @@ const volatile u8 feat_dns = 0;
 const volatile u8 feat_pp = 0;
 const volatile u8 feat_lat = 0;
 const volatile u8 pod_level = 0;  // dns: pod-level events (packetparser is pod-level anyway)
+const volatile u32 fast_flow_mask = 0;  // packetparser: fastFlows - 1 (a power of two); 0 slots: off
+const volatile u8 fast_flows_on = 0;
 
 #define SWAP16(x) __builtin_bswap16(x)
 // What runs for few packets (DNS messages, a flow's first packet, API server packets, headers
@@ -68,8 +70,9 @@ struct dp_settings {
 RETINA_MAP(BPF_MAP_TYPE_ARRAY, u32, struct dp_settings, 1) dp_settings SEC(".maps");
 
 // The packet's addresses, ports and protocol, laid out as packetparser's flow key: the parse
-// writes them once and the flow lookup takes them as they are (no copy per packet).
-struct flow_key {
+// writes them once and the flow lookup takes them as they are (no copy per packet). Five
+// aligned 64-bit words: the fast flow table hashes and compares it a word at a time.
+struct __attribute__((aligned(8))) flow_key {
     u8 src[16];  // IPv4 as ::ffff:a.b.c.d
     u8 dst[16];
     u16 sport;   // host byte order
@@ -313,6 +316,54 @@ struct flow_value {
 
 RETINA_MAP(BPF_MAP_TYPE_LRU_PERCPU_HASH, struct flow_key, struct flow_value, 1) flows SEC(".maps");  // maxFlows, set before load
 
+// The fast flow table: long flows are counted in a per-CPU array indexed by a hash of their key,
+// which the verifier inlines (a bounds check and a load), instead of in `flows`, whose lookup is
+// a call that hashes the 40-byte key and walks a bucket (two thirds of pod level's cost per
+// packet). The agent, not the kernel, puts a flow there: at a harvest, a busy flow of `flows`
+// whose slot is free gets it (the same key on every CPU), and a slot idle for a while is freed
+// (podlevel/fastflows.py). The kernel only compares and counts, so a flow is counted in `flows`
+// until it has a slot and in the slot after; the agent adds both. The agent writes a slot only
+// while it is free (`used` 0, counters 0), `used` last (the struct's last word), so a packet
+// matches a slot only once its key is whole.
+struct fast_flow {
+    struct flow_key key;
+    struct flow_value v;
+    u32 pad;
+    u32 used;  // 1: key is a flow the agent placed here
+};
+RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct fast_flow, 1) fast_flows SEC(".maps");  // fastFlows, set before load
+
+// Its slot: a multiply-xor hash of the key's five words (fastflows.py computes the same).
+static __always_inline u32 fast_flow_slot(const struct flow_key *k)
+{
+    const u64 m = 0x9E3779B97F4A7C15ULL;
+    const u64 *w = (const u64 *)k;
+    u64 h = w[0] * m;
+    h = (h ^ w[1]) * m;
+    h = (h ^ w[2]) * m;
+    h = (h ^ w[3]) * m;
+    h = (h ^ w[4]) * m;
+    return (u32)(h >> 40) & fast_flow_mask;
+}
+
+static __always_inline int same_flow(const struct flow_key *a, const struct flow_key *b)
+{
+    const u64 *x = (const u64 *)a, *y = (const u64 *)b;
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+// The flow's counters: its fast slot's when the agent placed it there, else its `flows` entry.
+static __always_inline struct flow_value *flow_counters(struct flow_key *key)
+{
+    if (fast_flows_on) {
+        u32 slot = fast_flow_slot(key);
+        struct fast_flow *f = bpf_map_lookup_elem(&fast_flows, &slot);
+        if (f && f->used && same_flow(&f->key, key))
+            return &f->v;
+    }
+    return bpf_map_lookup_elem(&flows, key);
+}
+
 // A flow's first packet: counted only when it touches an IP of interest.
 COLD struct flow_value *pp_new_flow(struct flow_key *key, struct dp_settings *s)
 {
@@ -334,7 +385,7 @@ static __always_inline void pp_handle(struct __sk_buff *skb, struct pkt *p, u8 d
     // A known flow is counted at once: it touched an IP of interest when it was created, and
     // the agent deletes flows whose pods leave the selection (PacketParser.harvest). Only a
     // flow's first packet pays for the two IPs-of-interest lookups.
-    struct flow_value *v = bpf_map_lookup_elem(&flows, key);
+    struct flow_value *v = flow_counters(key);
     if (RARELY(!v)) {
         v = pp_new_flow(key, s);
         if (!v)

@@ -35,7 +35,7 @@ FEATURE_CONSTANTS = {
 FEATURE_MAPS = {
     "packetforward": ["pf_counts"],
     "dns": ["dns_totals", "dns_responses", "dns_latency", "dns_inflight", "dns_events", "dns_lost"],
-    "packetparser": ["flows"],
+    "packetparser": ["flows", "fast_flows"],
     "latency": ["apiservers", "handshakes", "pending", "latency_hist"],
 }
 POD_FILTER_MAP = "ips_of_interest"

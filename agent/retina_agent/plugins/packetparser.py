@@ -6,7 +6,8 @@ kernel checks the filter on a flow's first packet only (a known flow costs one l
 three), so when IPs leave the selection the agent deletes the flows that touch none of the
 remaining ones. Every interval the agent reads the map in batches, turns per-flow deltas into
 series with the context labels of the MetricsConfiguration in force, and removes flows idle
-for a while.
+for a while. Busy flows then move to the fast flow table (``podlevel/fastflows.py``): a
+per-CPU array slot the kernel finds without a hash-map lookup; the agent adds both tables.
 
 Metrics: ``adv_forward_count``, ``adv_forward_bytes`` (direction + context) and
 ``adv_tcpflags_count`` (flag + context).
@@ -26,6 +27,7 @@ from retina_agent.bpf.spec import LoadedProgram
 from retina_agent.plugins.base import PluginUnavailable, TcPlugin
 from retina_agent.podlevel import addr_str
 from retina_agent.podlevel.context import DIRECTIONS
+from retina_agent.podlevel.fastflows import PLACE_MIN_PACKETS, FastFlows
 from retina_agent.podlevel.flows import DeselectedFlows, FlowHarvester
 
 FLAGS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
@@ -68,11 +70,13 @@ class PacketParser(TcPlugin):
             raise PluginUnavailable("packetparser produces pod-level metrics: set enablePodLevel: true")
         options = cfg.plugins.packetparser
         constants, sizes = self.pod_level_settings([])
+        slots = options.fast_flows
+        constants |= {"fast_flows_on": 1 if slots else 0, "fast_flow_mask": max(slots - 1, 0)}
         return Feature(
             self.name,
-            maps=["flows", "ips_of_interest"],
+            maps=["flows", "fast_flows", "ips_of_interest"],
             constants=constants,
-            max_entries=sizes | {"flows": options.max_flows},
+            max_entries=sizes | {"flows": options.max_flows, "fast_flows": slots or 1},
         )
 
     def start(self, loaded: LoadedProgram | None) -> None:
@@ -82,10 +86,24 @@ class PacketParser(TcPlugin):
         self.flows = BpfMap(loaded.maps["flows"], FlowKey, FlowValue, percpu=True)
         self.ctx.datapath.set_filter(not pod_level.bypass_filter)
         self.use_pod_filter(loaded)
-        self.harvester = FlowHarvester(self.flows, 2 + len(FLAGS), self._account)
+        words = 2 + len(FLAGS)
+        self.harvester = FlowHarvester(self.flows, words, self._account_and_note_busy)
+        self._busy: list[bytes] = []
+        slots = self.ctx.config.plugins.packetparser.fast_flows
+        self.fast: FastFlows | None = None
+        self.fast_harvester: FlowHarvester | None = None
+        if slots:
+            self.fast = FastFlows(loaded.maps["fast_flows"], slots, ctypes.sizeof(FlowKey), words)
+            self.fast_harvester = FlowHarvester(self.fast, words, self._account)  # type: ignore[arg-type]
+
         # the kernel checks the filter only when it creates a flow: flows of pods that leave
         # the selection are deleted here
-        self.deselected = DeselectedFlows(self.harvester, pod_level, lambda: not pod_level.bypass_filter)
+        def filtered() -> bool:
+            return not pod_level.bypass_filter
+
+        self.deselected = [DeselectedFlows(self.harvester, pod_level, filtered)]
+        if self.fast_harvester is not None:
+            self.deselected.append(DeselectedFlows(self.fast_harvester, pod_level, filtered))
         pod_level.register_metric(FORWARD_COUNT, "Packets of pod traffic by direction and context")
         pod_level.register_metric(FORWARD_BYTES, "Bytes of pod traffic by direction and context")
         pod_level.register_metric(TCPFLAGS, "TCP packets of pod traffic by flag and context", ("flag",))
@@ -95,11 +113,24 @@ class PacketParser(TcPlugin):
         pod_level = self.ctx.pod_level
         self._plans = {m: pod_level.plan(m) for m in METRICS}
         self._now = time.monotonic()
+        self._busy.clear()
+        if self.fast_harvester is not None:
+            self.fast_harvester.harvest()
         self.harvester.harvest()
-        n = self.deselected.prune()
+        n = sum(d.prune() for d in self.deselected)
         if n:
             log.debug("removed %d flows of pods that left the selection", n)
+        if self.fast is not None:
+            for key in self._busy:
+                if key in self.harvester:  # not just removed as deselected
+                    self.fast.place(key)
         pod_level.series.expire({m: pod_level.ttl(m) for m in METRICS}, self._now)
+
+    def _account_and_note_busy(self, raw_key: bytes, deltas: list[int]) -> None:
+        """A ``flows`` entry's deltas; a busy one is noted for a fast slot."""
+        if deltas[0] >= PLACE_MIN_PACKETS:
+            self._busy.append(raw_key)
+        self._account(raw_key, deltas)
 
     def _account(self, raw_key: bytes, deltas: list[int]) -> None:
         plans, series, now = self._plans, self.ctx.pod_level.series, self._now

@@ -125,6 +125,10 @@ class FlowHarvester:
     def __len__(self) -> int:
         return len(self.last)
 
+    def __contains__(self, raw_key: bytes) -> bool:
+        """Was the flow there at the last harvest (and not deleted since)?"""
+        return raw_key in self.last
+
 
 class DeselectedFlows:
     """Deletes the flows of a flow map (keys starting with the 16-byte source and destination

@@ -1,0 +1,199 @@
+"""The fast flow table (podlevel/fastflows.py): a busy flow moves from the LRU hash ``flows`` to
+its slot of ``fast_flows``, the kernel counts it there, and the pod-level counts stay exact
+across the move, the slot's release and a deselection.
+
+What is read from the kernel is the agent's own maps (found from its TC program): the slot must
+hold the flow's key with the packets sent after the move, which the kernel can only do if its
+slot hash and the agent's agree."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+
+import pytest
+
+from retina_agent.bpf.maps import BpfMap
+from retina_agent.plugins.packetparser import FlowKey, FlowValue
+from retina_agent.podlevel.fastflows import PLACE_MIN_PACKETS, slot_of, slot_type
+from retina_agent.podlevel.flows import IDLE_HARVESTS_BEFORE_PRUNE
+from retina_lab.agent import agent_map_fd, wait_for
+from retina_lab.cluster import apply_crds, metrics_configuration
+from retina_lab.traffic import udp_sink
+from tests.helpers.metrics import wait_exact
+from tests.podlevel.test_lifecycle import client_for, mc_status, replace_mc_spec
+from tests.podlevel.test_packetparser import FWD, pod_level_agent, seeded, wait_veths  # noqa: F401
+
+PORT = 7260
+SPORTS = (40260, 40261)
+WORDS = 2 + 10  # packets, bytes, 10 TCP flags
+HARVEST_S = 1.0  # the lab agent's metricsIntervalDuration
+
+
+class Maps:
+    """The agent's two flow tables, read from the test."""
+
+    def __init__(self, pid: int, slots: int) -> None:
+        self.mask = slots - 1
+        self.flows = BpfMap(agent_map_fd(pid, "flows"), FlowKey, FlowValue, percpu=True)
+        slot = slot_type(ctypes.sizeof(FlowKey), WORDS)
+        self.fast = BpfMap(agent_map_fd(pid, "fast_flows"), ctypes.c_uint32, slot, percpu=True)
+
+    def close(self) -> None:
+        os.close(self.flows.fd)
+        os.close(self.fast.fd)
+
+    def keys(self, src: str, dst: str, sport: int) -> list[bytes]:
+        """Raw keys in ``flows`` of the flow src:sport -> dst:PORT (one per hook it crossed)."""
+        want = (socket.inet_aton(src), socket.inet_aton(dst), sport, PORT)
+        return [
+            raw
+            for raw, _ in self.flows.raw_items()
+            if (raw[12:16], raw[28:32], *struct.unpack_from("=HH", raw, 32)) == want
+        ]
+
+    def in_slot(self, key: bytes) -> int | None:
+        """Packets counted in ``key``'s fast slot (all CPUs), or None if the slot holds another
+        key or none."""
+        values = self.fast.lookup(ctypes.c_uint32(slot_of(key, self.mask)))
+        assert values is not None
+        if not values[0].used or bytes(values[0].key) != key:
+            return None
+        return sum(v.counters[0] for v in values)
+
+    def in_flows(self, key: bytes) -> int:
+        values = self.flows.lookup(FlowKey.from_buffer_copy(key))
+        return sum(v.packets for v in values) if values else 0
+
+
+WEB_TO_DB = {"source_podname": "web-5d9c-x7k2p", "destination_podname": "db-0"}
+
+
+def web_to_db(m) -> dict[str, float]:
+    """a -> b packets as pod-level metrics count them: leaving a, and entering b."""
+    return {d: m.value(FWD, direction=d, **WEB_TO_DB) for d in ("egress", "ingress")}
+
+
+@pytest.mark.parametrize("slots", [1024, 1], ids=["slots-1024", "one-slot-two-flows"])
+def test_busy_flows_move_to_fast_slots_and_count_exactly_across_the_move(seeded, slots):  # noqa: F811
+    """Two busy flows a -> b. With 1024 slots both move (their four keys, one per hook); with one
+    slot, one key at most: the rest keep counting in ``flows``. The per-pod counts are exact
+    either way: what was counted before a move, in ``flows``, plus what was counted after it,
+    in the slot."""
+    kube, node = seeded
+    a, b = node["a"], node["b"]
+    sink = udp_sink(b, PORT)
+    senders = []
+    with a.entered():
+        for sport in SPORTS:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((a.ip, sport))
+            senders.append(s)
+    sink.settimeout(10)
+
+    def burst(n: int) -> None:
+        for s in senders:
+            for _ in range(n):
+                s.sendto(b"x", (b.ip, PORT))
+        for _ in range(n * len(senders)):
+            sink.recv(64)
+
+    maps = None
+    try:
+        extra = {"plugins": {"packetparser": {"fastFlows": slots}}}
+        with pod_level_agent(kube, remote=True, extra=extra) as agent:
+            wait_veths(agent, node)
+            maps = Maps(agent.proc.pid, slots)
+            first = PLACE_MIN_PACKETS + 24  # busy: more than PLACE_MIN_PACKETS in one interval
+            burst(first)
+            total = first * len(SPORTS)
+            wait_exact(agent, web_to_db, {"egress": total, "ingress": total})
+            keys = [k for sport in SPORTS for k in maps.keys(a.ip, b.ip, sport)]
+            assert len(keys) == 4, keys  # two flows, each at a's veth (ingress) and b's (egress)
+            placed_want = 4 if slots > 1 else 1
+
+            def placed() -> list[bytes]:
+                return [k for k in keys if maps.in_slot(k) is not None]
+
+            wait_for(lambda: len(placed()) == placed_want, 10, message=f"{placed_want} keys in fast slots")
+            moved = placed()
+            later = 30
+            burst(later)
+            total += later * len(SPORTS)
+            wait_exact(agent, web_to_db, {"egress": total, "ingress": total})
+            for k in keys:
+                # the kernel counted the packets after the move in the slot, and only there
+                if k in moved:
+                    assert (maps.in_slot(k), maps.in_flows(k)) == (later, first)
+                else:
+                    assert maps.in_flows(k) == first + later
+    finally:
+        for s in senders:
+            s.close()
+        sink.close()
+        if maps is not None:
+            maps.close()
+
+
+def test_idle_slots_are_freed_and_deselected_flows_leave_them(seeded):  # noqa: F811
+    """A moved flow that goes idle gives its slot back, and comes back to count exactly; a
+    moved flow whose pods leave the selection loses its slot at once (while still busy), and
+    its packets are no longer counted."""
+    kube, node = seeded
+    apply_crds(kube)
+    kube.seed([metrics_configuration("all", exclude=[])])
+    api = client_for(kube)
+    a, b = node["a"], node["b"]
+    sink = udp_sink(b, PORT)
+    with a.entered():
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind((a.ip, SPORTS[0]))
+    sink.settimeout(10)
+
+    def burst(n: int) -> None:
+        for _ in range(n):
+            sender.sendto(b"x", (b.ip, PORT))
+        for _ in range(n):
+            sink.recv(64)
+
+    maps = None
+    try:
+        with pod_level_agent(kube, remote=True) as agent:
+            wait_veths(agent, node)
+            maps = Maps(agent.proc.pid, 1024)
+            burst(40)
+            wait_exact(agent, web_to_db, {"egress": 40, "ingress": 40})
+            keys = maps.keys(a.ip, b.ip, SPORTS[0])
+            assert len(keys) == 2
+            wait_for(lambda: all(maps.in_slot(k) is not None for k in keys), 10, message="moved")
+            burst(20)
+            wait_exact(agent, web_to_db, {"egress": 60, "ingress": 60})
+            # idle: the slots are freed within the idle harvests (and a few more for the wait)
+            wait_for(
+                lambda: all(maps.in_slot(k) is None for k in keys),
+                (IDLE_HARVESTS_BEFORE_PRUNE + 4) * HARVEST_S,
+                message="idle slots freed",
+            )
+            burst(50)  # back in `flows`, then moved again
+            wait_exact(agent, web_to_db, {"egress": 110, "ingress": 110})
+            wait_for(lambda: all(maps.in_slot(k) is not None for k in keys), 10, message="moved again")
+            # neither pod selected any more: the slots go while the flow stays busy
+            spec = metrics_configuration("all", exclude=["shop", "data"])["spec"]
+            replace_mc_spec(api, "all", spec)
+            wait_for(lambda: mc_status(api, "all").get("lastKnownSpec") == spec, 10, message="new spec")
+
+            def gone() -> bool:
+                burst(5)
+                return all(maps.in_slot(k) is None for k in keys)
+
+            deadline = (IDLE_HARVESTS_BEFORE_PRUNE - 2) * HARVEST_S  # before idle freeing could
+            wait_for(gone, deadline, interval=0.2, message="the deselected flow's slots freed")
+            burst(PLACE_MIN_PACKETS * 2)  # busy, but not of interest: counted nowhere
+            assert all(maps.in_slot(k) is None and maps.in_flows(k) == 0 for k in keys)
+    finally:
+        sender.close()
+        sink.close()
+        if maps is not None:
+            maps.close()
