@@ -22,7 +22,9 @@ Measured, in one run:
   program (ns per run) and summed over every program of ours that ran for a packet; as
   measured, and above the floor: an empty TC program on the same hooks, in the same rounds;
 - the same programs in BPF_PROG_TEST_RUN loops on the UDP phase's packet (no accounting, warm
-  caches: a lower bound), beside the empty program;
+  caches: a lower bound), beside the empty program; at pod level twice: the flow in its fast
+  slot (the steady state of a long flow) and before it had one (in ``flows``, the LRU hash: a
+  short flow, or one whose slot another flow holds);
 - CPU time in the programs from perf's cpu-clock samples of the traffic's CPU over the UDP
   phase, charged per state window (bench/kernel_samples.py): real traffic, no accounting;
 - the cost of run-time accounting itself (paired ratio stats on / stats off);
@@ -44,7 +46,12 @@ table and writes JSON to bench/results/ (keys ``ratio_udp_basic``, ``ratio_udp_p
 ``ratio_udp_<set>_vs_empty_program``; sampled by perf: ``bpf_sampled_ns_per_packet_<row>``;
 the floor: ``empty_program_ns_per_run_<set>``,
 ``bpf_floor_ns_per_packet_<set>``, ``bpf_ns_per_packet_<set>_above_floor``; test runs:
-``bpf_test_run_ns_per_packet_<set>[_above_floor]``).
+``bpf_test_run_ns_per_packet_<set>[_above_floor]``, ``bpf_test_run_ns_per_packet_pod_level_no_slot``;
+what run-time accounting itself costs per program run: ``bpf_stats_ns_per_run``).
+
+Pod level's fast flow table (podlevel/fastflows.py) gives a busy flow a slot at a harvest: each
+stream runs attached until the agent has placed its flow (and the test-run packet's) before its
+rounds start, so the rounds measure long flows as they run, not their first seconds.
 """
 
 from __future__ import annotations
@@ -262,6 +269,59 @@ class EmptyProgram:
 
 
 # -- measurement helpers ---------------------------------------------------------------------
+def fast_slots_placed(agent: Agent, proto: int, ports: set[int]) -> int:
+    """Flow keys in packetparser's fast flow table of protocol ``proto`` to or from one of
+    ``ports`` (0 without a fast flow table). Key layout: packetparser's ``FlowKey``."""
+    pp = agent.running.get("packetparser")
+    fast = getattr(pp, "fast", None)
+    if fast is None:
+        return 0
+    count = 0
+    for key in list(fast.placed):
+        sport, dport, key_proto = struct.unpack_from("=HHB", key, 32)
+        count += key_proto == proto and bool({sport, dport} & ports)
+    return count
+
+
+def settle(agent: Agent, proto: int, ports: set[int], keys: int, timeout: float) -> float | None:
+    """With our programs attached, wait until the fast flow table holds ``keys`` flow keys of
+    ``proto`` on ``ports`` (placed at a harvest); seconds waited, None without a fast flow
+    table."""
+    pp = agent.running.get("packetparser")
+    if getattr(pp, "fast", None) is None:
+        return None
+    t0 = time.monotonic()
+    agent.resume_datapath()
+    try:
+        while fast_slots_placed(agent, proto, ports) < keys:
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"the fast flow table did not take the stream's flow in {timeout:.0f}s")
+            time.sleep(0.2)
+    finally:
+        agent.pause_datapath()
+    return round(time.monotonic() - t0, 1)
+
+
+def stats_cost_per_run(empty: EmptyProgram, trials: int = 15, repeat: int = 200_000) -> dict:
+    """What run-time accounting itself adds to each program run: the empty program in
+    BPF_PROG_TEST_RUN loops with accounting on and off, alternated; medians."""
+    frame = udp_frame("10.0.0.1", "10.0.0.2", 40000, TEST_RUN_PORT)
+    runs: dict[str, list[int]] = {"on": [], "off": []}
+    for _ in range(trials):
+        fd = syscall.enable_stats()
+        try:
+            runs["on"].append(syscall.prog_test_run(empty.fd, frame, repeat, empty.indexes[0])[1])
+        finally:
+            os.close(fd)
+        runs["off"].append(syscall.prog_test_run(empty.fd, frame, repeat, empty.indexes[0])[1])
+    on, off = statistics.median(runs["on"]), statistics.median(runs["off"])
+    return {
+        "ns_per_run": round(on - off, 1),
+        "empty_program_test_run_ns": {"accounting_on": on, "accounting_off": off},
+        "note": f"median of {trials} loops of {repeat} runs each way",
+    }
+
+
 def thread_cpu_seconds(exclude: set[int]) -> float:
     """CPU seconds of this process's threads, except ``exclude`` (the benchmark's own)."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -358,12 +418,16 @@ def paired(results: dict[str, list[dict]], num: str, den: str, key: str = "pps")
 
 
 # -- one plugin set ----------------------------------------------------------------------------
+HARVEST_S = 10.0  # the agent's metricsIntervalDuration
+TEST_RUN_PORT = 7777  # the destination port of the BPF_PROG_TEST_RUN packet
+
+
 def agent_config(node: LabNode, plugins: list[str], extra: dict) -> AgentConfig:
     lab_veths = [f"{node.bridge.replace('br', 'v', 1)}*"]  # this lab's pod veths only
     options = {"interfaces": lab_veths}
     data = {
         "apiServer": {"host": "127.0.0.1", "port": free_port()},
-        "metricsIntervalDuration": "10s",
+        "metricsIntervalDuration": f"{HARVEST_S:.0f}s",
         "enabledPlugin": plugins,
         "stateDir": tempfile.mkdtemp(prefix="retina-bench-"),
         "plugins": {
@@ -407,7 +471,9 @@ def measure_set(
         print(f"[{label}] plugins not running: {not_ready}", file=sys.stderr)
     our_fds = agent_program_fds(agent)
     tc_fds = {k: fd for k, fd in our_fds.items() if k.startswith("datapath.")}
+    # right after start: the test-run packet's flow is new, in ``flows`` (harvests are 10 s apart)
     micro = test_run_cost(node, tc_fds, empty, trials=test_run_trials, repeat=20000) if tc_fds else None
+    micro_no_slot = None
     stats_fd: list[int] = []
 
     def stats(on: bool) -> None:
@@ -439,6 +505,12 @@ def measure_set(
         agent.pause_datapath()
         udp_stream = Stream(node, udp=True, cpu=traffic[0], nice=traffic[1])
         try:
+            # the stream's flow and the test-run packet's, at a's veth and b's: four UDP keys
+            ports = {udp_stream.port, TEST_RUN_PORT}
+            settled = {"udp": settle(agent, socket.IPPROTO_UDP, ports, 4, timeout=3 * HARVEST_S)}
+            if settled["udp"] is not None and tc_fds:
+                micro_no_slot = micro
+                micro = test_run_cost(node, tc_fds, empty, trials=test_run_trials, repeat=20000)
             states = {"off": nothing, "on": ours}
             for name, design in designs.items():
                 states[name] = (design.attach, design.detach)
@@ -482,6 +554,8 @@ def measure_set(
             udp_stream.close()
         tcp_stream = Stream(node, udp=False, cpu=traffic[0], nice=traffic[1])
         try:
+            # data one way, ACKs the other, each at both veths: four TCP keys
+            settled["tcp"] = settle(agent, socket.IPPROTO_TCP, {tcp_stream.port}, 4, timeout=3 * HARVEST_S)
             tcp = alternate({"off": nothing, "on": ours}, tcp_stream, rounds, tcp_window or window)
         finally:
             tcp_stream.close()
@@ -506,6 +580,7 @@ def measure_set(
         "stats_cost": paired(timed, "on+stats", "on"),
         "agent_cpu_s_per_mpkt": round(cpu_s / (cpu_packets / 1e6), 5) if cpu_packets else None,
         "agent_startup_s": round(startup, 1),
+        "settle_s": settled,
         "plugins_not_running": not_ready,
         "windows": {
             f"{kind}.{state}": [[round(w["pps"]), round(w["pkt_per_cpu"])] for w in ws]
@@ -540,6 +615,8 @@ def measure_set(
             )
     if micro is not None:
         out["bpf_test_run"] = micro
+    if micro_no_slot is not None:
+        out["bpf_test_run_no_slot"] = micro_no_slot
     if sampler is not None:
         try:
             out["bpf_sampled"] = sampler.charge(udp)
@@ -607,7 +684,7 @@ def test_run_cost(
     empty program; medians of ``trials`` loops of ``repeat`` runs. Every map stays warm (the
     same flow each run): the steady state of one long flow, not a cache-cold packet."""
     a, b = node["a"], node["b"]
-    frame = udp_frame(a.ip, b.ip, 40000, 7777)
+    frame = udp_frame(a.ip, b.ip, 40000, TEST_RUN_PORT)
     index = {v: int(Path(f"/sys/class/net/{v}/ifindex").read_text()) for v in (a.host_veth, b.host_veth)}
     hooks = {"ingress": index[a.host_veth], "egress": index[b.host_veth]}
     runs: dict[str, list[float]] = {}
@@ -706,6 +783,7 @@ def main() -> int:
         designs = {name: RetinaDesign(node.host_veths, programs) for name, programs in RETINA_ROWS.items()}
         empty = EmptyProgram(node.host_veths)
         try:
+            report["bpf_stats_cost"] = stats_cost_per_run(empty)
             if args.only in (None, "basic"):
                 report["basic"] = measure_set(
                     node,
@@ -792,6 +870,10 @@ def main() -> int:
             "bpf_test_run_ns_per_packet_pod_level_above_floor": pod.get("bpf_test_run", {}).get(
                 "ns_per_packet_above_floor"
             ),
+            "bpf_test_run_ns_per_packet_pod_level_no_slot": pod.get("bpf_test_run_no_slot", {}).get(
+                "ns_per_packet"
+            ),
+            "bpf_stats_ns_per_run": report.get("bpf_stats_cost", {}).get("ns_per_run"),
         }
     )
     print_table(report)
@@ -809,6 +891,18 @@ def sampled(plugin_set: dict, state: str, label: str) -> float | None:
 
 def print_table(report: dict) -> None:
     rows = []
+    if "bpf_stats_cost" in report:
+        c = report["bpf_stats_cost"]
+        t = c["empty_program_test_run_ns"]
+        rows.append(
+            (
+                "run-time accounting: ns it adds per program run",
+                str(c["ns_per_run"]),
+                "",
+                f"the empty program in BPF_PROG_TEST_RUN: {t['accounting_on']} ns with accounting, "
+                f"{t['accounting_off']} without",
+            )
+        )
     for label in ("basic", "pod_level"):
         r = report.get(label)
         if not r:
@@ -879,14 +973,17 @@ def print_table(report: dict) -> None:
                     "as measured minus the floor: the work of our code",
                 )
             )
-        if "bpf_test_run" in r:
-            tr = r["bpf_test_run"]
+        for key, what in (("bpf_test_run", ""), ("bpf_test_run_no_slot", ", no fast slot")):
+            if key not in r:
+                continue
+            tr = r[key]
+            where = " (flow in its fast slot)" if "bpf_test_run_no_slot" in r and not what else ""
             rows.append(
                 (
-                    f"{label}: BPF ns per packet, test run",
+                    f"{label}: BPF ns per packet, test run{what}",
                     str(tr["ns_per_packet"]),
                     "",
-                    f"BPF_PROG_TEST_RUN, no accounting, warm maps; above its empty program: "
+                    f"BPF_PROG_TEST_RUN, no accounting, warm maps{where}; above its empty program: "
                     f"{tr['ns_per_packet_above_floor']}; ns per run: "
                     + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in tr["ns_per_run"].items()),
                 )

@@ -54,7 +54,8 @@ def configurations() -> dict[str, dict[str, Any]]:
     configuration whose constants differ: each eBPF plugin alone (what the agent's fallback
     loads when the combined program is refused) at node and pod level, the default
     ``enabledPlugin`` list (basic) at node and pod level, every plugin at node and pod level,
-    every plugin at pod level but packetparser, and with ``dataSamplingRate`` above 1."""
+    every plugin at pod level but packetparser, with ``dataSamplingRate`` above 1, and with
+    packetparser's fast flow table off (``fastFlows: 0``)."""
     ebpf = [name for name in PLUGIN_NAMES if PLUGINS[name].ebpf]
     every = list(PLUGIN_NAMES)
     out: dict[str, dict[str, Any]] = {}
@@ -73,6 +74,11 @@ def configurations() -> dict[str, dict[str, Any]]:
         "enabledPlugin": every,
         **POD_LEVEL,
         "dataSamplingRate": 4,
+    }
+    out["every plugin, pod level, fastFlows 0"] = {
+        "enabledPlugin": every,
+        **POD_LEVEL,
+        "plugins.packetparser.fastFlows": 0,
     }
     return out
 
