@@ -317,6 +317,14 @@ def test_other_drops_name_the_kernel_reason(lab, capsys):
 def test_retransmissions_and_a_drop_no_read_rule_accounts_for(lab, capsys):
     node = lab.node
     a = node["a"]
+    # A rule counter that moves in the window but is not this pair's: b's Calico endpoint chain
+    # drops what a sends to its port 5432. Without one, the summary says that no rule counters
+    # were scraped at all (this test used to get its counter from test_policy_drop_..., and
+    # failed when run alone).
+    tw = tw_chain()
+    before = lab.rule_counter(tw, "Drop if no policies passed packet")
+    send_udp(a, node["b"].ip, 5432, 10)
+    assert lab.rule_counter(tw, "Drop if no policies passed packet") == before + 10
     # Loss in pod a's own namespace, which the netfilter plugin does not read.
     rule = random_loss_rule(7700)
     a.run(["iptables", "-A", *rule])
@@ -336,6 +344,7 @@ def test_retransmissions_and_a_drop_no_read_rule_accounts_for(lab, capsys):
         lambda r: (
             r["counts"].get("retransmissions_a_to_b", 0) > 0
             and "RETRANSMISSIONS" in [f["code"] for f in r["findings"]]
+            and any(x["chain"] == tw for x in r["counts"].get("netfilter_rules", []))
         ),
         capsys,
     )
