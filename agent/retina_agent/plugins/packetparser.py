@@ -94,7 +94,7 @@ class PacketParser(TcPlugin):
         self.fast_harvester: FlowHarvester | None = None
         if slots:
             self.fast = FastFlows(loaded.maps["fast_flows"], slots, ctypes.sizeof(FlowKey), words)
-            self.fast_harvester = FlowHarvester(self.fast, words, self._account)  # type: ignore[arg-type]
+            self.fast_harvester = FlowHarvester(self.fast, words, self._account)
 
         # the kernel checks the filter only when it creates a flow: flows of pods that leave
         # the selection are deleted here

@@ -17,8 +17,13 @@ the slots through the calls ``FlowHarvester`` reads a map with (``raw_items``, `
 ``delete_raw``), so one harvester per table turns each into deltas of the same flow key, and
 their sum is the flow's count.
 
-The agent writes a slot only while it is free (the kernel does not count in it), and the
-slot's ``used`` word is its last: a packet matches the slot once the whole key is there.
+The agent writes a slot while it is free (the kernel does not count in it; ``used``, the
+slot's last word, is written last, so a packet matches the slot only once the whole key is
+there), or to free it: after it was idle for a while and read once more just before, as an idle
+``flows`` entry is deleted (a packet in the microseconds between that read and the write would be
+lost, the same window as there). The kernel never writes a slot's key: it cannot claim or evict
+a slot while the agent reads it, and a flow cannot lose the counts since the last harvest to an
+eviction.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ is ncpu x 8 x words bytes (192 bytes for packetparser on 2 CPUs, 6 KiB on 64), w
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
-from retina_agent.bpf.maps import BpfMap, possible_cpus
+from retina_agent.bpf.maps import possible_cpus
 from retina_agent.podlevel import addr_bytes
 
 if TYPE_CHECKING:
@@ -65,8 +65,16 @@ class FlowRecord:
         return self._struct.unpack(record)[2:]
 
 
+class FlowTable(Protocol):
+    """What a harvester reads: a per-CPU flow map (``BpfMap``), or the fast flow table."""
+
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def lookup_raw(self, key: bytes) -> bytes | None: ...
+    def delete_raw(self, key: bytes) -> bool: ...
+
+
 class FlowHarvester:
-    def __init__(self, bpf_map: BpfMap, words: int, account: Callable[[bytes, list[int]], None]) -> None:
+    def __init__(self, bpf_map: FlowTable, words: int, account: Callable[[bytes, list[int]], None]) -> None:
         """``words``: u64 counters in one CPU's value; ``account(raw_key, deltas)``."""
         self.map = bpf_map
         self.words = words
