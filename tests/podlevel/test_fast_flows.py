@@ -8,10 +8,12 @@ slot hash and the agent's agree."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
 import struct
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,6 +30,7 @@ from tests.podlevel.test_packetparser import FWD, pod_level_agent, seeded, wait_
 
 PORT = 7260
 SPORTS = (40260, 40261)
+FORTY_SPORTS = range(41000, 41040)
 WORDS = 2 + 10  # packets, bytes, 10 TCP flags
 HARVEST_S = 1.0  # the lab agent's metricsIntervalDuration
 
@@ -41,7 +44,10 @@ class Maps:
         slot = slot_type(ctypes.sizeof(FlowKey), WORDS)
         self.fast = BpfMap(agent_map_fd(pid, "fast_flows"), ctypes.c_uint32, slot, percpu=True)
 
-    def close(self) -> None:
+    def __enter__(self) -> Maps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         os.close(self.flows.fd)
         os.close(self.fast.fd)
 
@@ -80,6 +86,49 @@ def web_to_db(m) -> dict[str, float]:
     return {d: m.value(FWD, direction=d, **WEB_TO_DB) for d in ("egress", "ingress")}
 
 
+class Flows:
+    """UDP flows from pod a (one socket per source port) to pod b's sink on PORT."""
+
+    def __init__(self, node, sports) -> None:
+        self.dst = node["b"].ip
+        self.sink = udp_sink(node["b"], PORT)
+        self.sink.settimeout(10)
+        self.senders: list[socket.socket] = []
+        try:
+            with node["a"].entered():
+                for sport in sports:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    self.senders.append(s)
+                    s.bind((node["a"].ip, sport))
+        except OSError:
+            self.close()
+            raise
+
+    def send(self, n: int) -> int:
+        """``n`` datagrams on each flow, flow by flow, each read by b at once (the sink's buffer
+        is small); how many in all."""
+        for s in self.senders:
+            for _ in range(n):
+                s.sendto(b"x", (self.dst, PORT))
+            for _ in range(n):
+                self.sink.recv(64)
+        return n * len(self.senders)
+
+    def close(self) -> None:
+        for s in self.senders:
+            s.close()
+        self.sink.close()
+
+
+@contextlib.contextmanager
+def flows_from_a(node, sports) -> Iterator[Flows]:
+    flows = Flows(node, sports)
+    try:
+        yield flows
+    finally:
+        flows.close()
+
+
 @pytest.mark.parametrize("slots", [1024, 1], ids=["slots-1024", "one-slot-two-flows"])
 def test_busy_flows_move_to_fast_slots_and_count_exactly_across_the_move(seeded, slots):  # noqa: F811
     """Two busy flows a -> b. With 1024 slots both move (their four keys, one per hook); with one
@@ -88,31 +137,12 @@ def test_busy_flows_move_to_fast_slots_and_count_exactly_across_the_move(seeded,
     in the slot."""
     kube, node = seeded
     a, b = node["a"], node["b"]
-    sink = udp_sink(b, PORT)
-    senders = []
-    with a.entered():
-        for sport in SPORTS:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((a.ip, sport))
-            senders.append(s)
-    sink.settimeout(10)
-
-    def burst(n: int) -> None:
-        for s in senders:
-            for _ in range(n):
-                s.sendto(b"x", (b.ip, PORT))
-        for _ in range(n * len(senders)):
-            sink.recv(64)
-
-    maps = None
-    try:
-        extra = {"plugins": {"packetparser": {"fastFlows": slots}}}
-        with pod_level_agent(kube, remote=True, extra=extra) as agent:
-            wait_veths(agent, node)
-            maps = Maps(agent.proc.pid, slots)
+    extra = {"plugins": {"packetparser": {"fastFlows": slots}}}
+    with flows_from_a(node, SPORTS) as flows, pod_level_agent(kube, remote=True, extra=extra) as agent:
+        wait_veths(agent, node)
+        with Maps(agent.proc.pid, slots) as maps:
             first = PLACE_MIN_PACKETS + 24  # busy: more than PLACE_MIN_PACKETS in one interval
-            burst(first)
-            total = first * len(SPORTS)
+            total = flows.send(first)
             wait_exact(agent, web_to_db, {"egress": total, "ingress": total})
             keys = [k for sport in SPORTS for k in maps.keys(a.ip, b.ip, sport)]
             assert len(keys) == 4, keys  # two flows, each at a's veth (ingress) and b's (egress)
@@ -124,8 +154,7 @@ def test_busy_flows_move_to_fast_slots_and_count_exactly_across_the_move(seeded,
             wait_for(lambda: len(placed()) == placed_want, 10, message=f"{placed_want} keys in fast slots")
             moved = placed()
             later = 30
-            burst(later)
-            total += later * len(SPORTS)
+            total += flows.send(later)
             wait_exact(agent, web_to_db, {"egress": total, "ingress": total})
             for k in keys:
                 if k in moved:
@@ -136,12 +165,6 @@ def test_busy_flows_move_to_fast_slots_and_count_exactly_across_the_move(seeded,
                     assert maps.in_flows(k) in (first, 0)
                 else:
                     assert maps.in_flows(k) == first + later
-    finally:
-        for s in senders:
-            s.close()
-        sink.close()
-        if maps is not None:
-            maps.close()
 
 
 def test_many_flows_on_few_slots_count_exactly(seeded):  # noqa: F811
@@ -149,41 +172,19 @@ def test_many_flows_on_few_slots_count_exactly(seeded):  # noqa: F811
     placements on every harvest while the bursts go on. Every packet is counted once."""
     kube, node = seeded
     a, b = node["a"], node["b"]
-    sink = udp_sink(b, PORT)
-    senders = []
-    with a.entered():
-        for sport in range(41000, 41040):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((a.ip, sport))
-            senders.append(s)
-    sink.settimeout(10)
-    maps = None
-    try:
-        extra = {"plugins": {"packetparser": {"fastFlows": 8}}}
-        with pod_level_agent(kube, remote=True, extra=extra) as agent:
-            wait_veths(agent, node)
-            maps = Maps(agent.proc.pid, 8)
+    extra = {"plugins": {"packetparser": {"fastFlows": 8}}}
+    with flows_from_a(node, FORTY_SPORTS) as flows, pod_level_agent(kube, remote=True, extra=extra) as agent:
+        wait_veths(agent, node)
+        with Maps(agent.proc.pid, 8) as maps:
             total = 0
-            per_flow = PLACE_MIN_PACKETS + 4  # busy: each flow is placed if its slot is free
             for _ in range(3):
-                for s in senders:  # flow by flow, each read at once (the sink's buffer is small)
-                    for _ in range(per_flow):
-                        s.sendto(b"x", (b.ip, PORT))
-                    for _ in range(per_flow):
-                        sink.recv(64)
-                total += len(senders) * per_flow
+                total += flows.send(PLACE_MIN_PACKETS + 4)  # busy: placed if its slot is free
                 wait_exact(agent, web_to_db, {"egress": total, "ingress": total})
             # eighty keys (forty flows at two hooks) for eight slots: some keys are in the table
             # (``flows`` may have pruned their old entries by now: they went idle there)
             ours = {socket.inet_aton(a.ip), socket.inet_aton(b.ip)}
             placed = [k for k in maps.placed() if {k[12:16], k[28:32]} == ours]
             assert 0 < len(placed) <= 8, placed
-    finally:
-        for s in senders:
-            s.close()
-        sink.close()
-        if maps is not None:
-            maps.close()
 
 
 def test_idle_slots_are_freed_and_deselected_flows_leave_them(seeded):  # noqa: F811
@@ -195,29 +196,15 @@ def test_idle_slots_are_freed_and_deselected_flows_leave_them(seeded):  # noqa: 
     kube.seed([metrics_configuration("all", exclude=[])])
     api = client_for(kube)
     a, b = node["a"], node["b"]
-    sink = udp_sink(b, PORT)
-    with a.entered():
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sender.bind((a.ip, SPORTS[0]))
-    sink.settimeout(10)
-
-    def burst(n: int) -> None:
-        for _ in range(n):
-            sender.sendto(b"x", (b.ip, PORT))
-        for _ in range(n):
-            sink.recv(64)
-
-    maps = None
-    try:
-        with pod_level_agent(kube, remote=True) as agent:
-            wait_veths(agent, node)
-            maps = Maps(agent.proc.pid, 1024)
-            burst(40)
+    with flows_from_a(node, SPORTS[:1]) as flows, pod_level_agent(kube, remote=True) as agent:
+        wait_veths(agent, node)
+        with Maps(agent.proc.pid, 1024) as maps:
+            flows.send(40)
             wait_exact(agent, web_to_db, {"egress": 40, "ingress": 40})
             keys = maps.keys(a.ip, b.ip, SPORTS[0])
             assert len(keys) == 2
             wait_for(lambda: all(maps.in_slot(k) is not None for k in keys), 10, message="moved")
-            burst(20)
+            flows.send(20)
             wait_exact(agent, web_to_db, {"egress": 60, "ingress": 60})
             # idle: the slots are freed within the idle harvests (and a few more for the wait)
             wait_for(
@@ -225,7 +212,7 @@ def test_idle_slots_are_freed_and_deselected_flows_leave_them(seeded):  # noqa: 
                 (IDLE_HARVESTS_BEFORE_PRUNE + 4) * HARVEST_S,
                 message="idle slots freed",
             )
-            burst(50)  # back in `flows`, then moved again
+            flows.send(50)  # back in `flows`, then moved again
             wait_exact(agent, web_to_db, {"egress": 110, "ingress": 110})
             wait_for(lambda: all(maps.in_slot(k) is not None for k in keys), 10, message="moved again")
             # neither pod selected any more: the slots go while the flow stays busy
@@ -234,15 +221,10 @@ def test_idle_slots_are_freed_and_deselected_flows_leave_them(seeded):  # noqa: 
             wait_for(lambda: mc_status(api, "all").get("lastKnownSpec") == spec, 10, message="new spec")
 
             def gone() -> bool:
-                burst(5)
+                flows.send(5)
                 return all(maps.in_slot(k) is None for k in keys)
 
             deadline = (IDLE_HARVESTS_BEFORE_PRUNE - 2) * HARVEST_S  # before idle freeing could
             wait_for(gone, deadline, interval=0.2, message="the deselected flow's slots freed")
-            burst(PLACE_MIN_PACKETS * 2)  # busy, but not of interest: counted nowhere
+            flows.send(PLACE_MIN_PACKETS * 2)  # busy, but not of interest: counted nowhere
             assert all(maps.in_slot(k) is None and maps.in_flows(k) == 0 for k in keys)
-    finally:
-        sender.close()
-        sink.close()
-        if maps is not None:
-            maps.close()
