@@ -318,13 +318,13 @@ RETINA_MAP(BPF_MAP_TYPE_LRU_PERCPU_HASH, struct flow_key, struct flow_value, 1) 
 
 // The fast flow table: long flows are counted in a per-CPU array indexed by a hash of their key,
 // which the verifier inlines (a bounds check and a load), instead of in `flows`, whose lookup is
-// a call that hashes the 40-byte key and walks a bucket (two thirds of pod level's cost per
+// a call that hashes the 40-byte key and walks a bucket (about half of pod level's cost per
 // packet). The agent, not the kernel, puts a flow there: at a harvest, a busy flow of `flows`
 // whose slot is free gets it (the same key on every CPU), and a slot idle for a while is freed
 // (podlevel/fastflows.py). The kernel only compares and counts, so a flow is counted in `flows`
-// until it has a slot and in the slot after; the agent adds both. The agent writes a slot only
-// while it is free (`used` 0, counters 0), `used` last (the struct's last word), so a packet
-// matches a slot only once its key is whole.
+// until it has a slot and in the slot after; the agent adds both. The agent writes a slot while
+// it is free (`used` 0, counters 0), `used` last (the struct's last word), so a packet matches a
+// slot only once its key is whole; and it zeroes an idle slot to free it.
 struct fast_flow {
     struct flow_key key;
     struct flow_value v;
