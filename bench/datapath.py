@@ -82,6 +82,7 @@ from kernel_samples import KernelSamples  # noqa: E402 - bench/kernel_samples.py
 from retina_agent.agent import Agent  # noqa: E402
 from retina_agent.bpf import datapath, syscall  # noqa: E402
 from retina_agent.config import AgentConfig  # noqa: E402
+from retina_agent.plugins.packetparser import FlowKey  # noqa: E402
 from retina_lab import LabNode  # noqa: E402
 from retina_lab.agent import free_port  # noqa: E402
 from retina_lab.cluster import seed_lab  # noqa: E402
@@ -271,16 +272,13 @@ class EmptyProgram:
 # -- measurement helpers ---------------------------------------------------------------------
 def fast_slots_placed(agent: Agent, proto: int, ports: set[int]) -> int:
     """Flow keys in packetparser's fast flow table of protocol ``proto`` to or from one of
-    ``ports`` (0 without a fast flow table). Key layout: packetparser's ``FlowKey``."""
+    ``ports`` (0 without a fast flow table)."""
     pp = agent.running.get("packetparser")
     fast = getattr(pp, "fast", None)
     if fast is None:
         return 0
-    count = 0
-    for key in list(fast.placed):
-        sport, dport, key_proto = struct.unpack_from("=HHB", key, 32)
-        count += key_proto == proto and bool({sport, dport} & ports)
-    return count
+    keys = [FlowKey.from_buffer_copy(raw) for raw in list(fast.placed)]
+    return sum(1 for k in keys if k.proto == proto and {k.sport, k.dport} & ports)
 
 
 def settle(agent: Agent, proto: int, ports: set[int], keys: int, timeout: float) -> float | None:
