@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from retina_agent.bpf.maps import BpfMap
+from retina_agent.bpf.maps import BpfMap, possible_cpus
 from retina_agent.plugins.packetparser import FlowKey, FlowValue
-from retina_agent.podlevel.fastflows import PLACE_MIN_PACKETS, slot_of, slot_type
+from retina_agent.podlevel.fastflows import PLACE_MIN_PACKETS, FastFlowSlot, slot_of
 from retina_agent.podlevel.flows import IDLE_HARVESTS_BEFORE_PRUNE
 from retina_lab.agent import agent_map_fd, wait_for
 from retina_lab.cluster import apply_crds, metrics_configuration
@@ -31,18 +31,17 @@ from tests.podlevel.test_packetparser import FWD, pod_level_agent, seeded, wait_
 PORT = 7260
 SPORTS = (40260, 40261)
 FORTY_SPORTS = range(41000, 41040)
-WORDS = 2 + 10  # packets, bytes, 10 TCP flags
 HARVEST_S = 1.0  # the lab agent's metricsIntervalDuration
 
 
 class Maps:
-    """The agent's two flow tables, read from the test."""
+    """The agent's two flow tables, read from the test with map lookups (the agent writes its
+    fast table through a memory mapping: these read where the kernel counts)."""
 
     def __init__(self, pid: int, slots: int) -> None:
-        self.mask = slots - 1
+        self.slots = slots
         self.flows = BpfMap(agent_map_fd(pid, "flows"), FlowKey, FlowValue, percpu=True)
-        slot = slot_type(ctypes.sizeof(FlowKey), WORDS)
-        self.fast = BpfMap(agent_map_fd(pid, "fast_flows"), ctypes.c_uint32, slot, percpu=True)
+        self.fast = BpfMap(agent_map_fd(pid, "fast_flows"), ctypes.c_uint32, FastFlowSlot)
 
     def __enter__(self) -> Maps:
         return self
@@ -60,18 +59,26 @@ class Maps:
             if (raw[12:16], raw[28:32], *struct.unpack_from("=HH", raw, 32)) == want
         ]
 
+    def _copies(self, slot: int) -> list[FastFlowSlot]:
+        """Every CPU's copy of ``slot`` (CPU c's is entry c * slots + slot)."""
+        copies = []
+        for cpu in range(possible_cpus()):
+            value = self.fast.lookup(ctypes.c_uint32(cpu * self.slots + slot))
+            assert value is not None
+            copies.append(value)
+        return copies
+
     def in_slot(self, key: bytes) -> int | None:
         """Packets counted in ``key``'s fast slot (all CPUs), or None if the slot holds another
         key or none."""
-        values = self.fast.lookup(ctypes.c_uint32(slot_of(key, self.mask)))
-        assert values is not None
-        if not values[0].used or bytes(values[0].key) != key:
+        copies = self._copies(slot_of(key, self.slots - 1))
+        if not all(c.used and bytes(c.key) == key for c in copies):
             return None
-        return sum(v.counters[0] for v in values)
+        return sum(c.counters[0] for c in copies)
 
     def placed(self) -> list[bytes]:
-        """The keys in the fast flow table (CPU 0's copy: the agent writes every CPU's alike)."""
-        return [bytes(v[0].key) for _, v in self.fast.items() if v[0].used]
+        """The keys in the fast flow table (CPU 0's copies: the agent writes every CPU's alike)."""
+        return [bytes(v.key) for i, v in self.fast.items() if v.used and i.value < self.slots]
 
     def in_flows(self, key: bytes) -> int:
         values = self.flows.lookup(FlowKey.from_buffer_copy(key))

@@ -33,6 +33,7 @@ const volatile u8 feat_pp = 0;
 const volatile u8 feat_lat = 0;
 const volatile u8 pod_level = 0;  // dns: pod-level events (packetparser is pod-level anyway)
 const volatile u32 fast_flow_mask = 0;  // packetparser: fastFlows - 1 (a power of two); 0 slots: off
+const volatile u32 fast_flow_bits = 0;  // log2(fastFlows)
 const volatile u8 fast_flows_on = 0;
 
 #define SWAP16(x) __builtin_bswap16(x)
@@ -316,22 +317,33 @@ struct flow_value {
 
 RETINA_MAP(BPF_MAP_TYPE_LRU_PERCPU_HASH, struct flow_key, struct flow_value, 1) flows SEC(".maps");  // maxFlows, set before load
 
-// The fast flow table: long flows are counted in a per-CPU array indexed by a hash of their key,
-// which the verifier inlines (a bounds check and a load), instead of in `flows`, whose lookup is
-// a call that hashes the 40-byte key and walks a bucket (about half of pod level's cost per
-// packet). The agent, not the kernel, puts a flow there: at a harvest, a busy flow of `flows`
-// whose slot is free gets it (the same key on every CPU), and a slot idle for a while is freed
-// (podlevel/fastflows.py). The kernel only compares and counts, so a flow is counted in `flows`
-// until it has a slot and in the slot after; the agent adds both. The agent writes a slot while
-// it is free (`used` 0, counters 0), `used` last (the struct's last word), so a packet matches a
-// slot only once its key is whole; and it zeroes an idle slot to free it.
+// The fast flow table: long flows are counted in an array slot indexed by a hash of their key,
+// which the verifier inlines (a bounds check and a multiply), instead of in `flows`, whose
+// lookup is a call that hashes the 40-byte key and walks a bucket (about half of pod level's
+// cost per packet). The agent, not the kernel, puts a flow there: at a harvest, a busy flow of
+// `flows` whose slot is free gets it (the same key in every CPU's copy), and a slot idle for a
+// while is freed (podlevel/fastflows.py). The kernel only compares and counts, so a flow is
+// counted in `flows` until it has a slot and in the slot after; the agent adds both.
+//
+// One plain array, not a per-CPU one: each CPU has its own run of slots (index = cpu * slots +
+// slot; only that CPU's programs write it). The agent maps the array (BPF_F_MMAPABLE): it reads
+// the placed slots' counters in place at a harvest (a per-CPU array had to be copied whole,
+// every slot of every CPU), and writes a slot with plain stores in the order the kernel needs:
+// the key while `used` is 0, then `used`; to free it, `used` 0 first, then the rest.
 struct fast_flow {
     struct flow_key key;
-    struct flow_value v;
-    u32 pad;
     u32 used;  // 1: key is a flow the agent placed here
+    u32 pad;
+    struct flow_value v;
 };
-RETINA_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct fast_flow, 1) fast_flows SEC(".maps");  // fastFlows, set before load
+_Static_assert(sizeof(struct fast_flow) == 144, "fastflows.py's FastFlowSlot has the same layout");
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, u32);
+    __type(value, struct fast_flow);
+    __uint(max_entries, 1);  // fastFlows x possible CPUs, set before load
+} fast_flows SEC(".maps");
 
 // Its slot: a multiply-xor hash of the key's five words (fastflows.py computes the same).
 static __always_inline u32 fast_flow_slot(const struct flow_key *k)
@@ -356,8 +368,9 @@ static __always_inline int same_flow(const struct flow_key *a, const struct flow
 static __always_inline struct flow_value *flow_counters(struct flow_key *key)
 {
     if (fast_flows_on) {
-        u32 slot = fast_flow_slot(key);
-        struct fast_flow *f = bpf_map_lookup_elem(&fast_flows, &slot);
+        // this CPU's run of slots (a TC program runs with migration off)
+        u32 index = (bpf_get_smp_processor_id() << fast_flow_bits) | fast_flow_slot(key);
+        struct fast_flow *f = bpf_map_lookup_elem(&fast_flows, &index);
         if (f && f->used && same_flow(&f->key, key))
             return &f->v;
     }

@@ -27,7 +27,13 @@ from retina_agent.bpf.spec import LoadedProgram
 from retina_agent.plugins.base import PluginUnavailable, TcPlugin
 from retina_agent.podlevel import addr_str
 from retina_agent.podlevel.context import DIRECTIONS
-from retina_agent.podlevel.fastflows import PLACE_MIN_PACKETS, FastFlows
+from retina_agent.podlevel.fastflows import (
+    COUNTER_WORDS,
+    PLACE_MIN_PACKETS,
+    FastFlows,
+    fast_flow_constants,
+    fast_flow_entries,
+)
 from retina_agent.podlevel.flows import DeselectedFlows, FlowHarvester
 
 FLAGS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
@@ -58,7 +64,6 @@ class FlowValue(ctypes.Structure):
 
 
 _KEY = struct.Struct("=16s16sHHBBH")
-_VALUE_WORDS = 2 + len(FLAGS)
 
 
 class PacketParser(TcPlugin):
@@ -71,12 +76,12 @@ class PacketParser(TcPlugin):
         options = cfg.plugins.packetparser
         constants, sizes = self.pod_level_settings([])
         slots = options.fast_flows
-        constants |= {"fast_flows_on": 1 if slots else 0, "fast_flow_mask": max(slots - 1, 0)}
+        constants |= fast_flow_constants(slots)
         return Feature(
             self.name,
             maps=["flows", "fast_flows", "ips_of_interest"],
             constants=constants,
-            max_entries=sizes | {"flows": options.max_flows, "fast_flows": slots or 1},
+            max_entries=sizes | {"flows": options.max_flows, "fast_flows": fast_flow_entries(slots)},
         )
 
     def start(self, loaded: LoadedProgram | None) -> None:
@@ -86,15 +91,14 @@ class PacketParser(TcPlugin):
         self.flows = BpfMap(loaded.maps["flows"], FlowKey, FlowValue, percpu=True)
         self.ctx.datapath.set_filter(not pod_level.bypass_filter)
         self.use_pod_filter(loaded)
-        words = 2 + len(FLAGS)
-        self.harvester = FlowHarvester(self.flows, words, self._account_and_note_busy)
+        self.harvester = FlowHarvester(self.flows, COUNTER_WORDS, self._account_and_note_busy)
         self._busy: list[bytes] = []
         slots = self.ctx.config.plugins.packetparser.fast_flows
         self.fast: FastFlows | None = None
         self.fast_harvester: FlowHarvester | None = None
         if slots:
-            self.fast = FastFlows(loaded.maps["fast_flows"], slots, ctypes.sizeof(FlowKey), words)
-            self.fast_harvester = FlowHarvester(self.fast, words, self._account)
+            self.fast = FastFlows(loaded.maps["fast_flows"], slots)
+            self.fast_harvester = FlowHarvester(self.fast, COUNTER_WORDS, self._account)
 
         # the kernel checks the filter only when it creates a flow: flows of pods that leave
         # the selection are deleted here
@@ -108,6 +112,14 @@ class PacketParser(TcPlugin):
         pod_level.register_metric(FORWARD_BYTES, "Bytes of pod traffic by direction and context")
         pod_level.register_metric(TCPFLAGS, "TCP packets of pod traffic by flag and context", ("flag",))
         self.attach_tc()
+
+    def stop(self) -> None:
+        super().stop()
+        fast = getattr(self, "fast", None)  # None also when start failed before it
+        if fast is not None:
+            fast.close()  # the table's mapping holds its memory until unmapped
+            self.fast = None
+            self.fast_harvester = None
 
     def harvest(self) -> None:
         pod_level = self.ctx.pod_level

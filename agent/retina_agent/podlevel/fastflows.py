@@ -1,39 +1,67 @@
-"""The fast flow table: busy flows counted in a per-CPU array slot, not in the LRU hash.
+"""The fast flow table: busy flows counted in an array slot, not in the LRU hash.
 
-In ``datapath.c``, a packet's flow is first looked for in ``fast_flows``, a per-CPU array
-indexed by a hash of the flow key (the verifier inlines that lookup: a bounds check and a
-load), and only then in ``flows``, the per-CPU LRU hash (a call that hashes the 40-byte key and
-walks a bucket). The kernel only compares keys and counts there; the agent places and frees:
+In ``datapath.c``, a packet's flow is first looked for in ``fast_flows``, an array indexed by a
+hash of the flow key (the verifier inlines that lookup: a bounds check and a multiply), and
+only then in ``flows``, the per-CPU LRU hash (a call that hashes the 40-byte key and walks a
+bucket). The kernel only compares keys and counts there; the agent places and frees:
 
 * place: after a harvest, a flow of ``flows`` that counted at least ``PLACE_MIN_PACKETS``
-  packets since the last one gets its slot if that slot is free: its key, zero counters and
-  ``used`` are written on every CPU. From then on its packets count in the slot.
+  packets since the last one gets its slot if that slot is free: its key, then ``used``, are
+  written in every CPU's copy. From then on its packets count in the slot.
 * free: a slot whose counters have not moved for ``IDLE_HARVESTS_BEFORE_PRUNE`` harvests is
-  zeroed, as an idle ``flows`` entry is deleted (``FlowHarvester`` does both, through
-  ``delete_raw``), and so is the slot of a flow whose pods left the selection.
+  freed (``used`` 0, then the rest zeroed), as an idle ``flows`` entry is deleted
+  (``FlowHarvester`` does both, through ``delete_raw``), and so is the slot of a flow whose pods
+  left the selection.
 
 A flow is counted in ``flows`` until it has a slot and in its slot after. ``FastFlows`` offers
 the slots through the calls ``FlowHarvester`` reads a map with (``raw_items``, ``lookup_raw``,
 ``delete_raw``), so one harvester per table turns each into deltas of the same flow key, and
 their sum is the flow's count.
 
-The agent writes a slot while it is free (the kernel does not count in it; ``used``, the
-slot's last word, is written last, so a packet matches the slot only once the whole key is
-there), or to free it: after it was idle for a while and read once more just before, as an idle
-``flows`` entry is deleted (a packet in the microseconds between that read and the write would be
-lost, the same window as there). The kernel never writes a slot's key: it cannot claim or evict
-a slot while the agent reads it, and a flow cannot lose the counts since the last harvest to an
-eviction.
+The table's memory (``SlotMemory``): each CPU has its own run of ``slots`` slots in one plain
+array (index ``cpu * slots + slot``, 144 bytes each). The agent maps the array
+(``BPF_F_MMAPABLE``) and reads and writes it in place: a harvest reads only the placed slots,
+without a system call (a per-CPU array had to be copied whole, every slot of every CPU: 1.4 ms
+per harvest at the default size on 2 CPUs, 21 us now), and a slot is written field by field in
+the order the kernel needs. It is written while free (the kernel does not count in it: the key
+first, ``used`` last, so a packet matches the slot only once its key is whole), or to free it:
+``used`` 0 first. A slot is freed after it was idle for a while and read once more just before,
+as an idle ``flows`` entry is deleted (a packet in the microseconds between that read and the
+write would be lost, the same window as there). The kernel never writes a slot's key: it cannot
+claim or evict a slot while the agent reads it, and a flow cannot lose the counts since the
+last harvest to an eviction.
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
-import sys
 from collections.abc import Iterator
 
-from retina_agent.bpf.maps import BpfMap, possible_cpus
+from retina_agent.bpf.datapath import N_TCP_FLAGS
+from retina_agent.bpf.maps import MapLayoutError, possible_cpus
+from retina_agent.bpf.syscall import map_info
+
+#: u64 counters of a flow: packets, bytes and the TCP flags (a ``flows`` value's layout).
+COUNTER_WORDS = 2 + N_TCP_FLAGS
+
+
+class FastFlowSlot(ctypes.Structure):
+    """``struct fast_flow`` in datapath.c: one slot of one CPU."""
+
+    _fields_ = [
+        ("key", ctypes.c_uint8 * 40),
+        ("used", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("counters", ctypes.c_uint64 * COUNTER_WORDS),
+    ]
+
+
+SLOT_SIZE = ctypes.sizeof(FastFlowSlot)
+KEY_SIZE = FastFlowSlot.key.size
+USED_OFFSET = FastFlowSlot.used.offset
+COUNTERS_OFFSET = FastFlowSlot.counters.offset
 
 # A flow counted this many packets in one harvest interval is busy enough for a slot: a short
 # exchange (one DNS query, a health check) stays in ``flows`` and does not hold a slot for the
@@ -54,83 +82,117 @@ def slot_of(raw_key: bytes, mask: int) -> int:
     return (h >> 40) & mask
 
 
-def slot_type(key_size: int, words: int) -> type[ctypes.Structure]:
-    """``struct fast_flow``: the key, the counters, pad, used."""
-    return type(
-        "FastFlow",
-        (ctypes.Structure,),
-        {
-            "_fields_": [
-                ("key", ctypes.c_uint8 * key_size),
-                ("counters", ctypes.c_uint64 * words),
-                ("pad", ctypes.c_uint32),
-                ("used", ctypes.c_uint32),
-            ]
-        },
-    )
+def fast_flow_constants(slots: int) -> dict[str, int]:
+    """datapath.c's constants for a table of ``slots`` slots per CPU (0: off)."""
+    return {
+        "fast_flows_on": 1 if slots else 0,
+        "fast_flow_mask": max(slots - 1, 0),
+        "fast_flow_bits": max(slots.bit_length() - 1, 0),
+    }
+
+
+def fast_flow_entries(slots: int) -> int:
+    """The ``fast_flows`` array's size: ``slots`` for every possible CPU (one entry when off)."""
+    return slots * possible_cpus() if slots else 1
+
+
+class SlotMemory:
+    """The ``fast_flows`` array, mapped: slot ``s`` of CPU ``c`` is entry ``c * slots + s``.
+
+    The agent's ``FastFlows`` reads and writes it; a test can read an agent's table through it
+    too (from the map's fd)."""
+
+    def __init__(self, fd: int, slots: int) -> None:
+        if slots < 1 or slots & (slots - 1):
+            raise ValueError(f"fast flow slots must be a power of two, not {slots}")
+        self.slots = slots
+        self.ncpu = possible_cpus()
+        info = map_info(fd)
+        if info.value_size != SLOT_SIZE or info.max_entries != slots * self.ncpu:
+            raise MapLayoutError(
+                f"BPF map {info.name}: {info.max_entries} entries of {info.value_size} bytes, not "
+                f"{slots * self.ncpu} of {SLOT_SIZE}: datapath.c's struct fast_flow and "
+                "fastflows.py disagree"
+            )
+        length = -(-slots * self.ncpu * SLOT_SIZE // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._mem = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._bytes = memoryview(self._mem)
+        self._u32 = self._bytes.cast("I")  # ``used``: one aligned 32-bit store
+
+    def close(self) -> None:
+        self._u32.release()
+        self._bytes.release()
+        self._mem.close()
+
+    def _offsets(self, slot: int) -> range:
+        """Where each CPU's copy of ``slot`` starts."""
+        step = self.slots * SLOT_SIZE
+        return range(slot * SLOT_SIZE, self.ncpu * step, step)
+
+    def key(self, slot: int) -> bytes | None:
+        """The key placed in ``slot`` (CPU 0's copy: the agent writes every CPU's alike), or
+        None while it is free."""
+        if not self._u32[USED_OFFSET // 4 + slot * SLOT_SIZE // 4]:
+            return None
+        return bytes(self._bytes[slot * SLOT_SIZE : slot * SLOT_SIZE + KEY_SIZE])
+
+    def counters(self, slot: int) -> bytes:
+        """Every CPU's counters of ``slot``, laid out as a per-CPU ``flows`` value."""
+        start, stop = COUNTERS_OFFSET, COUNTERS_OFFSET + 8 * COUNTER_WORDS
+        return b"".join(self._bytes[o + start : o + stop] for o in self._offsets(slot))
+
+    def write(self, slot: int, key: bytes) -> None:
+        """Put ``key`` in a free ``slot`` of every CPU: zero counters and the key first, ``used``
+        last. x86-64 makes stores visible in program order, so a packet that sees ``used`` sees
+        the whole key. (A weakly ordered CPU, arm64, may show ``used`` first for nanoseconds: a
+        packet then compares its key with one half written over zeros, a key no real flow has
+        unless the missing words of its own are zero too.)"""
+        zero = bytes(SLOT_SIZE - COUNTERS_OFFSET)
+        for o in self._offsets(slot):
+            self._bytes[o + COUNTERS_OFFSET : o + SLOT_SIZE] = zero
+            self._bytes[o : o + KEY_SIZE] = key
+        for o in self._offsets(slot):
+            self._u32[(o + USED_OFFSET) // 4] = 1
+
+    def clear(self, slot: int) -> None:
+        """Free ``slot`` on every CPU: ``used`` 0 first (the kernel stops counting there), then
+        the key and counters zeroed."""
+        for o in self._offsets(slot):
+            self._u32[(o + USED_OFFSET) // 4] = 0
+        zero = bytes(SLOT_SIZE)
+        for o in self._offsets(slot):
+            self._bytes[o : o + SLOT_SIZE] = zero
 
 
 class FastFlows:
     """The ``fast_flows`` map as FlowHarvester reads a flow map, plus ``place``."""
 
-    def __init__(self, fd: int, slots: int, key_size: int, words: int) -> None:
-        if slots < 1 or slots & (slots - 1):
-            raise ValueError(f"fast flow slots must be a power of two, not {slots}")
+    def __init__(self, fd: int, slots: int) -> None:
+        self.memory = SlotMemory(fd, slots)
         self.mask = slots - 1
-        self.key_size = key_size
-        self.words = words
-        slot = slot_type(key_size, words)
-        self.map = BpfMap(fd, ctypes.c_uint32, slot, percpu=True)
-        self.ncpu = possible_cpus()
-        self.slot_size = ctypes.sizeof(slot)
-        self._used = slice(self.slot_size - 4, self.slot_size)
-        self._zero = bytes(self.slot_size * self.ncpu)
-        self.placed: dict[bytes, int] = {}  # key -> slot, as of the last read and since
+        self.placed: dict[bytes, int] = {}  # key -> slot: only the agent places, so this is the table
         self.free: set[int] = set(range(slots))
 
-    def _index(self, slot: int) -> bytes:
-        return slot.to_bytes(4, sys.byteorder)
-
-    def _per_cpu_counters(self, raw: bytes) -> bytes:
-        """All CPUs' counters of a slot, laid out as a ``flows`` value (for ``per_cpu_sums``)."""
-        size, start, stop = self.slot_size, self.key_size, self.key_size + 8 * self.words
-        return b"".join(raw[c * size + start : c * size + stop] for c in range(self.ncpu))
-
-    def _placed_key(self, raw: bytes) -> bytes | None:
-        # every CPU's copy has the key and ``used`` the agent wrote: CPU 0's says it for all
-        if raw[self._used] == b"\0\0\0\0":
-            return None
-        return raw[: self.key_size]
+    def close(self) -> None:
+        self.memory.close()
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, per-CPU counters) of every placed slot; also notes which slots are free."""
-        placed: dict[bytes, int] = {}
-        free: set[int] = set()
-        for raw_index, raw in self.map.raw_items():
-            slot = int.from_bytes(raw_index, sys.byteorder)
-            key = self._placed_key(raw)
-            if key is None:
-                free.add(slot)
-                continue
-            placed[key] = slot
-            yield key, self._per_cpu_counters(raw)
-        self.placed, self.free = placed, free
+        """(key, per-CPU counters) of every placed slot."""
+        for key, slot in list(self.placed.items()):
+            yield key, self.memory.counters(slot)
 
     def lookup_raw(self, key: bytes) -> bytes | None:
         slot = self.placed.get(key)
         if slot is None:
             return None
-        raw = self.map.lookup_raw(self._index(slot))
-        if raw is None or self._placed_key(raw) != key:
-            return None
-        return self._per_cpu_counters(raw)
+        return self.memory.counters(slot)
 
     def delete_raw(self, key: bytes) -> bool:
-        """Free the flow's slot (zero on every CPU)."""
+        """Free the flow's slot (on every CPU)."""
         slot = self.placed.pop(key, None)
         if slot is None:
             return False
-        self.map.update_raw(self._index(slot), self._zero)
+        self.memory.clear(slot)
         self.free.add(slot)
         return True
 
@@ -139,8 +201,7 @@ class FastFlows:
         slot = slot_of(key, self.mask)
         if slot not in self.free or key in self.placed:
             return False
-        one = key + bytes(8 * self.words) + struct.pack("=II", 0, 1)
-        self.map.update_raw(self._index(slot), one * self.ncpu)
+        self.memory.write(slot, key)
         self.free.discard(slot)
         self.placed[key] = slot
         return True
