@@ -99,8 +99,8 @@ def fast_flow_entries(slots: int) -> int:
 class SlotMemory:
     """The ``fast_flows`` array, mapped: slot ``s`` of CPU ``c`` is entry ``c * slots + s``.
 
-    The agent's ``FastFlows`` reads and writes it; a test can read an agent's table through it
-    too (from the map's fd)."""
+    The agent's ``FastFlows`` reads and writes it through this; so does
+    ``bench/datapath_variants.py``, on tables it loads itself."""
 
     def __init__(self, fd: int, slots: int) -> None:
         if slots < 1 or slots & (slots - 1):
