@@ -21,9 +21,10 @@ their sum is the flow's count.
 The table's memory (``SlotMemory``): each CPU has its own run of ``slots`` slots in one plain
 array (index ``cpu * slots + slot``, 144 bytes each). The agent maps the array
 (``BPF_F_MMAPABLE``) and reads and writes it in place: a harvest reads only the placed slots,
-without a system call (a per-CPU array had to be copied whole, every slot of every CPU: 1.4 ms
-per harvest at the default size on 2 CPUs, 21 us now), and a slot is written field by field in
-the order the kernel needs. It is written while free (the kernel does not count in it: the key
+without a system call (a per-CPU array had to be copied whole, every slot of every CPU:
+1.2-1.4 ms per harvest at the default size on 2 CPUs, 21-23 us now, as
+bench/fast_table_harvest.py measures), and a slot is written field by field in the order the
+kernel needs. It is written while free (the kernel does not count in it: the key
 first, ``used`` last, so a packet matches the slot only once its key is whole), or to free it:
 ``used`` 0 first. A slot is freed after it was idle for a while and read once more just before,
 as an idle ``flows`` entry is deleted (a packet in the microseconds between that read and the
