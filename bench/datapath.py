@@ -64,7 +64,6 @@ import os
 import secrets
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -77,6 +76,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lab"))  # the test lab (not installed)
 
+from frames import udp_frame  # noqa: E402 - bench/frames.py
 from kernel_samples import KernelSamples  # noqa: E402 - bench/kernel_samples.py
 
 from retina_agent.agent import Agent  # noqa: E402
@@ -661,17 +661,6 @@ def kernel_cost(windows: list[dict], who: str) -> dict:
         if packets
         else {},
     }
-
-
-def udp_frame(src: str, dst: str, sport: int, dport: int, payload: int = 64) -> bytes:
-    """An Ethernet frame with an IPv4/UDP packet (what pod a sends pod b in the UDP phase)."""
-    udp_len = 8 + payload
-    ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, socket.IPPROTO_UDP, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    )  # fmt: skip
-    udp = struct.pack("!HHHH", sport, dport, udp_len, 0)
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp + b"\x00" * payload
 
 
 def test_run_cost(

@@ -28,6 +28,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from frames import udp_frame  # bench/frames.py
+
 from retina_agent.bpf import build, datapath, syscall
 from retina_agent.bpf.libbpf import BpfObject
 from retina_agent.bpf.maps import BpfMap, possible_cpus
@@ -39,20 +41,7 @@ SOURCE_DIR = "agent/retina_agent/bpf"
 SLOTS = 1024
 IFINDEX = 1  # lo: the test run's skb->ifindex (any existing interface)
 SLOT_PORT, MISS_PORT = 40000, 40001
-
-
-def udp_frame(sport: int) -> bytes:
-    """Pod a (10.1.0.2) to pod b (10.1.0.3), 64 bytes of UDP payload."""
-    payload = bytes(64)
-    udp = (
-        sport.to_bytes(2, "big")
-        + (7777).to_bytes(2, "big")
-        + (8 + len(payload)).to_bytes(2, "big")
-        + bytes(2)
-    )
-    total = (20 + len(udp) + len(payload)).to_bytes(2, "big")
-    ip = b"\x45\x00" + total + b"\x00\x00\x40\x00\x40\x11\x00\x00" + bytes([10, 1, 0, 2, 10, 1, 0, 3])
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp + payload
+SRC, DST = "10.1.0.2", "10.1.0.3"  # pod a, pod b
 
 
 def source_tree(version: str, into: Path) -> Path:
@@ -114,7 +103,7 @@ class Version:
         self.programs = {d: self.obj.program_fd(n) for d, n in datapath.PROGRAMS.items()}
         for fd in self.programs.values():  # each packet's flow, at each hook, into ``flows``
             for port in (SLOT_PORT, MISS_PORT):
-                syscall.prog_test_run(fd, udp_frame(port), 1, IFINDEX)
+                syscall.prog_test_run(fd, udp_frame(SRC, DST, port, 7777), 1, IFINDEX)
         flows = BpfMap(self.obj.map_fd("flows"), FlowKey, FlowValue, percpu=True)
         # the slot path's key at each hook: direction 1 at ingress (out of the pod), 0 at egress
         self.keys = {}
@@ -142,7 +131,7 @@ class Version:
             if path == "slot":
                 self.fill(self.keys[direction])
             port = SLOT_PORT if path == "slot" else MISS_PORT
-            total += syscall.prog_test_run(fd, udp_frame(port), repeat, IFINDEX)[1]
+            total += syscall.prog_test_run(fd, udp_frame(SRC, DST, port, 7777), repeat, IFINDEX)[1]
         return total
 
     def close(self) -> None:
